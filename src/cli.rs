@@ -1,0 +1,315 @@
+//! The command line: options, `-o` mount-option form, and the mount target.
+//!
+//! Every long option can also be given as a mount option (`-o key=value` or
+//! `-o flag`, with `_` or `-` between words), which is what fstab and
+//! `mount -t fuse.s3mount` pass. mount(8)'s generic options are accepted and
+//! ignored where they mean nothing to a FUSE daemon.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// Mount an S3 bucket or prefix as a directory tree.
+#[derive(Debug, Parser)]
+#[command(name = "s3mount", version, about, long_about = None)]
+pub struct Args {
+    /// What to mount: BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX.
+    pub target: String,
+
+    /// Where to mount it: an existing, empty-or-not directory that is not a mount point.
+    pub mountpoint: PathBuf,
+
+    /// S3 endpoint URL for S3-compatible stores (Garage, MinIO, ...).
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region (default: from the AWS configuration, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Named profile from the shared AWS config and credentials files.
+    #[arg(long)]
+    pub profile: Option<String>,
+
+    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT.
+    #[arg(long)]
+    pub force_path_style: bool,
+
+    /// When to add checksums to requests: `when-required` suits S3-compatible
+    /// stores that reject streaming checksums; `auto` picks it for custom endpoints.
+    #[arg(long, value_enum, default_value_t = ChecksumMode::Auto)]
+    pub request_checksums: ChecksumMode,
+
+    /// Owner of all files and directories (default: the user running s3mount).
+    #[arg(long)]
+    pub uid: Option<u32>,
+
+    /// Group of all files and directories (default: the group running s3mount).
+    #[arg(long)]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files, in octal.
+    #[arg(long, value_parser = parse_octal, default_value = "644")]
+    pub file_mode: u16,
+
+    /// Permission bits of directories, in octal.
+    #[arg(long, value_parser = parse_octal, default_value = "755")]
+    pub dir_mode: u16,
+
+    /// Let users other than the mounting user access the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Let root access the mount as well as the mounting user.
+    #[arg(long, conflicts_with = "allow_other")]
+    pub allow_root: bool,
+
+    /// Refuse every modification with EROFS (currently always the case).
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// How long, in seconds, a directory listing is trusted before S3 is asked again.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub metadata_ttl: u64,
+
+    /// Stay in the foreground instead of returning once the mount is live.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log level or filter (error, warn, info, debug, trace, or RUST_LOG syntax).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Options in mount(8) form: -o key=value,flag,... (any long option above).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChecksumMode {
+    Auto,
+    WhenRequired,
+    WhenSupported,
+}
+
+fn parse_octal(s: &str) -> Result<u16, String> {
+    let digits = s.trim_start_matches("0o");
+    match u16::from_str_radix(digits, 8) {
+        Ok(v) if v <= 0o7777 => Ok(v),
+        _ => Err(format!("'{s}' is not an octal mode like 644")),
+    }
+}
+
+/// Generic mount(8) options that mean nothing to this daemon.
+fn is_ignored_mount_option(opt: &str) -> bool {
+    matches!(
+        opt,
+        "defaults"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "users"
+            | "_netdev"
+            | "nofail"
+            | "rw"
+            | "suid"
+            | "nosuid"
+            | "dev"
+            | "nodev"
+            | "exec"
+            | "noexec"
+            | "atime"
+            | "noatime"
+            | "relatime"
+            | "norelatime"
+            | "strictatime"
+            | "async"
+            | "dirsync"
+            | "sync"
+            | "nodiratime"
+            | "diratime"
+            | "lazytime"
+            | "silent"
+            | "loud"
+    ) || opt.starts_with("x-")
+        || opt.starts_with("comment=")
+}
+
+/// Rewrites `-o a=b,c` into `--a=b --c`, so every option has one parser.
+pub fn expand_mount_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    if let Some(program) = iter.next() {
+        out.push(program);
+    }
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy().into_owned();
+        let list = if text == "-o" {
+            match iter.next() {
+                Some(v) => v.to_string_lossy().into_owned(),
+                None => {
+                    return Err("-o needs a value, such as -o allow_other,metadata_ttl=60".into())
+                }
+            }
+        } else if let Some(rest) = text
+            .strip_prefix("-o")
+            .filter(|r| !r.is_empty() && !text.starts_with("--"))
+        {
+            rest.to_owned()
+        } else {
+            out.push(arg);
+            continue;
+        };
+        for opt in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if is_ignored_mount_option(opt) {
+                continue;
+            }
+            if opt == "ro" {
+                out.push("--read-only".into());
+                continue;
+            }
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let key = key.replace('_', "-");
+            out.push(match value {
+                Some(v) => format!("--{key}={v}").into(),
+                None => format!("--{key}").into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A parsed mount target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub bucket: String,
+    /// Normalised key prefix: empty, or ending in `/`.
+    pub prefix: String,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let rest = s.strip_prefix("s3://").unwrap_or(s);
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(format!(
+                "'{s}' names no bucket; give BUCKET or BUCKET/PREFIX, e.g. my-bucket/data"
+            ));
+        }
+        if bucket
+            .chars()
+            .any(|c| c.is_whitespace() || c == ':' || c == '\\')
+        {
+            return Err(format!("'{bucket}' is not a valid bucket name; bucket names use letters, digits, '.', '-' and '_'"));
+        }
+        Ok(Target {
+            bucket: bucket.to_owned(),
+            prefix: crate::names::normalize_prefix(prefix),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(
+            Target::parse("b").unwrap(),
+            Target {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("b/p").unwrap(),
+            Target {
+                bucket: "b".into(),
+                prefix: "p/".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("s3://b/p/q/").unwrap(),
+            Target {
+                bucket: "b".into(),
+                prefix: "p/q/".into()
+            }
+        );
+        assert!(Target::parse("s3://").is_err());
+        assert!(Target::parse("/p").is_err());
+        assert!(Target::parse("bad bucket/p").is_err());
+    }
+
+    #[test]
+    fn expands_mount_options_into_long_options() {
+        let out = expand_mount_options(os(&[
+            "s3mount",
+            "b",
+            "/m",
+            "-o",
+            "allow_other,metadata_ttl=5,_netdev,x-systemd.automount,ro",
+            "-oendpoint_url=http://h:1",
+        ]))
+        .unwrap();
+        assert_eq!(
+            out,
+            os(&[
+                "s3mount",
+                "b",
+                "/m",
+                "--allow-other",
+                "--metadata-ttl=5",
+                "--read-only",
+                "--endpoint-url=http://h:1"
+            ])
+        );
+    }
+
+    #[test]
+    fn mount_options_parse_like_long_options() {
+        let args = expand_mount_options(os(&[
+            "s3mount",
+            "b/p",
+            "/m",
+            "-o",
+            "file_mode=600,uid=7,force_path_style",
+        ]))
+        .unwrap();
+        let parsed = Args::try_parse_from(args).unwrap();
+        assert_eq!(parsed.file_mode, 0o600);
+        assert_eq!(parsed.uid, Some(7));
+        assert!(parsed.force_path_style);
+    }
+
+    #[test]
+    fn unknown_mount_option_is_an_error() {
+        let args =
+            expand_mount_options(os(&["s3mount", "b", "/m", "-o", "bogus_thing=1"])).unwrap();
+        assert!(Args::try_parse_from(args).is_err());
+        assert!(expand_mount_options(os(&["s3mount", "b", "/m", "-o"])).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_modes() {
+        assert_eq!(parse_octal("755"), Ok(0o755));
+        assert!(parse_octal("999").is_err());
+        assert!(parse_octal("77777").is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! The filesystem layer's error type and its one mapping to errno.
+
+use crate::store::StoreError;
+
+/// Why a filesystem operation failed. Every FUSE reply error comes from
+/// [`FsError::errno`], so the mapping to errno lives in exactly one place.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("unknown file handle")]
+    BadHandle,
+    #[error("{key}: {source}")]
+    Store {
+        key: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl FsError {
+    pub fn store(key: &str, source: StoreError) -> Self {
+        FsError::Store {
+            key: key.to_owned(),
+            source,
+        }
+    }
+
+    pub fn errno(&self) -> libc::c_int {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::Store { source, .. } => match source {
+                StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
+                StoreError::AccessDenied(_) => libc::EACCES,
+                // A changed object, a broken connection or a throttled request
+                // all surface as an I/O error: the caller cannot fix them by
+                // retrying differently, and EIO is what tools report clearly.
+                _ => libc::EIO,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_errors_to_errno() {
+        assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
+        assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
+        assert_eq!(FsError::NotADirectory.errno(), libc::ENOTDIR);
+        assert_eq!(
+            FsError::store("k", StoreError::PreconditionFailed).errno(),
+            libc::EIO
+        );
+        assert_eq!(
+            FsError::store("k", StoreError::NotFound).errno(),
+            libc::ENOENT
+        );
+        assert_eq!(
+            FsError::store("k", StoreError::AccessDenied("AccessDenied".into())).errno(),
+            libc::EACCES
+        );
+        assert_eq!(
+            FsError::store("k", StoreError::Timeout("t".into())).errno(),
+            libc::EIO
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Filesystem operations in S3 terms, independent of the FUSE wire protocol.
+//!
+//! [`S3Fs`] answers lookups, attributes and directory reads from the
+//! [`Catalog`] and file reads through the [`Reader`]. The FUSE adapter in
+//! [`crate::fuse`] only translates kernel requests into these calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::catalog::{Catalog, Entry, EntryKind, Ino, Listing, ROOT_INO};
+use crate::error::FsError;
+use crate::read::Reader;
+use crate::store::ObjectStore;
+
+/// Ownership and permissions shown for every file and directory.
+#[derive(Debug, Clone, Copy)]
+pub struct Ownership {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+}
+
+/// Attributes of one inode, in the terms of `stat(2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One row of a directory read.
+pub struct DirRow {
+    /// Position to resume after this row.
+    pub next_offset: u64,
+    pub name: String,
+    pub attr: Attr,
+}
+
+pub struct S3Fs<S> {
+    catalog: Catalog<S>,
+    reader: Reader<S>,
+    owner: Ownership,
+    dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_dir_handle: AtomicU64,
+}
+
+impl<S: ObjectStore> S3Fs<S> {
+    pub fn new(catalog: Catalog<S>, reader: Reader<S>, owner: Ownership) -> Self {
+        S3Fs {
+            catalog,
+            reader,
+            owner,
+            dir_handles: Mutex::new(HashMap::new()),
+            next_dir_handle: AtomicU64::new(1),
+        }
+    }
+
+    fn attr(&self, ino: Ino, entry: &Entry) -> Attr {
+        let (is_dir, size, perm) = match &entry.kind {
+            EntryKind::Dir => (true, 0, self.owner.dir_mode),
+            EntryKind::File { size, .. } => (false, *size, self.owner.file_mode),
+        };
+        Attr {
+            ino,
+            is_dir,
+            size,
+            mtime: entry.mtime,
+            perm,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+        }
+    }
+
+    pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let (ino, entry) = self.catalog.lookup(parent, name).await?;
+        Ok(self.attr(ino, &entry))
+    }
+
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        let entry = self.catalog.entry(ino).await?;
+        Ok(self.attr(ino, &entry))
+    }
+
+    pub async fn open(&self, ino: Ino) -> Result<u64, FsError> {
+        let key = self.catalog.file_key(ino)?;
+        match self.catalog.entry(ino).await?.kind {
+            EntryKind::File { size, etag } => Ok(self.reader.open(key, etag, size)),
+            EntryKind::Dir => Err(FsError::IsADirectory),
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        self.reader.read(fh, offset, len).await
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.reader.release(fh);
+    }
+
+    /// Takes a snapshot of the directory so that a directory stream read in
+    /// several calls sees one consistent listing.
+    pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+        let listing = self.catalog.listing(ino).await?;
+        let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
+        self.dir_handles.lock().unwrap().insert(fh, listing);
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.lock().unwrap().remove(&fh);
+    }
+
+    /// Rows of directory handle `fh` from `offset` on, `.` and `..` first.
+    /// Returns at most `limit` rows; the caller stops earlier when its
+    /// buffer is full and resumes at the last row's `next_offset`.
+    pub fn readdir(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<DirRow>, FsError> {
+        let listing = self
+            .dir_handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut rows = Vec::new();
+        let dir_entry = Entry {
+            name: String::new(),
+            kind: EntryKind::Dir,
+            mtime: self.catalog.mounted_at(),
+        };
+        if offset == 0 {
+            rows.push(DirRow {
+                next_offset: 1,
+                name: ".".into(),
+                attr: self.attr(ino, &dir_entry),
+            });
+        }
+        if offset <= 1 {
+            let parent = if ino == ROOT_INO {
+                ROOT_INO
+            } else {
+                self.catalog.parent(ino)?
+            };
+            rows.push(DirRow {
+                next_offset: 2,
+                name: "..".into(),
+                attr: self.attr(parent, &dir_entry),
+            });
+        }
+        let start = offset.saturating_sub(2) as usize;
+        let entries = listing
+            .entries
+            .iter()
+            .skip(start)
+            .take(limit.saturating_sub(rows.len()));
+        let slice: Vec<&Entry> = entries.collect();
+        let inos = self.catalog.resolve_all(ino, slice.iter().copied())?;
+        for (i, (entry, child)) in slice.into_iter().zip(inos).enumerate() {
+            rows.push(DirRow {
+                next_offset: (start + i + 3) as u64,
+                name: entry.name.clone(),
+                attr: self.attr(child, entry),
+            });
+        }
+        Ok(rows)
+    }
+
+    pub fn open_files(&self) -> usize {
+        self.reader.open_handles()
+    }
+}

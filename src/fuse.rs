@@ -1,0 +1,399 @@
+//! The FUSE adapter: translates kernel requests into [`S3Fs`] calls.
+//!
+//! It stays thin on purpose. Each request that may touch the network is
+//! moved onto the tokio runtime with its reply object, so the kernel request
+//! loop never waits for S3 and many requests proceed concurrently. Errors
+//! become errno only through [`FsError::errno`].
+
+use std::ffi::OsStr;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::error::FsError;
+use crate::fs::{Attr, S3Fs};
+use crate::store::ObjectStore;
+
+/// How long the kernel may cache names and attributes before asking again.
+/// The catalog answers repeated questions from memory, so this stays short
+/// and changes seen by the catalog reach the kernel quickly.
+const KERNEL_TTL: Duration = Duration::from_secs(1);
+/// Rows fetched per readdir call; the kernel's buffer usually fills first.
+const READDIR_BATCH: usize = 512;
+
+pub struct FuseAdapter<S> {
+    fs: Arc<S3Fs<S>>,
+    rt: Handle,
+}
+
+impl<S: ObjectStore> FuseAdapter<S> {
+    pub fn new(fs: Arc<S3Fs<S>>, rt: Handle) -> Self {
+        FuseAdapter { fs, rt }
+    }
+
+    /// Runs `op` on the runtime and hands its result to `reply`.
+    fn spawn<T, F, R>(&self, op: impl FnOnce(Arc<S3Fs<S>>) -> F + Send + 'static, reply: R)
+    where
+        F: std::future::Future<Output = Result<T, FsError>> + Send + 'static,
+        T: Send + 'static,
+        R: Respond<T> + Send + 'static,
+    {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match op(fs).await {
+                Ok(value) => reply.ok(value),
+                Err(e) => reply.err(errno(&e)),
+            }
+        });
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: UNIX_EPOCH,
+        kind: if a.is_dir {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        },
+        perm: a.perm,
+        nlink: if a.is_dir { 2 } else { 1 },
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        // Tools size their buffers by st_blksize; large buffers mean large reads.
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+/// A reply object that can carry a successful value of type `T`.
+trait Respond<T> {
+    fn ok(self, value: T);
+    fn err(self, errno: Errno);
+}
+
+impl Respond<Attr> for ReplyEntry {
+    fn ok(self, a: Attr) {
+        self.entry(&KERNEL_TTL, &file_attr(&a), Generation(0));
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<Attr> for ReplyAttr {
+    fn ok(self, a: Attr) {
+        self.attr(&KERNEL_TTL, &file_attr(&a));
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<bytes::Bytes> for ReplyData {
+    fn ok(self, data: bytes::Bytes) {
+        self.data(&data);
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+/// `open` result: the handle and whether the kernel may keep cached pages.
+impl Respond<u64> for ReplyOpen {
+    fn ok(self, fh: u64) {
+        self.opened(FileHandle(fh), FopenFlags::empty());
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<String, FsError> {
+    // S3 keys are UTF-8; a name that is not cannot exist in the bucket.
+    name.to_str().map(str::to_owned).ok_or(FsError::NotFound)
+}
+
+impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // readdirplus carries attributes, so `ls -l` costs no lookup per
+        // entry; parallel dirops let lookups in one directory overlap.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_str(name);
+        self.spawn(
+            move |fs| async move { fs.lookup(parent.0, &name?).await },
+            reply,
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(move |fs| async move { fs.getattr(ino.0).await }, reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            reply.error(errno(&FsError::ReadOnly));
+            return;
+        }
+        self.spawn(move |fs| async move { fs.open(ino.0).await }, reply);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(
+            move |fs| async move { fs.read(fh.0, offset, size).await },
+            reply,
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(move |fs| async move { fs.opendir(ino.0).await }, reply);
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(ino.0, fh.0, offset, READDIR_BATCH) {
+            Ok(rows) => {
+                for row in rows {
+                    let kind = if row.attr.is_dir {
+                        FileType::Directory
+                    } else {
+                        FileType::RegularFile
+                    };
+                    if reply.add(INodeNo(row.attr.ino), row.next_offset, kind, &row.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdir(ino.0, fh.0, offset, READDIR_BATCH) {
+            Ok(rows) => {
+                for row in rows {
+                    let attr = file_attr(&row.attr);
+                    if reply.add(
+                        INodeNo(row.attr.ino),
+                        row.next_offset,
+                        &row.name,
+                        &KERNEL_TTL,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // S3 has no capacity limit to report; show a large, empty volume so
+        // tools that check free space before copying do not refuse.
+        const BLOCKS: u64 = 1 << 40;
+        reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    // Writes arrive with the writes issue; until then every modifying call is
+    // refused the way a read-only mount refuses it.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _r: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _f: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(errno(&FsError::ReadOnly));
+    }
+}

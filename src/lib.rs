@@ -1,0 +1,13 @@
+//! s3mount: a FUSE filesystem that shows the objects under an S3 prefix as
+//! files and directories. See ARCHITECTURE.md for the codemap.
+
+pub mod catalog;
+pub mod cli;
+pub mod daemon;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod mount;
+pub mod names;
+pub mod read;
+pub mod store;

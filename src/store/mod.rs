@@ -1,0 +1,88 @@
+//! Access to the object store, behind the [`ObjectStore`] trait.
+//!
+//! The filesystem layers above never see an SDK type: they ask for a listing
+//! page, an object's metadata or a byte range pinned to an ETag, and get back
+//! plain values or a [`StoreError`] that says what went wrong in terms they can
+//! act on (not found, changed, denied, unreachable).
+
+mod s3;
+
+use std::future::Future;
+use std::ops::Range;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+pub use s3::{S3Settings, S3Store};
+
+/// Metadata of one object as S3 reports it in a listing or a HEAD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
+    pub etag: String,
+}
+
+/// One page of a ListObjectsV2 response.
+#[derive(Debug, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    pub common_prefixes: Vec<String>,
+    /// Continuation token for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// What went wrong talking to the store, in terms the layers above act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("bucket does not exist")]
+    NoSuchBucket,
+    #[error("object not found")]
+    NotFound,
+    #[error("object changed since it was opened (ETag no longer matches)")]
+    PreconditionFailed,
+    #[error("access denied ({0})")]
+    AccessDenied(String),
+    #[error("credentials rejected ({0})")]
+    BadCredentials(String),
+    #[error("no credentials found ({0})")]
+    NoCredentials(String),
+    #[error("cannot connect ({0})")]
+    Unreachable(String),
+    #[error("timed out ({0})")]
+    Timeout(String),
+    #[error("response body broke off ({0})")]
+    BodyInterrupted(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The operations the filesystem needs from an S3-compatible store.
+///
+/// Futures are `Send` so the FUSE adapter can run them on the tokio runtime.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// A human-readable name of the target for messages (`endpoint/bucket`).
+    fn describe(&self) -> String;
+
+    /// Lists one page under `prefix`; with `delimiter`, sub-prefixes are rolled up.
+    fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        continuation: Option<String>,
+        max_keys: Option<i32>,
+    ) -> impl Future<Output = Result<ListPage, StoreError>> + Send;
+
+    /// Fetches the current metadata of `key`.
+    fn head(&self, key: &str) -> impl Future<Output = Result<ObjectMeta, StoreError>> + Send;
+
+    /// Fetches `range` of `key`, but only from the version whose ETag is `etag`.
+    /// A different current version gives [`StoreError::PreconditionFailed`].
+    fn get_range(
+        &self,
+        key: &str,
+        etag: &str,
+        range: Range<u64>,
+    ) -> impl Future<Output = Result<Bytes, StoreError>> + Send;
+}

@@ -1,0 +1,326 @@
+//! [`ObjectStore`] on aws-sdk-s3, for AWS and S3-compatible endpoints.
+
+use std::error::Error as StdError;
+use std::ops::Range;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::default_provider::region::DefaultRegionChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{
+    ProvideCredentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    SharedCredentialsProvider,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use bytes::Bytes;
+
+use super::{ListPage, ObjectMeta, ObjectStore, StoreError};
+
+/// How to reach the store; filled from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub force_path_style: bool,
+    /// Compute request checksums only where the API requires them. Needed by
+    /// stores (Garage, older MinIO) that reject aws-chunked CRC32 uploads.
+    pub checksums_when_required: bool,
+}
+
+/// Connect timeout: an endpoint that does not accept a TCP connection in this
+/// time is treated as unreachable rather than left to hang the caller.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on waiting for response headers of one attempt.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    endpoint: String,
+    credentials: aws_sdk_s3::config::SharedCredentialsProvider,
+}
+
+impl S3Store {
+    /// Builds a client from the standard AWS configuration chain plus the
+    /// explicit settings. Makes no request.
+    pub async fn connect(settings: &S3Settings) -> Self {
+        // The instance-metadata service is the last link of the chains; keep it
+        // from stalling a mount on a machine that has none.
+        let imds = aws_config::imds::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .read_timeout(Duration::from_secs(1))
+            .max_attempts(2)
+            .build();
+        let mut creds = DefaultCredentialsChain::builder().imds_client(imds);
+        let mut region_chain = DefaultRegionChain::builder();
+        if let Some(profile) = &settings.profile {
+            creds = creds.profile_name(profile);
+            region_chain = region_chain.profile_name(profile);
+        }
+        let region = match &settings.region {
+            Some(r) => Region::new(r.clone()),
+            None => {
+                let found = if settings.endpoint_url.is_some() {
+                    // A custom endpoint rarely cares about the region; do not
+                    // ask instance metadata for one.
+                    std::env::var("AWS_REGION")
+                        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+                        .ok()
+                        .map(Region::new)
+                } else {
+                    region_chain.build().region().await
+                };
+                found.unwrap_or_else(|| Region::new("us-east-1"))
+            }
+        };
+        let credentials =
+            SharedCredentialsProvider::new(creds.region(region.clone()).build().await);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .credentials_provider(credentials.clone())
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            );
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk_config = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
+            .force_path_style(settings.force_path_style);
+        if settings.checksums_when_required {
+            builder = builder
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        let config = builder.build();
+        let endpoint = settings.endpoint_url.clone().unwrap_or_else(|| {
+            format!(
+                "s3.{}.amazonaws.com",
+                config.region().map(|r| r.as_ref()).unwrap_or("us-east-1")
+            )
+        });
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+            endpoint,
+            credentials,
+        }
+    }
+
+    /// Resolves credentials once, so "none found" is reported as such and not
+    /// as an opaque request failure.
+    pub async fn check_credentials(&self) -> Result<(), StoreError> {
+        self.credentials
+            .provide_credentials()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::NoCredentials(root_cause(&e)))
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        format!("{}/{}", self.endpoint, self.bucket)
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        continuation: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_owned))
+            .set_continuation_token(continuation)
+            .set_max_keys(max_keys)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Bucket))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectMeta {
+                    key: o.key()?.to_owned(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: o.last_modified().map(to_system_time).unwrap_or(UNIX_EPOCH),
+                    etag: o.e_tag().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect();
+        let common_prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_owned))
+            .collect();
+        let next = match out.is_truncated() {
+            Some(true) => out.next_continuation_token().map(str::to_owned),
+            _ => None,
+        };
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next,
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: out
+                .last_modified()
+                .map(to_system_time)
+                .unwrap_or(UNIX_EPOCH),
+            etag: out.e_tag().unwrap_or_default().to_owned(),
+        })
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        etag: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_match(etag)
+            .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        // A server that ignores If-Match on ranged GETs would otherwise let a
+        // reader mix versions; check the ETag it answered with as well.
+        if let Some(got) = out.e_tag() {
+            if got != etag {
+                return Err(StoreError::PreconditionFailed);
+            }
+        }
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::BodyInterrupted(root_cause(&e)))?
+            .into_bytes();
+        let expected = range.end - range.start;
+        if (body.len() as u64) != expected {
+            return Err(StoreError::BodyInterrupted(format!(
+                "got {} of {expected} bytes",
+                body.len()
+            )));
+        }
+        Ok(body)
+    }
+}
+
+/// What a 404 means for the operation at hand.
+#[derive(Clone, Copy)]
+enum Missing {
+    Bucket,
+    Object,
+}
+
+fn classify<E>(err: SdkError<E, HttpResponse>, missing: Missing) -> StoreError
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("").to_owned();
+            let detail = if code.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                code.clone()
+            };
+            match (status, code.as_str()) {
+                (_, "NoSuchBucket") => StoreError::NoSuchBucket,
+                (_, "NoSuchKey") => StoreError::NotFound,
+                (404, _) => match missing {
+                    Missing::Bucket => StoreError::NoSuchBucket,
+                    Missing::Object => StoreError::NotFound,
+                },
+                (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed,
+                (
+                    _,
+                    "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "InvalidToken"
+                    | "ExpiredToken"
+                    | "AuthorizationHeaderMalformed",
+                ) => StoreError::BadCredentials(detail),
+                (403, _) => StoreError::AccessDenied(detail),
+                _ => StoreError::Other(format!(
+                    "{detail}: {}",
+                    se.err().message().unwrap_or("no message")
+                )),
+            }
+        }
+        SdkError::TimeoutError(_) => StoreError::Timeout(root_cause(&err)),
+        SdkError::DispatchFailure(df) if df.is_timeout() => StoreError::Timeout(root_cause(&err)),
+        SdkError::DispatchFailure(df) if df.is_io() => StoreError::Unreachable(root_cause(&err)),
+        SdkError::DispatchFailure(_) => {
+            let text = DisplayErrorContext(&err).to_string();
+            if text.contains("credentials") {
+                StoreError::NoCredentials(root_cause(&err))
+            } else {
+                StoreError::Unreachable(root_cause(&err))
+            }
+        }
+        _ => StoreError::Other(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+/// The innermost error message: for network failures this is the OS error
+/// ("Connection refused"), which is what a person can act on.
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> SystemTime {
+    let secs = t.secs();
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, t.subsec_nanos())
+    } else {
+        UNIX_EPOCH
+    }
+}

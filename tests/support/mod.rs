@@ -1,0 +1,482 @@
+//! Test support: a real S3 endpoint (Garage started for the test, or the one
+//! named by S3MOUNT_TEST_ENDPOINT), fixture upload with aws-sdk-s3, and the
+//! built `s3mount` binary mounted with real FUSE. Everything started here is
+//! stopped on drop, also when a test panics.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::primitives::ByteStream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_s3mount");
+
+/// Runs a future to completion on a private runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+    .block_on(f)
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "s3mount-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How to reach the S3 server under test.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub url: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+/// A Garage server owned by this test process.
+struct LocalGarage {
+    dir: TempDir,
+}
+
+impl Drop for LocalGarage {
+    fn drop(&mut self) {
+        let _ = Command::new(script("garage-local.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+/// The endpoint under test plus whatever must stay alive for it.
+pub struct TestS3 {
+    pub endpoint: Endpoint,
+    pub client: aws_sdk_s3::Client,
+    _garage: Option<LocalGarage>,
+}
+
+impl TestS3 {
+    /// Uses S3MOUNT_TEST_ENDPOINT (with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)
+    /// when set; otherwise starts a private Garage for this test.
+    pub fn start() -> TestS3 {
+        let (endpoint, garage) = match std::env::var("S3MOUNT_TEST_ENDPOINT") {
+            Ok(url) if !url.is_empty() => {
+                let need = |k: &str| {
+                    std::env::var(k).unwrap_or_else(|_| {
+                        panic!("S3MOUNT_TEST_ENDPOINT is set but {k} is not; export the credentials for that endpoint")
+                    })
+                };
+                (
+                    Endpoint {
+                        url,
+                        access_key: need("AWS_ACCESS_KEY_ID"),
+                        secret_key: need("AWS_SECRET_ACCESS_KEY"),
+                        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+                    },
+                    None,
+                )
+            }
+            _ => {
+                let dir = TempDir::new("garage");
+                let out = Command::new(script("garage-local.sh"))
+                    .arg("start")
+                    .arg(dir.path())
+                    .output()
+                    .expect("run scripts/garage-local.sh");
+                let garage = LocalGarage { dir };
+                assert!(
+                    out.status.success(),
+                    "cannot start a local Garage S3 server (install it with scripts/install-deps.sh, or set S3MOUNT_TEST_ENDPOINT): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let env = String::from_utf8_lossy(&out.stdout);
+                let get = |k: &str| {
+                    env.lines()
+                        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                        .unwrap_or_else(|| panic!("garage-local.sh printed no {k}"))
+                        .to_owned()
+                };
+                (
+                    Endpoint {
+                        url: get("S3MOUNT_TEST_ENDPOINT"),
+                        access_key: get("AWS_ACCESS_KEY_ID"),
+                        secret_key: get("AWS_SECRET_ACCESS_KEY"),
+                        region: get("AWS_REGION"),
+                    },
+                    Some(garage),
+                )
+            }
+        };
+        let client = client_for(&endpoint);
+        TestS3 {
+            endpoint,
+            client,
+            _garage: garage,
+        }
+    }
+
+    /// Creates a fresh, uniquely named bucket (retrying while a new server settles).
+    pub fn bucket(&self, tag: &str) -> TestBucket {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "s3mt-{tag}-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            Instant::now().elapsed().subsec_nanos() % 1000
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match block_on(self.client.create_bucket().bucket(&name).send()) {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Err(e) => panic!(
+                    "cannot create bucket {name}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ),
+            }
+        }
+        TestBucket {
+            name,
+            client: self.client.clone(),
+        }
+    }
+}
+
+pub fn client_for(e: &Endpoint) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url(&e.url)
+        .region(Region::new(e.region.clone()))
+        .credentials_provider(Credentials::new(
+            &e.access_key,
+            &e.secret_key,
+            None,
+            None,
+            "test",
+        ))
+        .force_path_style(true)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// A bucket that is emptied and deleted on drop.
+pub struct TestBucket {
+    pub name: String,
+    pub client: aws_sdk_s3::Client,
+}
+
+impl TestBucket {
+    pub fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
+        let body: Vec<u8> = body.into();
+        block_on(
+            self.client
+                .put_object()
+                .bucket(&self.name)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)));
+    }
+
+    pub fn head(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        block_on(self.client.head_object().bucket(&self.name).key(key).send()).unwrap_or_else(|e| {
+            panic!("head {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
+        })
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = block_on(
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.name)
+                    .set_continuation_token(token)
+                    .send(),
+            )
+            .expect("list bucket");
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            token = out.next_continuation_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        keys
+    }
+}
+
+impl Drop for TestBucket {
+    fn drop(&mut self) {
+        for key in self.keys() {
+            let _ = block_on(
+                self.client
+                    .delete_object()
+                    .bucket(&self.name)
+                    .key(&key)
+                    .send(),
+            );
+        }
+        let _ = block_on(self.client.delete_bucket().bucket(&self.name).send());
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*): incompressible, so the
+/// server cannot shortcut them, and reproducible from the seed.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Arguments that point s3mount at the test endpoint.
+pub fn endpoint_args(e: &Endpoint) -> Vec<String> {
+    vec![
+        "--endpoint-url".into(),
+        e.url.clone(),
+        "--region".into(),
+        e.region.clone(),
+        "--force-path-style".into(),
+    ]
+}
+
+/// An s3mount command with the test credentials in its environment and none
+/// of the developer's AWS configuration.
+pub fn s3mount_command(e: &Endpoint) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_ACCESS_KEY_ID", &e.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &e.secret_key)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env(
+            "RUST_LOG",
+            std::env::var("S3MOUNT_TEST_LOG").unwrap_or_else(|_| "warn,s3mount=debug".into()),
+        );
+    cmd
+}
+
+/// Whether `path` is currently a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let target = canonical.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// Processes whose command line mentions `needle` (to prove none was left behind).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) && text.contains("s3mount") {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// A running `s3mount --foreground` on a temporary mountpoint; unmounted on drop.
+pub struct Mounted {
+    pub dir: TempDir,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `target` (BUCKET[/PREFIX]) with extra arguments and waits until live.
+    pub fn start(s3: &TestS3, target: &str, extra: &[&str]) -> Mounted {
+        let dir = TempDir::new("mnt");
+        let mountpoint = dir.path().join("m");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let log = dir.path().join("s3mount.log");
+        let mut cmd = s3mount_command(&s3.endpoint);
+        cmd.arg(target)
+            .arg(&mountpoint)
+            .arg("--foreground")
+            .args(endpoint_args(&s3.endpoint))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("start s3mount");
+        let mut mounted = Mounted {
+            dir,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(&mountpoint) {
+            if let Some(status) = mounted.child.as_mut().unwrap().try_wait().unwrap() {
+                mounted.child = None;
+                panic!(
+                    "s3mount exited with {status} before mounting:\n{}",
+                    mounted.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "s3mount did not mount within 30s:\n{}",
+                mounted.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mounted
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("m")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for the daemon to exit and returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let mp = self.path();
+        if is_mounted(&mp) {
+            let ok = Command::new("umount")
+                .arg(&mp)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&mp).status();
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command with a time limit; returns its output.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "command did not finish within {limit:?}; stderr so far: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a shell command line, returning (exit code, stdout, stderr).
+pub fn sh(script: &str) -> (i32, String, String) {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run bash");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
