@@ -6,6 +6,7 @@
 //! exits with the child's status, so `s3mount ... && ls /mnt` never races.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -57,11 +58,21 @@ pub fn spawn_and_wait() -> ExitCode {
     }
 }
 
-/// Tells a waiting parent that the mount is live.
+/// Tells a waiting parent that the mount is live, then lets go of the
+/// caller's stdout and stderr: a caller that captures output (`$(s3mount ..)`)
+/// waits for end-of-file, which never comes while the daemon holds them.
 pub fn notify_ready() {
-    if is_child() {
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "{READY}");
-        let _ = out.flush();
+    if !is_child() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{READY}");
+    let _ = out.flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+            // SAFETY: both descriptors are open; dup2 atomically points fd at
+            // /dev/null, and no Rust object owns fds 1 and 2 exclusively.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
     }
 }

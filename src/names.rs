@@ -80,8 +80,8 @@ mod tests {
         assert_eq!(check_name(&"x".repeat(256)), Err(Unrepresentable::TooLong));
         assert_eq!(check_name("a\0b"), Err(Unrepresentable::Nul));
         assert_eq!(check_name(&"x".repeat(255)), Ok(()));
-        assert_eq!(check_name("...").is_ok(), true);
-        assert_eq!(check_name("with space %2F+ü").is_ok(), true);
+        assert!(check_name("...").is_ok());
+        assert!(check_name("with space %2F+ü").is_ok());
     }
 
     #[test]

@@ -263,11 +263,19 @@ where
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = se.err().code().unwrap_or("").to_owned();
+            let message = se.err().message().unwrap_or("").to_owned();
             let detail = if code.is_empty() {
                 format!("HTTP {status}")
             } else {
                 code.clone()
             };
+            // Some stores (Garage) answer a bad signature or an unknown key
+            // with a plain AccessDenied; the message tells them apart.
+            let lower = message.to_ascii_lowercase();
+            let credential_problem = lower.contains("signature")
+                || lower.contains("access key")
+                || lower.contains("no such key")
+                || lower.contains("invalid key");
             match (status, code.as_str()) {
                 (_, "NoSuchBucket") => StoreError::NoSuchBucket,
                 (_, "NoSuchKey") => StoreError::NotFound,
@@ -284,11 +292,11 @@ where
                     | "ExpiredToken"
                     | "AuthorizationHeaderMalformed",
                 ) => StoreError::BadCredentials(detail),
+                (403, _) if credential_problem => {
+                    StoreError::BadCredentials(format!("{detail}: {message}"))
+                }
                 (403, _) => StoreError::AccessDenied(detail),
-                _ => StoreError::Other(format!(
-                    "{detail}: {}",
-                    se.err().message().unwrap_or("no message")
-                )),
+                _ => StoreError::Other(format!("{detail}: {message}")),
             }
         }
         SdkError::TimeoutError(_) => StoreError::Timeout(root_cause(&err)),
@@ -313,7 +321,12 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
     while let Some(next) = current.source() {
         current = next;
     }
-    current.to_string()
+    // Errors are reported on one line; some providers format theirs over several.
+    current
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> SystemTime {
