@@ -34,7 +34,7 @@ if [[ ! -e /dev/fuse ]]; then
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
-if [[ "$(garage --version 2> /dev/null || true)" != *"v2.5.0"* ]]; then
+if [[ "$(garage --version 2> /dev/null || true)" != *":2.5.0 "* && "$(garage --version 2> /dev/null || true)" != *"v2.5.0"* ]]; then
     say "building Garage 2.5.0 from crates.io (about 9 minutes on 2 cores)"
     cargo install garage --version 2.5.0 --locked --no-default-features \
         --features lmdb,sqlite,system-libs --quiet
