@@ -2,7 +2,7 @@
 //! Used by scripts/demo.sh to seed sample data; reads credentials from the
 //! AWS_* environment variables.
 //!
-//!   s3put ENDPOINT_URL BUCKET KEY=FILE [KEY=FILE ...]
+//!   s3put ENDPOINT_URL BUCKET KEY=FILE [KEY=FILE ...]   (split at the last =)
 //!   (a KEY ending in '/' with an empty FILE part creates a directory marker)
 
 use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation};
@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client.create_bucket().bucket(&bucket).send().await?;
     }
     for pair in args {
-        let (key, file) = pair.split_once('=').ok_or("arguments are KEY=FILE")?;
+        let (key, file) = pair.rsplit_once('=').ok_or("arguments are KEY=FILE")?;
         let body = if file.is_empty() {
             Vec::new()
         } else {

@@ -54,8 +54,25 @@ pub enum StoreError {
     Timeout(String),
     #[error("response body broke off ({0})")]
     BodyInterrupted(String),
+    #[error("server busy or failing ({0})")]
+    Unavailable(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// Whether the same request may succeed if sent again: broken
+    /// connections, timeouts, throttling and server errors. A changed or
+    /// missing object, or refused credentials, will not get better.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BodyInterrupted(_)
+                | StoreError::Timeout(_)
+                | StoreError::Unreachable(_)
+                | StoreError::Unavailable(_)
+        )
+    }
 }
 
 /// The operations the filesystem needs from an S3-compatible store.
@@ -79,6 +96,8 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Fetches `range` of `key`, but only from the version whose ETag is `etag`.
     /// A different current version gives [`StoreError::PreconditionFailed`].
+    /// A body that breaks off is resumed from the exact byte where it broke,
+    /// pinned to the same ETag, so callers see whole ranges or an error.
     fn get_range(
         &self,
         key: &str,

@@ -15,7 +15,10 @@ use aws_sdk_s3::config::{
     SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tracing::debug;
 
 use super::{ListPage, ObjectMeta, ObjectStore, StoreError};
 
@@ -43,6 +46,7 @@ pub struct S3Store {
     bucket: String,
     endpoint: String,
     credentials: aws_sdk_s3::config::SharedCredentialsProvider,
+    resumes: AtomicU64,
 }
 
 impl S3Store {
@@ -116,6 +120,7 @@ impl S3Store {
             bucket: settings.bucket.clone(),
             endpoint,
             credentials,
+            resumes: AtomicU64::new(0),
         }
     }
 
@@ -211,10 +216,61 @@ impl ObjectStore for S3Store {
         etag: &str,
         range: Range<u64>,
     ) -> Result<Bytes, StoreError> {
-        if range.is_empty() {
-            return Ok(Bytes::new());
+        let expected = range.end.saturating_sub(range.start);
+        let mut buf = BytesMut::with_capacity(expected as usize);
+        let mut failures = 0u32;
+        while (buf.len() as u64) < expected {
+            let from = range.start + buf.len() as u64;
+            let before = buf.len();
+            match self.get_into(key, etag, from..range.end, &mut buf).await {
+                Ok(()) => {}
+                Err(e) if e.is_transient() && failures < MAX_RESUMES => {
+                    // Progress resets the budget: only consecutive failures
+                    // without a single new byte count against it.
+                    failures = if buf.len() > before { 1 } else { failures + 1 };
+                    self.resumes.fetch_add(1, Ordering::Relaxed);
+                    debug!(key, offset = range.start + buf.len() as u64, error = %e, failures, "resuming ranged GET");
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let out = self
+        Ok(buf.freeze())
+    }
+}
+
+/// Consecutive failed attempts of one range before the read fails.
+const MAX_RESUMES: u32 = 8;
+/// A body that delivers no byte for this long is abandoned and resumed.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Exponential backoff with jitter: 50 ms, 100 ms, ... capped at 2 s, each
+/// scaled by a random factor in [0.5, 1) so retries of many readers spread out.
+fn backoff(failures: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = Duration::from_millis(50u64 << failures.min(6)).min(Duration::from_secs(2));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(failures);
+    let jitter = 0.5 + (h.finish() % 1000) as f64 / 2000.0;
+    base.mul_f64(jitter)
+}
+
+impl S3Store {
+    /// Resumes and retries done by ranged GETs so far.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Relaxed)
+    }
+
+    /// One ranged GET of `range`, appending to `buf` as bytes arrive, so a
+    /// broken body leaves every byte received so far in `buf`.
+    async fn get_into(
+        &self,
+        key: &str,
+        etag: &str,
+        range: Range<u64>,
+        buf: &mut BytesMut,
+    ) -> Result<(), StoreError> {
+        let mut out = self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -231,20 +287,30 @@ impl ObjectStore for S3Store {
                 return Err(StoreError::PreconditionFailed);
             }
         }
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::BodyInterrupted(root_cause(&e)))?
-            .into_bytes();
-        let expected = range.end - range.start;
-        if (body.len() as u64) != expected {
+        let want = (range.end - range.start) as usize;
+        let start_len = buf.len();
+        loop {
+            let chunk = match tokio::time::timeout(BODY_IDLE_TIMEOUT, out.body.next()).await {
+                Err(_) => {
+                    return Err(StoreError::BodyInterrupted(format!(
+                        "no data for {}s",
+                        BODY_IDLE_TIMEOUT.as_secs()
+                    )))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(StoreError::BodyInterrupted(root_cause(&e))),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            let room = want - (buf.len() - start_len);
+            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        let got = buf.len() - start_len;
+        if got < want {
             return Err(StoreError::BodyInterrupted(format!(
-                "got {} of {expected} bytes",
-                body.len()
+                "body ended after {got} of {want} bytes"
             )));
         }
-        Ok(body)
+        Ok(())
     }
 }
 
@@ -296,6 +362,9 @@ where
                     StoreError::BadCredentials(format!("{detail}: {message}"))
                 }
                 (403, _) => StoreError::AccessDenied(detail),
+                (500..=599, _) | (_, "SlowDown" | "Throttling" | "RequestTimeout") => {
+                    StoreError::Unavailable(format!("{detail}: {message}"))
+                }
                 _ => StoreError::Other(format!("{detail}: {message}")),
             }
         }

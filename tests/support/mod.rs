@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod proxy;
+
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -351,15 +353,20 @@ pub struct Mounted {
 impl Mounted {
     /// Mounts `target` (BUCKET[/PREFIX]) with extra arguments and waits until live.
     pub fn start(s3: &TestS3, target: &str, extra: &[&str]) -> Mounted {
+        Mounted::start_at(&s3.endpoint, target, extra)
+    }
+
+    /// Like [`Mounted::start`], through another endpoint (e.g. a [`proxy::FaultProxy`]).
+    pub fn start_at(endpoint: &Endpoint, target: &str, extra: &[&str]) -> Mounted {
         let dir = TempDir::new("mnt");
         let mountpoint = dir.path().join("m");
         std::fs::create_dir(&mountpoint).unwrap();
         let log = dir.path().join("s3mount.log");
-        let mut cmd = s3mount_command(&s3.endpoint);
+        let mut cmd = s3mount_command(endpoint);
         cmd.arg(target)
             .arg(&mountpoint)
             .arg("--foreground")
-            .args(endpoint_args(&s3.endpoint))
+            .args(endpoint_args(endpoint))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

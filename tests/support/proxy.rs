@@ -1,0 +1,227 @@
+//! A TCP proxy that puts S3-like conditions on loopback: a delay before each
+//! response's first byte, a bandwidth cap per connection, a reset after N
+//! response bytes, and a stall after N response bytes. It also counts the
+//! response bytes it forwarded, so tests can measure read amplification.
+//!
+//! Faults apply to the response direction (server to client) only; each
+//! connection gets its own byte budget, so "reset after 4 MiB" means every
+//! connection breaks after carrying 4 MiB of responses.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the proxy does to responses; change it at any time.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Delay before the first byte of each response.
+    pub first_byte_delay: Duration,
+    /// Per-connection bandwidth cap in bytes per second.
+    pub bytes_per_sec: Option<u64>,
+    /// Reset (RST) a connection once it has carried this many response bytes.
+    pub reset_after: Option<u64>,
+    /// Stop forwarding (but keep the connection open) after this many bytes.
+    pub stall_after: Option<u64>,
+    /// Stall at most this many connections in all (unlimited when `None`).
+    pub max_stalls: Option<u64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    faults: Mutex<Faults>,
+    response_bytes: AtomicU64,
+    connections: AtomicU64,
+    resets: AtomicU64,
+    stalls: AtomicU64,
+    stop: AtomicBool,
+}
+
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `upstream` (host:port) on a free loopback port.
+    pub fn start(upstream: &str) -> FaultProxy {
+        let upstream: SocketAddr = upstream.parse().expect("upstream host:port");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || serve(client, upstream, s));
+            }
+        });
+        FaultProxy { addr, shared }
+    }
+
+    /// `http://127.0.0.1:PORT`, for --endpoint-url.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, faults: Faults) {
+        *self.shared.faults.lock().unwrap() = faults;
+    }
+
+    /// Response bytes forwarded so far (HTTP headers included).
+    pub fn response_bytes(&self) -> u64 {
+        self.shared.response_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.shared.resets.load(Ordering::Relaxed)
+    }
+
+    pub fn stalls(&self) -> u64 {
+        self.shared.stalls.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the stop flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    // Set when the client sent a request whose response has not started yet.
+    let awaiting_response = Arc::new(AtomicBool::new(false));
+
+    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let awaiting = awaiting_response.clone();
+    let upstream_writer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match c_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    awaiting.store(true, Ordering::Relaxed);
+                    if s_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = s_write.shutdown(Shutdown::Write);
+    });
+
+    let (mut s_read, mut c_write) = (server, client);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carried: u64 = 0;
+    let started = Instant::now();
+    loop {
+        let n = match s_read.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let faults = shared.faults.lock().unwrap().clone();
+        if awaiting_response.swap(false, Ordering::Relaxed) && !faults.first_byte_delay.is_zero() {
+            std::thread::sleep(faults.first_byte_delay);
+        }
+        let mut chunk = &buf[..n];
+        if let Some(limit) = faults.reset_after {
+            if carried + chunk.len() as u64 >= limit {
+                let allowed = limit.saturating_sub(carried) as usize;
+                let _ = c_write.write_all(&chunk[..allowed]);
+                shared
+                    .response_bytes
+                    .fetch_add(allowed as u64, Ordering::Relaxed);
+                shared.resets.fetch_add(1, Ordering::Relaxed);
+                reset(&c_write);
+                let _ = s_read.shutdown(Shutdown::Both);
+                let _ = upstream_writer.join();
+                return; // dropping the last descriptor sends the RST
+            }
+        }
+        let may_stall = faults
+            .max_stalls
+            .is_none_or(|max| shared.stalls.load(Ordering::Relaxed) < max);
+        if let Some(limit) = faults.stall_after.filter(|_| may_stall) {
+            if carried + chunk.len() as u64 >= limit {
+                let allowed = limit.saturating_sub(carried) as usize;
+                let _ = c_write.write_all(&chunk[..allowed]);
+                shared
+                    .response_bytes
+                    .fetch_add(allowed as u64, Ordering::Relaxed);
+                shared.stalls.fetch_add(1, Ordering::Relaxed);
+                // Hold the connection open, silent, until the client gives up
+                // (closing it ends the request-forwarding thread).
+                let give_up = Instant::now() + Duration::from_secs(120);
+                while !upstream_writer.is_finished() && Instant::now() < give_up {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = s_read.shutdown(Shutdown::Both);
+                break;
+            }
+        }
+        if let Some(rate) = faults.bytes_per_sec.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64((carried + chunk.len() as u64) as f64 / rate as f64);
+            let elapsed = started.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+            }
+        }
+        while !chunk.is_empty() {
+            match c_write.write(chunk) {
+                Ok(0) | Err(_) => {
+                    let _ = s_read.shutdown(Shutdown::Both);
+                    let _ = upstream_writer.join();
+                    return;
+                }
+                Ok(w) => {
+                    carried += w as u64;
+                    shared.response_bytes.fetch_add(w as u64, Ordering::Relaxed);
+                    chunk = &chunk[w..];
+                }
+            }
+        }
+    }
+    let _ = c_write.shutdown(Shutdown::Both);
+    let _ = upstream_writer.join();
+}
+
+/// Arms `stream` to close with a TCP RST instead of a FIN, like a peer that
+/// died, and ends the thread reading requests from it; the RST goes out when
+/// the last descriptor of the socket is dropped.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is valid for the life of `stream`, and the option value
+    // points at a properly sized, initialised `linger` struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    // SHUT_RD sends nothing to the peer but wakes the blocked reader thread.
+    let _ = stream.shutdown(Shutdown::Read);
+}
