@@ -73,6 +73,30 @@ pub struct Args {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub metadata_ttl: u64,
 
+    /// Size of each ranged GET that read-ahead is split into (e.g. 8M).
+    #[arg(long, value_parser = parse_size, default_value = "8M", value_name = "SIZE")]
+    pub read_part_size: u64,
+
+    /// Largest read-ahead window of one sequential reader (e.g. 64M).
+    #[arg(long, value_parser = parse_size, default_value = "64M", value_name = "SIZE")]
+    pub max_read_window: u64,
+
+    /// Ranged GETs in flight at once, across all open files.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_concurrent_requests: usize,
+
+    /// Memory for the block cache plus all read-ahead (e.g. 512M, 2G).
+    #[arg(long, value_parser = parse_size, default_value = "512M", value_name = "SIZE")]
+    pub memory_limit: u64,
+
+    /// Objects up to this size are fetched whole on their first read.
+    #[arg(long, value_parser = parse_size, default_value = "2M", value_name = "SIZE")]
+    pub small_object_size: u64,
+
+    /// Abandon and resume a download that delivers no byte for this long.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub read_stall_timeout: u64,
+
     /// Stay in the foreground instead of returning once the mount is live.
     #[arg(short, long)]
     pub foreground: bool,
@@ -103,6 +127,27 @@ fn parse_octal(s: &str) -> Result<u16, String> {
         Ok(v) if v <= 0o7777 => Ok(v),
         _ => Err(format!("'{s}' is not an octal mode like 644")),
     }
+}
+
+/// Parses a byte size: `65536`, `64K`, `8M`, `8MiB`, `1G` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 8M or 512MiB"))?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("'{s}' has an unknown unit; use K, M, G or T")),
+    };
+    n.checked_mul(1 << shift)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("'{s}' is not a usable size"))
 }
 
 /// Generic mount(8) options that mean nothing to this daemon.
@@ -304,6 +349,18 @@ mod tests {
             expand_mount_options(os(&["s3mount", "b", "/m", "-o", "bogus_thing=1"])).unwrap();
         assert!(Args::try_parse_from(args).is_err());
         assert!(expand_mount_options(os(&["s3mount", "b", "/m", "-o"])).is_err());
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("8X").is_err());
+        assert!(parse_size("M").is_err());
     }
 
     #[test]

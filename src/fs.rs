@@ -90,12 +90,18 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(self.attr(ino, &entry))
     }
 
-    pub async fn open(&self, ino: Ino) -> Result<u64, FsError> {
+    /// Opens a file; returns the handle and whether the kernel may keep
+    /// cached pages of it (the object is unchanged since the last open).
+    pub async fn open(&self, ino: Ino) -> Result<(u64, bool), FsError> {
         let key = self.catalog.file_key(ino)?;
         match self.catalog.entry(ino).await?.kind {
-            EntryKind::File { size, etag } => Ok(self.reader.open(key, etag, size)),
+            EntryKind::File { size, etag } => Ok(self.reader.open(&key, &etag, size)),
             EntryKind::Dir => Err(FsError::IsADirectory),
         }
+    }
+
+    pub fn read_stats(&self) -> &crate::read::ReadStats {
+        self.reader.stats()
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {

@@ -118,10 +118,25 @@ impl Respond<bytes::Bytes> for ReplyData {
     }
 }
 
-/// `open` result: the handle and whether the kernel may keep cached pages.
+/// `opendir` result: the directory handle.
 impl Respond<u64> for ReplyOpen {
     fn ok(self, fh: u64) {
         self.opened(FileHandle(fh), FopenFlags::empty());
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+/// `open` result: the handle and whether the kernel may keep cached pages.
+impl Respond<(u64, bool)> for ReplyOpen {
+    fn ok(self, (fh, keep_cache): (u64, bool)) {
+        let flags = if keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        self.opened(FileHandle(fh), flags);
     }
     fn err(self, errno: Errno) {
         self.error(errno);

@@ -17,7 +17,7 @@ use crate::catalog::Catalog;
 use crate::cli::{Args, ChecksumMode, Target};
 use crate::fs::{Ownership, S3Fs};
 use crate::fuse::FuseAdapter;
-use crate::read::Reader;
+use crate::read::{ReadConfig, Reader};
 use crate::store::{ObjectStore, S3Settings, S3Store, StoreError};
 
 /// A failure before or while mounting, worded for the person at the terminal.
@@ -54,7 +54,9 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         profile: args.profile.clone(),
         force_path_style: args.force_path_style,
         checksums_when_required,
+        idle_timeout: Duration::from_secs(args.read_stall_timeout.max(1)),
     };
+    let read_config = read_config(&args)?;
     let store = Arc::new(rt.block_on(preflight(&settings, &target))?);
 
     let owner = Ownership {
@@ -69,7 +71,11 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         &target.prefix,
         Duration::from_secs(args.metadata_ttl),
     );
-    let fs = Arc::new(S3Fs::new(catalog, Reader::new(store.clone()), owner));
+    let fs = Arc::new(S3Fs::new(
+        catalog,
+        Reader::new(store.clone(), read_config),
+        owner,
+    ));
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
 
     let mut config = fuser::Config::default();
@@ -127,12 +133,14 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
                     warn!(error = %e, "request loop ended with an error");
                 }
                 info!("unmounted externally; exiting");
+                log_read_stats(&fs, &store);
                 return;
             }
             _ = sigterm.recv() => "SIGTERM",
             _ = sigint.recv() => "SIGINT",
         };
         info!(signal = reason, open_files = fs.open_files(), "unmounting");
+        log_read_stats(&fs, &store);
         if let Err(e) = unmounter.unmount() {
             warn!(error = %e, "unmount failed (busy?); detaching lazily");
             detach(&mountpoint);
@@ -144,6 +152,52 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The read path's settings, checked for combinations that cannot work.
+fn read_config(args: &Args) -> Result<ReadConfig, MountError> {
+    let mut config = ReadConfig {
+        part_size: args.read_part_size,
+        max_requests: args.max_concurrent_requests.max(1),
+        memory_limit: args.memory_limit,
+        ..ReadConfig::default()
+    };
+    config.window.max_window = args.max_read_window.max(config.window.initial_window);
+    config.window.small_object = args.small_object_size;
+    if args.memory_limit < 16 * 1024 * 1024 {
+        return Err(MountError(format!(
+            "--memory-limit {} is too small; give at least 16M",
+            args.memory_limit
+        )));
+    }
+    if args.read_part_size < config.window.block {
+        return Err(MountError(format!(
+            "--read-part-size must be at least {} bytes",
+            config.window.block
+        )));
+    }
+    Ok(config)
+}
+
+fn log_read_stats<S: ObjectStore>(fs: &S3Fs<S>, store: &S3Store) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = fs.read_stats();
+    let fetched = stats.fetched_bytes.load(Relaxed);
+    let served = stats.served_bytes.load(Relaxed);
+    info!(
+        gets = stats.requests.load(Relaxed),
+        fetched_bytes = fetched,
+        served_bytes = served,
+        amplification = if served > 0 {
+            fetched as f64 / served as f64
+        } else {
+            0.0
+        },
+        block_hits = stats.block_hits.load(Relaxed),
+        block_misses = stats.block_misses.load(Relaxed),
+        resumes = store.resumes(),
+        "read statistics"
+    );
 }
 
 /// Lazily detaches a busy mount; open files fail once the process exits.

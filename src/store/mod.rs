@@ -98,10 +98,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// A different current version gives [`StoreError::PreconditionFailed`].
     /// A body that breaks off is resumed from the exact byte where it broke,
     /// pinned to the same ETag, so callers see whole ranges or an error.
+    /// The bytes come back in separately allocated pieces of `block` bytes
+    /// (the last may be shorter), so a cache can free them one by one.
     fn get_range(
         &self,
         key: &str,
         etag: &str,
         range: Range<u64>,
-    ) -> impl Future<Output = Result<Bytes, StoreError>> + Send;
+        block: usize,
+    ) -> impl Future<Output = Result<Vec<Bytes>, StoreError>> + Send;
 }

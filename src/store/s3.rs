@@ -33,6 +33,9 @@ pub struct S3Settings {
     /// Compute request checksums only where the API requires them. Needed by
     /// stores (Garage, older MinIO) that reject aws-chunked CRC32 uploads.
     pub checksums_when_required: bool,
+    /// A GET body that delivers no byte for this long is abandoned and
+    /// resumed; zero means the default of 5 s.
+    pub idle_timeout: Duration,
 }
 
 /// Connect timeout: an endpoint that does not accept a TCP connection in this
@@ -47,6 +50,7 @@ pub struct S3Store {
     endpoint: String,
     credentials: aws_sdk_s3::config::SharedCredentialsProvider,
     resumes: AtomicU64,
+    idle_timeout: Duration,
 }
 
 impl S3Store {
@@ -121,6 +125,11 @@ impl S3Store {
             endpoint,
             credentials,
             resumes: AtomicU64::new(0),
+            idle_timeout: if settings.idle_timeout.is_zero() {
+                Duration::from_secs(5)
+            } else {
+                settings.idle_timeout
+            },
         }
     }
 
@@ -215,34 +224,37 @@ impl ObjectStore for S3Store {
         key: &str,
         etag: &str,
         range: Range<u64>,
-    ) -> Result<Bytes, StoreError> {
+        block: usize,
+    ) -> Result<Vec<Bytes>, StoreError> {
         let expected = range.end.saturating_sub(range.start);
-        let mut buf = BytesMut::with_capacity(expected as usize);
+        let mut sink = BlockSink::new(block, expected);
         let mut failures = 0u32;
-        while (buf.len() as u64) < expected {
-            let from = range.start + buf.len() as u64;
-            let before = buf.len();
-            match self.get_into(key, etag, from..range.end, &mut buf).await {
+        while sink.received < expected {
+            let from = range.start + sink.received;
+            let before = sink.received;
+            match self.get_into(key, etag, from..range.end, &mut sink).await {
                 Ok(()) => {}
                 Err(e) if e.is_transient() && failures < MAX_RESUMES => {
                     // Progress resets the budget: only consecutive failures
                     // without a single new byte count against it.
-                    failures = if buf.len() > before { 1 } else { failures + 1 };
+                    failures = if sink.received > before {
+                        1
+                    } else {
+                        failures + 1
+                    };
                     self.resumes.fetch_add(1, Ordering::Relaxed);
-                    debug!(key, offset = range.start + buf.len() as u64, error = %e, failures, "resuming ranged GET");
+                    debug!(key, offset = range.start + sink.received, error = %e, failures, "resuming ranged GET");
                     tokio::time::sleep(backoff(failures)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(buf.freeze())
+        Ok(sink.finish())
     }
 }
 
 /// Consecutive failed attempts of one range before the read fails.
 const MAX_RESUMES: u32 = 8;
-/// A body that delivers no byte for this long is abandoned and resumed.
-const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Exponential backoff with jitter: 50 ms, 100 ms, ... capped at 2 s, each
 /// scaled by a random factor in [0.5, 1) so retries of many readers spread out.
@@ -255,20 +267,67 @@ fn backoff(failures: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
+/// Collects a body into separately allocated blocks as it arrives, so a
+/// broken body keeps every byte received so far.
+struct BlockSink {
+    block: usize,
+    expected: u64,
+    received: u64,
+    current: BytesMut,
+    done: Vec<Bytes>,
+}
+
+impl BlockSink {
+    fn new(block: usize, expected: u64) -> Self {
+        let block = block.max(1);
+        BlockSink {
+            block,
+            expected,
+            received: 0,
+            current: BytesMut::with_capacity(block.min(expected as usize)),
+            done: Vec::with_capacity((expected as usize).div_ceil(block)),
+        }
+    }
+
+    /// Takes as much of `data` as is still expected.
+    fn push(&mut self, data: &[u8]) {
+        let left = (self.expected - self.received) as usize;
+        let mut data = &data[..data.len().min(left)];
+        while !data.is_empty() {
+            let n = (self.block - self.current.len()).min(data.len());
+            self.current.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            self.received += n as u64;
+            if self.current.len() == self.block {
+                let rest = (self.expected - self.received) as usize;
+                let next = BytesMut::with_capacity(self.block.min(rest));
+                self.done
+                    .push(std::mem::replace(&mut self.current, next).freeze());
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.current.is_empty() {
+            self.done.push(self.current.freeze());
+        }
+        self.done
+    }
+}
+
 impl S3Store {
     /// Resumes and retries done by ranged GETs so far.
     pub fn resumes(&self) -> u64 {
         self.resumes.load(Ordering::Relaxed)
     }
 
-    /// One ranged GET of `range`, appending to `buf` as bytes arrive, so a
-    /// broken body leaves every byte received so far in `buf`.
+    /// One ranged GET of `range`, handing bytes to `sink` as they arrive.
     async fn get_into(
         &self,
         key: &str,
         etag: &str,
         range: Range<u64>,
-        buf: &mut BytesMut,
+        sink: &mut BlockSink,
     ) -> Result<(), StoreError> {
         let mut out = self
             .client
@@ -287,24 +346,23 @@ impl S3Store {
                 return Err(StoreError::PreconditionFailed);
             }
         }
-        let want = (range.end - range.start) as usize;
-        let start_len = buf.len();
+        let want = range.end - range.start;
+        let start = sink.received;
         loop {
-            let chunk = match tokio::time::timeout(BODY_IDLE_TIMEOUT, out.body.next()).await {
+            let chunk = match tokio::time::timeout(self.idle_timeout, out.body.next()).await {
                 Err(_) => {
                     return Err(StoreError::BodyInterrupted(format!(
-                        "no data for {}s",
-                        BODY_IDLE_TIMEOUT.as_secs()
+                        "no data for {:?}",
+                        self.idle_timeout
                     )))
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(StoreError::BodyInterrupted(root_cause(&e))),
                 Ok(Some(Ok(chunk))) => chunk,
             };
-            let room = want - (buf.len() - start_len);
-            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            sink.push(&chunk);
         }
-        let got = buf.len() - start_len;
+        let got = sink.received - start;
         if got < want {
             return Err(StoreError::BodyInterrupted(format!(
                 "body ended after {got} of {want} bytes"

@@ -1,0 +1,227 @@
+//! The read path: open file handles, read-ahead, and the shared block cache.
+//!
+//! Each handle is pinned to one object version (its ETag) and owns a
+//! [`ReadWindow`] that decides, per `read`, what must be fetched now and
+//! what to fetch ahead. The [`Fetcher`] turns that into few, large, parallel
+//! ranged GETs (each pinned with `If-Match`) and keeps the blocks in one
+//! cache shared by all handles. One memory budget covers the cache and the
+//! data requested ahead of readers: when read-ahead would exceed its share,
+//! windows shrink instead of the process growing.
+
+mod fetch;
+mod window;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+pub use fetch::{Fetcher, ObjectVersion, ReadStats};
+pub use window::{Plan, ReadWindow, WindowConfig};
+
+use crate::error::FsError;
+use crate::store::{ObjectStore, StoreError};
+
+/// Settings of the read path; filled from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadConfig {
+    pub window: WindowConfig,
+    /// Size of each ranged GET a window is split into.
+    pub part_size: u64,
+    /// Ranged GETs in flight at once, across all files.
+    pub max_requests: usize,
+    /// One budget for the block cache and all data requested ahead.
+    pub memory_limit: u64,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            window: WindowConfig::default(),
+            part_size: 8 * 1024 * 1024,
+            max_requests: 64,
+            memory_limit: 512 * 1024 * 1024,
+        }
+    }
+}
+
+impl ReadConfig {
+    /// The share of the budget that data requested ahead of readers may use;
+    /// the rest is the block cache.
+    fn ahead_budget(&self) -> u64 {
+        self.memory_limit / 4
+    }
+}
+
+struct OpenFile {
+    version: Mutex<Arc<ObjectVersion>>,
+    window: Mutex<ReadWindow>,
+    /// Bytes this handle has requested ahead of its reader (its share of
+    /// `Reader::ahead_total`).
+    ahead: AtomicU64,
+    /// Set once any byte has been returned; from then on the version may not
+    /// change under this handle.
+    served: AtomicBool,
+}
+
+pub struct Reader<S> {
+    store: Arc<S>,
+    fetcher: Arc<Fetcher<S>>,
+    config: ReadConfig,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    ahead_total: AtomicU64,
+    /// The ETag each key had at its last open: an unchanged object may keep
+    /// its pages in the kernel's cache across opens.
+    last_opened: moka::sync::Cache<Arc<str>, Arc<str>>,
+}
+
+impl<S: ObjectStore> Reader<S> {
+    pub fn new(store: Arc<S>, config: ReadConfig) -> Self {
+        let cache_bytes = config.memory_limit - config.ahead_budget();
+        Reader {
+            fetcher: Fetcher::new(
+                store.clone(),
+                config.window.block,
+                config.part_size,
+                cache_bytes,
+                config.max_requests,
+            ),
+            store,
+            config,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            ahead_total: AtomicU64::new(0),
+            last_opened: moka::sync::Cache::new(100_000),
+        }
+    }
+
+    /// Opens `key` at the version the catalog saw. Returns the handle and
+    /// whether the kernel may keep pages cached from an earlier open.
+    pub fn open(&self, key: &str, etag: &str, size: u64) -> (u64, bool) {
+        let key: Arc<str> = key.into();
+        let etag: Arc<str> = etag.into();
+        let keep_cache = self.last_opened.get(&key).is_some_and(|e| e == etag);
+        self.last_opened.insert(key.clone(), etag.clone());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile {
+            version: Mutex::new(Arc::new(ObjectVersion { key, etag, size })),
+            window: Mutex::new(ReadWindow::new(self.config.window, size)),
+            ahead: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+        };
+        self.handles.lock().unwrap().insert(fh, Arc::new(file));
+        (fh, keep_cache)
+    }
+
+    pub fn release(&self, fh: u64) {
+        if let Some(file) = self.handles.lock().unwrap().remove(&fh) {
+            let mine = file.ahead.swap(0, Ordering::Relaxed);
+            self.ahead_total.fetch_sub(mine, Ordering::Relaxed);
+        }
+    }
+
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().unwrap().len()
+    }
+
+    pub fn stats(&self) -> &ReadStats {
+        &self.fetcher.stats
+    }
+
+    /// Reads up to `len` bytes at `offset`; short only at the end of the object.
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        let file = self
+            .handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
+        let mut retried_version = false;
+        loop {
+            let version = file.version.lock().unwrap().clone();
+            let end = offset.saturating_add(len as u64).min(version.size);
+            if offset >= end {
+                return Ok(Bytes::new());
+            }
+            self.plan_and_request(&file, &version, offset, end - offset);
+            match self.fetcher.read(&version, offset..end).await {
+                Ok(bytes) => {
+                    file.served.store(true, Ordering::Relaxed);
+                    return Ok(bytes);
+                }
+                // The catalog's ETag may predate the open: the object was
+                // replaced after it was listed. Before this handle has returned
+                // any byte, the version "seen at open" is the current one.
+                Err(StoreError::PreconditionFailed)
+                    if !retried_version && !file.served.load(Ordering::Relaxed) =>
+                {
+                    retried_version = true;
+                    let meta = self
+                        .store
+                        .head(&version.key)
+                        .await
+                        .map_err(|e| FsError::store(&version.key, e))?;
+                    debug!(key = %version.key, etag = %meta.etag, "object replaced before first read; pinning new version");
+                    *file.version.lock().unwrap() = Arc::new(ObjectVersion {
+                        key: version.key.clone(),
+                        etag: meta.etag.as_str().into(),
+                        size: meta.size,
+                    });
+                    *file.window.lock().unwrap() = ReadWindow::new(self.config.window, meta.size);
+                }
+                Err(e) => {
+                    warn!(key = %version.key, offset, error = %e, "read failed");
+                    return Err(FsError::store(&version.key, e));
+                }
+            }
+        }
+    }
+
+    /// Asks the window what to fetch, keeps read-ahead within the budget,
+    /// and starts the fetches (without waiting for them).
+    fn plan_and_request(
+        &self,
+        file: &OpenFile,
+        version: &Arc<ObjectVersion>,
+        offset: u64,
+        len: u64,
+    ) {
+        let plan = {
+            let mut window = file.window.lock().unwrap();
+            let mut plan = window.plan(offset, len);
+            if let Some(ahead) = &mut plan.ahead {
+                let budget = self.config.ahead_budget();
+                let in_use = self.ahead_total.load(Ordering::Relaxed);
+                let room = budget.saturating_sub(in_use);
+                if ahead.end - ahead.start > room {
+                    // Memory is short: shrink this stream instead of growing.
+                    window.shrink();
+                    let block = self.config.window.block;
+                    let allowed = room - room % block;
+                    if allowed == 0 {
+                        plan.ahead = None;
+                    } else {
+                        ahead.end = ahead.start + allowed;
+                    }
+                }
+            }
+            // Account this handle's read-ahead in the global total.
+            let mine = window.ahead_bytes().min(self.config.ahead_budget());
+            let before = file.ahead.swap(mine, Ordering::Relaxed);
+            if mine >= before {
+                self.ahead_total.fetch_add(mine - before, Ordering::Relaxed);
+            } else {
+                self.ahead_total.fetch_sub(before - mine, Ordering::Relaxed);
+            }
+            plan
+        };
+        self.fetcher.request(version, plan.demand);
+        if let Some(ahead) = plan.ahead {
+            self.fetcher.request(version, ahead);
+        }
+    }
+}

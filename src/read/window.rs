@@ -1,0 +1,300 @@
+//! `ReadWindow`: turns one handle's stream of `read(offset, len)` calls into
+//! what to fetch now (the demand) and what to fetch ahead (the read-ahead).
+//!
+//! Pure logic, no I/O, so the policy can be tested exactly:
+//! - Small objects are fetched whole on the first read.
+//! - A read that does not continue the previous ones is *random*: fetch
+//!   only what was asked, rounded out to the block size. A random read in
+//!   the last part of the file fetches the whole tail in one request
+//!   (columnar footers are read several times, in small pieces).
+//! - Once a run of contiguous reads passes `sequential_after` bytes the
+//!   handle is *sequential*: a window starting at `initial_window` is
+//!   requested ahead of the reader and doubles, up to `max_window`, each
+//!   time the reader gets within one window of the end of what is requested.
+//! - Small backward re-reads and forward jumps inside the requested window
+//!   (the kernel's own readahead reorders requests) keep the stream going;
+//!   anything else is a seek and starts over with a random read.
+
+use std::ops::Range;
+
+/// Tunables of the read-ahead policy.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowConfig {
+    /// Unit of fetching and caching; demand ranges are rounded to it.
+    pub block: u64,
+    pub initial_window: u64,
+    pub max_window: u64,
+    /// Objects up to this size are fetched whole on the first read.
+    pub small_object: u64,
+    /// Random reads within this distance of the end fetch the whole tail.
+    pub tail: u64,
+    /// Contiguous bytes read before read-ahead starts.
+    pub sequential_after: u64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            block: 64 * 1024,
+            initial_window: 1024 * 1024,
+            max_window: 64 * 1024 * 1024,
+            small_object: 2 * 1024 * 1024,
+            tail: 1024 * 1024,
+            sequential_after: 512 * 1024,
+        }
+    }
+}
+
+/// What to fetch for one read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Needed to answer this read; block-aligned (the end may be the file size).
+    pub demand: Range<u64>,
+    /// To request ahead of the reader, if anything.
+    pub ahead: Option<Range<u64>>,
+}
+
+/// Backward distance a read may jump and still count as continuing the
+/// stream: the kernel issues readahead requests slightly out of order.
+const BACKWARD_SLACK: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ReadWindow {
+    cfg: WindowConfig,
+    size: u64,
+    /// End of the furthest read so far in the current run.
+    next: Option<u64>,
+    /// Where the current run of contiguous reads began.
+    run_start: u64,
+    window: u64,
+    /// End of what has been requested ahead of the reader.
+    ahead_to: u64,
+}
+
+impl ReadWindow {
+    pub fn new(cfg: WindowConfig, size: u64) -> Self {
+        ReadWindow {
+            cfg,
+            size,
+            next: None,
+            run_start: 0,
+            window: cfg.initial_window,
+            ahead_to: 0,
+        }
+    }
+
+    pub fn is_sequential(&self) -> bool {
+        self.next
+            .is_some_and(|next| next.saturating_sub(self.run_start) >= self.cfg.sequential_after)
+    }
+
+    /// Bytes requested ahead of the reader's furthest position.
+    pub fn ahead_bytes(&self) -> u64 {
+        self.ahead_to.saturating_sub(self.next.unwrap_or(0))
+    }
+
+    /// Halves the window (not below the initial one): memory is short.
+    pub fn shrink(&mut self) {
+        self.window = (self.window / 2).max(self.cfg.initial_window);
+    }
+
+    pub fn plan(&mut self, offset: u64, len: u64) -> Plan {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= self.size {
+            return Plan {
+                demand: self.size..self.size,
+                ahead: None,
+            };
+        }
+        if self.size <= self.cfg.small_object {
+            self.next = Some(end);
+            return Plan {
+                demand: 0..self.size,
+                ahead: None,
+            };
+        }
+
+        let continues = match self.next {
+            None => false,
+            Some(next) => offset + BACKWARD_SLACK >= next && offset <= next.max(self.ahead_to),
+        };
+        if continues {
+            self.next = Some(self.next.unwrap_or(0).max(end));
+        } else {
+            // A seek: start over.
+            self.run_start = offset;
+            self.next = Some(end);
+            self.window = self.cfg.initial_window;
+            self.ahead_to = 0;
+        }
+
+        let mut demand = self.align_down(offset)..self.align_up(end);
+        if !self.is_sequential() {
+            let tail_start = self.align_down(self.size.saturating_sub(self.tail()));
+            if offset >= tail_start {
+                demand = tail_start..self.size;
+            }
+            return Plan {
+                demand,
+                ahead: None,
+            };
+        }
+
+        // Sequential: keep the next window in flight before the reader gets there.
+        self.ahead_to = self.ahead_to.max(demand.end);
+        let mut ahead = None;
+        if end + self.window > self.ahead_to && self.ahead_to < self.size {
+            let start = self.ahead_to;
+            let stop = (start + self.window).min(self.size);
+            ahead = Some(start..stop);
+            self.ahead_to = stop;
+            self.window = (self.window * 2).min(self.cfg.max_window);
+        }
+        Plan { demand, ahead }
+    }
+
+    fn tail(&self) -> u64 {
+        self.cfg.tail.min(self.size / 8).max(self.cfg.block)
+    }
+
+    fn align_down(&self, x: u64) -> u64 {
+        x - x % self.cfg.block
+    }
+
+    fn align_up(&self, x: u64) -> u64 {
+        x.div_ceil(self.cfg.block)
+            .saturating_mul(self.cfg.block)
+            .min(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = 1024;
+    const M: u64 = 1024 * 1024;
+
+    fn window(size: u64) -> ReadWindow {
+        ReadWindow::new(WindowConfig::default(), size)
+    }
+
+    #[test]
+    fn small_objects_are_fetched_whole() {
+        let mut w = window(300 * K);
+        assert_eq!(w.plan(100 * K, 4 * K).demand, 0..300 * K);
+    }
+
+    #[test]
+    fn random_reads_fetch_only_what_was_asked_rounded_to_blocks() {
+        let mut w = window(1024 * M);
+        let p = w.plan(10 * M + 5, 256 * K);
+        assert_eq!(p.demand, 10 * M..10 * M + 320 * K);
+        assert_eq!(p.ahead, None);
+        // An aligned random read is fetched exactly.
+        let p = w.plan(500 * M, 256 * K);
+        assert_eq!(p.demand, 500 * M..500 * M + 256 * K);
+        assert_eq!(p.ahead, None);
+    }
+
+    #[test]
+    fn a_random_read_split_in_two_by_the_kernel_does_not_start_read_ahead() {
+        let mut w = window(1024 * M);
+        assert_eq!(w.plan(300 * M, 128 * K).ahead, None);
+        assert_eq!(w.plan(300 * M + 128 * K, 128 * K).ahead, None);
+        assert!(!w.is_sequential());
+    }
+
+    #[test]
+    fn reads_near_the_end_fetch_the_whole_tail_once() {
+        let mut w = window(64 * M);
+        let p = w.plan(64 * M - 8, 8);
+        assert_eq!(p.demand, 63 * M..64 * M);
+        // Tail of a mid-sized file is at most an eighth of it.
+        let mut w = window(4 * M);
+        assert_eq!(w.plan(4 * M - 100, 100).demand, 4 * M - 512 * K..4 * M);
+    }
+
+    #[test]
+    fn sequential_reads_start_read_ahead_and_double_the_window() {
+        let mut w = window(1024 * M);
+        let mut aheads = Vec::new();
+        let mut off = 0;
+        while off < 200 * M {
+            let p = w.plan(off, 128 * K);
+            assert!(p.demand.start <= off && p.demand.end >= off + 128 * K);
+            if let Some(a) = p.ahead {
+                aheads.push(a);
+            }
+            off += 128 * K;
+        }
+        assert!(!aheads.is_empty());
+        // Contiguous, non-overlapping windows that grow to the maximum.
+        for pair in aheads.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        let sizes: Vec<u64> = aheads.iter().map(|r| r.end - r.start).collect();
+        assert_eq!(sizes[0], M);
+        assert_eq!(sizes[1], 2 * M);
+        assert_eq!(*sizes.iter().max().unwrap(), 64 * M);
+        // The requested window is always ahead of the reader.
+        assert!(aheads.last().unwrap().end > 200 * M);
+    }
+
+    #[test]
+    fn small_reorderings_do_not_reset_the_stream() {
+        let mut w = window(1024 * M);
+        for i in 0..8 {
+            w.plan(i * 128 * K, 128 * K);
+        }
+        assert!(w.is_sequential());
+        // The kernel delivers a later block first, then an earlier one.
+        w.plan(9 * 128 * K, 128 * K);
+        w.plan(8 * 128 * K, 128 * K);
+        assert!(w.is_sequential());
+        // A jump forward inside the requested window is fine too.
+        w.plan(w.ahead_to - 256 * K, 128 * K);
+        assert!(w.is_sequential());
+    }
+
+    #[test]
+    fn a_real_seek_resets_to_a_random_read_and_the_small_window() {
+        let mut w = window(1024 * M);
+        let mut off = 0;
+        while off < 40 * M {
+            w.plan(off, 128 * K);
+            off += 128 * K;
+        }
+        assert!(w.is_sequential());
+        let p = w.plan(900 * M, 128 * K);
+        assert_eq!(p.ahead, None);
+        assert!(!w.is_sequential());
+        // Reading on from there ramps up again from the initial window.
+        let mut first = None;
+        let mut off = 900 * M + 128 * K;
+        while first.is_none() {
+            first = w.plan(off, 128 * K).ahead;
+            off += 128 * K;
+        }
+        let first = first.unwrap();
+        assert_eq!(first.end - first.start, M);
+    }
+
+    #[test]
+    fn shrinking_halves_the_window_but_not_below_the_initial_one() {
+        let mut w = window(1024 * M);
+        w.window = 16 * M;
+        w.shrink();
+        assert_eq!(w.window, 8 * M);
+        for _ in 0..10 {
+            w.shrink();
+        }
+        assert_eq!(w.window, M);
+    }
+
+    #[test]
+    fn reads_past_the_end_fetch_nothing() {
+        let mut w = window(10 * M);
+        assert_eq!(w.plan(20 * M, 4 * K).demand, 10 * M..10 * M);
+    }
+}
