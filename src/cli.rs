@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, default_value = "2M", value_name = "SIZE")]
     pub small_object_size: u64,
 
+    /// Kernel readahead for the mount (bigger FUSE reads, fewer requests);
+    /// 0 leaves the kernel's default. Needs root; ignored otherwise.
+    #[arg(long, value_parser = parse_size_or_zero, default_value = "1M", value_name = "SIZE")]
+    pub kernel_readahead: u64,
+
     /// Abandon and resume a download that delivers no byte for this long.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub read_stall_timeout: u64,
@@ -148,6 +153,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift)
         .filter(|v| *v > 0)
         .ok_or_else(|| format!("'{s}' is not a usable size"))
+}
+
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(s)
+    }
 }
 
 /// Generic mount(8) options that mean nothing to this daemon.

@@ -28,7 +28,7 @@ fn upstream(s3: &TestS3) -> String {
 fn reads_survive_connection_resets_with_identical_bytes() {
     let s3 = TestS3::start();
     let b = s3.bucket("reset");
-    let data = random_bytes(48 * 1024 * 1024, 21);
+    let data = random_bytes(256 * 1024 * 1024, 21);
     b.put("big.bin", data.clone());
     let proxy = FaultProxy::start(&upstream(&s3));
     let m = Mounted::start_at(&proxied(&s3, &proxy), &b.name, &[]);

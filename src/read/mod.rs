@@ -48,10 +48,16 @@ impl Default for ReadConfig {
 }
 
 impl ReadConfig {
-    /// The share of the budget that data requested ahead of readers may use;
-    /// the rest is the block cache.
+    /// The share of the budget that data requested ahead of readers may use.
     fn ahead_budget(&self) -> u64 {
         self.memory_limit / 4
+    }
+
+    /// The share of the budget the block cache may use. An eighth is left
+    /// for what the budget cannot see: connection buffers, replies being
+    /// assembled, allocator slack.
+    fn cache_budget(&self) -> u64 {
+        self.memory_limit - self.ahead_budget() - self.memory_limit / 8
     }
 }
 
@@ -80,13 +86,12 @@ pub struct Reader<S> {
 
 impl<S: ObjectStore> Reader<S> {
     pub fn new(store: Arc<S>, config: ReadConfig) -> Self {
-        let cache_bytes = config.memory_limit - config.ahead_budget();
         Reader {
             fetcher: Fetcher::new(
                 store.clone(),
                 config.window.block,
                 config.part_size,
-                cache_bytes,
+                config.cache_budget(),
                 config.max_requests,
             ),
             store,
@@ -192,25 +197,18 @@ impl<S: ObjectStore> Reader<S> {
     ) {
         let plan = {
             let mut window = file.window.lock().unwrap();
-            let mut plan = window.plan(offset, len);
-            if let Some(ahead) = &mut plan.ahead {
-                let budget = self.config.ahead_budget();
-                let in_use = self.ahead_total.load(Ordering::Relaxed);
-                let room = budget.saturating_sub(in_use);
-                if ahead.end - ahead.start > room {
-                    // Memory is short: shrink this stream instead of growing.
-                    window.shrink();
-                    let block = self.config.window.block;
-                    let allowed = room - room % block;
-                    if allowed == 0 {
-                        plan.ahead = None;
-                    } else {
-                        ahead.end = ahead.start + allowed;
-                    }
-                }
-            }
+            // This handle's own read-ahead does not count against its room.
+            let others = self
+                .ahead_total
+                .load(Ordering::Relaxed)
+                .saturating_sub(file.ahead.load(Ordering::Relaxed));
+            let room = self
+                .config
+                .ahead_budget()
+                .saturating_sub(others + window.ahead_bytes());
+            let plan = window.plan(offset, len, room);
             // Account this handle's read-ahead in the global total.
-            let mine = window.ahead_bytes().min(self.config.ahead_budget());
+            let mine = window.ahead_bytes();
             let before = file.ahead.swap(mine, Ordering::Relaxed);
             if mine >= before {
                 self.ahead_total.fetch_add(mine - before, Ordering::Relaxed);

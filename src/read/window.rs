@@ -98,7 +98,10 @@ impl ReadWindow {
         self.window = (self.window / 2).max(self.cfg.initial_window);
     }
 
-    pub fn plan(&mut self, offset: u64, len: u64) -> Plan {
+    /// Plans one read. `ahead_room` is how many bytes the memory budget
+    /// still allows to be requested ahead; a window that does not fit is
+    /// trimmed and the stream's window shrinks.
+    pub fn plan(&mut self, offset: u64, len: u64, ahead_room: u64) -> Plan {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= self.size {
             return Plan {
@@ -145,10 +148,18 @@ impl ReadWindow {
         let mut ahead = None;
         if end + self.window > self.ahead_to && self.ahead_to < self.size {
             let start = self.ahead_to;
-            let stop = (start + self.window).min(self.size);
-            ahead = Some(start..stop);
-            self.ahead_to = stop;
-            self.window = (self.window * 2).min(self.cfg.max_window);
+            let room = ahead_room - ahead_room % self.cfg.block;
+            let stop = (start + self.window.min(room)).min(self.size);
+            if room < self.window {
+                // Memory is short: shrink instead of growing.
+                self.shrink();
+            } else {
+                self.window = (self.window * 2).min(self.cfg.max_window);
+            }
+            if stop > start {
+                ahead = Some(start..stop);
+                self.ahead_to = stop;
+            }
         }
         Plan { demand, ahead }
     }
@@ -179,20 +190,60 @@ mod tests {
         ReadWindow::new(WindowConfig::default(), size)
     }
 
+    impl ReadWindow {
+        /// Plans with no memory pressure.
+        fn plan_all(&mut self, offset: u64, len: u64) -> Plan {
+            self.plan(offset, len, u64::MAX)
+        }
+    }
+
+    #[test]
+    fn memory_pressure_trims_read_ahead_and_shrinks_the_window() {
+        let mut w = window(1024 * M);
+        let mut off = 0;
+        while w.window < 16 * M {
+            w.plan_all(off, 128 * K);
+            off += 128 * K;
+        }
+        // Keep reading with only 2 MiB of room: requests fit the room,
+        // and everything requested is contiguous with what came before.
+        let mut last_end = w.ahead_to;
+        for _ in 0..200 {
+            let p = w.plan(off, 128 * K, 2 * M);
+            if let Some(a) = p.ahead {
+                assert!(a.end - a.start <= 2 * M);
+                assert_eq!(a.start, last_end, "nothing may be skipped");
+                last_end = a.end;
+            }
+            off += 128 * K;
+        }
+        assert!(
+            w.window <= 4 * M,
+            "the window shrank from 16 MiB to {}",
+            w.window
+        );
+        // No room at all: no read-ahead, and nothing beyond the demand is
+        // marked as requested.
+        let before = w.ahead_to;
+        let p = w.plan(off, 128 * K, 0);
+        assert_eq!(p.ahead, None);
+        assert_eq!(w.ahead_to, before.max(p.demand.end));
+    }
+
     #[test]
     fn small_objects_are_fetched_whole() {
         let mut w = window(300 * K);
-        assert_eq!(w.plan(100 * K, 4 * K).demand, 0..300 * K);
+        assert_eq!(w.plan_all(100 * K, 4 * K).demand, 0..300 * K);
     }
 
     #[test]
     fn random_reads_fetch_only_what_was_asked_rounded_to_blocks() {
         let mut w = window(1024 * M);
-        let p = w.plan(10 * M + 5, 256 * K);
+        let p = w.plan_all(10 * M + 5, 256 * K);
         assert_eq!(p.demand, 10 * M..10 * M + 320 * K);
         assert_eq!(p.ahead, None);
         // An aligned random read is fetched exactly.
-        let p = w.plan(500 * M, 256 * K);
+        let p = w.plan_all(500 * M, 256 * K);
         assert_eq!(p.demand, 500 * M..500 * M + 256 * K);
         assert_eq!(p.ahead, None);
     }
@@ -200,19 +251,19 @@ mod tests {
     #[test]
     fn a_random_read_split_in_two_by_the_kernel_does_not_start_read_ahead() {
         let mut w = window(1024 * M);
-        assert_eq!(w.plan(300 * M, 128 * K).ahead, None);
-        assert_eq!(w.plan(300 * M + 128 * K, 128 * K).ahead, None);
+        assert_eq!(w.plan_all(300 * M, 128 * K).ahead, None);
+        assert_eq!(w.plan_all(300 * M + 128 * K, 128 * K).ahead, None);
         assert!(!w.is_sequential());
     }
 
     #[test]
     fn reads_near_the_end_fetch_the_whole_tail_once() {
         let mut w = window(64 * M);
-        let p = w.plan(64 * M - 8, 8);
+        let p = w.plan_all(64 * M - 8, 8);
         assert_eq!(p.demand, 63 * M..64 * M);
         // Tail of a mid-sized file is at most an eighth of it.
         let mut w = window(4 * M);
-        assert_eq!(w.plan(4 * M - 100, 100).demand, 4 * M - 512 * K..4 * M);
+        assert_eq!(w.plan_all(4 * M - 100, 100).demand, 4 * M - 512 * K..4 * M);
     }
 
     #[test]
@@ -221,7 +272,7 @@ mod tests {
         let mut aheads = Vec::new();
         let mut off = 0;
         while off < 200 * M {
-            let p = w.plan(off, 128 * K);
+            let p = w.plan_all(off, 128 * K);
             assert!(p.demand.start <= off && p.demand.end >= off + 128 * K);
             if let Some(a) = p.ahead {
                 aheads.push(a);
@@ -245,15 +296,15 @@ mod tests {
     fn small_reorderings_do_not_reset_the_stream() {
         let mut w = window(1024 * M);
         for i in 0..8 {
-            w.plan(i * 128 * K, 128 * K);
+            w.plan_all(i * 128 * K, 128 * K);
         }
         assert!(w.is_sequential());
         // The kernel delivers a later block first, then an earlier one.
-        w.plan(9 * 128 * K, 128 * K);
-        w.plan(8 * 128 * K, 128 * K);
+        w.plan_all(9 * 128 * K, 128 * K);
+        w.plan_all(8 * 128 * K, 128 * K);
         assert!(w.is_sequential());
         // A jump forward inside the requested window is fine too.
-        w.plan(w.ahead_to - 256 * K, 128 * K);
+        w.plan_all(w.ahead_to - 256 * K, 128 * K);
         assert!(w.is_sequential());
     }
 
@@ -262,18 +313,18 @@ mod tests {
         let mut w = window(1024 * M);
         let mut off = 0;
         while off < 40 * M {
-            w.plan(off, 128 * K);
+            w.plan_all(off, 128 * K);
             off += 128 * K;
         }
         assert!(w.is_sequential());
-        let p = w.plan(900 * M, 128 * K);
+        let p = w.plan_all(900 * M, 128 * K);
         assert_eq!(p.ahead, None);
         assert!(!w.is_sequential());
         // Reading on from there ramps up again from the initial window.
         let mut first = None;
         let mut off = 900 * M + 128 * K;
         while first.is_none() {
-            first = w.plan(off, 128 * K).ahead;
+            first = w.plan_all(off, 128 * K).ahead;
             off += 128 * K;
         }
         let first = first.unwrap();
@@ -295,6 +346,6 @@ mod tests {
     #[test]
     fn reads_past_the_end_fetch_nothing() {
         let mut w = window(10 * M);
-        assert_eq!(w.plan(20 * M, 4 * K).demand, 10 * M..10 * M);
+        assert_eq!(w.plan_all(20 * M, 4 * K).demand, 10 * M..10 * M);
     }
 }

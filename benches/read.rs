@@ -1,0 +1,422 @@
+//! Read benchmark: s3mount next to the same work done directly with
+//! aws-sdk-s3 (parallel ranged GETs, no FUSE), in the same run, through a
+//! proxy that adds S3-like latency before each response.
+//!
+//!   cargo bench --bench read            (or scripts/bench-read.sh)
+//!
+//! Environment: BENCH_FILE_MIB (default 1024), BENCH_RUNS (default 3),
+//! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200).
+//! Figures are medians of BENCH_RUNS runs; each run mounts afresh so no
+//! cache survives from the run before.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use support::proxy::{FaultProxy, Faults};
+use support::*;
+
+const MIB: u64 = 1024 * 1024;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Bench {
+    s3: TestS3,
+    bucket: TestBucket,
+    proxy: FaultProxy,
+    endpoint: Endpoint,
+    client: aws_sdk_s3::Client,
+    size: u64,
+    runs: usize,
+    latency: Duration,
+}
+
+impl Bench {
+    fn mount(&self) -> Mounted {
+        Mounted::start_at(&self.endpoint, &self.bucket.name, &[])
+    }
+
+    fn clean(&self) {
+        self.proxy.set(Faults {
+            first_byte_delay: self.latency,
+            ..Faults::default()
+        });
+    }
+}
+
+/// Reads `key` whole with `parallel` concurrent ranged GETs of `part` bytes.
+async fn direct_read(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    part: u64,
+    parallel: usize,
+) -> u64 {
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = Vec::new();
+    let mut off = 0;
+    while off < size {
+        let end = (off + part).min(size);
+        let (c, b, k, sem) = (
+            client.clone(),
+            bucket.to_owned(),
+            key.to_owned(),
+            sem.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let out = c
+                .get_object()
+                .bucket(b)
+                .key(k)
+                .range(format!("bytes={off}-{}", end - 1))
+                .send()
+                .await
+                .expect("direct GET");
+            let mut body = out.body;
+            let mut n = 0u64;
+            while let Some(chunk) = body.try_next().await.expect("direct body") {
+                n += chunk.len() as u64;
+            }
+            n
+        }));
+        off = end;
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+fn read_file(path: &std::path::Path) -> u64 {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut total = 0;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return total;
+        }
+        total += n as u64;
+    }
+}
+
+fn offsets(count: u64, size: u64, len: u64, seed: u64) -> Vec<u64> {
+    let slots = size / len;
+    let mut x = seed | 1;
+    (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % slots) * len
+        })
+        .collect()
+}
+
+fn rss_peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct Row {
+    what: String,
+    mount: String,
+    direct: String,
+    ratio: String,
+}
+
+fn row(what: &str, mount: f64, direct: f64, unit: &str, higher_is_better: bool) -> Row {
+    let ratio = if higher_is_better {
+        mount / direct
+    } else {
+        direct / mount
+    };
+    Row {
+        what: what.into(),
+        mount: format!("{mount:.1} {unit}"),
+        direct: format!("{direct:.1} {unit}"),
+        ratio: format!("{ratio:.2}x"),
+    }
+}
+
+fn main() {
+    let size = env_u64("BENCH_FILE_MIB", 1024) * MIB;
+    let runs = env_u64("BENCH_RUNS", 3) as usize;
+    let latency = Duration::from_millis(env_u64("BENCH_LATENCY_MS", 20));
+    let random_reads = env_u64("BENCH_RANDOM_READS", 200);
+
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("bench");
+    eprintln!("bench: uploading 4 x {} MiB of random data", size / MIB);
+    for i in 0..4 {
+        let data = random_bytes(size as usize, 100 + i);
+        block_on(
+            bucket
+                .client
+                .put_object()
+                .bucket(&bucket.name)
+                .key(format!("seq{i}.bin"))
+                .body(ByteStream::from(data))
+                .send(),
+        )
+        .expect("upload");
+    }
+    let upstream = s3.endpoint.url.trim_start_matches("http://").to_owned();
+    let proxy = FaultProxy::start(&upstream);
+    let endpoint = Endpoint {
+        url: proxy.url(),
+        ..s3.endpoint.clone()
+    };
+    let client = client_for(&endpoint);
+    let b = Bench {
+        s3,
+        bucket,
+        proxy,
+        endpoint,
+        client,
+        size,
+        runs,
+        latency,
+    };
+    b.clean();
+    let _ = &b.s3;
+    let mut rows = Vec::new();
+    let mib = |bytes: u64, t: Duration| bytes as f64 / MIB as f64 / t.as_secs_f64();
+
+    // Sequential, 1 reader.
+    let (mut m1, mut d1) = (Vec::new(), Vec::new());
+    for _ in 0..b.runs {
+        let m = b.mount();
+        let t = Instant::now();
+        let n = read_file(&m.path().join("seq0.bin"));
+        m1.push(mib(n, t.elapsed()));
+        drop(m);
+        let t = Instant::now();
+        let n = block_on(direct_read(
+            &b.client,
+            &b.bucket.name,
+            "seq0.bin",
+            b.size,
+            8 * MIB,
+            8,
+        ));
+        d1.push(mib(n, t.elapsed()));
+    }
+    let seq1 = median(m1.clone());
+    rows.push(row(
+        "sequential read, 1 reader",
+        seq1,
+        median(d1),
+        "MiB/s",
+        true,
+    ));
+
+    // Sequential, 4 readers on 4 files; also the daemon's peak RSS.
+    let (mut m4, mut d4, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..b.runs {
+        let m = b.mount();
+        let t = Instant::now();
+        let n: u64 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|i| {
+                    let p = m.path().join(format!("seq{i}.bin"));
+                    s.spawn(move || read_file(&p))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        m4.push(mib(n, t.elapsed()));
+        rss.push(rss_peak_kib(m.pid()) as f64 / 1024.0);
+        drop(m);
+        let t = Instant::now();
+        let n: u64 = block_on(async {
+            let mut hs = Vec::new();
+            for i in 0..4 {
+                let (c, bk) = (b.client.clone(), b.bucket.name.clone());
+                let size = b.size;
+                hs.push(tokio::spawn(async move {
+                    direct_read(&c, &bk, &format!("seq{i}.bin"), size, 8 * MIB, 8).await
+                }));
+            }
+            let mut total = 0;
+            for h in hs {
+                total += h.await.unwrap();
+            }
+            total
+        });
+        d4.push(mib(n, t.elapsed()));
+    }
+    rows.push(row(
+        "sequential read, 4 readers",
+        median(m4),
+        median(d4),
+        "MiB/s",
+        true,
+    ));
+
+    // Random 256 KiB reads: IOPS and read amplification (bytes at the proxy).
+    let len = 256 * 1024;
+    let (mut mi, mut di, mut amp, mut gets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..b.runs {
+        let offs = offsets(random_reads, b.size, len, 7 + run as u64);
+        let m = b.mount();
+        let f = std::fs::File::open(m.path().join("seq1.bin")).unwrap();
+        let before = b.proxy.response_bytes();
+        let conns_before = b.proxy.connections();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for chunk in offs.chunks(offs.len().div_ceil(8)) {
+                let f = &f;
+                s.spawn(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    for &o in chunk {
+                        f.read_exact_at(&mut buf, o).unwrap();
+                    }
+                });
+            }
+        });
+        mi.push(random_reads as f64 / t.elapsed().as_secs_f64());
+        amp.push((b.proxy.response_bytes() - before) as f64 / (random_reads * len) as f64);
+        let _ = conns_before;
+        drop(f);
+        let log = m.log_text();
+        drop(m);
+        gets.push(log.len() as f64);
+        let t = Instant::now();
+        block_on(async {
+            let sem = Arc::new(tokio::sync::Semaphore::new(8));
+            let mut hs = Vec::new();
+            for &o in &offs {
+                let (c, bk, sem) = (b.client.clone(), b.bucket.name.clone(), sem.clone());
+                hs.push(tokio::spawn(async move {
+                    let _p = sem.acquire().await.unwrap();
+                    let out = c
+                        .get_object()
+                        .bucket(bk)
+                        .key("seq1.bin")
+                        .range(format!("bytes={o}-{}", o + len - 1))
+                        .send()
+                        .await
+                        .unwrap();
+                    out.body.collect().await.unwrap().into_bytes().len()
+                }));
+            }
+            for h in hs {
+                h.await.unwrap();
+            }
+        });
+        di.push(random_reads as f64 / t.elapsed().as_secs_f64());
+    }
+    rows.push(row(
+        "random 256 KiB reads, 8 threads",
+        median(mi),
+        median(di),
+        "IOPS",
+        true,
+    ));
+    let amplification = median(amp);
+
+    // Time to first byte: open + read 4 KiB of a file not read before.
+    let (mut mt, mut dt) = (Vec::new(), Vec::new());
+    for _ in 0..b.runs {
+        let m = b.mount();
+        let t = Instant::now();
+        let f = std::fs::File::open(m.path().join("seq2.bin")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        f.read_exact_at(&mut buf, 123 * MIB).unwrap();
+        mt.push(t.elapsed().as_secs_f64() * 1000.0);
+        drop(f);
+        drop(m);
+        let t = Instant::now();
+        block_on(
+            b.client
+                .get_object()
+                .bucket(&b.bucket.name)
+                .key("seq2.bin")
+                .range("bytes=0-4095")
+                .send(),
+        )
+        .unwrap();
+        dt.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    rows.push(row(
+        "time to first byte (mount: cold lookup+open+read)",
+        median(mt),
+        median(dt),
+        "ms",
+        false,
+    ));
+
+    // Resets every 16 MiB: correct data, time against the clean run.
+    let mut reset_runs = Vec::new();
+    for _ in 0..b.runs {
+        let m = b.mount();
+        b.proxy.set(Faults {
+            first_byte_delay: b.latency,
+            reset_after: Some(16 * MIB),
+            ..Faults::default()
+        });
+        let t = Instant::now();
+        let n = read_file(&m.path().join("seq0.bin"));
+        reset_runs.push(mib(n, t.elapsed()));
+        b.clean();
+        drop(m);
+    }
+    let reset = median(reset_runs);
+
+    println!();
+    println!(
+        "s3mount read benchmark: {} MiB files, {} ms first-byte latency, median of {} runs",
+        b.size / MIB,
+        b.latency.as_millis(),
+        b.runs
+    );
+    println!(
+        "{:<52} {:>14} {:>14} {:>8}",
+        "workload", "s3mount", "direct SDK", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<52} {:>14} {:>14} {:>8}",
+            r.what, r.mount, r.direct, r.ratio
+        );
+    }
+    println!(
+        "{:<52} {:>14.2}",
+        "random 256 KiB reads: amplification (fetched/read)", amplification
+    );
+    println!(
+        "{:<52} {:>11.0} MiB",
+        "peak daemon RSS, 4 sequential readers",
+        median(rss)
+    );
+    println!(
+        "{:<52} {:>8.1} MiB/s {:>5.2}x of clean",
+        "sequential, 1 reader, reset every 16 MiB",
+        reset,
+        seq1 / reset
+    );
+    let _ = gets;
+}

@@ -1,0 +1,137 @@
+//! The read engine against a real server, measured at the proxy: random
+//! reads fetch little more than they read, concurrent readers share fetches,
+//! and a columnar reader's projection fetches a fraction of the file.
+
+mod support;
+
+use std::os::unix::fs::FileExt;
+
+use support::proxy::FaultProxy;
+use support::*;
+
+fn proxied(s3: &TestS3) -> (FaultProxy, Endpoint) {
+    let proxy = FaultProxy::start(s3.endpoint.url.trim_start_matches("http://"));
+    let endpoint = Endpoint {
+        url: proxy.url(),
+        ..s3.endpoint.clone()
+    };
+    (proxy, endpoint)
+}
+
+#[test]
+fn random_reads_fetch_close_to_what_was_read() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("random");
+    let size = 64 * 1024 * 1024;
+    let data = random_bytes(size, 31);
+    b.put("r.bin", data.clone());
+    let (proxy, endpoint) = proxied(&s3);
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    let f = std::fs::File::open(m.path().join("r.bin")).unwrap();
+    let len = 64 * 1024;
+    let before = proxy.response_bytes();
+    let mut x: u64 = 12345;
+    let reads = 100;
+    for _ in 0..reads {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Keep clear of the tail, which is fetched whole by design.
+        let off = (x >> 33) % ((size as u64 - 2 * 1024 * 1024) / len) * len;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert!(
+            buf == data[off as usize..(off + len) as usize],
+            "bytes at {off}"
+        );
+    }
+    let fetched = proxy.response_bytes() - before;
+    let read = reads * len;
+    let amplification = fetched as f64 / read as f64;
+    assert!(
+        amplification <= 1.3,
+        "random 64 KiB reads fetched {fetched} bytes for {read} read ({amplification:.2}x)"
+    );
+}
+
+#[test]
+fn concurrent_readers_of_one_file_share_its_fetches() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("shared");
+    let size = 48 * 1024 * 1024;
+    let data = random_bytes(size, 32);
+    b.put("s.bin", data.clone());
+    let (proxy, endpoint) = proxied(&s3);
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    let path = m.path().join("s.bin");
+    let before = proxy.response_bytes();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            let (path, data) = (&path, &data);
+            s.spawn(move || {
+                // Separate opens: separate handles, one shared cache.
+                let read = std::fs::read(path).unwrap();
+                assert!(&read == data, "a concurrent reader got different bytes");
+            });
+        }
+    });
+    let fetched = proxy.response_bytes() - before;
+    assert!(
+        fetched < (size as u64) * 3 / 2,
+        "3 readers of a {size}-byte file fetched {fetched} bytes"
+    );
+}
+
+#[test]
+fn a_parquet_projection_reads_right_and_fetches_a_fraction() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("parquet");
+    let work = TempDir::new("parquet");
+    let local = work.path().join("t.parquet");
+    let (code, _, err) = sh(&format!(
+        "python3 - '{}' <<'PY'
+import sys, random
+try:
+    import pyarrow as pa, pyarrow.parquet as pq
+except ImportError:
+    sys.exit('pyarrow is missing: run scripts/install-deps.sh')
+random.seed(7)
+n = 200_000
+cols = {{f'c{{i}}': [random.random() for _ in range(n)] for i in range(8)}}
+pq.write_table(pa.table(cols), sys.argv[1], row_group_size=50_000, compression='none')
+PY",
+        local.display()
+    ));
+    assert_eq!(code, 0, "writing the Parquet file failed: {err}");
+    let bytes = std::fs::read(&local).unwrap();
+    b.put("data/t.parquet", bytes.clone());
+    let (proxy, endpoint) = proxied(&s3);
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    let mounted = m.path().join("data/t.parquet");
+    let query =
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1], columns=['c3']); \
+                 print(t.num_rows, repr(sum(t.column('c3').to_pylist())))";
+    let before = proxy.response_bytes();
+    let (code, through_mount, err) = sh(&format!("python3 -c \"{query}\" '{}'", mounted.display()));
+    assert_eq!(code, 0, "pyarrow through the mount: {err}");
+    let fetched = proxy.response_bytes() - before;
+    let (code, from_local, err) = sh(&format!("python3 -c \"{query}\" '{}'", local.display()));
+    assert_eq!(code, 0, "pyarrow on the local copy: {err}");
+    assert_eq!(
+        through_mount, from_local,
+        "same result through the mount as from a local copy"
+    );
+    assert!(through_mount.starts_with("200000 "), "{through_mount}");
+    let size = bytes.len() as u64;
+    assert!(
+        fetched < size / 3,
+        "a one-column projection of 8 columns fetched {fetched} of {size} bytes"
+    );
+    // The whole table reads back identically too.
+    let (code, out, err) = sh(&format!(
+        "python3 -c \"import sys, pyarrow.parquet as pq; print(pq.read_table(sys.argv[1]).equals(pq.read_table(sys.argv[2])))\" '{}' '{}'",
+        mounted.display(),
+        local.display()
+    ));
+    assert_eq!((code, out.trim()), (0, "True"), "{err}");
+}
