@@ -36,7 +36,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 struct Bench {
-    s3: TestS3,
+    /// Keeps the server (if started here) alive for the whole run.
+    _s3: TestS3,
     bucket: TestBucket,
     proxy: FaultProxy,
     endpoint: Endpoint,
@@ -191,7 +192,7 @@ fn main() {
     };
     let client = client_for(&endpoint);
     let b = Bench {
-        s3,
+        _s3: s3,
         bucket,
         proxy,
         endpoint,
@@ -201,7 +202,6 @@ fn main() {
         latency,
     };
     b.clean();
-    let _ = &b.s3;
     let mut rows = Vec::new();
     let mib = |bytes: u64, t: Duration| bytes as f64 / MIB as f64 / t.as_secs_f64();
 
@@ -278,13 +278,12 @@ fn main() {
 
     // Random 256 KiB reads: IOPS and read amplification (bytes at the proxy).
     let len = 256 * 1024;
-    let (mut mi, mut di, mut amp, mut gets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut mi, mut di, mut amp) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..b.runs {
         let offs = offsets(random_reads, b.size, len, 7 + run as u64);
         let m = b.mount();
         let f = std::fs::File::open(m.path().join("seq1.bin")).unwrap();
         let before = b.proxy.response_bytes();
-        let conns_before = b.proxy.connections();
         let t = Instant::now();
         std::thread::scope(|s| {
             for chunk in offs.chunks(offs.len().div_ceil(8)) {
@@ -299,11 +298,8 @@ fn main() {
         });
         mi.push(random_reads as f64 / t.elapsed().as_secs_f64());
         amp.push((b.proxy.response_bytes() - before) as f64 / (random_reads * len) as f64);
-        let _ = conns_before;
         drop(f);
-        let log = m.log_text();
         drop(m);
-        gets.push(log.len() as f64);
         let t = Instant::now();
         block_on(async {
             let sem = Arc::new(tokio::sync::Semaphore::new(8));
@@ -338,36 +334,107 @@ fn main() {
     ));
     let amplification = median(amp);
 
-    // Time to first byte: open + read 4 KiB of a file not read before.
-    let (mut mt, mut dt) = (Vec::new(), Vec::new());
-    for _ in 0..b.runs {
+    // Time to first byte of a file not read before: cold (the directory is
+    // not listed yet: LIST + GET) and warm (listing cached: just the GET).
+    let (mut cold, mut warm, mut dt) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..b.runs {
         let m = b.mount();
+        let mut buf = vec![0u8; 4096];
         let t = Instant::now();
         let f = std::fs::File::open(m.path().join("seq2.bin")).unwrap();
-        let mut buf = vec![0u8; 4096];
-        f.read_exact_at(&mut buf, 123 * MIB).unwrap();
-        mt.push(t.elapsed().as_secs_f64() * 1000.0);
+        f.read_exact_at(&mut buf, b.size / 4 + run as u64 * MIB)
+            .unwrap();
+        cold.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let f = std::fs::File::open(m.path().join("seq3.bin")).unwrap();
+        f.read_exact_at(&mut buf, b.size / 2 + run as u64 * MIB)
+            .unwrap();
+        warm.push(t.elapsed().as_secs_f64() * 1000.0);
         drop(f);
         drop(m);
         let t = Instant::now();
-        block_on(
-            b.client
+        block_on(async {
+            let out = b
+                .client
                 .get_object()
                 .bucket(&b.bucket.name)
                 .key("seq2.bin")
                 .range("bytes=0-4095")
-                .send(),
-        )
-        .unwrap();
+                .send()
+                .await
+                .unwrap();
+            out.body.collect().await.unwrap()
+        });
         dt.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let direct_ttfb = median(dt);
     rows.push(row(
-        "time to first byte (mount: cold lookup+open+read)",
-        median(mt),
-        median(dt),
+        "time to first 4 KiB, directory not listed yet",
+        median(cold),
+        direct_ttfb,
         "ms",
         false,
     ));
+    rows.push(row(
+        "time to first 4 KiB, directory listed",
+        median(warm),
+        direct_ttfb,
+        "ms",
+        false,
+    ));
+
+    // Parquet: footer first, then one column of eight (pyarrow), through the
+    // mount and directly from S3 with pyarrow's own S3 client.
+    let work = TempDir::new("bench-parquet");
+    let local = work.path().join("wide.parquet");
+    let (code, _, err) = sh(&format!(
+        "python3 -c \"import sys, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq; n = 4_000_000; \
+         pq.write_table(pa.table({{f'c{{i}}': pc.random(n) for i in range(8)}}), sys.argv[1], row_group_size=1_000_000, compression='none')\" '{}'",
+        local.display()
+    ));
+    assert_eq!(
+        code, 0,
+        "cannot write the Parquet file (pyarrow missing? run scripts/install-deps.sh): {err}"
+    );
+    let parquet_size = std::fs::metadata(&local).unwrap().len();
+    b.bucket.put("wide.parquet", std::fs::read(&local).unwrap());
+    let (mut pm, mut pd, mut pbytes) = (Vec::new(), Vec::new(), Vec::new());
+    let query = "import sys, time, pyarrow.parquet as pq; t = time.time(); pq.read_table(sys.argv[1], columns=['c5']{fs}); print(time.time() - t)";
+    for _ in 0..b.runs {
+        let m = b.mount();
+        let before = b.proxy.response_bytes();
+        let (code, out, err) = sh(&format!(
+            "python3 -c \"{}\" '{}'",
+            query.replace("{fs}", ""),
+            m.path().join("wide.parquet").display()
+        ));
+        assert_eq!(code, 0, "{err}");
+        pm.push(out.trim().parse::<f64>().unwrap() * 1000.0);
+        pbytes.push((b.proxy.response_bytes() - before) as f64);
+        drop(m);
+        let fs = format!(
+            ", filesystem=__import__('pyarrow.fs').fs.S3FileSystem(access_key='{}', secret_key='{}', endpoint_override='{}', scheme='http', region='{}')",
+            b.endpoint.access_key,
+            b.endpoint.secret_key,
+            b.endpoint.url.trim_start_matches("http://"),
+            b.endpoint.region
+        );
+        let (code, out, err) = sh(&format!(
+            "python3 -c \"{}\" '{}/wide.parquet'",
+            query.replace("{fs}", &fs),
+            b.bucket.name
+        ));
+        assert_eq!(code, 0, "{err}");
+        pd.push(out.trim().parse::<f64>().unwrap() * 1000.0);
+    }
+    rows.push(row(
+        "Parquet: footer + 1 of 8 columns (pyarrow)",
+        median(pm),
+        median(pd),
+        "ms",
+        false,
+    ));
+    let parquet_fraction = median(pbytes) / parquet_size as f64;
 
     // Resets every 16 MiB: correct data, time against the clean run.
     let mut reset_runs = Vec::new();
@@ -408,6 +475,14 @@ fn main() {
         "random 256 KiB reads: amplification (fetched/read)", amplification
     );
     println!(
+        "{:<52} {:>13.1}%",
+        format!(
+            "Parquet projection: fetched share of the {} MiB file",
+            parquet_size / MIB
+        ),
+        parquet_fraction * 100.0
+    );
+    println!(
         "{:<52} {:>11.0} MiB",
         "peak daemon RSS, 4 sequential readers",
         median(rss)
@@ -418,5 +493,4 @@ fn main() {
         reset,
         seq1 / reset
     );
-    let _ = gets;
 }
