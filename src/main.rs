@@ -5,6 +5,7 @@ use s3mount::{cli, daemon, mount};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    limit_allocator_arenas();
     let args = match cli::expand_mount_options(std::env::args_os().collect()) {
         Ok(expanded) => cli::Args::parse_from(expanded),
         Err(e) => {
@@ -45,4 +46,16 @@ fn init_logging(args: &cli::Args) {
         .with_env_filter(EnvFilter::new(filter))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Fetched blocks are allocated on I/O threads and freed on whichever thread
+/// evicts them. With glibc's default of one arena per thread (up to 8 per
+/// core), memory freed in one arena cannot serve another, and the process
+/// holds far more than the memory budget. Two arenas keep it close.
+fn limit_allocator_arenas() {
+    // SAFETY: mallopt only tunes the allocator; it runs before any other
+    // thread exists and takes plain integers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

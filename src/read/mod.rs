@@ -53,11 +53,11 @@ impl ReadConfig {
         self.memory_limit / 4
     }
 
-    /// The share of the budget the block cache may use. An eighth is left
+    /// The share of the budget the block cache may use. A quarter is left
     /// for what the budget cannot see: connection buffers, replies being
     /// assembled, allocator slack.
     fn cache_budget(&self) -> u64 {
-        self.memory_limit - self.ahead_budget() - self.memory_limit / 8
+        self.memory_limit / 2
     }
 }
 

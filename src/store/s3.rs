@@ -235,16 +235,17 @@ impl ObjectStore for S3Store {
             match self.get_into(key, etag, from..range.end, &mut sink).await {
                 Ok(()) => {}
                 Err(e) if e.is_transient() && failures < MAX_RESUMES => {
-                    // Progress resets the budget: only consecutive failures
-                    // without a single new byte count against it.
-                    failures = if sink.received > before {
-                        1
-                    } else {
-                        failures + 1
-                    };
                     self.resumes.fetch_add(1, Ordering::Relaxed);
                     debug!(key, offset = range.start + sink.received, error = %e, failures, "resuming ranged GET");
-                    tokio::time::sleep(backoff(failures)).await;
+                    if sink.received > before {
+                        // The connection broke after delivering data: resume
+                        // at once, and start the failure count afresh.
+                        failures = 0;
+                    } else {
+                        // No progress: back off before asking again.
+                        failures += 1;
+                        tokio::time::sleep(backoff(failures)).await;
+                    }
                 }
                 Err(e) => return Err(e),
             }
