@@ -184,12 +184,7 @@ fn main() {
         )
         .expect("upload");
     }
-    let upstream = s3.endpoint.url.trim_start_matches("http://").to_owned();
-    let proxy = FaultProxy::start(&upstream);
-    let endpoint = Endpoint {
-        url: proxy.url(),
-        ..s3.endpoint.clone()
-    };
+    let (proxy, endpoint) = s3.proxied();
     let client = client_for(&endpoint);
     let b = Bench {
         _s3: s3,

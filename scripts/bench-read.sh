@@ -7,14 +7,4 @@
 #   BENCH_FILE_MIB=256 BENCH_RUNS=5 BENCH_LATENCY_MS=50 scripts/bench-read.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-
-scripts/install-deps.sh
-
-if [[ -z ${S3MOUNT_TEST_ENDPOINT:-} ]]; then
-    garage_dir=$(mktemp -d /tmp/s3mount-bench.XXXXXX)
-    trap 'scripts/garage-local.sh stop "$garage_dir"; rm -rf "$garage_dir"' EXIT
-    eval "$(scripts/garage-local.sh start "$garage_dir")"
-fi
-
-cargo bench --bench read
+exec scripts/with-garage.sh cargo bench --bench read

@@ -6,17 +6,7 @@ mod support;
 
 use std::os::unix::fs::FileExt;
 
-use support::proxy::FaultProxy;
 use support::*;
-
-fn proxied(s3: &TestS3) -> (FaultProxy, Endpoint) {
-    let proxy = FaultProxy::start(s3.endpoint.url.trim_start_matches("http://"));
-    let endpoint = Endpoint {
-        url: proxy.url(),
-        ..s3.endpoint.clone()
-    };
-    (proxy, endpoint)
-}
 
 #[test]
 fn random_reads_fetch_close_to_what_was_read() {
@@ -25,7 +15,7 @@ fn random_reads_fetch_close_to_what_was_read() {
     let size = 64 * 1024 * 1024;
     let data = random_bytes(size, 31);
     b.put("r.bin", data.clone());
-    let (proxy, endpoint) = proxied(&s3);
+    let (proxy, endpoint) = s3.proxied();
     let m = Mounted::start_at(&endpoint, &b.name, &[]);
     let f = std::fs::File::open(m.path().join("r.bin")).unwrap();
     let len = 64 * 1024;
@@ -61,7 +51,7 @@ fn concurrent_readers_of_one_file_share_its_fetches() {
     let size = 48 * 1024 * 1024;
     let data = random_bytes(size, 32);
     b.put("s.bin", data.clone());
-    let (proxy, endpoint) = proxied(&s3);
+    let (proxy, endpoint) = s3.proxied();
     let m = Mounted::start_at(&endpoint, &b.name, &[]);
     let path = m.path().join("s.bin");
     let before = proxy.response_bytes();
@@ -105,7 +95,7 @@ PY",
     assert_eq!(code, 0, "writing the Parquet file failed: {err}");
     let bytes = std::fs::read(&local).unwrap();
     b.put("data/t.parquet", bytes.clone());
-    let (proxy, endpoint) = proxied(&s3);
+    let (proxy, endpoint) = s3.proxied();
     let m = Mounted::start_at(&endpoint, &b.name, &[]);
     let mounted = m.path().join("data/t.parquet");
     let query =

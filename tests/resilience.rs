@@ -6,23 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::proxy::{FaultProxy, Faults};
+use support::proxy::Faults;
 use support::*;
-
-fn proxied(s3: &TestS3, proxy: &FaultProxy) -> Endpoint {
-    Endpoint {
-        url: proxy.url(),
-        ..s3.endpoint.clone()
-    }
-}
-
-fn upstream(s3: &TestS3) -> String {
-    s3.endpoint
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned()
-}
 
 #[test]
 fn reads_survive_connection_resets_with_identical_bytes() {
@@ -30,8 +15,8 @@ fn reads_survive_connection_resets_with_identical_bytes() {
     let b = s3.bucket("reset");
     let data = random_bytes(256 * 1024 * 1024, 21);
     b.put("big.bin", data.clone());
-    let proxy = FaultProxy::start(&upstream(&s3));
-    let m = Mounted::start_at(&proxied(&s3, &proxy), &b.name, &[]);
+    let (proxy, endpoint) = s3.proxied();
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
     proxy.set(Faults {
         reset_after: Some(3 * 1024 * 1024 + 777),
         ..Faults::default()
@@ -56,8 +41,8 @@ fn a_stalled_connection_is_abandoned_and_the_read_completes() {
     let b = s3.bucket("stall");
     let data = random_bytes(4 * 1024 * 1024, 22);
     b.put("f.bin", data.clone());
-    let proxy = FaultProxy::start(&upstream(&s3));
-    let m = Mounted::start_at(&proxied(&s3, &proxy), &b.name, &[]);
+    let (proxy, endpoint) = s3.proxied();
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
     proxy.set(Faults {
         stall_after: Some(200 * 1024),
         max_stalls: Some(2),
@@ -79,12 +64,12 @@ fn latency_is_injected_before_each_response() {
     let s3 = TestS3::start();
     let b = s3.bucket("latency");
     b.put("f", b"x".to_vec());
-    let proxy = FaultProxy::start(&upstream(&s3));
+    let (proxy, endpoint) = s3.proxied();
     proxy.set(Faults {
         first_byte_delay: Duration::from_millis(200),
         ..Faults::default()
     });
-    let client = client_for(&proxied(&s3, &proxy));
+    let client = client_for(&endpoint);
     let started = Instant::now();
     block_on(client.head_object().bucket(&b.name).key("f").send()).unwrap();
     block_on(client.head_object().bucket(&b.name).key("f").send()).unwrap();

@@ -153,6 +153,22 @@ impl TestS3 {
         }
     }
 
+    /// A fault-injecting proxy in front of this server, and the endpoint
+    /// that goes through it.
+    pub fn proxied(&self) -> (proxy::FaultProxy, Endpoint) {
+        let upstream = self
+            .endpoint
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let proxy = proxy::FaultProxy::start(upstream);
+        let endpoint = Endpoint {
+            url: proxy.url(),
+            ..self.endpoint.clone()
+        };
+        (proxy, endpoint)
+    }
+
     /// Creates a fresh, uniquely named bucket (retrying while a new server settles).
     pub fn bucket(&self, tag: &str) -> TestBucket {
         static N: AtomicU32 = AtomicU32::new(0);

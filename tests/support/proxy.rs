@@ -141,40 +141,46 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
             std::thread::sleep(faults.first_byte_delay);
         }
         let mut chunk = &buf[..n];
-        if let Some(limit) = faults.reset_after {
+        // Forwards what fits under a byte limit; true when the limit is hit.
+        let mut forward_up_to = |limit: u64, chunk: &[u8]| {
             if carried + chunk.len() as u64 >= limit {
                 let allowed = limit.saturating_sub(carried) as usize;
                 let _ = c_write.write_all(&chunk[..allowed]);
                 shared
                     .response_bytes
                     .fetch_add(allowed as u64, Ordering::Relaxed);
-                shared.resets.fetch_add(1, Ordering::Relaxed);
-                reset(&c_write);
-                let _ = s_read.shutdown(Shutdown::Both);
-                let _ = upstream_writer.join();
-                return; // dropping the last descriptor sends the RST
+                true
+            } else {
+                false
             }
+        };
+        if faults
+            .reset_after
+            .is_some_and(|limit| forward_up_to(limit, chunk))
+        {
+            shared.resets.fetch_add(1, Ordering::Relaxed);
+            reset(&c_write);
+            let _ = s_read.shutdown(Shutdown::Both);
+            let _ = upstream_writer.join();
+            return; // dropping the last descriptor sends the RST
         }
         let may_stall = faults
             .max_stalls
             .is_none_or(|max| shared.stalls.load(Ordering::Relaxed) < max);
-        if let Some(limit) = faults.stall_after.filter(|_| may_stall) {
-            if carried + chunk.len() as u64 >= limit {
-                let allowed = limit.saturating_sub(carried) as usize;
-                let _ = c_write.write_all(&chunk[..allowed]);
-                shared
-                    .response_bytes
-                    .fetch_add(allowed as u64, Ordering::Relaxed);
-                shared.stalls.fetch_add(1, Ordering::Relaxed);
-                // Hold the connection open, silent, until the client gives up
-                // (closing it ends the request-forwarding thread).
-                let give_up = Instant::now() + Duration::from_secs(120);
-                while !upstream_writer.is_finished() && Instant::now() < give_up {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = s_read.shutdown(Shutdown::Both);
-                break;
+        if may_stall
+            && faults
+                .stall_after
+                .is_some_and(|limit| forward_up_to(limit, chunk))
+        {
+            shared.stalls.fetch_add(1, Ordering::Relaxed);
+            // Hold the connection open, silent, until the client gives up
+            // (closing it ends the request-forwarding thread).
+            let give_up = Instant::now() + Duration::from_secs(120);
+            while !upstream_writer.is_finished() && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            let _ = s_read.shutdown(Shutdown::Both);
+            break;
         }
         if let Some(rate) = faults.bytes_per_sec.filter(|r| *r > 0) {
             let due = Duration::from_secs_f64((carried + chunk.len() as u64) as f64 / rate as f64);
