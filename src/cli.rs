@@ -102,6 +102,16 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub read_stall_timeout: u64,
 
+    /// After --metadata-ttl, serve the old listing at once while one
+    /// background refresh replaces it (false: wait for the new listing).
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub stale_while_revalidate: bool,
+
+    /// Where listings are persisted (default: $XDG_CACHE_HOME/s3mount or
+    /// ~/.cache/s3mount); `none` keeps them in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
     /// Stay in the foreground instead of returning once the mount is live.
     #[arg(short, long)]
     pub foreground: bool,

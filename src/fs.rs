@@ -104,6 +104,15 @@ impl<S: ObjectStore> S3Fs<S> {
         self.reader.stats()
     }
 
+    pub fn catalog_stats(&self) -> &crate::catalog::CatalogStats {
+        self.catalog.stats()
+    }
+
+    /// Lists the directory of `ino` (or `ino` itself) from S3 again now.
+    pub async fn refresh(&self, ino: Ino) -> Result<(), FsError> {
+        self.catalog.refresh(ino).await
+    }
+
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
         self.reader.read(fh, offset, len).await
     }

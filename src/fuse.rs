@@ -85,6 +85,10 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Reading this extended attribute forces a refresh (see `s3mount refresh`).
+pub const REFRESH_XATTR: &str = "user.s3mount.refresh";
+const REFRESH_ANSWER: &[u8] = b"refreshed";
+
 /// A reply object that can carry a successful value of type `T`.
 trait Respond<T> {
     fn ok(self, value: T);
@@ -103,6 +107,22 @@ impl Respond<Attr> for ReplyEntry {
 impl Respond<Attr> for ReplyAttr {
     fn ok(self, a: Attr) {
         self.attr(&KERNEL_TTL, &file_attr(&a));
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+/// A refresh answer, for a caller that offered `size` bytes.
+impl Respond<u32> for ReplyXattr {
+    fn ok(self, size: u32) {
+        if size == 0 {
+            self.size(REFRESH_ANSWER.len() as u32);
+        } else if (size as usize) < REFRESH_ANSWER.len() {
+            self.error(Errno::ERANGE);
+        } else {
+            self.data(REFRESH_ANSWER);
+        }
     }
     fn err(self, errno: Errno) {
         self.error(errno);
@@ -303,15 +323,17 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::NO_XATTR);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name != REFRESH_XATTR {
+            reply.error(Errno::NO_XATTR);
+            return;
+        }
+        // The control channel of `s3mount refresh PATH`: reading this
+        // attribute lists the directory again and answers once that is done.
+        self.spawn(
+            move |fs| async move { fs.refresh(ino.0).await.map(|()| size) },
+            reply,
+        );
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -10,4 +10,5 @@ pub mod fuse;
 pub mod mount;
 pub mod names;
 pub mod read;
+pub mod refresh;
 pub mod store;

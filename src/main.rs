@@ -1,12 +1,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use s3mount::{cli, daemon, mount};
+use s3mount::{cli, daemon, mount, refresh};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     limit_allocator_arenas();
-    let args = match cli::expand_mount_options(std::env::args_os().collect()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "refresh") {
+        return refresh::run(&argv[2..]);
+    }
+    let args = match cli::expand_mount_options(argv) {
         Ok(expanded) => cli::Args::parse_from(expanded),
         Err(e) => {
             eprintln!("s3mount: error: {e}");

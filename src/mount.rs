@@ -13,7 +13,7 @@ use fuser::{MountOption, SessionACL};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogDb, Freshness};
 use crate::cli::{Args, ChecksumMode, Target};
 use crate::fs::{Ownership, S3Fs};
 use crate::fuse::FuseAdapter;
@@ -66,11 +66,15 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
     };
-    let catalog = Catalog::new(
-        store.clone(),
-        &target.prefix,
-        Duration::from_secs(args.metadata_ttl),
-    );
+    let freshness = Freshness {
+        ttl: Duration::from_secs(args.metadata_ttl),
+        serve_stale: args.stale_while_revalidate,
+    };
+    let db = cache_dir(&args).and_then(|dir| {
+        let identity = format!("{}|{}|{}", store.endpoint(), target.bucket, target.prefix);
+        CatalogDb::open(&dir, &identity)
+    });
+    let catalog = Catalog::new(store.clone(), &target.prefix, freshness, db);
     let fs = Arc::new(S3Fs::new(
         catalog,
         Reader::new(store.clone(), read_config),
@@ -182,8 +186,31 @@ fn read_config(args: &Args) -> Result<ReadConfig, MountError> {
     Ok(config)
 }
 
+/// The directory for the persistent catalog, if any.
+fn cache_dir(args: &Args) -> Option<PathBuf> {
+    match &args.cache_dir {
+        Some(dir) if dir.as_os_str() == "none" => None,
+        Some(dir) => Some(dir.clone()),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|base| base.join("s3mount")),
+    }
+}
+
 fn log_read_stats<S: ObjectStore>(fs: &S3Fs<S>, store: &S3Store) {
     use std::sync::atomic::Ordering::Relaxed;
+    let c = fs.catalog_stats();
+    info!(
+        list_requests = c.list_requests.load(Relaxed),
+        hits = c.hits.load(Relaxed),
+        stale_hits = c.stale_hits.load(Relaxed),
+        disk_loads = c.disk_loads.load(Relaxed),
+        misses = c.misses.load(Relaxed),
+        refreshes = c.refreshes.load(Relaxed),
+        "catalog statistics"
+    );
     let stats = fs.read_stats();
     let fetched = stats.fetched_bytes.load(Relaxed);
     let served = stats.served_bytes.load(Relaxed);

@@ -379,6 +379,10 @@ impl Mounted {
         std::fs::create_dir(&mountpoint).unwrap();
         let log = dir.path().join("s3mount.log");
         let mut cmd = s3mount_command(endpoint);
+        if !extra.iter().any(|a| a.starts_with("--cache-dir")) {
+            // Each mount gets its own catalog unless a test shares one on purpose.
+            cmd.arg("--cache-dir").arg(dir.path().join("cache"));
+        }
         cmd.arg(target)
             .arg(&mountpoint)
             .arg("--foreground")

@@ -36,6 +36,8 @@ struct Shared {
     resets: AtomicU64,
     stalls: AtomicU64,
     stop: AtomicBool,
+    /// Request lines seen ("GET /bucket?list-type=2&... HTTP/1.1").
+    requests: Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -89,6 +91,19 @@ impl FaultProxy {
     pub fn stalls(&self) -> u64 {
         self.shared.stalls.load(Ordering::Relaxed)
     }
+
+    /// Request lines forwarded so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// ListObjectsV2 requests forwarded so far.
+    pub fn list_requests(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.contains("list-type=2"))
+            .count()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -111,6 +126,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
 
     let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let awaiting = awaiting_response.clone();
+    let requests = shared.clone();
     let upstream_writer = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -118,6 +134,7 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     awaiting.store(true, Ordering::Relaxed);
+                    record_request_lines(&buf[..n], &requests);
                     if s_write.write_all(&buf[..n]).is_err() {
                         break;
                     }
@@ -206,6 +223,22 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
     }
     let _ = c_write.shutdown(Shutdown::Both);
     let _ = upstream_writer.join();
+}
+
+/// Notes the HTTP request lines in a chunk sent by the client. Requests of
+/// the read path carry no body, so request lines start chunks or follow a
+/// line break.
+fn record_request_lines(chunk: &[u8], shared: &Shared) {
+    let text = String::from_utf8_lossy(chunk);
+    for line in text.split("\r\n") {
+        let is_request = ["GET ", "HEAD ", "PUT ", "POST ", "DELETE "]
+            .iter()
+            .any(|m| line.starts_with(m))
+            && line.ends_with(" HTTP/1.1");
+        if is_request {
+            shared.requests.lock().unwrap().push(line.to_owned());
+        }
+    }
 }
 
 /// Arms `stream` to close with a TCP RST instead of a FIN, like a peer that

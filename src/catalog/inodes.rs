@@ -1,0 +1,162 @@
+//! `InodeTable`: inode numbers for names, stable across remounts.
+//!
+//! An inode number is a stable hash of the name's full key (the object key
+//! of a file, the key prefix of a directory), so the same path gets the same
+//! number in every mount of the same target without storing anything. The
+//! rare collision moves the later name to the next free number.
+
+use std::collections::HashMap;
+
+use super::db::stable_hash;
+use super::{Entry, Ino, ROOT_INO};
+use crate::names;
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub parent: Ino,
+    pub name: String,
+    pub is_dir: bool,
+    /// Full object key of a file, or key prefix (ending in `/`) of a directory.
+    pub key: String,
+}
+
+pub struct InodeTable {
+    nodes: HashMap<Ino, Node>,
+    by_name: HashMap<(Ino, String), Ino>,
+}
+
+impl InodeTable {
+    pub fn new(root_prefix: &str) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                parent: ROOT_INO,
+                name: String::new(),
+                is_dir: true,
+                key: root_prefix.to_owned(),
+            },
+        );
+        InodeTable {
+            nodes,
+            by_name: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    /// The inode of `entry` in directory `parent` (whose key prefix is
+    /// `parent_prefix`), numbered on first sight.
+    pub fn resolve(&mut self, parent: Ino, parent_prefix: &str, entry: &Entry) -> Ino {
+        let is_dir = entry.is_dir();
+        let map_key = (parent, entry.name.clone());
+        if let Some(&ino) = self.by_name.get(&map_key) {
+            if self.nodes.get(&ino).is_some_and(|n| n.is_dir == is_dir) {
+                return ino;
+            }
+        }
+        let key = if is_dir {
+            names::child_dir_prefix(parent_prefix, &entry.name)
+        } else {
+            names::child_key(parent_prefix, &entry.name)
+        };
+        let ino = self.free_number_for(&key);
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                name: entry.name.clone(),
+                is_dir,
+                key,
+            },
+        );
+        self.by_name.insert(map_key, ino);
+        ino
+    }
+
+    fn free_number_for(&self, key: &str) -> Ino {
+        // 63 bits keep the number positive for tools that store it signed;
+        // 0 and 1 (the root) are reserved.
+        let mut ino = (stable_hash(key.as_bytes()) >> 1).max(ROOT_INO + 1);
+        while let Some(existing) = self.nodes.get(&ino) {
+            if existing.key == key {
+                break;
+            }
+            ino = (ino + 1).max(ROOT_INO + 1) & (u64::MAX >> 1);
+        }
+        ino
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::EntryKind;
+    use std::time::UNIX_EPOCH;
+
+    fn file(name: &str) -> Entry {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::File {
+                size: 1,
+                etag: "e".into(),
+            },
+            mtime: UNIX_EPOCH,
+        }
+    }
+
+    fn dir(name: &str) -> Entry {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::Dir,
+            mtime: UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn numbers_are_the_same_in_every_table() {
+        let mut a = InodeTable::new("p/");
+        let mut b = InodeTable::new("p/");
+        let da = a.resolve(ROOT_INO, "p/", &dir("d"));
+        let fa = a.resolve(da, "p/d/", &file("f"));
+        // Another mount sees the names in another order.
+        let db = b.resolve(ROOT_INO, "p/", &dir("d"));
+        let fb = b.resolve(db, "p/d/", &file("f"));
+        assert_eq!((da, fa), (db, fb));
+        assert!(da > ROOT_INO && fa > ROOT_INO);
+        assert_eq!(
+            a.resolve(da, "p/d/", &file("f")),
+            fa,
+            "resolving again gives the same number"
+        );
+    }
+
+    #[test]
+    fn a_name_that_changes_kind_gets_another_number() {
+        let mut t = InodeTable::new("");
+        let f = t.resolve(ROOT_INO, "", &file("x"));
+        let d = t.resolve(ROOT_INO, "", &dir("x"));
+        assert_ne!(f, d);
+        assert!(t.get(d).unwrap().is_dir);
+        assert_eq!(t.get(d).unwrap().key, "x/");
+    }
+
+    #[test]
+    fn collisions_move_to_the_next_free_number() {
+        let mut t = InodeTable::new("");
+        let taken = (stable_hash(b"a") >> 1).max(2);
+        t.nodes.insert(
+            taken,
+            Node {
+                parent: ROOT_INO,
+                name: "other".into(),
+                is_dir: false,
+                key: "other".into(),
+            },
+        );
+        let ino = t.resolve(ROOT_INO, "", &file("a"));
+        assert_eq!(ino, taken + 1);
+    }
+}

@@ -1,0 +1,412 @@
+//! The catalog: what is in each directory, and the inode numbers of names.
+//!
+//! A directory is an S3 prefix. Its listing (ListObjectsV2 with delimiter
+//! `/`, every page) answers `lookup`, `getattr` and `readdir`, so a name
+//! costs no HEAD and a path costs no LIST per component. Listings live in
+//! three places, asked in order: memory (moka), the SQLite catalog on disk
+//! (which survives restarts, see [`db`]), and S3.
+//!
+//! Freshness: a listing younger than `--metadata-ttl` is served as it is.
+//! An older one is served at once while one background refresh per
+//! directory replaces it (stale-while-revalidate), unless that mode is off or
+//! the TTL is 0, in which case the caller waits for the new listing.
+//! Concurrent requests for the same listing share one fetch.
+//!
+//! Invariants:
+//! - A path has the same inode number in every mount of the same target
+//!   (see [`inodes`]); a name that changes kind gets a new one.
+//! - When a key `a` and a prefix `a/` both exist, the directory wins.
+//! - Names that cannot be path components (see [`crate::names`]) never
+//!   appear in a listing.
+
+pub mod db;
+mod inodes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::error::FsError;
+use crate::names;
+use crate::store::ObjectStore;
+pub use db::CatalogDb;
+use inodes::{InodeTable, Node};
+
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+/// What a name in a directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File { size: u64, etag: String },
+    Dir,
+}
+
+/// One name in a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub kind: EntryKind,
+    pub mtime: SystemTime,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+}
+
+/// The complete contents of one directory at one moment, sorted by name.
+#[derive(Debug)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// When the listing started (wall clock, so it means the same after a restart).
+    pub listed_at: SystemTime,
+}
+
+impl Listing {
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+/// How long listings are trusted, and what happens after that.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    pub ttl: Duration,
+    /// Serve an expired listing at once while it is refreshed in the background.
+    pub serve_stale: bool,
+}
+
+/// Counters of the catalog, for logs, tests and metrics.
+#[derive(Debug, Default)]
+pub struct CatalogStats {
+    /// ListObjectsV2 pages requested.
+    pub list_requests: AtomicU64,
+    /// Listings answered from memory or disk without asking S3.
+    pub hits: AtomicU64,
+    /// Of those, expired ones served while a refresh ran.
+    pub stale_hits: AtomicU64,
+    /// Listings loaded from the on-disk catalog.
+    pub disk_loads: AtomicU64,
+    /// Callers that had to wait for S3.
+    pub misses: AtomicU64,
+    /// Complete listings fetched from S3.
+    pub refreshes: AtomicU64,
+}
+
+type RefreshResult = Option<Result<Arc<Listing>, FsError>>;
+
+/// Listings by prefix: memory, disk, S3. Shared with background refreshes.
+struct Listings<S> {
+    store: Arc<S>,
+    memory: moka::sync::Cache<String, Arc<Listing>>,
+    db: Option<CatalogDb>,
+    refreshing: Mutex<HashMap<String, watch::Receiver<RefreshResult>>>,
+    freshness: Freshness,
+    mounted_at: SystemTime,
+    stats: CatalogStats,
+}
+
+impl<S: ObjectStore> Listings<S> {
+    fn is_fresh(&self, listing: &Listing) -> bool {
+        match SystemTime::now().duration_since(listing.listed_at) {
+            Ok(age) => age < self.freshness.ttl,
+            Err(_) => true, // listed "in the future": clock moved back
+        }
+    }
+
+    async fn get(self: &Arc<Self>, prefix: &str) -> Result<Arc<Listing>, FsError> {
+        let known = self.memory.get(prefix).or_else(|| {
+            let stored = self.db.as_ref()?.load(prefix)?;
+            self.stats.disk_loads.fetch_add(1, Ordering::Relaxed);
+            let listing = Arc::new(Listing {
+                entries: stored.entries,
+                listed_at: stored.listed_at,
+            });
+            self.memory.insert(prefix.to_owned(), listing.clone());
+            Some(listing)
+        });
+        match known {
+            Some(listing) if self.is_fresh(&listing) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(listing)
+            }
+            Some(listing) if self.freshness.serve_stale && !self.freshness.ttl.is_zero() => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.stale_hits.fetch_add(1, Ordering::Relaxed);
+                drop(self.refresh(prefix));
+                Ok(listing)
+            }
+            _ => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                wait(self.refresh(prefix)).await
+            }
+        }
+    }
+
+    /// Starts listing `prefix` from S3 unless that is already under way;
+    /// either way returns a receiver of the outcome.
+    fn refresh(self: &Arc<Self>, prefix: &str) -> watch::Receiver<RefreshResult> {
+        let mut refreshing = self.refreshing.lock().unwrap();
+        if let Some(rx) = refreshing.get(prefix) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        refreshing.insert(prefix.to_owned(), rx.clone());
+        let me = self.clone();
+        let prefix = prefix.to_owned();
+        tokio::spawn(async move {
+            let result = fetch_listing(&*me.store, &prefix, me.mounted_at, &me.stats).await;
+            if let Ok(listing) = &result {
+                me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+                me.memory.insert(prefix.clone(), listing.clone());
+                if me.db.is_some() {
+                    let (me, prefix, listing) = (me.clone(), prefix.clone(), listing.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Some(db) = &me.db {
+                            db.save(&prefix, &listing.entries, listing.listed_at);
+                        }
+                    })
+                    .await;
+                }
+            }
+            me.refreshing.lock().unwrap().remove(&prefix);
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    /// Drops what is known of `prefix`, in memory and on disk.
+    fn forget(&self, prefix: &str) {
+        self.memory.invalidate(prefix);
+        if let Some(db) = &self.db {
+            db.forget(prefix);
+        }
+    }
+}
+
+async fn wait(mut rx: watch::Receiver<RefreshResult>) -> Result<Arc<Listing>, FsError> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(value) => value.clone().expect("waited for Some"),
+        Err(_) => Err(FsError::store(
+            "",
+            crate::store::StoreError::Other("listing task ended without a result".into()),
+        )),
+    }
+}
+
+pub struct Catalog<S> {
+    listings: Arc<Listings<S>>,
+    inodes: Mutex<InodeTable>,
+}
+
+impl<S: ObjectStore> Catalog<S> {
+    pub fn new(
+        store: Arc<S>,
+        root_prefix: &str,
+        freshness: Freshness,
+        db: Option<CatalogDb>,
+    ) -> Self {
+        let memory = moka::sync::Cache::builder()
+            // Counted in entries; a listing entry is about 100 bytes.
+            .max_capacity(2_000_000)
+            .weigher(|_k: &String, l: &Arc<Listing>| {
+                l.entries.len().min(u32::MAX as usize) as u32 + 1
+            })
+            .build();
+        Catalog {
+            listings: Arc::new(Listings {
+                store,
+                memory,
+                db,
+                refreshing: Mutex::new(HashMap::new()),
+                freshness,
+                mounted_at: SystemTime::now(),
+                stats: CatalogStats::default(),
+            }),
+            inodes: Mutex::new(InodeTable::new(root_prefix)),
+        }
+    }
+
+    pub fn mounted_at(&self) -> SystemTime {
+        self.listings.mounted_at
+    }
+
+    pub fn stats(&self) -> &CatalogStats {
+        &self.listings.stats
+    }
+
+    fn node(&self, ino: Ino) -> Result<Node, FsError> {
+        self.inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    /// The object key of a file inode.
+    pub fn file_key(&self, ino: Ino) -> Result<String, FsError> {
+        let node = self.node(ino)?;
+        if node.is_dir {
+            return Err(FsError::IsADirectory);
+        }
+        Ok(node.key)
+    }
+
+    /// The listing of directory `ino`.
+    pub async fn listing(&self, ino: Ino) -> Result<Arc<Listing>, FsError> {
+        let node = self.node(ino)?;
+        if !node.is_dir {
+            return Err(FsError::NotADirectory);
+        }
+        self.listings.get(&node.key).await
+    }
+
+    /// Lists directory `ino` (or the directory of file `ino`) from S3 now,
+    /// whatever its age, and waits for the new listing.
+    pub async fn refresh(&self, ino: Ino) -> Result<(), FsError> {
+        let node = self.node(ino)?;
+        let dir = if node.is_dir {
+            node
+        } else {
+            self.node(node.parent)?
+        };
+        self.listings.forget(&dir.key);
+        wait(self.listings.refresh(&dir.key)).await.map(|_| ())
+    }
+
+    /// Resolves `name` in directory `parent` to an inode and its entry.
+    pub async fn lookup(&self, parent: Ino, name: &str) -> Result<(Ino, Entry), FsError> {
+        let listing = self.listing(parent).await?;
+        let entry = listing.get(name).ok_or(FsError::NotFound)?.clone();
+        let ino = self.resolve(parent, &entry)?;
+        Ok((ino, entry))
+    }
+
+    /// Inode numbers for entries of directory `parent` (for readdir).
+    pub fn resolve_all<'e>(
+        &self,
+        parent: Ino,
+        entries: impl Iterator<Item = &'e Entry>,
+    ) -> Result<Vec<Ino>, FsError> {
+        let parent_prefix = self.node(parent)?.key;
+        let mut table = self.inodes.lock().unwrap();
+        Ok(entries
+            .map(|e| table.resolve(parent, &parent_prefix, e))
+            .collect())
+    }
+
+    fn resolve(&self, parent: Ino, entry: &Entry) -> Result<Ino, FsError> {
+        let parent_prefix = self.node(parent)?.key;
+        Ok(self
+            .inodes
+            .lock()
+            .unwrap()
+            .resolve(parent, &parent_prefix, entry))
+    }
+
+    /// The current entry of inode `ino`, answered from its parent's listing.
+    pub async fn entry(&self, ino: Ino) -> Result<Entry, FsError> {
+        if ino == ROOT_INO {
+            return Ok(Entry {
+                name: String::new(),
+                kind: EntryKind::Dir,
+                mtime: self.mounted_at(),
+            });
+        }
+        let node = self.node(ino)?;
+        let listing = self.listing(node.parent).await?;
+        match listing.get(&node.name) {
+            Some(e) if e.is_dir() == node.is_dir => Ok(e.clone()),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    /// The parent inode of `ino` (for `..`).
+    pub fn parent(&self, ino: Ino) -> Result<Ino, FsError> {
+        Ok(self.node(ino)?.parent)
+    }
+}
+
+/// Lists a whole prefix, page by page, into a sorted [`Listing`].
+async fn fetch_listing<S: ObjectStore>(
+    store: &S,
+    prefix: &str,
+    mounted_at: SystemTime,
+    stats: &CatalogStats,
+) -> Result<Arc<Listing>, FsError> {
+    let started = Instant::now();
+    let listed_at = SystemTime::now();
+    let mut dirs: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut files: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut token = None;
+    let mut pages = 0u32;
+    loop {
+        stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let page = store
+            .list_page(prefix, Some("/"), token.take(), None)
+            .await
+            .map_err(|e| FsError::store(prefix, e))?;
+        pages += 1;
+        for cp in &page.common_prefixes {
+            let Some(name) = names::dir_name(prefix, cp) else {
+                continue;
+            };
+            if let Err(why) = names::check_name(name) {
+                debug!(prefix = %cp, ?why, "hiding prefix that cannot be a directory name");
+                continue;
+            }
+            dirs.insert(
+                name.to_owned(),
+                Entry {
+                    name: name.to_owned(),
+                    kind: EntryKind::Dir,
+                    mtime: mounted_at,
+                },
+            );
+        }
+        for obj in page.objects {
+            let Some(name) = names::file_name(prefix, &obj.key) else {
+                continue; // this directory's own marker object
+            };
+            if let Err(why) = names::check_name(name) {
+                debug!(key = %obj.key, ?why, "hiding key that cannot be a file name");
+                continue;
+            }
+            files.insert(
+                name.to_owned(),
+                Entry {
+                    name: name.to_owned(),
+                    kind: EntryKind::File {
+                        size: obj.size,
+                        etag: obj.etag,
+                    },
+                    mtime: obj.last_modified,
+                },
+            );
+        }
+        token = page.next;
+        if token.is_none() {
+            break;
+        }
+    }
+    for (name, file) in files {
+        if dirs.contains_key(&name) {
+            debug!(prefix = %prefix, name = %name, "key shadowed by a prefix of the same name; the directory wins");
+            continue;
+        }
+        dirs.insert(name, file);
+    }
+    let entries: Vec<Entry> = dirs.into_values().collect();
+    debug!(prefix = %prefix, entries = entries.len(), pages, elapsed_ms = started.elapsed().as_millis() as u64, "listed directory");
+    Ok(Arc::new(Listing { entries, listed_at }))
+}

@@ -1,0 +1,258 @@
+//! The listing catalog against a real server: warm remounts answer from
+//! SQLite without listing, changes made in S3 show after the TTL or a forced
+//! refresh, a broken database is rebuilt, and a stale directory is
+//! refreshed once however many readers ask.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn populate(b: &TestBucket) {
+    for d in 0..5 {
+        for f in 0..6 {
+            b.put(&format!("d{d}/f{f}.txt"), vec![b'x'; d * 10 + f]);
+        }
+    }
+    b.put("d0/sub/deep.txt", b"deep".to_vec());
+    b.put("top.txt", b"top".to_vec());
+}
+
+fn catalog_files(cache: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sqlite3"))
+        .collect()
+}
+
+#[test]
+fn a_remount_answers_ls_find_and_du_without_listing() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("warm");
+    populate(&b);
+    let (proxy, endpoint) = s3.proxied();
+    let cache = TempDir::new("cache");
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    let walk = |root: &Path| {
+        let (code, out, err) = sh(&format!(
+            "cd '{}' && ls -lR --time-style=+%s . && find . | sort && du -s --apparent-size .",
+            root.display()
+        ));
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let (first, ino_first) = {
+        let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg]);
+        let out = walk(&m.path());
+        (
+            out,
+            std::fs::metadata(m.path().join("d3/f2.txt")).unwrap().ino(),
+        )
+    };
+    assert!(
+        first.contains("deep.txt") && first.contains("f5.txt"),
+        "{first}"
+    );
+
+    let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg]);
+    let before = proxy.list_requests();
+    let second = walk(&m.path());
+    assert_eq!(
+        proxy.list_requests() - before,
+        0,
+        "a warm remount listed S3: {:?}",
+        proxy.requests()
+    );
+    assert_eq!(second, first, "the warm remount shows the same tree");
+    let ino_second = std::fs::metadata(m.path().join("d3/f2.txt")).unwrap().ino();
+    assert_eq!(ino_first, ino_second, "inode numbers survive a remount");
+    // Reading still works (and is the only kind of request made).
+    assert_eq!(
+        std::fs::read(m.path().join("d0/sub/deep.txt")).unwrap(),
+        b"deep"
+    );
+}
+
+#[test]
+fn changes_in_s3_show_after_the_ttl_and_after_a_forced_refresh() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("fresh");
+    b.put("dir/a", b"a".to_vec());
+
+    // Within the TTL the listing is trusted; after it the change shows.
+    let m = Mounted::start(&s3, &b.name, &["--metadata-ttl", "2"]);
+    let dir = m.path().join("dir");
+    assert_eq!(names(&dir), ["a"]);
+    b.put("dir/b", b"b".to_vec());
+    assert_eq!(
+        names(&dir),
+        ["a"],
+        "a fresh listing is served without asking S3"
+    );
+    std::thread::sleep(Duration::from_millis(2200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while names(&dir) != ["a", "b"] {
+        assert!(
+            Instant::now() < deadline,
+            "the new object never showed after the TTL"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(m);
+
+    // A long TTL, then a forced refresh of one directory.
+    let m = Mounted::start(&s3, &b.name, &["--metadata-ttl", "3600"]);
+    let dir = m.path().join("dir");
+    assert_eq!(names(&dir), ["a", "b"]);
+    b.put("dir/c", b"c".to_vec());
+    assert_eq!(names(&dir), ["a", "b"]);
+    let out = std::process::Command::new(BIN)
+        .arg("refresh")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "refresh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        names(&dir),
+        ["a", "b", "c"],
+        "visible right after `s3mount refresh`"
+    );
+    // Refreshing through a file refreshes its directory.
+    b.put("dir/d", b"d".to_vec());
+    let out = std::process::Command::new(BIN)
+        .arg("refresh")
+        .arg(dir.join("a"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(names(&dir), ["a", "b", "c", "d"]);
+
+    // A path outside any mount gets a clear error.
+    let outside = TempDir::new("outside");
+    let out = std::process::Command::new(BIN)
+        .arg("refresh")
+        .arg(outside.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not inside an s3mount mount"));
+}
+
+#[test]
+fn a_corrupt_or_foreign_catalog_is_rebuilt_with_one_warning() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("corrupt");
+    populate(&b);
+    let cache = TempDir::new("cache");
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    {
+        let m = Mounted::start(&s3, &b.name, &[&cache_arg]);
+        assert_eq!(names(&m.path()).len(), 6);
+    }
+    let files = catalog_files(cache.path());
+    assert_eq!(files.len(), 1, "one catalog per target: {files:?}");
+    let db = &files[0];
+
+    // Garbage in place of the database.
+    std::fs::write(db, vec![0xA5; 64 * 1024]).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    {
+        let m = Mounted::start(&s3, &b.name, &[&cache_arg]);
+        assert_eq!(names(&m.path()), ["d0", "d1", "d2", "d3", "d4", "top.txt"]);
+        assert_eq!(names(&m.path().join("d2")).len(), 6);
+        let log = m.log_text();
+        assert_eq!(
+            log.matches("rebuilding the catalog database").count(),
+            1,
+            "{log}"
+        );
+    }
+
+    // A database of another schema version.
+    {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema'", [])
+            .unwrap();
+    }
+    let m = Mounted::start(&s3, &b.name, &[&cache_arg]);
+    assert_eq!(names(&m.path().join("d4")).len(), 6);
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("rebuilding the catalog database").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("schema version 999"), "{log}");
+}
+
+#[test]
+fn a_second_mount_of_the_same_target_bypasses_the_locked_catalog() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("locked");
+    populate(&b);
+    let cache = TempDir::new("cache");
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    let first = Mounted::start(&s3, &b.name, &[&cache_arg]);
+    let second = Mounted::start(&s3, &b.name, &[&cache_arg]);
+    assert_eq!(names(&first.path()), names(&second.path()));
+    assert!(
+        second.log_text().contains("in use by another s3mount"),
+        "{}",
+        second.log_text()
+    );
+}
+
+#[test]
+fn concurrent_readers_of_a_stale_directory_cause_one_refresh() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("stale");
+    populate(&b);
+    let (proxy, endpoint) = s3.proxied();
+    let m = Mounted::start_at(&endpoint, &b.name, &["--metadata-ttl", "1"]);
+    let dir = m.path().join("d1");
+    assert_eq!(names(&dir).len(), 6);
+    std::thread::sleep(Duration::from_millis(1300));
+    // Listings of d1/ only (the root is stale too, and refreshed once itself).
+    let lists_of_d1 = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.contains("list-type=2") && r.contains("prefix=d1%2F"))
+            .count()
+    };
+    let before = lists_of_d1();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let dir = &dir;
+            s.spawn(move || assert_eq!(names(dir).len(), 6));
+        }
+    });
+    // Let the background refresh finish.
+    std::thread::sleep(Duration::from_millis(500));
+    let lists = lists_of_d1() - before;
+    assert_eq!(
+        lists,
+        1,
+        "8 readers of one stale directory caused {lists} listings: {:?}",
+        proxy.requests()
+    );
+}
