@@ -12,9 +12,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -26,8 +26,9 @@ use crate::store::ObjectStore;
 /// The catalog answers repeated questions from memory, so this stays short
 /// and changes seen by the catalog reach the kernel quickly.
 const KERNEL_TTL: Duration = Duration::from_secs(1);
-/// Rows fetched per readdir call; the kernel's buffer usually fills first.
-const READDIR_BATCH: usize = 512;
+/// Rows prepared per readdir call: a little more than the kernel's 4 KiB
+/// buffer holds, so little is built only to be thrown away.
+const READDIR_BATCH: usize = 96;
 
 pub struct FuseAdapter<S> {
     fs: Arc<S3Fs<S>>,
@@ -85,9 +86,9 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// Reading this extended attribute forces a refresh (see `s3mount refresh`).
-pub const REFRESH_XATTR: &str = "user.s3mount.refresh";
-const REFRESH_ANSWER: &[u8] = b"refreshed";
+/// The ioctl that forces a refresh (see `s3mount refresh`): `_IO(0xB3, 1)`,
+/// a type no kernel driver uses.
+pub const REFRESH_IOCTL: u32 = 0xB301;
 
 /// A reply object that can carry a successful value of type `T`.
 trait Respond<T> {
@@ -113,16 +114,10 @@ impl Respond<Attr> for ReplyAttr {
     }
 }
 
-/// A refresh answer, for a caller that offered `size` bytes.
-impl Respond<u32> for ReplyXattr {
-    fn ok(self, size: u32) {
-        if size == 0 {
-            self.size(REFRESH_ANSWER.len() as u32);
-        } else if (size as usize) < REFRESH_ANSWER.len() {
-            self.error(Errno::ERANGE);
-        } else {
-            self.data(REFRESH_ANSWER);
-        }
+/// A refresh answer.
+impl Respond<()> for ReplyIoctl {
+    fn ok(self, (): ()) {
+        self.ioctl(0, &[]);
     }
     fn err(self, errno: Errno) {
         self.error(errno);
@@ -171,10 +166,11 @@ fn name_str(name: &OsStr) -> Result<String, FsError> {
 impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // readdirplus carries attributes, so `ls -l` costs no lookup per
-        // entry; parallel dirops let lookups in one directory overlap.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS;
+        // entry; attributes come free with our listings, so it is always
+        // used (no READDIRPLUS_AUTO, which falls back to plain readdir after
+        // the first batch and then pays a LOOKUP per entry). Parallel dirops
+        // let lookups in one directory overlap.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -323,25 +319,45 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if name != REFRESH_XATTR {
-            reply.error(Errno::NO_XATTR);
-            return;
-        }
-        // The control channel of `s3mount refresh PATH`: reading this
-        // attribute lists the directory again and answers once that is done.
-        self.spawn(
-            move |fs| async move { fs.refresh(ino.0).await.map(|()| size) },
-            reply,
-        );
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        // ENOSYS makes the kernel stop asking for the life of the mount:
+        // `ls -l` asks for the SELinux label and ACLs of every file, and
+        // 40,000 round trips for an empty answer cost more than the listing.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if cmd != REFRESH_IOCTL {
+            reply.error(Errno::from_i32(libc::ENOTTY));
+            return;
         }
+        // The control channel of `s3mount refresh PATH`: list the directory
+        // again and answer once that is done.
+        self.spawn(move |fs| async move { fs.refresh(ino.0).await }, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        // ENOSYS makes the kernel stop asking for the life of the mount:
+        // `ls -l` lists attributes of every file, and 20,000 round trips for
+        // an empty answer cost more than the listing itself.
+        reply.error(Errno::ENOSYS);
     }
 
     // Writes arrive with the writes issue; until then every modifying call is

@@ -168,18 +168,19 @@ impl<S: ObjectStore> Listings<S> {
             if let Ok(listing) = &result {
                 me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
                 me.memory.insert(prefix.clone(), listing.clone());
-                if me.db.is_some() {
-                    let (me, prefix, listing) = (me.clone(), prefix.clone(), listing.clone());
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if let Some(db) = &me.db {
-                            db.save(&prefix, &listing.entries, listing.listed_at);
-                        }
-                    })
-                    .await;
-                }
             }
             me.refreshing.lock().unwrap().remove(&prefix);
+            let saved = result.as_ref().ok().cloned();
+            // Answer first; writing to disk is not on the caller's path.
             let _ = tx.send(Some(result));
+            if let (Some(listing), true) = (saved, me.db.is_some()) {
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(db) = &me.db {
+                        db.save(&prefix, &listing.entries, listing.listed_at);
+                    }
+                })
+                .await;
+            }
         });
         rx
     }

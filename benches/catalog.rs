@@ -1,0 +1,220 @@
+//! Listing benchmark: `ls -l`, `find` and `du -s` through s3mount next to
+//! listing the same prefixes directly with ListObjectsV2 paging, in the same
+//! run, through a proxy that adds S3-like latency and counts requests.
+//!
+//!   scripts/bench-catalog.sh   (BENCH_LIST_ENTRIES, BENCH_RUNS, BENCH_LATENCY_MS)
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use support::proxy::Faults;
+use support::*;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Uploads `keys` (tiny bodies) with bounded concurrency.
+fn put_many(b: &TestBucket, keys: Vec<String>) {
+    block_on(async {
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        let mut tasks = Vec::new();
+        for key in keys {
+            let (c, bucket, sem) = (b.client.clone(), b.name.clone(), sem.clone());
+            tasks.push(tokio::spawn(async move {
+                let _p = sem.acquire().await.unwrap();
+                c.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(vec![b'x'; 10]))
+                    .send()
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+/// Lists `prefix` directly, all pages; returns (seconds, pages, keys+prefixes).
+fn direct_list(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    delimiter: Option<&str>,
+) -> (f64, u64, u64) {
+    let t = Instant::now();
+    let (mut pages, mut items, mut token) = (0, 0, None);
+    loop {
+        let out = block_on(
+            client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_delimiter(delimiter.map(str::to_owned))
+                .set_continuation_token(token)
+                .send(),
+        )
+        .unwrap();
+        pages += 1;
+        items += out.contents().len() as u64 + out.common_prefixes().len() as u64;
+        token = out.next_continuation_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    (t.elapsed().as_secs_f64(), pages, items)
+}
+
+/// Runs a shell command and returns (seconds, requests seen at the proxy).
+fn timed(proxy: &support::proxy::FaultProxy, script: &str) -> (f64, usize) {
+    let before = proxy.requests().len();
+    let t = Instant::now();
+    let (code, _, err) = sh(script);
+    assert_eq!(code, 0, "{script}: {err}");
+    (t.elapsed().as_secs_f64(), proxy.requests().len() - before)
+}
+
+fn main() {
+    let entries = env_u64("BENCH_LIST_ENTRIES", 20_000);
+    let runs = env_u64("BENCH_RUNS", 3) as usize;
+    let latency = Duration::from_millis(env_u64("BENCH_LATENCY_MS", 20));
+    let s3 = TestS3::start();
+    let b = s3.bucket("catbench");
+    eprintln!("bench: creating {entries} keys in one directory and 10,000 in 100 directories");
+    put_many(&b, (0..entries).map(|i| format!("big/f{i:06}")).collect());
+    put_many(
+        &b,
+        (0..100)
+            .flat_map(|d| (0..100).map(move |f| format!("tree/d{d:02}/f{f:03}")))
+            .collect(),
+    );
+    let (proxy, endpoint) = s3.proxied();
+    proxy.set(Faults {
+        first_byte_delay: latency,
+        ..Faults::default()
+    });
+    let client = client_for(&endpoint);
+
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut add = |what: &str, mount_s: f64, reqs: f64, direct_s: f64, direct_reqs: f64| {
+        rows.push((
+            what.to_owned(),
+            format!("{:.3} s / {:.0} req", mount_s, reqs),
+            format!("{:.3} s / {:.0} req", direct_s, direct_reqs),
+            format!("{:.2}x", mount_s / direct_s),
+        ));
+    };
+
+    let (mut cold, mut warm, mut remount, mut direct) = (vec![], vec![], vec![], vec![]);
+    let (mut cold_r, mut warm_r, mut remount_r, mut direct_p) = (0, 0, 0, 0);
+    for _ in 0..runs {
+        let (secs, pages, items) = direct_list(&client, &b.name, "big/", Some("/"));
+        assert_eq!(items, entries);
+        direct.push(secs);
+        direct_p = pages;
+        let cache = TempDir::new("catbench-cache");
+        let cache_arg = format!("--cache-dir={}", cache.path().display());
+        let ls = |m: &Mounted| format!("ls -l '{}' | wc -l", m.path().join("big").display());
+        {
+            let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg]);
+            let (s, r) = timed(&proxy, &ls(&m));
+            cold.push(s);
+            cold_r = r;
+            let (s, r) = timed(&proxy, &ls(&m));
+            warm.push(s);
+            warm_r = r;
+        }
+        let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg]);
+        let (s, r) = timed(&proxy, &ls(&m));
+        remount.push(s);
+        remount_r = r;
+    }
+    let d = median(direct);
+    add(
+        &format!("ls -l of {entries} entries, cold"),
+        median(cold),
+        cold_r as f64,
+        d,
+        direct_p as f64,
+    );
+    add(
+        &format!("ls -l of {entries} entries, warm"),
+        median(warm),
+        warm_r as f64,
+        d,
+        direct_p as f64,
+    );
+    add(
+        &format!("ls -l of {entries} entries, after remount"),
+        median(remount),
+        remount_r as f64,
+        d,
+        direct_p as f64,
+    );
+
+    let (mut find, mut du, mut direct) = (vec![], vec![], vec![]);
+    let (mut find_r, mut du_r, mut direct_p) = (0, 0, 0);
+    for _ in 0..runs {
+        let (secs, pages, items) = direct_list(&client, &b.name, "tree/", None);
+        assert_eq!(items, 10_000);
+        direct.push(secs);
+        direct_p = pages;
+        let m = Mounted::start_at(&endpoint, &b.name, &[]);
+        let (s, r) = timed(
+            &proxy,
+            &format!("find '{}' | wc -l", m.path().join("tree").display()),
+        );
+        find.push(s);
+        find_r = r;
+        drop(m);
+        let m = Mounted::start_at(&endpoint, &b.name, &[]);
+        let (s, r) = timed(
+            &proxy,
+            &format!("du -s '{}'", m.path().join("tree").display()),
+        );
+        du.push(s);
+        du_r = r;
+    }
+    let d = median(direct);
+    add(
+        "find over 10,000 files in 100 dirs, cold",
+        median(find),
+        find_r as f64,
+        d,
+        direct_p as f64,
+    );
+    add(
+        "du -s over 10,000 files in 100 dirs, cold",
+        median(du),
+        du_r as f64,
+        d,
+        direct_p as f64,
+    );
+
+    println!();
+    println!(
+        "s3mount listing benchmark: {} ms first-byte latency, median of {runs} runs; direct = ListObjectsV2 paging of the same prefix (flat for the tree)",
+        latency.as_millis()
+    );
+    println!(
+        "{:<48} {:>20} {:>20} {:>8}",
+        "workload", "s3mount", "direct", "ratio"
+    );
+    for (what, m, d, r) in rows {
+        println!("{what:<48} {m:>20} {d:>20} {r:>8}");
+    }
+}
