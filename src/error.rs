@@ -16,6 +16,10 @@ pub enum FsError {
     ReadOnly,
     #[error("unknown file handle")]
     BadHandle,
+    /// Work another task was to do for this request was given up; the
+    /// caller should do it itself.
+    #[error("work abandoned by another task")]
+    Abandoned,
     #[error("{key}: {source}")]
     Store {
         key: String,
@@ -39,6 +43,7 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
+            FsError::Abandoned => libc::EAGAIN,
             FsError::Store { source, .. } => match source {
                 StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
                 StoreError::AccessDenied(_) => libc::EACCES,

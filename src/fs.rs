@@ -125,6 +125,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// several calls sees one consistent listing.
     pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
         let listing = self.catalog.listing(ino).await?;
+        self.catalog.note_opendir(ino);
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
         self.dir_handles.lock().unwrap().insert(fh, listing);
         Ok(fh)

@@ -58,6 +58,16 @@ pub fn dir_name<'k>(dir_prefix: &str, common_prefix: &'k str) -> Option<&'k str>
     common_prefix.strip_prefix(dir_prefix)?.strip_suffix('/')
 }
 
+/// The prefix of the directory containing directory `prefix` (`a/b/` ->
+/// `a/`, `a/` -> ``); `None` for the bucket root.
+pub fn parent_prefix(prefix: &str) -> Option<&str> {
+    let trimmed = prefix.strip_suffix('/')?;
+    Some(match trimmed.rfind('/') {
+        Some(i) => &prefix[..=i],
+        None => "",
+    })
+}
+
 /// The key prefix of the child directory `name` of `dir_prefix`.
 pub fn child_dir_prefix(dir_prefix: &str, name: &str) -> String {
     format!("{dir_prefix}{name}/")
@@ -110,5 +120,8 @@ mod tests {
         assert_eq!(dir_name("", "a/"), Some("a"));
         assert_eq!(child_dir_prefix("d/", "s"), "d/s/");
         assert_eq!(child_key("", "f"), "f");
+        assert_eq!(parent_prefix("a/b/"), Some("a/"));
+        assert_eq!(parent_prefix("a/"), Some(""));
+        assert_eq!(parent_prefix(""), None);
     }
 }

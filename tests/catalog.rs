@@ -256,3 +256,68 @@ fn concurrent_readers_of_a_stale_directory_cause_one_refresh() {
         proxy.requests()
     );
 }
+
+#[test]
+fn a_tree_walk_lists_flat_instead_of_once_per_directory() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("walk");
+    let mut expected = Vec::new();
+    block_on(async {
+        let mut tasks = Vec::new();
+        for d in 0..30 {
+            for f in 0..40 {
+                let key = format!("tree/d{d:02}/f{f:02}");
+                expected.push(format!("./{}", key.trim_start_matches("tree/")));
+                let (c, bucket) = (b.client.clone(), b.name.clone());
+                tasks.push(tokio::spawn(async move {
+                    c.put_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .body(vec![b'x'; 3].into())
+                        .send()
+                        .await
+                        .unwrap();
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    b.put("tree/d05/deeper/leaf", b"leaf".to_vec());
+    b.put("tree/d07/empty-marker/", Vec::new());
+    expected.push("./d05/deeper/leaf".into());
+    expected.push("./d05/deeper".into());
+    expected.push("./d07/empty-marker".into());
+    for d in 0..30 {
+        expected.push(format!("./d{d:02}"));
+    }
+    expected.push(".".into());
+    expected.sort();
+
+    let (proxy, endpoint) = s3.proxied();
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    let before = proxy.list_requests();
+    let (code, out, err) = sh(&format!(
+        "cd '{}' && find . | sort",
+        m.path().join("tree").display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    let found: Vec<&str> = out.lines().collect();
+    assert_eq!(found, expected, "find lists the whole tree exactly");
+    let lists = proxy.list_requests() - before;
+    // Per-directory listing would need 30+ requests; a flat walk needs the
+    // first directories on their own plus 2 flat pages.
+    assert!(
+        lists <= 8,
+        "find over 30 directories made {lists} listings: {:?}",
+        proxy.requests()
+    );
+    // Sizes come through the walk too.
+    assert_eq!(
+        std::fs::metadata(m.path().join("tree/d29/f39"))
+            .unwrap()
+            .len(),
+        3
+    );
+}

@@ -230,6 +230,20 @@ impl CatalogDb {
         }
     }
 
+    /// When the stored listing of `prefix` was made, if there is a complete one.
+    pub fn listed_at(&self, prefix: &str) -> Option<SystemTime> {
+        let conn = self.conn.lock().unwrap();
+        conn.query_row(
+            "SELECT listed_at_ms FROM dirs WHERE prefix = ?1 AND complete = 1",
+            [prefix],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+    }
+
     /// Forgets the stored listing of `prefix` (a forced refresh).
     pub fn forget(&self, prefix: &str) {
         let conn = self.conn.lock().unwrap();

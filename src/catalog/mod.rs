@@ -21,6 +21,7 @@
 
 pub mod db;
 mod inodes;
+mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +101,8 @@ pub struct CatalogStats {
     pub misses: AtomicU64,
     /// Complete listings fetched from S3.
     pub refreshes: AtomicU64,
+    /// Tree walks started (flat listings of a parent's subtrees).
+    pub walks: AtomicU64,
 }
 
 type RefreshResult = Option<Result<Arc<Listing>, FsError>>;
@@ -113,14 +116,37 @@ struct Listings<S> {
     freshness: Freshness,
     mounted_at: SystemTime,
     stats: CatalogStats,
+    /// Directories opened for reading recently (tree-walk detection).
+    opened: Mutex<HashMap<String, Instant>>,
+    /// Parents walked recently, so each is walked once per TTL.
+    walked: Mutex<HashMap<String, Instant>>,
 }
 
 impl<S: ObjectStore> Listings<S> {
     fn is_fresh(&self, listing: &Listing) -> bool {
-        match SystemTime::now().duration_since(listing.listed_at) {
+        self.is_fresh_at(listing.listed_at)
+    }
+
+    fn is_fresh_at(&self, listed_at: SystemTime) -> bool {
+        match SystemTime::now().duration_since(listed_at) {
             Ok(age) => age < self.freshness.ttl,
             Err(_) => true, // listed "in the future": clock moved back
         }
+    }
+
+    /// Writes listings to the on-disk catalog off the caller's path.
+    fn save_in_background(self: &Arc<Self>, listings: Vec<(String, Arc<Listing>)>) {
+        if self.db.is_none() || listings.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(db) = &me.db {
+                for (prefix, listing) in listings {
+                    db.save(&prefix, &listing.entries, listing.listed_at);
+                }
+            }
+        });
     }
 
     async fn get(self: &Arc<Self>, prefix: &str) -> Result<Arc<Listing>, FsError> {
@@ -147,8 +173,18 @@ impl<S: ObjectStore> Listings<S> {
             }
             _ => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                wait(self.refresh(prefix)).await
+                self.fetch_now(prefix).await
             }
+        }
+    }
+
+    /// Lists `prefix` from S3 (or waits for the listing under way).
+    async fn fetch_now(self: &Arc<Self>, prefix: &str) -> Result<Arc<Listing>, FsError> {
+        match wait(self.refresh(prefix)).await {
+            // A tree walk that was to list this directory gave up (see
+            // `walk`); list it on its own.
+            Err(FsError::Abandoned) => wait(self.refresh(prefix)).await,
+            other => other,
         }
     }
 
@@ -173,13 +209,8 @@ impl<S: ObjectStore> Listings<S> {
             let saved = result.as_ref().ok().cloned();
             // Answer first; writing to disk is not on the caller's path.
             let _ = tx.send(Some(result));
-            if let (Some(listing), true) = (saved, me.db.is_some()) {
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Some(db) = &me.db {
-                        db.save(&prefix, &listing.entries, listing.listed_at);
-                    }
-                })
-                .await;
+            if let Some(listing) = saved {
+                me.save_in_background(vec![(prefix, listing)]);
             }
         });
         rx
@@ -197,10 +228,7 @@ impl<S: ObjectStore> Listings<S> {
 async fn wait(mut rx: watch::Receiver<RefreshResult>) -> Result<Arc<Listing>, FsError> {
     match rx.wait_for(Option::is_some).await {
         Ok(value) => value.clone().expect("waited for Some"),
-        Err(_) => Err(FsError::store(
-            "",
-            crate::store::StoreError::Other("listing task ended without a result".into()),
-        )),
+        Err(_) => Err(FsError::Abandoned),
     }
 }
 
@@ -232,6 +260,8 @@ impl<S: ObjectStore> Catalog<S> {
                 freshness,
                 mounted_at: SystemTime::now(),
                 stats: CatalogStats::default(),
+                opened: Mutex::new(HashMap::new()),
+                walked: Mutex::new(HashMap::new()),
             }),
             inodes: Mutex::new(InodeTable::new(root_prefix)),
         }
@@ -272,6 +302,13 @@ impl<S: ObjectStore> Catalog<S> {
         self.listings.get(&node.key).await
     }
 
+    /// Notes that directory `ino` is being read (tree-walk detection).
+    pub fn note_opendir(&self, ino: Ino) {
+        if let Ok(node) = self.node(ino) {
+            self.listings.note_opendir(&node.key);
+        }
+    }
+
     /// Lists directory `ino` (or the directory of file `ino`) from S3 now,
     /// whatever its age, and waits for the new listing.
     pub async fn refresh(&self, ino: Ino) -> Result<(), FsError> {
@@ -282,7 +319,7 @@ impl<S: ObjectStore> Catalog<S> {
             self.node(node.parent)?
         };
         self.listings.forget(&dir.key);
-        wait(self.listings.refresh(&dir.key)).await.map(|_| ())
+        self.listings.fetch_now(&dir.key).await.map(|_| ())
     }
 
     /// Resolves `name` in directory `parent` to an inode and its entry.
@@ -338,6 +375,59 @@ impl<S: ObjectStore> Catalog<S> {
     }
 }
 
+/// Collects the names of one directory and applies the naming rules:
+/// unrepresentable names are hidden, and a directory wins over a file of the
+/// same name.
+struct ListingBuilder {
+    dirs: BTreeMap<String, Entry>,
+    files: BTreeMap<String, Entry>,
+    dir_mtime: SystemTime,
+}
+
+impl ListingBuilder {
+    fn new(dir_mtime: SystemTime) -> Self {
+        ListingBuilder {
+            dirs: BTreeMap::new(),
+            files: BTreeMap::new(),
+            dir_mtime,
+        }
+    }
+
+    fn add_dir(&mut self, name: &str) {
+        if !self.dirs.contains_key(name) {
+            let entry = Entry {
+                name: name.to_owned(),
+                kind: EntryKind::Dir,
+                mtime: self.dir_mtime,
+            };
+            self.dirs.insert(name.to_owned(), entry);
+        }
+    }
+
+    fn add_file(&mut self, name: &str, obj: &crate::store::ObjectMeta) {
+        let entry = Entry {
+            name: name.to_owned(),
+            kind: EntryKind::File {
+                size: obj.size,
+                etag: obj.etag.clone(),
+            },
+            mtime: obj.last_modified,
+        };
+        self.files.insert(name.to_owned(), entry);
+    }
+
+    fn finish(mut self, prefix: &str) -> Vec<Entry> {
+        for (name, file) in std::mem::take(&mut self.files) {
+            if self.dirs.contains_key(&name) {
+                debug!(prefix = %prefix, name = %name, "key shadowed by a prefix of the same name; the directory wins");
+                continue;
+            }
+            self.dirs.insert(name, file);
+        }
+        self.dirs.into_values().collect()
+    }
+}
+
 /// Lists a whole prefix, page by page, into a sorted [`Listing`].
 async fn fetch_listing<S: ObjectStore>(
     store: &S,
@@ -347,8 +437,7 @@ async fn fetch_listing<S: ObjectStore>(
 ) -> Result<Arc<Listing>, FsError> {
     let started = Instant::now();
     let listed_at = SystemTime::now();
-    let mut dirs: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut files: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut builder = ListingBuilder::new(mounted_at);
     let mut token = None;
     let mut pages = 0u32;
     loop {
@@ -362,52 +451,28 @@ async fn fetch_listing<S: ObjectStore>(
             let Some(name) = names::dir_name(prefix, cp) else {
                 continue;
             };
-            if let Err(why) = names::check_name(name) {
-                debug!(prefix = %cp, ?why, "hiding prefix that cannot be a directory name");
-                continue;
+            match names::check_name(name) {
+                Ok(()) => builder.add_dir(name),
+                Err(why) => {
+                    debug!(prefix = %cp, ?why, "hiding prefix that cannot be a directory name")
+                }
             }
-            dirs.insert(
-                name.to_owned(),
-                Entry {
-                    name: name.to_owned(),
-                    kind: EntryKind::Dir,
-                    mtime: mounted_at,
-                },
-            );
         }
-        for obj in page.objects {
+        for obj in &page.objects {
             let Some(name) = names::file_name(prefix, &obj.key) else {
                 continue; // this directory's own marker object
             };
-            if let Err(why) = names::check_name(name) {
-                debug!(key = %obj.key, ?why, "hiding key that cannot be a file name");
-                continue;
+            match names::check_name(name) {
+                Ok(()) => builder.add_file(name, obj),
+                Err(why) => debug!(key = %obj.key, ?why, "hiding key that cannot be a file name"),
             }
-            files.insert(
-                name.to_owned(),
-                Entry {
-                    name: name.to_owned(),
-                    kind: EntryKind::File {
-                        size: obj.size,
-                        etag: obj.etag,
-                    },
-                    mtime: obj.last_modified,
-                },
-            );
         }
         token = page.next;
         if token.is_none() {
             break;
         }
     }
-    for (name, file) in files {
-        if dirs.contains_key(&name) {
-            debug!(prefix = %prefix, name = %name, "key shadowed by a prefix of the same name; the directory wins");
-            continue;
-        }
-        dirs.insert(name, file);
-    }
-    let entries: Vec<Entry> = dirs.into_values().collect();
+    let entries = builder.finish(prefix);
     debug!(prefix = %prefix, entries = entries.len(), pages, elapsed_ms = started.elapsed().as_millis() as u64, "listed directory");
     Ok(Arc::new(Listing { entries, listed_at }))
 }
