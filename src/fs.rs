@@ -6,12 +6,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::catalog::{Catalog, Entry, EntryKind, Ino, Listing, ROOT_INO};
+use crate::catalog::{Catalog, DirSource, Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::read::Reader;
 use crate::store::ObjectStore;
@@ -49,7 +49,7 @@ pub struct S3Fs<S> {
     catalog: Catalog<S>,
     reader: Reader<S>,
     owner: Ownership,
-    dir_handles: Mutex<HashMap<u64, Arc<Listing>>>,
+    dir_handles: Mutex<HashMap<u64, DirSource>>,
     next_dir_handle: AtomicU64,
 }
 
@@ -121,13 +121,15 @@ impl<S: ObjectStore> S3Fs<S> {
         self.reader.release(fh);
     }
 
-    /// Takes a snapshot of the directory so that a directory stream read in
-    /// several calls sees one consistent listing.
+    /// Opens a directory stream. It reads one listing throughout, so a
+    /// stream read in several calls is consistent: a snapshot of a known
+    /// listing, or, for a directory not listed yet, the listing as it
+    /// arrives (the first entries are returned before the last page is in).
     pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
-        let listing = self.catalog.listing(ino).await?;
+        let source = self.catalog.open_dir(ino).await?;
         self.catalog.note_opendir(ino);
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
-        self.dir_handles.lock().unwrap().insert(fh, listing);
+        self.dir_handles.lock().unwrap().insert(fh, source);
         Ok(fh)
     }
 
@@ -138,14 +140,14 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Rows of directory handle `fh` from `offset` on, `.` and `..` first.
     /// Returns at most `limit` rows; the caller stops earlier when its
     /// buffer is full and resumes at the last row's `next_offset`.
-    pub fn readdir(
+    pub async fn readdir(
         &self,
         ino: Ino,
         fh: u64,
         offset: u64,
         limit: usize,
     ) -> Result<Vec<DirRow>, FsError> {
-        let listing = self
+        let source = self
             .dir_handles
             .lock()
             .unwrap()
@@ -178,12 +180,17 @@ impl<S: ObjectStore> S3Fs<S> {
             });
         }
         let start = offset.saturating_sub(2) as usize;
-        let entries = listing
-            .entries
-            .iter()
-            .skip(start)
-            .take(limit.saturating_sub(rows.len()));
-        let slice: Vec<&Entry> = entries.collect();
+        let wanted = limit.saturating_sub(rows.len());
+        let owned;
+        let slice: Vec<&Entry> = match &source {
+            DirSource::Complete(listing) => {
+                listing.entries.iter().skip(start).take(wanted).collect()
+            }
+            DirSource::Growing(growing) => {
+                owned = growing.read(start, wanted).await?;
+                owned.iter().collect()
+            }
+        };
         let inos = self.catalog.resolve_all(ino, slice.iter().copied())?;
         for (i, (entry, child)) in slice.into_iter().zip(inos).enumerate() {
             rows.push(DirRow {

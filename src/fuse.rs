@@ -19,7 +19,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
-use crate::fs::{Attr, S3Fs};
+use crate::fs::{Attr, DirRow, S3Fs};
 use crate::store::ObjectStore;
 
 /// How long the kernel may cache names and attributes before asking again.
@@ -118,6 +118,47 @@ impl Respond<Attr> for ReplyAttr {
 impl Respond<()> for ReplyIoctl {
     fn ok(self, (): ()) {
         self.ioctl(0, &[]);
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<Vec<DirRow>> for ReplyDirectory {
+    fn ok(mut self, rows: Vec<DirRow>) {
+        for row in rows {
+            let kind = if row.attr.is_dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            if self.add(INodeNo(row.attr.ino), row.next_offset, kind, &row.name) {
+                break;
+            }
+        }
+        ReplyDirectory::ok(self);
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<Vec<DirRow>> for ReplyDirectoryPlus {
+    fn ok(mut self, rows: Vec<DirRow>) {
+        for row in rows {
+            let attr = file_attr(&row.attr);
+            if self.add(
+                INodeNo(row.attr.ino),
+                row.next_offset,
+                &row.name,
+                &KERNEL_TTL,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        ReplyDirectoryPlus::ok(self);
     }
     fn err(self, errno: Errno) {
         self.error(errno);
@@ -251,24 +292,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset, READDIR_BATCH) {
-            Ok(rows) => {
-                for row in rows {
-                    let kind = if row.attr.is_dir {
-                        FileType::Directory
-                    } else {
-                        FileType::RegularFile
-                    };
-                    if reply.add(INodeNo(row.attr.ino), row.next_offset, kind, &row.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.spawn(
+            move |fs| async move { fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await },
+            reply,
+        );
     }
 
     fn readdirplus(
@@ -277,27 +306,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset, READDIR_BATCH) {
-            Ok(rows) => {
-                for row in rows {
-                    let attr = file_attr(&row.attr);
-                    if reply.add(
-                        INodeNo(row.attr.ino),
-                        row.next_offset,
-                        &row.name,
-                        &KERNEL_TTL,
-                        &attr,
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.spawn(
+            move |fs| async move { fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await },
+            reply,
+        );
     }
 
     fn releasedir(

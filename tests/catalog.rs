@@ -375,3 +375,52 @@ fn a_directory_of_100k_keys_lists_correctly_with_bounded_memory() {
     // About 0.7 KiB per entry today (listing, inode table, SQLite cache).
     assert!(peak_mib < 256, "listing 100k keys peaked at {peak_mib} MiB");
 }
+
+#[test]
+fn the_first_readdir_of_a_big_directory_starts_before_its_listing_ends() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("stream");
+    block_on(async {
+        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        let mut tasks = Vec::new();
+        for i in 0..4000 {
+            let (c, bucket, sem) = (b.client.clone(), b.name.clone(), sem.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire().await.unwrap();
+                c.put_object()
+                    .bucket(bucket)
+                    .key(format!("big/f{i:05}"))
+                    .body(vec![].into())
+                    .send()
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let (proxy, endpoint) = s3.proxied();
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    // Resolve `big` first, then slow every response down: 4 pages of 1,000.
+    assert!(m.path().join("big").is_dir());
+    proxy.set(support::proxy::Faults {
+        first_byte_delay: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let (code, out, err) = sh(&format!(
+        "python3 -c \"import os, sys, time
+t = time.time(); it = os.scandir(sys.argv[1]); next(it); first = time.time() - t
+n = 1 + sum(1 for _ in it); print(first, time.time() - t, n)\" '{}'",
+        m.path().join("big").display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (first, total, count) = (v[0], v[1], v[2] as usize);
+    assert_eq!(count, 4000);
+    assert!(total >= 1.1, "4 slow pages took only {total:.2}s");
+    assert!(
+        first < total / 2.0,
+        "the first entry came after {first:.2}s of {total:.2}s"
+    );
+}

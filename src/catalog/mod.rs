@@ -20,6 +20,7 @@
 //!   appear in a listing.
 
 pub mod db;
+mod growing;
 mod inodes;
 mod walk;
 
@@ -35,6 +36,7 @@ use crate::error::FsError;
 use crate::names;
 use crate::store::ObjectStore;
 pub use db::CatalogDb;
+pub use growing::GrowingListing;
 use inodes::{InodeTable, Node};
 
 pub type Ino = u64;
@@ -78,6 +80,13 @@ impl Listing {
     }
 }
 
+/// What a directory stream reads: a complete listing, or one still arriving.
+#[derive(Clone)]
+pub enum DirSource {
+    Complete(Arc<Listing>),
+    Growing(Arc<GrowingListing>),
+}
+
 /// How long listings are trusted, and what happens after that.
 #[derive(Debug, Clone, Copy)]
 pub struct Freshness {
@@ -116,6 +125,8 @@ struct Listings<S> {
     freshness: Freshness,
     mounted_at: SystemTime,
     stats: CatalogStats,
+    /// Listings being fetched, readable as they grow.
+    growing: Mutex<HashMap<String, Arc<GrowingListing>>>,
     /// Directories opened for reading recently (tree-walk detection).
     opened: Mutex<HashMap<String, Instant>>,
     /// Parents walked recently, so each is walked once per TTL.
@@ -149,8 +160,23 @@ impl<S: ObjectStore> Listings<S> {
         });
     }
 
-    async fn get(self: &Arc<Self>, prefix: &str) -> Result<Arc<Listing>, FsError> {
-        let known = self.memory.get(prefix).or_else(|| {
+    /// For a directory stream: a known listing (as `get` serves it), or the
+    /// listing being fetched, readable while it grows.
+    async fn open(self: &Arc<Self>, prefix: &str) -> Result<DirSource, FsError> {
+        if self.known(prefix).is_some() {
+            return self.get(prefix).await.map(DirSource::Complete);
+        }
+        let rx = self.refresh(prefix);
+        let growing = self.growing.lock().unwrap().get(prefix).cloned();
+        match growing {
+            Some(g) => Ok(DirSource::Growing(g)),
+            None => wait(rx).await.map(DirSource::Complete),
+        }
+    }
+
+    /// The listing of `prefix` from memory or disk, whatever its age.
+    fn known(&self, prefix: &str) -> Option<Arc<Listing>> {
+        self.memory.get(prefix).or_else(|| {
             let stored = self.db.as_ref()?.load(prefix)?;
             self.stats.disk_loads.fetch_add(1, Ordering::Relaxed);
             let listing = Arc::new(Listing {
@@ -159,7 +185,11 @@ impl<S: ObjectStore> Listings<S> {
             });
             self.memory.insert(prefix.to_owned(), listing.clone());
             Some(listing)
-        });
+        })
+    }
+
+    async fn get(self: &Arc<Self>, prefix: &str) -> Result<Arc<Listing>, FsError> {
+        let known = self.known(prefix);
         match known {
             Some(listing) if self.is_fresh(&listing) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -199,8 +229,16 @@ impl<S: ObjectStore> Listings<S> {
         refreshing.insert(prefix.to_owned(), rx.clone());
         let me = self.clone();
         let prefix = prefix.to_owned();
+        let growing = Arc::new(GrowingListing::default());
+        self.growing
+            .lock()
+            .unwrap()
+            .insert(prefix.clone(), growing.clone());
         tokio::spawn(async move {
-            let result = fetch_listing(&*me.store, &prefix, me.mounted_at, &me.stats).await;
+            let result =
+                fetch_listing(&*me.store, &prefix, me.mounted_at, &me.stats, &growing).await;
+            growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
+            me.growing.lock().unwrap().remove(&prefix);
             if let Ok(listing) = &result {
                 me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
                 me.memory.insert(prefix.clone(), listing.clone());
@@ -260,6 +298,7 @@ impl<S: ObjectStore> Catalog<S> {
                 freshness,
                 mounted_at: SystemTime::now(),
                 stats: CatalogStats::default(),
+                growing: Mutex::new(HashMap::new()),
                 opened: Mutex::new(HashMap::new()),
                 walked: Mutex::new(HashMap::new()),
             }),
@@ -300,6 +339,15 @@ impl<S: ObjectStore> Catalog<S> {
             return Err(FsError::NotADirectory);
         }
         self.listings.get(&node.key).await
+    }
+
+    /// What a new stream of directory `ino` reads (see [`DirSource`]).
+    pub async fn open_dir(&self, ino: Ino) -> Result<DirSource, FsError> {
+        let node = self.node(ino)?;
+        if !node.is_dir {
+            return Err(FsError::NotADirectory);
+        }
+        self.listings.open(&node.key).await
     }
 
     /// Notes that directory `ino` is being read (tree-walk detection).
@@ -434,6 +482,7 @@ async fn fetch_listing<S: ObjectStore>(
     prefix: &str,
     mounted_at: SystemTime,
     stats: &CatalogStats,
+    growing: &GrowingListing,
 ) -> Result<Arc<Listing>, FsError> {
     let started = Instant::now();
     let listed_at = SystemTime::now();
@@ -447,12 +496,17 @@ async fn fetch_listing<S: ObjectStore>(
             .await
             .map_err(|e| FsError::store(prefix, e))?;
         pages += 1;
+        let mut page_dirs = Vec::with_capacity(page.common_prefixes.len());
+        let mut page_files = Vec::with_capacity(page.objects.len());
         for cp in &page.common_prefixes {
             let Some(name) = names::dir_name(prefix, cp) else {
                 continue;
             };
             match names::check_name(name) {
-                Ok(()) => builder.add_dir(name),
+                Ok(()) => {
+                    builder.add_dir(name);
+                    page_dirs.push((cp.clone(), builder.dirs[name].clone()));
+                }
                 Err(why) => {
                     debug!(prefix = %cp, ?why, "hiding prefix that cannot be a directory name")
                 }
@@ -463,10 +517,20 @@ async fn fetch_listing<S: ObjectStore>(
                 continue; // this directory's own marker object
             };
             match names::check_name(name) {
-                Ok(()) => builder.add_file(name, obj),
+                Ok(()) => {
+                    builder.add_file(name, obj);
+                    page_files.push((obj.key.clone(), builder.files[name].clone()));
+                }
                 Err(why) => debug!(key = %obj.key, ?why, "hiding key that cannot be a file name"),
             }
         }
+        let page_end = page
+            .objects
+            .last()
+            .map(|o| o.key.as_str())
+            .max(page.common_prefixes.last().map(String::as_str))
+            .unwrap_or("");
+        growing.add_page(page_dirs, page_files, page_end);
         token = page.next;
         if token.is_none() {
             break;
