@@ -9,46 +9,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
 use support::proxy::Faults;
 use support::*;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 /// Uploads `keys` (tiny bodies) with bounded concurrency.
-fn put_many(b: &TestBucket, keys: Vec<String>) {
-    block_on(async {
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
-        let mut tasks = Vec::new();
-        for key in keys {
-            let (c, bucket, sem) = (b.client.clone(), b.name.clone(), sem.clone());
-            tasks.push(tokio::spawn(async move {
-                let _p = sem.acquire().await.unwrap();
-                c.put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .body(ByteStream::from(vec![b'x'; 10]))
-                    .send()
-                    .await
-                    .unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-}
-
 /// Lists `prefix` directly, all pages; returns (seconds, pages, keys+prefixes).
 fn direct_list(
     client: &aws_sdk_s3::Client,
@@ -95,12 +59,15 @@ fn main() {
     let s3 = TestS3::start();
     let b = s3.bucket("catbench");
     eprintln!("bench: creating {entries} keys in one directory and 10,000 in 100 directories");
-    put_many(&b, (0..entries).map(|i| format!("big/f{i:06}")).collect());
-    put_many(
-        &b,
+    b.put_many(
+        (0..entries).map(|i| format!("big/f{i:06}")).collect(),
+        |_| vec![b'x'; 10],
+    );
+    b.put_many(
         (0..100)
             .flat_map(|d| (0..100).map(move |f| format!("tree/d{d:02}/f{f:03}")))
             .collect(),
+        |_| vec![b'x'; 10],
     );
     let (proxy, endpoint) = s3.proxied();
     proxy.set(Faults {

@@ -23,18 +23,6 @@ use support::*;
 
 const MIB: u64 = 1024 * 1024;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 struct Bench {
     /// Keeps the server (if started here) alive for the whole run.
     _s3: TestS3,
@@ -130,15 +118,6 @@ fn offsets(count: u64, size: u64, len: u64, seed: u64) -> Vec<u64> {
             (x % slots) * len
         })
         .collect()
-}
-
-fn rss_peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 struct Row {
@@ -243,7 +222,7 @@ fn main() {
             hs.into_iter().map(|h| h.join().unwrap()).sum()
         });
         m4.push(mib(n, t.elapsed()));
-        rss.push(rss_peak_kib(m.pid()) as f64 / 1024.0);
+        rss.push(peak_rss_kib(m.pid()) as f64 / 1024.0);
         drop(m);
         let t = Instant::now();
         let n: u64 = block_on(async {

@@ -62,27 +62,41 @@ TOML
     local g=("$GARAGE" -c "$dir/garage.toml")
     RUST_LOG=${GARAGE_LOG:-warn} setsid "${g[@]}" server > "$dir/garage.log" 2>&1 &
     echo $! > "$dir/garage.pid"
-    local node=""
-    for _ in $(seq 100); do
-        if node=$("${g[@]}" node id -q 2>/dev/null); then break; fi
+    # The node answers once its RPC port accepts connections and `status`
+    # succeeds (`node id` alone can answer before the server listens).
+    local node="" up=""
+    for _ in $(seq 150); do
         if ! kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null; then
             echo "garage-local: garage server exited; see $dir/garage.log:" >&2
             tail -5 "$dir/garage.log" >&2
             exit 1
         fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$rpc_port") 2>/dev/null \
+            && "${g[@]}" status > /dev/null 2>&1 \
+            && node=$("${g[@]}" node id -q 2>/dev/null); then
+            up=1
+            break
+        fi
         sleep 0.2
     done
-    if [[ -z $node ]]; then
-        echo "garage-local: garage did not start within 20s; see $dir/garage.log" >&2
+    if [[ -z $up || -z $node ]]; then
+        echo "garage-local: garage did not start within 30s; see $dir/garage.log" >&2
         stop
         exit 1
     fi
-    "${g[@]}" layout assign -z dc1 -c 10G "${node%%@*}" > /dev/null
-    "${g[@]}" layout apply --version 1 > /dev/null
+    retry() {
+        for _ in $(seq 25); do
+            if "$@" > /dev/null 2>&1; then return 0; fi
+            sleep 0.2
+        done
+        "$@" > /dev/null
+    }
+    retry "${g[@]}" layout assign -z dc1 -c 10G "${node%%@*}"
+    retry "${g[@]}" layout apply --version 1
     local key_id="GK$(hex 12)" secret
     secret=$(hex 32)
-    "${g[@]}" key import --yes -n s3mount-test "$key_id" "$secret" > /dev/null
-    "${g[@]}" key allow --create-bucket "$key_id" > /dev/null
+    retry "${g[@]}" key import --yes -n s3mount-test "$key_id" "$secret"
+    retry "${g[@]}" key allow --create-bucket "$key_id"
     # The S3 port answers once the layout is live.
     for _ in $(seq 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$s3_port") 2>/dev/null; then break; fi

@@ -14,7 +14,11 @@ scripts/install-deps.sh
 if [[ -z ${S3MOUNT_TEST_ENDPOINT:-} ]]; then
     garage_dir=$(mktemp -d /tmp/s3mount-garage.XXXXXX)
     trap 'scripts/garage-local.sh stop "$garage_dir"; rm -rf "$garage_dir"' EXIT
-    eval "$(scripts/garage-local.sh start "$garage_dir")"
+    env_lines=$(scripts/garage-local.sh start "$garage_dir") || {
+        echo "with-garage: could not start the local Garage (see above)" >&2
+        exit 1
+    }
+    eval "$env_lines"
     echo "with-garage: local Garage at $S3MOUNT_TEST_ENDPOINT" >&2
 fi
 

@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn populate(b: &TestBucket) {
     for d in 0..5 {
         for f in 0..6 {
@@ -261,29 +252,14 @@ fn concurrent_readers_of_a_stale_directory_cause_one_refresh() {
 fn a_tree_walk_lists_flat_instead_of_once_per_directory() {
     let s3 = TestS3::start();
     let b = s3.bucket("walk");
-    let mut expected = Vec::new();
-    block_on(async {
-        let mut tasks = Vec::new();
-        for d in 0..30 {
-            for f in 0..40 {
-                let key = format!("tree/d{d:02}/f{f:02}");
-                expected.push(format!("./{}", key.trim_start_matches("tree/")));
-                let (c, bucket) = (b.client.clone(), b.name.clone());
-                tasks.push(tokio::spawn(async move {
-                    c.put_object()
-                        .bucket(bucket)
-                        .key(key)
-                        .body(vec![b'x'; 3].into())
-                        .send()
-                        .await
-                        .unwrap();
-                }));
-            }
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
+    let keys: Vec<String> = (0..30)
+        .flat_map(|d| (0..40).map(move |f| format!("tree/d{d:02}/f{f:02}")))
+        .collect();
+    let mut expected: Vec<String> = keys
+        .iter()
+        .map(|k| format!("./{}", k.trim_start_matches("tree/")))
+        .collect();
+    b.put_many(keys, |_| vec![b'x'; 3]);
     b.put("tree/d05/deeper/leaf", b"leaf".to_vec());
     b.put("tree/d07/empty-marker/", Vec::new());
     expected.push("./d05/deeper/leaf".into());
@@ -322,39 +298,13 @@ fn a_tree_walk_lists_flat_instead_of_once_per_directory() {
     );
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 #[test]
 fn a_directory_of_100k_keys_lists_correctly_with_bounded_memory() {
     let s3 = TestS3::start();
     let b = s3.bucket("huge");
     let count = 100_000;
-    block_on(async {
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
-        let mut tasks = Vec::with_capacity(count);
-        for i in 0..count {
-            let (c, bucket, sem) = (b.client.clone(), b.name.clone(), sem.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire().await.unwrap();
-                c.put_object()
-                    .bucket(bucket)
-                    .key(format!("huge/k{i:06}"))
-                    .body(vec![b'x'; i % 13].into())
-                    .send()
-                    .await
-                    .unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+    b.put_many((0..count).map(|i| format!("huge/k{i:06}")).collect(), |i| {
+        vec![b'x'; i % 13]
     });
     let m = Mounted::start(&s3, &b.name, &[]);
     let dir = m.path().join("huge");
@@ -380,25 +330,8 @@ fn a_directory_of_100k_keys_lists_correctly_with_bounded_memory() {
 fn the_first_readdir_of_a_big_directory_starts_before_its_listing_ends() {
     let s3 = TestS3::start();
     let b = s3.bucket("stream");
-    block_on(async {
-        let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
-        let mut tasks = Vec::new();
-        for i in 0..4000 {
-            let (c, bucket, sem) = (b.client.clone(), b.name.clone(), sem.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = sem.acquire().await.unwrap();
-                c.put_object()
-                    .bucket(bucket)
-                    .key(format!("big/f{i:05}"))
-                    .body(vec![].into())
-                    .send()
-                    .await
-                    .unwrap();
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+    b.put_many((0..4000).map(|i| format!("big/f{i:05}")).collect(), |_| {
+        Vec::new()
     });
     let (proxy, endpoint) = s3.proxied();
     let m = Mounted::start_at(&endpoint, &b.name, &[]);

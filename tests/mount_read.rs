@@ -8,15 +8,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use support::*;
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn sha256_of(path: &Path) -> String {
     let (code, out, err) = sh(&format!("sha256sum '{}'", path.display()));
     assert_eq!(code, 0, "sha256sum failed: {err}");
@@ -252,31 +243,8 @@ fn large_directory_lists_every_page() {
     let s3 = TestS3::start();
     let b = s3.bucket("pages");
     // More than one ListObjectsV2 page (1000 keys) in one directory.
-    let rt_client = b.client.clone();
-    let bucket = b.name.clone();
-    block_on(async move {
-        let mut tasks = Vec::new();
-        for i in 0..1100 {
-            let c = rt_client.clone();
-            let bucket = bucket.clone();
-            tasks.push(tokio::spawn(async move {
-                c.put_object()
-                    .bucket(bucket)
-                    .key(format!("many/f{i:05}"))
-                    .body(aws_sdk_s3::primitives::ByteStream::from(vec![b'x'; i % 7]))
-                    .send()
-                    .await
-                    .unwrap();
-            }));
-            if tasks.len() >= 32 {
-                for t in tasks.drain(..) {
-                    t.await.unwrap();
-                }
-            }
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
+    b.put_many((0..1100).map(|i| format!("many/f{i:05}")).collect(), |i| {
+        vec![b'x'; i % 7]
     });
     let m = Mounted::start(&s3, &b.name, &[]);
     let listed = names(&m.path().join("many"));

@@ -507,3 +507,66 @@ pub fn sh(script: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Sorted names in a directory, through std::fs.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Peak resident memory of process `pid`, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An environment variable as a number, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of some measurements.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+impl TestBucket {
+    /// Uploads many small objects, 64 at a time; `body(i)` gives object i's bytes.
+    pub fn put_many(&self, keys: Vec<String>, body: impl Fn(usize) -> Vec<u8>) {
+        block_on(async {
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+            let mut tasks = Vec::with_capacity(keys.len());
+            for (i, key) in keys.into_iter().enumerate() {
+                let (c, bucket, sem, data) =
+                    (self.client.clone(), self.name.clone(), sem.clone(), body(i));
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire().await.unwrap();
+                    c.put_object()
+                        .bucket(bucket)
+                        .key(&key)
+                        .body(ByteStream::from(data))
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| {
+                            panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
+                        });
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    }
+}
