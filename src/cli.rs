@@ -12,7 +12,13 @@ use clap::{ArgAction, Parser};
 
 /// Mount an S3 bucket or prefix as a directory tree.
 #[derive(Debug, Parser)]
-#[command(name = "s3mount", version, about, long_about = None)]
+#[command(
+    name = "s3mount",
+    version,
+    about,
+    long_about = None,
+    after_help = "Also: s3mount refresh PATH...   list directories of a running mount again now.\nWhat each operation does on S3: docs/SEMANTICS.md."
+)]
 pub struct Args {
     /// What to mount: BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX.
     pub target: String,
