@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::catalog::{Catalog, DirSource, Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
-use crate::read::Reader;
+use crate::read::{PageCache, Reader};
 use crate::store::ObjectStore;
 
 /// Ownership and permissions shown for every file and directory.
@@ -92,7 +92,7 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// Opens a file; returns the handle and whether the kernel may keep
     /// cached pages of it (the object is unchanged since the last open).
-    pub async fn open(&self, ino: Ino) -> Result<(u64, bool), FsError> {
+    pub async fn open(&self, ino: Ino) -> Result<(u64, PageCache), FsError> {
         let key = self.catalog.file_key(ino)?;
         match self.catalog.entry(ino).await?.kind {
             EntryKind::File { size, etag } => Ok(self.reader.open(&key, &etag, size)),

@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 
 use crate::error::FsError;
 use crate::fs::{Attr, DirRow, S3Fs};
+use crate::read::PageCache;
 use crate::store::ObjectStore;
 
 /// How long the kernel may cache names and attributes before asking again.
@@ -184,13 +185,13 @@ impl Respond<u64> for ReplyOpen {
     }
 }
 
-/// `open` result: the handle and whether the kernel may keep cached pages.
-impl Respond<(u64, bool)> for ReplyOpen {
-    fn ok(self, (fh, keep_cache): (u64, bool)) {
-        let flags = if keep_cache {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
+/// `open` result: the handle and how it may use the kernel's page cache.
+impl Respond<(u64, PageCache)> for ReplyOpen {
+    fn ok(self, (fh, cache): (u64, PageCache)) {
+        let flags = match cache {
+            PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+            PageCache::Invalidate => FopenFlags::empty(),
+            PageCache::Bypass => FopenFlags::FOPEN_DIRECT_IO,
         };
         self.opened(FileHandle(fh), flags);
     }

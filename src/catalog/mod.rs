@@ -170,7 +170,11 @@ impl<S: ObjectStore> Listings<S> {
         let growing = self.growing.lock().unwrap().get(prefix).cloned();
         match growing {
             Some(g) => Ok(DirSource::Growing(g)),
-            None => wait(rx).await.map(DirSource::Complete),
+            // A tree walk is listing it (or the listing just ended).
+            None => match wait(rx).await {
+                Err(FsError::Abandoned) => self.fetch_now(prefix).await.map(DirSource::Complete),
+                other => other.map(DirSource::Complete),
+            },
         }
     }
 

@@ -72,6 +72,17 @@ struct OpenFile {
     served: AtomicBool,
 }
 
+/// How an open file may use the kernel's page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCache {
+    /// Same version as the last open: cached pages are still right.
+    Keep,
+    /// Another version than before: the kernel drops the cached pages.
+    Invalidate,
+    /// Another handle reads another version right now: bypass the cache.
+    Bypass,
+}
+
 pub struct Reader<S> {
     store: Arc<S>,
     fetcher: Arc<Fetcher<S>>,
@@ -104,21 +115,40 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     /// Opens `key` at the version the catalog saw. Returns the handle and
-    /// whether the kernel may keep pages cached from an earlier open.
-    pub fn open(&self, key: &str, etag: &str, size: u64) -> (u64, bool) {
+    /// how the kernel's page cache may be used for it.
+    pub fn open(&self, key: &str, etag: &str, size: u64) -> (u64, PageCache) {
         let key: Arc<str> = key.into();
         let etag: Arc<str> = etag.into();
-        let keep_cache = self.last_opened.get(&key).is_some_and(|e| e == etag);
-        self.last_opened.insert(key.clone(), etag.clone());
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile {
-            version: Mutex::new(Arc::new(ObjectVersion { key, etag, size })),
+        let file = Arc::new(OpenFile {
+            version: Mutex::new(Arc::new(ObjectVersion {
+                key: key.clone(),
+                etag: etag.clone(),
+                size,
+            })),
             window: Mutex::new(ReadWindow::new(self.config.window, size)),
             ahead: AtomicU64::new(0),
             served: AtomicBool::new(false),
+        });
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut handles = self.handles.lock().unwrap();
+        // The page cache belongs to the inode, not the handle: while another
+        // handle reads another version of this object, pages cached for one
+        // would be served to the other. Such a handle bypasses the cache.
+        let other_version_open = handles.values().any(|f| {
+            let v = f.version.lock().unwrap();
+            v.key == key && v.etag != etag
+        });
+        handles.insert(fh, file);
+        drop(handles);
+        let mode = if other_version_open {
+            PageCache::Bypass
+        } else if self.last_opened.get(&key).is_some_and(|e| e == etag) {
+            PageCache::Keep
+        } else {
+            PageCache::Invalidate
         };
-        self.handles.lock().unwrap().insert(fh, Arc::new(file));
-        (fh, keep_cache)
+        self.last_opened.insert(key, etag);
+        (fh, mode)
     }
 
     pub fn release(&self, fh: u64) {
@@ -155,8 +185,15 @@ impl<S: ObjectStore> Reader<S> {
             self.plan_and_request(&file, &version, offset, end - offset);
             match self.fetcher.read(&version, offset..end).await {
                 Ok(bytes) => {
-                    file.served.store(true, Ordering::Relaxed);
-                    return Ok(bytes);
+                    // Return bytes only of the version the handle is pinned
+                    // to now; marking it served under the lock keeps a
+                    // concurrent re-pin (below) from switching versions
+                    // after any byte went out.
+                    let current = file.version.lock().unwrap();
+                    if Arc::ptr_eq(&current, &version) {
+                        file.served.store(true, Ordering::Relaxed);
+                        return Ok(bytes);
+                    }
                 }
                 // The catalog's ETag may predate the open: the object was
                 // replaced after it was listed. Before this handle has returned
@@ -170,13 +207,27 @@ impl<S: ObjectStore> Reader<S> {
                         .head(&version.key)
                         .await
                         .map_err(|e| FsError::store(&version.key, e))?;
-                    debug!(key = %version.key, etag = %meta.etag, "object replaced before first read; pinning new version");
-                    *file.version.lock().unwrap() = Arc::new(ObjectVersion {
-                        key: version.key.clone(),
-                        etag: meta.etag.as_str().into(),
-                        size: meta.size,
-                    });
-                    *file.window.lock().unwrap() = ReadWindow::new(self.config.window, meta.size);
+                    if meta.size != version.size {
+                        // The kernel knows the old size and would cut the new
+                        // object short (or ask past its end) without a word.
+                        warn!(key = %version.key, "object replaced with a different size since it was listed; refresh and reopen it");
+                        return Err(FsError::store(&version.key, StoreError::PreconditionFailed));
+                    }
+                    let mut current = file.version.lock().unwrap();
+                    if Arc::ptr_eq(&current, &version) && !file.served.load(Ordering::Relaxed) {
+                        debug!(key = %version.key, etag = %meta.etag, "object replaced before first read; pinning new version");
+                        *current = Arc::new(ObjectVersion {
+                            key: version.key.clone(),
+                            etag: meta.etag.as_str().into(),
+                            size: meta.size,
+                        });
+                        self.last_opened
+                            .insert(version.key.clone(), current.etag.clone());
+                    } else if file.served.load(Ordering::Relaxed) && Arc::ptr_eq(&current, &version)
+                    {
+                        return Err(FsError::store(&version.key, StoreError::PreconditionFailed));
+                    }
+                    // Otherwise another read re-pinned already: retry with it.
                 }
                 Err(e) => {
                     warn!(key = %version.key, offset, error = %e, "read failed");
