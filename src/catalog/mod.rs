@@ -239,8 +239,16 @@ impl<S: ObjectStore> Listings<S> {
             .unwrap()
             .insert(prefix.clone(), growing.clone());
         tokio::spawn(async move {
+            let mut guard = RefreshGuard {
+                listings: &me,
+                prefix: &prefix,
+                growing: &growing,
+                done: false,
+            };
             let result =
                 fetch_listing(&*me.store, &prefix, me.mounted_at, &me.stats, &growing).await;
+            guard.done = true;
+            drop(guard);
             growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
             me.growing.lock().unwrap().remove(&prefix);
             if let Ok(listing) = &result {
@@ -263,6 +271,35 @@ impl<S: ObjectStore> Listings<S> {
         self.memory.invalidate(prefix);
         if let Some(db) = &self.db {
             db.forget(prefix);
+        }
+    }
+}
+
+/// Cleans up after a refresh task that ended without finishing (a panic):
+/// readers of its growing listing get an error instead of waiting forever,
+/// and the next caller lists the directory again.
+struct RefreshGuard<'a, S> {
+    listings: &'a Listings<S>,
+    prefix: &'a str,
+    growing: &'a GrowingListing,
+    done: bool,
+}
+
+impl<S> Drop for RefreshGuard<'_, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Runs while a panic unwinds: a poisoned lock must not abort.
+            self.growing.finish(Err(FsError::Abandoned));
+            let growing = &self.listings.growing;
+            growing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(self.prefix);
+            let refreshing = &self.listings.refreshing;
+            refreshing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(self.prefix);
         }
     }
 }

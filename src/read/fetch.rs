@@ -140,6 +140,14 @@ impl<S: ObjectStore> Fetcher<S> {
             let me = self.clone();
             let obj = obj.clone();
             tokio::spawn(async move {
+                // Unregisters the pending blocks however the task ends, so a
+                // failed or panicked fetch is retried by the next reader
+                // instead of being waited on forever.
+                let clear = ClearPending {
+                    fetcher: &me,
+                    obj: &obj,
+                    blocks: piece.clone(),
+                };
                 let bytes = piece.start * me.block..(piece.end * me.block).min(obj.size);
                 let result = {
                     let _permit = me.permits.acquire().await;
@@ -157,14 +165,17 @@ impl<S: ObjectStore> Fetcher<S> {
                             .insert(Self::key(&obj, piece.start + i as u64), data.clone());
                     }
                 }
-                {
-                    let mut pending = me.pending.lock().unwrap();
-                    for b in piece {
-                        pending.remove(&Self::key(&obj, b));
-                    }
-                }
+                drop(clear);
                 let _ = tx.send(Some(result.map(Arc::new)));
             });
+        }
+    }
+
+    fn unregister(&self, obj: &ObjectVersion, blocks: Range<u64>) {
+        // Also runs while a panic unwinds: a poisoned lock must not abort.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for b in blocks {
+            pending.remove(&Self::key(obj, b));
         }
     }
 
@@ -245,5 +256,17 @@ impl<S: ObjectStore> Fetcher<S> {
             .served_bytes
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
+    }
+}
+
+struct ClearPending<'a, S: ObjectStore> {
+    fetcher: &'a Fetcher<S>,
+    obj: &'a ObjectVersion,
+    blocks: Range<u64>,
+}
+
+impl<S: ObjectStore> Drop for ClearPending<'_, S> {
+    fn drop(&mut self) {
+        self.fetcher.unregister(self.obj, self.blocks.clone());
     }
 }
