@@ -124,32 +124,13 @@ impl GrowingListing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::EntryKind;
-    use std::time::UNIX_EPOCH;
 
     fn file(name: &str) -> (String, Entry) {
-        (
-            format!("p/{name}"),
-            Entry {
-                name: name.into(),
-                kind: EntryKind::File {
-                    size: 1,
-                    etag: "e".into(),
-                },
-                mtime: UNIX_EPOCH,
-            },
-        )
+        (format!("p/{name}"), Entry::test_file(name))
     }
 
     fn dir(name: &str) -> (String, Entry) {
-        (
-            format!("p/{name}/"),
-            Entry {
-                name: name.into(),
-                kind: EntryKind::Dir,
-                mtime: UNIX_EPOCH,
-            },
-        )
+        (format!("p/{name}/"), Entry::test_dir(name))
     }
 
     fn names(v: &[Entry]) -> Vec<&str> {

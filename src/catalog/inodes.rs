@@ -93,26 +93,13 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::EntryKind;
-    use std::time::UNIX_EPOCH;
 
     fn file(name: &str) -> Entry {
-        Entry {
-            name: name.into(),
-            kind: EntryKind::File {
-                size: 1,
-                etag: "e".into(),
-            },
-            mtime: UNIX_EPOCH,
-        }
+        Entry::test_file(name)
     }
 
     fn dir(name: &str) -> Entry {
-        Entry {
-            name: name.into(),
-            kind: EntryKind::Dir,
-            mtime: UNIX_EPOCH,
-        }
+        Entry::test_dir(name)
     }
 
     #[test]

@@ -63,6 +63,30 @@ impl Entry {
     }
 }
 
+#[cfg(test)]
+impl Entry {
+    /// A one-byte file, for unit tests.
+    pub(crate) fn test_file(name: &str) -> Entry {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::File {
+                size: 1,
+                etag: "e".into(),
+            },
+            mtime: std::time::UNIX_EPOCH,
+        }
+    }
+
+    /// A directory, for unit tests.
+    pub(crate) fn test_dir(name: &str) -> Entry {
+        Entry {
+            name: name.into(),
+            kind: EntryKind::Dir,
+            mtime: std::time::UNIX_EPOCH,
+        }
+    }
+}
+
 /// The complete contents of one directory at one moment, sorted by name.
 #[derive(Debug)]
 pub struct Listing {
@@ -163,18 +187,18 @@ impl<S: ObjectStore> Listings<S> {
     /// For a directory stream: a known listing (as `get` serves it), or the
     /// listing being fetched, readable while it grows.
     async fn open(self: &Arc<Self>, prefix: &str) -> Result<DirSource, FsError> {
-        if self.known(prefix).is_some() {
-            return self.get(prefix).await.map(DirSource::Complete);
+        if let Some(listing) = self.known(prefix) {
+            return self
+                .serve(prefix, Some(listing))
+                .await
+                .map(DirSource::Complete);
         }
-        let rx = self.refresh(prefix);
+        drop(self.refresh(prefix)); // starts the listing, or joins it
         let growing = self.growing.lock().unwrap().get(prefix).cloned();
         match growing {
             Some(g) => Ok(DirSource::Growing(g)),
-            // A tree walk is listing it (or the listing just ended).
-            None => match wait(rx).await {
-                Err(FsError::Abandoned) => self.fetch_now(prefix).await.map(DirSource::Complete),
-                other => other.map(DirSource::Complete),
-            },
+            // A tree walk is listing it, or the listing has just ended.
+            None => self.fetch_now(prefix).await.map(DirSource::Complete),
         }
     }
 
@@ -193,7 +217,16 @@ impl<S: ObjectStore> Listings<S> {
     }
 
     async fn get(self: &Arc<Self>, prefix: &str) -> Result<Arc<Listing>, FsError> {
-        let known = self.known(prefix);
+        self.serve(prefix, self.known(prefix)).await
+    }
+
+    /// Answers with `known` if it is fresh (or may be served stale), else
+    /// waits for a new listing.
+    async fn serve(
+        self: &Arc<Self>,
+        prefix: &str,
+        known: Option<Arc<Listing>>,
+    ) -> Result<Arc<Listing>, FsError> {
         match known {
             Some(listing) if self.is_fresh(&listing) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
