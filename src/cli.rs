@@ -71,9 +71,33 @@ pub struct Args {
     #[arg(long, conflicts_with = "allow_other")]
     pub allow_root: bool,
 
-    /// Refuse every modification with EROFS (currently always the case).
+    /// Refuse every modification with EROFS.
     #[arg(long)]
     pub read_only: bool,
+
+    /// Refuse unlink and rmdir with EPERM (renames, which keep the data, still work).
+    #[arg(long)]
+    pub no_delete: bool,
+
+    /// Refuse replacing an existing file, by writing or by renaming onto it.
+    #[arg(long)]
+    pub no_overwrite: bool,
+
+    /// Size of the first parts of a multipart upload (later parts grow so
+    /// any file up to S3's 5 TiB limit fits); files under twice this size
+    /// are sent with one PUT.
+    #[arg(long, value_parser = parse_size, default_value = "8M", value_name = "SIZE")]
+    pub write_part_size: u64,
+
+    /// Where files being written are spooled (default: the cache directory,
+    /// else the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Objects larger than this are copied in parts when renamed (S3's
+    /// limit for one copy is 5G). For testing.
+    #[arg(long, value_parser = parse_size, default_value = "5G", value_name = "SIZE", hide = true)]
+    pub multipart_copy_threshold: u64,
 
     /// How long, in seconds, a directory listing is trusted before S3 is asked again.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]

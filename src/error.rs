@@ -16,6 +16,24 @@ pub enum FsError {
     ReadOnly,
     #[error("unknown file handle")]
     BadHandle,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file exists")]
+    Exists,
+    /// Refused by a mount option (`--no-delete`, `--no-overwrite`).
+    #[error("not permitted: {0}")]
+    NotPermitted(&'static str),
+    /// The file is being written through this mount.
+    #[error("busy: {0}")]
+    Busy(&'static str),
+    /// An operation S3 objects cannot support (see docs/SEMANTICS.md).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    /// The local spool of an upload failed (disk full, say).
+    #[error("upload spool: {0}")]
+    Spool(String),
     /// Work another task was to do for this request was given up; the
     /// caller should do it itself.
     #[error("work abandoned by another task")]
@@ -43,6 +61,13 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::Busy(_) => libc::EBUSY,
+            FsError::Unsupported(_) => libc::EOPNOTSUPP,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::Spool(_) => libc::EIO,
             FsError::Abandoned => libc::EAGAIN,
             FsError::Store { source, .. } => match source {
                 StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
@@ -65,6 +90,9 @@ mod tests {
         assert_eq!(FsError::NotFound.errno(), libc::ENOENT);
         assert_eq!(FsError::ReadOnly.errno(), libc::EROFS);
         assert_eq!(FsError::NotADirectory.errno(), libc::ENOTDIR);
+        assert_eq!(FsError::NotEmpty.errno(), libc::ENOTEMPTY);
+        assert_eq!(FsError::NotPermitted("x").errno(), libc::EPERM);
+        assert_eq!(FsError::Unsupported("x").errno(), libc::EOPNOTSUPP);
         assert_eq!(
             FsError::store("k", StoreError::PreconditionFailed).errno(),
             libc::EIO

@@ -175,6 +175,40 @@ impl Respond<bytes::Bytes> for ReplyData {
     }
 }
 
+impl Respond<()> for ReplyEmpty {
+    fn ok(self, (): ()) {
+        ReplyEmpty::ok(self);
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+impl Respond<u32> for ReplyWrite {
+    fn ok(self, written: u32) {
+        self.written(written);
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
+/// `create` result: the new file and its write handle.
+impl Respond<(Attr, u64)> for ReplyCreate {
+    fn ok(self, (a, fh): (Attr, u64)) {
+        self.created(
+            &KERNEL_TTL,
+            &file_attr(&a),
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
+    }
+    fn err(self, errno: Errno) {
+        self.error(errno);
+    }
+}
+
 /// `opendir` result: the directory handle.
 impl Respond<u64> for ReplyOpen {
     fn ok(self, fh: u64) {
@@ -212,7 +246,11 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         // used (no READDIRPLUS_AUTO, which falls back to plain readdir after
         // the first batch and then pays a LOOKUP per entry). Parallel dirops
         // let lookups in one directory overlap.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS;
+        // Atomic O_TRUNC passes O_TRUNC to open instead of a separate
+        // truncate first, so replacing a file is one upload, not two.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -230,11 +268,15 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            reply.error(errno(&FsError::ReadOnly));
+        if flags.acc_mode() == OpenAccMode::O_RDONLY {
+            self.spawn(move |fs| async move { fs.open(ino.0).await }, reply);
             return;
         }
-        self.spawn(move |fs| async move { fs.open(ino.0).await }, reply);
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        self.spawn(
+            move |fs| async move { fs.open_for_write(ino.0, truncate).await },
+            reply,
+        );
     }
 
     fn read(
@@ -258,15 +300,15 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.spawn(move |fs| async move { fs.flush(fh.0).await }, reply);
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        self.spawn(move |fs| async move { fs.fsync(fh.0).await }, reply);
     }
 
     fn release(
@@ -279,8 +321,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        self.spawn(
+            move |fs| async move {
+                fs.release(fh.0).await;
+                Ok(())
+            },
+            reply,
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -375,32 +422,44 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply.error(Errno::ENOSYS);
     }
 
-    // Writes arrive with the writes issue; until then every modifying call is
-    // refused the way a read-only mount refuses it.
-
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
-        _size: Option<u64>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        self.spawn(
+            move |fs| async move { fs.setattr(ino.0, fh.map(|f| f.0), size).await },
+            reply,
+        );
     }
 
-    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(errno(&FsError::ReadOnly));
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _m: u32,
+        _u: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name_str(name);
+        self.spawn(
+            move |fs| async move { fs.mkdir(parent.0, &name?).await },
+            reply,
+        );
     }
 
     fn mknod(
@@ -413,55 +472,82 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _r: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        // The kernel creates regular files with CREATE; devices, FIFOs and
+        // sockets have no S3 form.
+        reply.error(Errno::from_i32(libc::EPERM));
     }
 
-    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&FsError::ReadOnly));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_str(name);
+        self.spawn(
+            move |fs| async move { fs.unlink(parent.0, &name?).await },
+            reply,
+        );
     }
 
-    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&FsError::ReadOnly));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_str(name);
+        self.spawn(
+            move |fs| async move { fs.rmdir(parent.0, &name?).await },
+            reply,
+        );
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _flags: RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        let (name, new_name) = (name_str(name), name_str(new_name));
+        self.spawn(
+            move |fs| async move {
+                fs.rename(parent.0, &name?, new_parent.0, &new_name?, flags)
+                    .await
+            },
+            reply,
+        );
     }
 
     fn create(
         &self,
         _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        let name = name_str(name);
+        self.spawn(
+            move |fs| async move { fs.create(parent.0, &name?).await },
+            reply,
+        );
     }
 
     fn write(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _wf: WriteFlags,
         _flags: OpenFlags,
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        // The request buffer is reused by the next request; the write goes
+        // on elsewhere, so it needs its own copy.
+        let data = data.to_vec();
+        self.spawn(
+            move |fs| async move { fs.write(fh.0, offset, data).await },
+            reply,
+        );
     }
 }

@@ -12,3 +12,4 @@ pub mod names;
 pub mod read;
 pub mod refresh;
 pub mod store;
+pub mod upload;

@@ -15,10 +15,11 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, CatalogDb, Freshness};
 use crate::cli::{Args, ChecksumMode, Target};
-use crate::fs::{Ownership, S3Fs};
+use crate::fs::{Ownership, S3Fs, WritePolicy};
 use crate::fuse::FuseAdapter;
 use crate::read::{ReadConfig, Reader};
 use crate::store::{ObjectStore, S3Settings, S3Store, StoreError};
+use crate::upload::{UploadConfig, Uploads};
 
 /// A failure before or while mounting, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +56,10 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         force_path_style: args.force_path_style,
         checksums_when_required,
         idle_timeout: Duration::from_secs(args.read_stall_timeout.max(1)),
+        multipart_copy_threshold: args.multipart_copy_threshold,
     };
     let read_config = read_config(&args)?;
+    let upload_config = upload_config(&args)?;
     let store = Arc::new(rt.block_on(preflight(&settings, &target))?);
 
     let owner = Ownership {
@@ -75,9 +78,16 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         CatalogDb::open(&dir, &identity)
     });
     let catalog = Catalog::new(store.clone(), &target.prefix, freshness, db);
+    let policy = WritePolicy {
+        read_only: args.read_only,
+        no_delete: args.no_delete,
+        no_overwrite: args.no_overwrite,
+    };
     let fs = Arc::new(S3Fs::new(
         catalog,
         Reader::new(store.clone(), read_config),
+        Uploads::new(store.clone(), upload_config),
+        policy,
         owner,
     ));
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
@@ -86,7 +96,11 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     config.mount_options = vec![
         MountOption::FSName(format!("{}/{}", target.bucket, target.prefix)),
         MountOption::Subtype("s3mount".into()),
-        MountOption::RO,
+        if args.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
         MountOption::NoAtime,
         MountOption::DefaultPermissions,
     ];
@@ -147,6 +161,14 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
             _ = sigint.recv() => "SIGINT",
         };
         info!(signal = reason, open_files = fs.open_files(), "unmounting");
+        // Uploads still open cannot complete once the mount is gone; abort
+        // them so nothing is left half-done in the bucket.
+        if tokio::time::timeout(UNMOUNT_GRACE, fs.abort_uploads())
+            .await
+            .is_err()
+        {
+            warn!("aborting uploads in flight took too long; lifecycle rules will clean up");
+        }
         log_read_stats(&fs, &store);
         if let Err(e) = unmounter.unmount() {
             warn!(error = %e, "unmount failed (busy?); detaching lazily");
@@ -184,6 +206,35 @@ fn read_config(args: &Args) -> Result<ReadConfig, MountError> {
         )));
     }
     Ok(config)
+}
+
+/// The write path's settings; creates the spool directory.
+fn upload_config(args: &Args) -> Result<UploadConfig, MountError> {
+    if args.write_part_size < 5 << 20 || args.write_part_size > 2 << 30 {
+        return Err(MountError(format!(
+            "--write-part-size {} is outside S3's limits; give a size from 5M to 2G",
+            args.write_part_size
+        )));
+    }
+    let spool_dir = match (&args.spool_dir, cache_dir(args)) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(cache)) => cache.join("spool"),
+        (None, None) => std::env::temp_dir(),
+    };
+    if !args.read_only {
+        std::fs::create_dir_all(&spool_dir).map_err(|e| {
+            MountError(format!(
+                "cannot create the upload spool directory {}: {e}; give a writable one with --spool-dir",
+                spool_dir.display()
+            ))
+        })?;
+    }
+    Ok(UploadConfig {
+        part_size: args.write_part_size,
+        spool_dir,
+        max_parts_in_flight: 8,
+        max_concurrent_parts: (args.max_concurrent_requests / 2).max(4),
+    })
 }
 
 /// The directory for the persistent catalog, if any.

@@ -244,6 +244,59 @@ impl CatalogDb {
         .map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
     }
 
+    /// Sets one entry of a stored listing (a change made through the mount).
+    pub fn put_entry(&self, prefix: &str, e: &Entry) {
+        let conn = self.conn.lock().unwrap();
+        let (is_dir, size, etag) = match &e.kind {
+            EntryKind::Dir => (true, 0u64, ""),
+            EntryKind::File { size, etag } => (false, *size, etag.as_str()),
+        };
+        let mtime_ns = e
+            .mtime
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let result = conn.execute(
+            "INSERT OR REPLACE INTO entries (prefix, name, is_dir, size, mtime_ns, etag)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM dirs WHERE prefix = ?1)",
+            params![prefix, e.name, is_dir, size as i64, mtime_ns, etag],
+        );
+        if let Err(err) = result {
+            warn!(prefix, error = %err, "cannot update the catalog");
+        }
+    }
+
+    /// Removes one entry of a stored listing.
+    pub fn remove_entry(&self, prefix: &str, name: &str) {
+        let conn = self.conn.lock().unwrap();
+        if let Err(e) = conn.execute(
+            "DELETE FROM entries WHERE prefix = ?1 AND name = ?2",
+            params![prefix, name],
+        ) {
+            warn!(prefix, error = %e, "cannot update the catalog");
+        }
+    }
+
+    /// Forgets the stored listings of `prefix` and every prefix below it.
+    pub fn forget_tree(&self, prefix: &str) {
+        let conn = self.conn.lock().unwrap();
+        let n = prefix.chars().count() as i64;
+        let result = conn
+            .execute(
+                "DELETE FROM dirs WHERE substr(prefix, 1, ?2) = ?1",
+                params![prefix, n],
+            )
+            .and_then(|_| {
+                conn.execute(
+                    "DELETE FROM entries WHERE substr(prefix, 1, ?2) = ?1",
+                    params![prefix, n],
+                )
+            });
+        if let Err(e) = result {
+            warn!(prefix, error = %e, "cannot update the catalog");
+        }
+    }
+
     /// Forgets the stored listing of `prefix` (a forced refresh).
     pub fn forget(&self, prefix: &str) {
         let conn = self.conn.lock().unwrap();

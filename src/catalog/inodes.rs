@@ -76,6 +76,35 @@ impl InodeTable {
         ino
     }
 
+    /// Forgets that `name` in `parent` has an inode (it was deleted). The
+    /// node itself stays while the kernel may still hold its number.
+    pub fn unlink(&mut self, parent: Ino, name: &str) {
+        self.by_name.remove(&(parent, name.to_owned()));
+    }
+
+    /// Gives `ino` a new place and key; for a directory, the keys of every
+    /// node below it move along.
+    pub fn moved(&mut self, ino: Ino, new_parent: Ino, new_name: &str, new_key: String) {
+        let Some(node) = self.nodes.get(&ino).cloned() else {
+            return;
+        };
+        if self.by_name.get(&(node.parent, node.name.clone())) == Some(&ino) {
+            self.by_name.remove(&(node.parent, node.name.clone()));
+        }
+        self.by_name.insert((new_parent, new_name.to_owned()), ino);
+        if node.is_dir {
+            for (other, n) in self.nodes.iter_mut() {
+                if *other != ino && *other != ROOT_INO && n.key.starts_with(&node.key) {
+                    n.key = format!("{new_key}{}", &n.key[node.key.len()..]);
+                }
+            }
+        }
+        let n = self.nodes.get_mut(&ino).expect("checked above");
+        n.parent = new_parent;
+        n.name = new_name.to_owned();
+        n.key = new_key;
+    }
+
     fn free_number_for(&self, key: &str) -> Ino {
         // 63 bits keep the number positive for tools that store it signed;
         // 0 and 1 (the root) are reserved.
@@ -128,6 +157,24 @@ mod tests {
         assert_ne!(f, d);
         assert!(t.get(d).unwrap().is_dir);
         assert_eq!(t.get(d).unwrap().key, "x/");
+    }
+
+    #[test]
+    fn a_moved_directory_takes_its_children_along() {
+        let mut t = InodeTable::new("");
+        let d = t.resolve(ROOT_INO, "", &dir("a"));
+        let f = t.resolve(d, "a/", &file("f"));
+        let e = t.resolve(ROOT_INO, "", &dir("e"));
+        t.moved(d, e, "b", "e/b/".into());
+        assert_eq!(t.get(d).unwrap().key, "e/b/");
+        assert_eq!(t.get(f).unwrap().key, "e/b/f");
+        assert_eq!(t.get(f).unwrap().parent, d);
+        assert_eq!(t.resolve(e, "e/", &dir("b")), d, "found under the new name");
+        assert_ne!(
+            t.resolve(ROOT_INO, "", &dir("a")),
+            d,
+            "not under the old one"
+        );
     }
 
     #[test]

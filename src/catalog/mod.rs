@@ -12,6 +12,11 @@
 //! the TTL is 0, in which case the caller waits for the new listing.
 //! Concurrent requests for the same listing share one fetch.
 //!
+//! Changes made through the mount (new files, deletes, renames, mkdir) are
+//! applied to the known listing at once, and remembered for a while so a
+//! listing that was already under way when the change happened does not
+//! undo it when it lands (see [`Listings::install`]).
+//!
 //! Invariants:
 //! - A path has the same inode number in every mount of the same target
 //!   (see [`inodes`]); a name that changes kind gets a new one.
@@ -155,9 +160,103 @@ struct Listings<S> {
     opened: Mutex<HashMap<String, Instant>>,
     /// Parents walked recently, so each is walked once per TTL.
     walked: Mutex<HashMap<String, Instant>>,
+    /// Changes made through this mount, by directory prefix.
+    changes: Mutex<HashMap<String, Vec<Change>>>,
+}
+
+/// One change made through the mount: `name` in a directory became `entry`
+/// (`None`: removed) at time `at`.
+struct Change {
+    at: SystemTime,
+    name: String,
+    entry: Option<Entry>,
+}
+
+/// How long a change is re-applied to listings that land after it. Any
+/// listing that started after the change already contains it (S3 listings
+/// are strongly consistent); this only has to outlast listings in flight.
+const CHANGE_MEMORY: Duration = Duration::from_secs(600);
+
+/// Sets `name` to `entry` (or removes it) in sorted `entries`.
+fn apply_change(entries: &mut Vec<Entry>, name: &str, entry: Option<Entry>) {
+    match (
+        entries.binary_search_by(|e| e.name.as_str().cmp(name)),
+        entry,
+    ) {
+        (Ok(i), Some(e)) => entries[i] = e,
+        (Ok(i), None) => {
+            entries.remove(i);
+        }
+        (Err(i), Some(e)) => entries.insert(i, e),
+        (Err(_), None) => {}
+    }
 }
 
 impl<S: ObjectStore> Listings<S> {
+    /// Puts a listing fetched from S3 into memory, with the changes made
+    /// through the mount since it started re-applied; returns what was stored.
+    fn install(&self, prefix: &str, listing: Arc<Listing>) -> Arc<Listing> {
+        let listing = {
+            let mut changes = self.changes.lock().unwrap();
+            match changes.get_mut(prefix) {
+                None => listing,
+                Some(list) => {
+                    list.retain(|c| c.at >= listing.listed_at);
+                    if list.is_empty() {
+                        changes.remove(prefix);
+                        listing
+                    } else {
+                        let mut entries = listing.entries.clone();
+                        for c in list.iter() {
+                            apply_change(&mut entries, &c.name, c.entry.clone());
+                        }
+                        Arc::new(Listing {
+                            entries,
+                            listed_at: listing.listed_at,
+                        })
+                    }
+                }
+            }
+        };
+        self.memory.insert(prefix.to_owned(), listing.clone());
+        listing
+    }
+
+    /// Applies a change made through the mount to the listing of `prefix`
+    /// in memory and on disk, and remembers it for listings in flight.
+    fn record(&self, prefix: &str, name: &str, entry: Option<Entry>) {
+        let now = SystemTime::now();
+        {
+            let mut changes = self.changes.lock().unwrap();
+            changes.retain(|_, list| {
+                list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
+                !list.is_empty()
+            });
+            changes.entry(prefix.to_owned()).or_default().push(Change {
+                at: now,
+                name: name.to_owned(),
+                entry: entry.clone(),
+            });
+        }
+        if let Some(listing) = self.known(prefix) {
+            let mut entries = listing.entries.clone();
+            apply_change(&mut entries, name, entry.clone());
+            self.memory.insert(
+                prefix.to_owned(),
+                Arc::new(Listing {
+                    entries,
+                    listed_at: listing.listed_at,
+                }),
+            );
+            if let Some(db) = &self.db {
+                match &entry {
+                    Some(e) => db.put_entry(prefix, e),
+                    None => db.remove_entry(prefix, name),
+                }
+            }
+        }
+    }
+
     fn is_fresh(&self, listing: &Listing) -> bool {
         self.is_fresh_at(listing.listed_at)
     }
@@ -284,10 +383,10 @@ impl<S: ObjectStore> Listings<S> {
             drop(guard);
             growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
             me.growing.lock().unwrap().remove(&prefix);
-            if let Ok(listing) = &result {
+            let result = result.map(|listing| {
                 me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
-                me.memory.insert(prefix.clone(), listing.clone());
-            }
+                me.install(&prefix, listing)
+            });
             me.refreshing.lock().unwrap().remove(&prefix);
             let saved = result.as_ref().ok().cloned();
             // Answer first; writing to disk is not on the caller's path.
@@ -304,6 +403,26 @@ impl<S: ObjectStore> Listings<S> {
         self.memory.invalidate(prefix);
         if let Some(db) = &self.db {
             db.forget(prefix);
+        }
+    }
+
+    /// Drops what is known of `prefix` and every directory below it.
+    fn forget_tree(&self, prefix: &str) {
+        let below: Vec<String> = self
+            .memory
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        for k in below {
+            self.memory.invalidate(&k);
+        }
+        self.changes
+            .lock()
+            .unwrap()
+            .retain(|k, _| !k.starts_with(prefix));
+        if let Some(db) = &self.db {
+            db.forget_tree(prefix);
         }
     }
 }
@@ -375,6 +494,7 @@ impl<S: ObjectStore> Catalog<S> {
                 growing: Mutex::new(HashMap::new()),
                 opened: Mutex::new(HashMap::new()),
                 walked: Mutex::new(HashMap::new()),
+                changes: Mutex::new(HashMap::new()),
             }),
             inodes: Mutex::new(InodeTable::new(root_prefix)),
         }
@@ -465,7 +585,8 @@ impl<S: ObjectStore> Catalog<S> {
             .collect())
     }
 
-    fn resolve(&self, parent: Ino, entry: &Entry) -> Result<Ino, FsError> {
+    /// The inode of `entry` in directory `parent`, numbered on first sight.
+    pub fn resolve(&self, parent: Ino, entry: &Entry) -> Result<Ino, FsError> {
         let parent_prefix = self.node(parent)?.key;
         Ok(self
             .inodes
@@ -489,6 +610,77 @@ impl<S: ObjectStore> Catalog<S> {
             Some(e) if e.is_dir() == node.is_dir => Ok(e.clone()),
             _ => Err(FsError::NotFound),
         }
+    }
+
+    /// The key prefix of directory `ino`.
+    pub fn dir_prefix(&self, ino: Ino) -> Result<String, FsError> {
+        let node = self.node(ino)?;
+        if !node.is_dir {
+            return Err(FsError::NotADirectory);
+        }
+        Ok(node.key)
+    }
+
+    /// The parent, name and key of `ino`.
+    pub fn location(&self, ino: Ino) -> Result<(Ino, String, String), FsError> {
+        let node = self.node(ino)?;
+        Ok((node.parent, node.name, node.key))
+    }
+
+    /// Records that `name` in directory `parent` is now `entry` (or gone),
+    /// after a change made through the mount.
+    pub fn record(&self, parent: Ino, name: &str, entry: Option<Entry>) -> Result<(), FsError> {
+        let prefix = self.dir_prefix(parent)?;
+        if entry.is_none() {
+            self.inodes.lock().unwrap().unlink(parent, name);
+        }
+        self.listings.record(&prefix, name, entry);
+        Ok(())
+    }
+
+    /// Records a directory just created through the mount: it is empty, so
+    /// reading it needs no LIST.
+    pub fn record_new_dir(&self, prefix: &str) {
+        self.listings.install(
+            prefix,
+            Arc::new(Listing {
+                entries: Vec::new(),
+                listed_at: SystemTime::now(),
+            }),
+        );
+    }
+
+    /// Whether directory `ino` is known (from a listing in memory or on
+    /// disk) to have no entries.
+    pub fn known_empty(&self, ino: Ino) -> bool {
+        let Ok(prefix) = self.dir_prefix(ino) else {
+            return false;
+        };
+        self.listings
+            .known(&prefix)
+            .is_some_and(|l| l.entries.is_empty())
+    }
+
+    /// Forgets the listings of directory prefix `prefix` and everything
+    /// below it, so they are listed again when next needed.
+    pub fn forget_tree(&self, prefix: &str) {
+        self.listings.forget_tree(prefix);
+    }
+
+    /// Moves inode `ino` to `new_name` in `new_parent` after a rename, with
+    /// everything below it when it is a directory, so open handles and the
+    /// kernel's cached inodes keep working under the new name.
+    pub fn moved(&self, ino: Ino, new_parent: Ino, new_name: &str) -> Result<(), FsError> {
+        let parent_prefix = self.dir_prefix(new_parent)?;
+        let mut table = self.inodes.lock().unwrap();
+        let is_dir = table.get(ino).ok_or(FsError::NotFound)?.is_dir;
+        let key = if is_dir {
+            names::child_dir_prefix(&parent_prefix, new_name)
+        } else {
+            names::child_key(&parent_prefix, new_name)
+        };
+        table.moved(ino, new_parent, new_name, key);
+        Ok(())
     }
 
     /// The parent inode of `ino` (for `..`).

@@ -145,11 +145,13 @@ impl<S: ObjectStore> Listings<S> {
         }
         let mut published = Vec::with_capacity(builders.len());
         for (prefix, builder) in builders {
-            let listing = Arc::new(Listing {
-                entries: builder.finish(&prefix),
-                listed_at,
-            });
-            self.memory.insert(prefix.clone(), listing.clone());
+            let listing = self.install(
+                &prefix,
+                Arc::new(Listing {
+                    entries: builder.finish(&prefix),
+                    listed_at,
+                }),
+            );
             if let Some(tx) = waiting.remove(&prefix) {
                 self.refreshing.lock().unwrap().remove(&prefix);
                 let _ = tx.send(Some(Ok(listing.clone())));

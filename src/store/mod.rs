@@ -9,6 +9,7 @@ mod s3;
 
 use std::future::Future;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -31,6 +32,20 @@ pub struct ListPage {
     pub common_prefixes: Vec<String>,
     /// Continuation token for the next page; `None` on the last page.
     pub next: Option<String>,
+}
+
+/// Bytes to upload.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Empty,
+    /// `len` bytes of a local file from `offset`. The file is read as the
+    /// request is sent (and again if it is retried), so no part has to be
+    /// held in memory.
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// What went wrong talking to the store, in terms the layers above act on.
@@ -107,4 +122,52 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
         block: usize,
     ) -> impl Future<Output = Result<Vec<Bytes>, StoreError>> + Send;
+
+    /// Stores `body` as `key` in one request; returns the new ETag.
+    fn put(&self, key: &str, body: Body)
+        -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Starts a multipart upload of `key`; returns its upload id.
+    fn start_multipart(&self, key: &str)
+        -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Uploads part `number` (from 1) of a multipart upload; returns its ETag.
+    fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Body,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Completes a multipart upload from the ETags of parts 1, 2, ... in
+    /// order; the object appears whole at this moment. Returns its ETag.
+    fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_etags: Vec<String>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Abandons a multipart upload and frees its parts.
+    fn abort_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Copies the version `etag` of `from` (of `size` bytes) to `to` inside
+    /// the bucket, server-side; a different current version gives
+    /// [`StoreError::PreconditionFailed`]. The copy appears whole or not at
+    /// all. Returns the copy's ETag.
+    fn copy(
+        &self,
+        from: &str,
+        etag: &str,
+        size: u64,
+        to: &str,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Deletes `key`; deleting a missing key succeeds.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

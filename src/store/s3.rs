@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// How to reach the store; filled from the command line.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +39,15 @@ pub struct S3Settings {
     /// A GET body that delivers no byte for this long is abandoned and
     /// resumed; zero means the default of 5 s.
     pub idle_timeout: Duration,
+    /// Objects larger than this are copied in parts (UploadPartCopy); zero
+    /// means S3's single-copy limit of 5 GiB.
+    pub multipart_copy_threshold: u64,
 }
+
+/// The largest object one CopyObject request may copy.
+const SINGLE_COPY_LIMIT: u64 = 5 << 30;
+/// Part copies in flight at once for one multipart copy.
+const COPY_CONCURRENCY: usize = 8;
 
 /// Connect timeout: an endpoint that does not accept a TCP connection in this
 /// time is treated as unreachable rather than left to hang the caller.
@@ -51,6 +62,7 @@ pub struct S3Store {
     credentials: aws_sdk_s3::config::SharedCredentialsProvider,
     resumes: AtomicU64,
     idle_timeout: Duration,
+    copy_threshold: u64,
 }
 
 impl S3Store {
@@ -129,6 +141,10 @@ impl S3Store {
                 Duration::from_secs(5)
             } else {
                 settings.idle_timeout
+            },
+            copy_threshold: match settings.multipart_copy_threshold {
+                0 => SINGLE_COPY_LIMIT,
+                n => n.min(SINGLE_COPY_LIMIT),
             },
         }
     }
@@ -252,6 +268,184 @@ impl ObjectStore for S3Store {
         }
         Ok(sink.finish())
     }
+
+    async fn put(&self, key: &str, body: Body) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(byte_stream(body).await?)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Bucket))?;
+        Ok(out.e_tag().unwrap_or_default().to_owned())
+    }
+
+    async fn start_multipart(&self, key: &str) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Bucket))?;
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
+    }
+
+    async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Body,
+    ) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .body(byte_stream(body).await?)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        Ok(out.e_tag().unwrap_or_default().to_owned())
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_etags: Vec<String>,
+    ) -> Result<String, StoreError> {
+        let parts = part_etags
+            .into_iter()
+            .enumerate()
+            .map(|(i, etag)| {
+                CompletedPart::builder()
+                    .part_number(i as i32 + 1)
+                    .e_tag(etag)
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        Ok(out.e_tag().unwrap_or_default().to_owned())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        Ok(())
+    }
+
+    async fn copy(
+        &self,
+        from: &str,
+        etag: &str,
+        size: u64,
+        to: &str,
+    ) -> Result<String, StoreError> {
+        if size > self.copy_threshold {
+            return self.copy_in_parts(from, etag, size, to).await;
+        }
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(copy_source(&self.bucket, from))
+            .copy_source_if_match(etag)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        Ok(())
+    }
+}
+
+/// A request body from [`Body`]; a file range is streamed from disk.
+async fn byte_stream(body: Body) -> Result<ByteStream, StoreError> {
+    match body {
+        Body::Empty => Ok(ByteStream::from_static(b"")),
+        Body::File { path, offset, len } => ByteStream::read_from()
+            .path(&path)
+            .offset(offset)
+            .length(Length::Exact(len))
+            .buffer_size(256 * 1024)
+            .build()
+            .await
+            .map_err(|e| {
+                StoreError::Other(format!(
+                    "cannot read upload data from {}: {e}",
+                    path.display()
+                ))
+            }),
+    }
+}
+
+/// The `x-amz-copy-source` value: `bucket/key`, percent-encoded except for
+/// the characters S3 keys use unescaped in paths.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + key.len() + 1);
+    for b in bucket
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(key.bytes())
+    {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Part size for copying `size` bytes in parts: the threshold (at most
+/// 512 MiB, at least S3's 5 MiB minimum), grown so no copy needs more than
+/// S3's 10,000 parts.
+fn copy_part_size(size: u64, threshold: u64) -> u64 {
+    let base = threshold.clamp(5 << 20, 512 << 20);
+    base.max(size.div_ceil(10_000))
 }
 
 /// Consecutive failed attempts of one range before the read fails.
@@ -317,6 +511,69 @@ impl BlockSink {
 }
 
 impl S3Store {
+    /// A server-side copy of a large object with UploadPartCopy, several
+    /// parts at once, each pinned to the source ETag. A failure aborts the
+    /// upload, so nothing appears under `to`.
+    async fn copy_in_parts(
+        &self,
+        from: &str,
+        etag: &str,
+        size: u64,
+        to: &str,
+    ) -> Result<String, StoreError> {
+        let part = copy_part_size(size, self.copy_threshold);
+        let upload_id = self.start_multipart(to).await?;
+        let source = copy_source(&self.bucket, from);
+        let mut etags = vec![String::new(); size.div_ceil(part) as usize];
+        let mut running = tokio::task::JoinSet::new();
+        let mut failure = None;
+        for (i, start) in (0..size).step_by(part as usize).enumerate() {
+            if running.len() >= COPY_CONCURRENCY {
+                if let Some(Err(e)) = join_part(&mut running, &mut etags).await {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            let end = (start + part).min(size) - 1;
+            let request = self
+                .client
+                .upload_part_copy()
+                .bucket(&self.bucket)
+                .key(to)
+                .upload_id(&upload_id)
+                .part_number(i as i32 + 1)
+                .copy_source(&source)
+                .copy_source_if_match(etag)
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .send();
+            running.spawn(async move {
+                let out = request.await.map_err(|e| classify(e, Missing::Object))?;
+                let etag = out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok((i, etag))
+            });
+        }
+        while failure.is_none() && !running.is_empty() {
+            if let Some(Err(e)) = join_part(&mut running, &mut etags).await {
+                failure = Some(e);
+            }
+        }
+        let result = match failure {
+            Some(e) => Err(e),
+            None => self.complete_multipart(to, &upload_id, etags).await,
+        };
+        if result.is_err() {
+            running.abort_all();
+            if let Err(e) = self.abort_multipart(to, &upload_id).await {
+                debug!(key = to, error = %e, "cannot abort a failed multipart copy");
+            }
+        }
+        result
+    }
+
     /// Resumes and retries done by ranged GETs so far.
     pub fn resumes(&self) -> u64 {
         self.resumes.load(Ordering::Relaxed)
@@ -371,6 +628,22 @@ impl S3Store {
         }
         Ok(())
     }
+}
+
+/// Waits for one part copy and records its ETag.
+async fn join_part(
+    running: &mut tokio::task::JoinSet<Result<(usize, String), StoreError>>,
+    etags: &mut [String],
+) -> Option<Result<(), StoreError>> {
+    let joined = running.join_next().await?;
+    Some(match joined {
+        Ok(Ok((i, etag))) => {
+            etags[i] = etag;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(StoreError::Other(format!("part copy task failed: {e}"))),
+    })
 }
 
 /// What a 404 means for the operation at hand.
@@ -463,5 +736,24 @@ fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs as u64, t.subsec_nanos())
     } else {
         UNIX_EPOCH
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_escapes_what_a_header_cannot_carry() {
+        assert_eq!(copy_source("b", "dir/a b+c.txt"), "b/dir/a%20b%2Bc.txt");
+        assert_eq!(copy_source("b", "é"), "b/%C3%A9");
+    }
+
+    #[test]
+    fn copy_parts_stay_within_limits() {
+        assert_eq!(copy_part_size(20 << 20, 8 << 20), 8 << 20);
+        assert_eq!(copy_part_size(20 << 20, 1), 5 << 20);
+        let huge = 5u64 << 40;
+        assert!(huge.div_ceil(copy_part_size(huge, SINGLE_COPY_LIMIT)) <= 10_000);
     }
 }

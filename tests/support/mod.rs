@@ -244,6 +244,37 @@ impl TestBucket {
         })
     }
 
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.name)
+                .key(key)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("get {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
+                });
+            out.body.collect().await.expect("read body").to_vec()
+        })
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_multipart_uploads(&self) -> Vec<String> {
+        let out = block_on(
+            self.client
+                .list_multipart_uploads()
+                .bucket(&self.name)
+                .send(),
+        )
+        .expect("list multipart uploads");
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_owned))
+            .collect()
+    }
+
     pub fn keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
         let mut token = None;
@@ -428,6 +459,16 @@ impl Mounted {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would, and detaches the
+    /// dead mount.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+
     /// Waits for the daemon to exit and returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
@@ -569,4 +610,11 @@ impl TestBucket {
             }
         });
     }
+}
+
+/// The sha256 of a file, by the ordinary `sha256sum` tool.
+pub fn sha256_of(path: &Path) -> String {
+    let (code, out, err) = sh(&format!("sha256sum '{}'", path.display()));
+    assert_eq!(code, 0, "sha256sum {} failed: {err}", path.display());
+    out.split_whitespace().next().unwrap().to_owned()
 }

@@ -3,7 +3,9 @@
 //! response bytes, and a stall after N response bytes. It also counts the
 //! response bytes it forwarded, so tests can measure read amplification.
 //!
-//! Faults apply to the response direction (server to client) only; each
+//! It can also cut connections that carry uploads (PUT, POST).
+//!
+//! Other faults apply to the response direction (server to client); each
 //! connection gets its own byte budget, so "reset after 4 MiB" means every
 //! connection breaks after carrying 4 MiB of responses.
 
@@ -26,6 +28,9 @@ pub struct Faults {
     pub stall_after: Option<u64>,
     /// Stall at most this many connections in all (unlimited when `None`).
     pub max_stalls: Option<u64>,
+    /// Cut every connection that sends an upload (PUT or POST) before the
+    /// request reaches the server, as a network failure would.
+    pub fail_uploads: bool,
 }
 
 #[derive(Default)]
@@ -135,6 +140,12 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
                 Ok(n) => {
                     awaiting.store(true, Ordering::Relaxed);
                     record_request_lines(&buf[..n], &requests);
+                    let fail = requests.faults.lock().unwrap().fail_uploads;
+                    if fail && (buf[..n].starts_with(b"PUT ") || buf[..n].starts_with(b"POST ")) {
+                        let _ = c_read.shutdown(Shutdown::Both);
+                        let _ = s_write.shutdown(Shutdown::Both);
+                        break;
+                    }
                     if s_write.write_all(&buf[..n]).is_err() {
                         break;
                     }

@@ -1,12 +1,17 @@
 //! Filesystem operations in S3 terms, independent of the FUSE wire protocol.
 //!
 //! [`S3Fs`] answers lookups, attributes and directory reads from the
-//! [`Catalog`] and file reads through the [`Reader`]. The FUSE adapter in
-//! [`crate::fuse`] only translates kernel requests into these calls.
+//! [`Catalog`], file reads through the [`Reader`], and file writes through
+//! [`Uploads`] ([`write`]); [`namespace`] holds unlink, mkdir, rmdir and
+//! rename. The FUSE adapter in [`crate::fuse`] only translates kernel
+//! requests into these calls. docs/SEMANTICS.md says what each does on S3.
+
+mod namespace;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -15,6 +20,9 @@ use crate::catalog::{Catalog, DirSource, Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::read::{PageCache, Reader};
 use crate::store::ObjectStore;
+use crate::upload::Uploads;
+use write::WriteHandle;
+pub use write::WritePolicy;
 
 /// Ownership and permissions shown for every file and directory.
 #[derive(Debug, Clone, Copy)]
@@ -48,19 +56,34 @@ pub struct DirRow {
 pub struct S3Fs<S> {
     catalog: Catalog<S>,
     reader: Reader<S>,
+    uploads: Arc<Uploads<S>>,
+    policy: WritePolicy,
     owner: Ownership,
     dir_handles: Mutex<HashMap<u64, DirSource>>,
     next_dir_handle: AtomicU64,
+    /// Files open for writing, by handle.
+    writers: Mutex<HashMap<u64, WriteHandle<S>>>,
+    next_write_handle: AtomicU64,
 }
 
 impl<S: ObjectStore> S3Fs<S> {
-    pub fn new(catalog: Catalog<S>, reader: Reader<S>, owner: Ownership) -> Self {
+    pub fn new(
+        catalog: Catalog<S>,
+        reader: Reader<S>,
+        uploads: Arc<Uploads<S>>,
+        policy: WritePolicy,
+        owner: Ownership,
+    ) -> Self {
         S3Fs {
             catalog,
             reader,
+            uploads,
+            policy,
             owner,
             dir_handles: Mutex::new(HashMap::new()),
             next_dir_handle: AtomicU64::new(1),
+            writers: Mutex::new(HashMap::new()),
+            next_write_handle: AtomicU64::new(write::FIRST_WRITE_HANDLE),
         }
     }
 
@@ -81,11 +104,17 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        if let Some(attr) = self.writing_attr(|w| w.parent == parent && w.name == name) {
+            return Ok(attr);
+        }
         let (ino, entry) = self.catalog.lookup(parent, name).await?;
         Ok(self.attr(ino, &entry))
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+        if let Some(attr) = self.writing_attr(|w| w.ino == ino) {
+            return Ok(attr);
+        }
         let entry = self.catalog.entry(ino).await?;
         Ok(self.attr(ino, &entry))
     }
@@ -93,6 +122,11 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Opens a file; returns the handle and whether the kernel may keep
     /// cached pages of it (the object is unchanged since the last open).
     pub async fn open(&self, ino: Ino) -> Result<(u64, PageCache), FsError> {
+        if self.is_being_written(ino) {
+            return Err(FsError::Busy(
+                "the file is being written through this mount",
+            ));
+        }
         let key = self.catalog.file_key(ino)?;
         match self.catalog.entry(ino).await?.kind {
             EntryKind::File { size, etag } => Ok(self.reader.open(&key, &etag, size)),
@@ -117,15 +151,12 @@ impl<S: ObjectStore> S3Fs<S> {
         self.reader.read(fh, offset, len).await
     }
 
-    pub fn release(&self, fh: u64) {
-        self.reader.release(fh);
-    }
-
     /// Opens a directory stream. It reads one listing throughout, so a
     /// stream read in several calls is consistent: a snapshot of a known
     /// listing, or, for a directory not listed yet, the listing as it
     /// arrives (the first entries are returned before the last page is in).
     pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
+        self.settle_closed_files(ino).await;
         let source = self.catalog.open_dir(ino).await?;
         self.catalog.note_opendir(ino);
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);

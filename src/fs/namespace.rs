@@ -1,0 +1,324 @@
+//! Changing names: unlink, mkdir, rmdir and rename.
+//!
+//! Rename is a server-side copy pinned to the source's ETag, then a delete
+//! of the source once the copy is confirmed, so a failure or crash leaves
+//! both copies, never neither. A directory rename does that for every
+//! object under the prefix, several at once; it is not atomic (see
+//! docs/SEMANTICS.md).
+//!
+//! Directories stay when their last entry goes: S3 has no directories, only
+//! key prefixes, so the parent's marker object (`dir/`) is created when an
+//! unlink or rename empties it, and `mv incoming/* processed/` leaves an
+//! empty `incoming/` behind, as on a disk.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use fuser::RenameFlags;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::{Attr, S3Fs};
+use crate::catalog::{Entry, EntryKind, Ino, ROOT_INO};
+use crate::error::FsError;
+use crate::names;
+use crate::store::{Body, ObjectStore, StoreError};
+
+/// Objects copied at once by a directory rename.
+const MOVE_CONCURRENCY: usize = 16;
+
+impl<S: ObjectStore> S3Fs<S> {
+    fn store(&self) -> &Arc<S> {
+        self.uploads.store()
+    }
+
+    fn busy_name(&self, parent: Ino, name: &str) -> Result<(), FsError> {
+        match self.writing_attr(|w| w.parent == parent && w.name == name) {
+            Some(_) => Err(FsError::Busy(
+                "the file is being written through this mount",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps directory `dir` in S3 once its last entry has gone, by
+    /// creating its marker object. Best effort: a failure only means the
+    /// empty directory disappears for other clients.
+    async fn keep_dir(&self, dir: Ino) {
+        if dir == ROOT_INO || !self.catalog.known_empty(dir) {
+            return;
+        }
+        let Ok(prefix) = self.catalog.dir_prefix(dir) else {
+            return;
+        };
+        if let Err(e) = self.store().put(&prefix, Body::Empty).await {
+            warn!(prefix, error = %e, "cannot keep an emptied directory (marker object not created)");
+        }
+    }
+
+    /// Whether S3 holds any object under directory prefix `prefix` other
+    /// than its marker. Asks S3, since other clients may have added some.
+    async fn has_children(&self, prefix: &str) -> Result<bool, FsError> {
+        if self.writing_under(prefix) {
+            return Ok(true);
+        }
+        let page = self
+            .store()
+            .list_page(prefix, None, None, Some(2))
+            .await
+            .map_err(|e| FsError::store(prefix, e))?;
+        Ok(page.objects.iter().any(|o| o.key != prefix))
+    }
+
+    pub async fn unlink(&self, parent: Ino, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        if self.policy.no_delete {
+            return Err(FsError::NotPermitted("--no-delete is set"));
+        }
+        self.busy_name(parent, name)?;
+        let (ino, entry) = self.catalog.lookup(parent, name).await?;
+        if entry.is_dir() {
+            return Err(FsError::IsADirectory);
+        }
+        let key = self.catalog.file_key(ino)?;
+        self.store()
+            .delete(&key)
+            .await
+            .map_err(|e| FsError::store(&key, e))?;
+        self.catalog.record(parent, name, None)?;
+        self.keep_dir(parent).await;
+        Ok(())
+    }
+
+    pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        self.writable()?;
+        names::check_name(name).map_err(|_| FsError::Invalid("a name S3 keys cannot carry"))?;
+        let prefix = self.catalog.dir_prefix(parent)?;
+        self.busy_name(parent, name).map_err(|_| FsError::Exists)?;
+        match self.catalog.lookup(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let dir_prefix = names::child_dir_prefix(&prefix, name);
+        self.store()
+            .put(&dir_prefix, Body::Empty)
+            .await
+            .map_err(|e| FsError::store(&dir_prefix, e))?;
+        let entry = Entry {
+            name: name.to_owned(),
+            kind: EntryKind::Dir,
+            mtime: SystemTime::now(),
+        };
+        self.catalog.record(parent, name, Some(entry.clone()))?;
+        self.catalog.record_new_dir(&dir_prefix);
+        let ino = self.catalog.resolve(parent, &entry)?;
+        Ok(self.attr(ino, &entry))
+    }
+
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), FsError> {
+        self.writable()?;
+        if self.policy.no_delete {
+            return Err(FsError::NotPermitted("--no-delete is set"));
+        }
+        let (ino, entry) = self.catalog.lookup(parent, name).await?;
+        if !entry.is_dir() {
+            return Err(FsError::NotADirectory);
+        }
+        let prefix = self.catalog.dir_prefix(ino)?;
+        if self.has_children(&prefix).await? {
+            return Err(FsError::NotEmpty);
+        }
+        self.store()
+            .delete(&prefix)
+            .await
+            .map_err(|e| FsError::store(&prefix, e))?;
+        self.catalog.record(parent, name, None)?;
+        self.catalog.forget_tree(&prefix);
+        self.keep_dir(parent).await;
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        flags: RenameFlags,
+    ) -> Result<(), FsError> {
+        self.writable()?;
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return Err(FsError::Invalid("RENAME_EXCHANGE cannot be done on S3"));
+        }
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            return Err(FsError::Invalid("unknown rename flags"));
+        }
+        names::check_name(new_name).map_err(|_| FsError::Invalid("a name S3 keys cannot carry"))?;
+        self.busy_name(parent, name)?;
+        self.busy_name(new_parent, new_name)?;
+        let (ino, src) = self.catalog.lookup(parent, name).await?;
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        let dst = match self.catalog.lookup(new_parent, new_name).await {
+            Ok((_, d)) => Some(d),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let new_parent_prefix = self.catalog.dir_prefix(new_parent)?;
+        if let Some(d) = &dst {
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return Err(FsError::Exists);
+            }
+            match (src.is_dir(), d.is_dir()) {
+                (false, true) => return Err(FsError::IsADirectory),
+                (true, false) => return Err(FsError::NotADirectory),
+                (false, false) if self.policy.no_overwrite => return Err(FsError::Exists),
+                (false, false) => {}
+                (true, true) => {
+                    let dst_prefix = names::child_dir_prefix(&new_parent_prefix, new_name);
+                    if self.has_children(&dst_prefix).await? {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+            }
+        }
+        match &src.kind {
+            EntryKind::File { size, etag } => {
+                let key = self.catalog.file_key(ino)?;
+                let new_key = names::child_key(&new_parent_prefix, new_name);
+                let new_etag = move_object(&**self.store(), &key, etag, *size, &new_key).await?;
+                let moved = Entry {
+                    name: new_name.to_owned(),
+                    kind: EntryKind::File {
+                        size: *size,
+                        etag: new_etag,
+                    },
+                    mtime: SystemTime::now(),
+                };
+                self.catalog.record(parent, name, None)?;
+                self.catalog.record(new_parent, new_name, Some(moved))?;
+            }
+            EntryKind::Dir => {
+                let from = self.catalog.dir_prefix(ino)?;
+                let to = names::child_dir_prefix(&new_parent_prefix, new_name);
+                if to.starts_with(&from) {
+                    return Err(FsError::Invalid("a directory cannot move into itself"));
+                }
+                if self.writing_under(&from) {
+                    return Err(FsError::Busy("a file below it is being written"));
+                }
+                self.move_tree(&from, &to).await?;
+                self.catalog.forget_tree(&from);
+                self.catalog.forget_tree(&to);
+                let moved = Entry {
+                    name: new_name.to_owned(),
+                    kind: EntryKind::Dir,
+                    mtime: SystemTime::now(),
+                };
+                self.catalog.record(parent, name, None)?;
+                self.catalog.record(new_parent, new_name, Some(moved))?;
+            }
+        }
+        self.catalog.moved(ino, new_parent, new_name)?;
+        if parent != new_parent {
+            self.keep_dir(parent).await;
+        }
+        Ok(())
+    }
+
+    /// Moves every object under prefix `from` to the same place under `to`,
+    /// several at once. Each object is deleted only after its copy is
+    /// confirmed; the first failure stops the move and is returned, leaving
+    /// the objects not yet moved under `from`.
+    async fn move_tree(&self, from: &str, to: &str) -> Result<(), FsError> {
+        let started = Instant::now();
+        let mut running: JoinSet<Result<(), FsError>> = JoinSet::new();
+        let mut token = None;
+        let mut moved = 0u64;
+        let mut failure = None;
+        'pages: loop {
+            let page = self
+                .store()
+                .list_page(from, None, token.take(), None)
+                .await
+                .map_err(|e| FsError::store(from, e))?;
+            for obj in page.objects {
+                while running.len() >= MOVE_CONCURRENCY {
+                    if let Some(Err(e)) = join(&mut running).await {
+                        failure = Some(e);
+                        break 'pages;
+                    }
+                }
+                let store = self.store().clone();
+                let new_key = format!("{to}{}", &obj.key[from.len()..]);
+                running.spawn(async move {
+                    move_object(&*store, &obj.key, &obj.etag, obj.size, &new_key)
+                        .await
+                        .map(|_| ())
+                });
+                moved += 1;
+            }
+            token = page.next;
+            if token.is_none() {
+                break;
+            }
+        }
+        while let Some(result) = join(&mut running).await {
+            if let Err(e) = result {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            warn!(from, to, error = %e, "directory rename stopped; objects not yet moved are still under the old name");
+            return Err(e);
+        }
+        if moved == 0 {
+            // A directory with no object at all (known only to this mount):
+            // give the new name a marker so it exists.
+            self.store()
+                .put(to, Body::Empty)
+                .await
+                .map_err(|e| FsError::store(to, e))?;
+        }
+        info!(
+            from,
+            to,
+            objects = moved,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "renamed directory"
+        );
+        Ok(())
+    }
+}
+
+async fn join(running: &mut JoinSet<Result<(), FsError>>) -> Option<Result<(), FsError>> {
+    Some(match running.join_next().await? {
+        Ok(result) => result,
+        Err(e) => Err(FsError::store(
+            "",
+            StoreError::Other(format!("move task failed: {e}")),
+        )),
+    })
+}
+
+/// Copies version `etag` of `from` to `to`, then deletes `from`; returns
+/// the copy's ETag. The source is deleted only once the copy exists.
+async fn move_object<S: ObjectStore>(
+    store: &S,
+    from: &str,
+    etag: &str,
+    size: u64,
+    to: &str,
+) -> Result<String, FsError> {
+    let new_etag = store
+        .copy(from, etag, size, to)
+        .await
+        .map_err(|e| FsError::store(from, e))?;
+    store
+        .delete(from)
+        .await
+        .map_err(|e| FsError::store(from, e))?;
+    Ok(new_etag)
+}

@@ -1,0 +1,468 @@
+//! Uploads of files written through the mount.
+//!
+//! A file being written is spooled to an unlinked local file, and sent to S3
+//! while it grows: once it is two parts ahead of what was sent, the next part
+//! goes out as part of a multipart upload, in the background, streamed from
+//! the spool (no part is held in memory). Close (`flush`) sends the rest and
+//! completes the upload, so the object appears under its key whole, at once;
+//! a file smaller than two parts is sent with one PUT instead. A failure
+//! aborts the multipart upload, so nothing partial is ever left under a key.
+//!
+//! Writes may land anywhere at or after the first byte not yet sent, so
+//! tools that seek back a little (to patch a header in the last part, say)
+//! work; a write into a part already sent fails with EOPNOTSUPP.
+//!
+//! Memory: parts stream from the spool, so memory does not grow with file
+//! size. Disk: sent parts are punched out of the spool, and a writer waits
+//! while more than [`UploadConfig::max_parts_in_flight`] parts of its file
+//! are queued, so the spool holds a few parts per open file.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::error::FsError;
+use crate::store::{Body, ObjectStore, StoreError};
+
+/// S3's limit on the number of parts of one upload.
+const MAX_PARTS: u32 = 10_000;
+/// S3's limit on the size of one part.
+const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// How files are uploaded; filled from the command line.
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    /// Size of the first parts; later parts grow (see [`part_size`]).
+    pub part_size: u64,
+    /// Where spool files are created (and at once unlinked).
+    pub spool_dir: PathBuf,
+    /// Parts of one file queued or in flight before its writer waits.
+    pub max_parts_in_flight: usize,
+    /// Part uploads in flight at once across all files.
+    pub max_concurrent_parts: usize,
+}
+
+/// Size of part `number` (from 1): the configured size for the first 1,000
+/// parts, doubling every 1,000 parts after that, so a file streamed without
+/// a known size can still reach S3's 5 TiB object limit within 10,000 parts
+/// (8 MiB parts: 8 GiB in the first 1,000, over 8 TiB in all).
+pub fn part_size(base: u64, number: u32) -> u64 {
+    let doublings = (number.saturating_sub(1) / 1000).min(20);
+    base.saturating_mul(1 << doublings).min(MAX_PART_SIZE)
+}
+
+/// Counters of uploads, for logs, tests and metrics.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub parts: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// Starts uploads and bounds their concurrency.
+pub struct Uploads<S> {
+    store: Arc<S>,
+    config: UploadConfig,
+    slots: Arc<Semaphore>,
+    stats: UploadStats,
+    spool_counter: AtomicU64,
+}
+
+impl<S: ObjectStore> Uploads<S> {
+    pub fn new(store: Arc<S>, config: UploadConfig) -> Arc<Self> {
+        Arc::new(Uploads {
+            slots: Arc::new(Semaphore::new(config.max_concurrent_parts.max(1))),
+            store,
+            config,
+            stats: UploadStats::default(),
+            spool_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> &UploadStats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Starts an upload to `key`; nothing is sent until it has data.
+    pub fn start(self: &Arc<Self>, key: &str) -> Result<Arc<Upload<S>>, FsError> {
+        let n = self.spool_counter.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .config
+            .spool_dir
+            .join(format!(".s3mount-spool-{}-{n}", std::process::id()));
+        let spool = open_spool(&path).map_err(|e| {
+            warn!(dir = %self.config.spool_dir.display(), error = %e, "cannot create an upload spool file");
+            FsError::Spool(format!("{}: {e}", self.config.spool_dir.display()))
+        })?;
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        // The spool is unlinked; requests read it again through the
+        // descriptor's /proc link, which lives exactly as long as the file.
+        let spool_path = PathBuf::from(format!("/proc/self/fd/{}", spool.as_raw_fd()));
+        Ok(Arc::new(Upload {
+            key: key.to_owned(),
+            uploads: self.clone(),
+            spool: Arc::new(spool),
+            spool_path,
+            len: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+        }))
+    }
+}
+
+/// Creates a spool file and unlinks it at once, so a crash leaves nothing
+/// behind and the space is freed when the descriptor closes.
+fn open_spool(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    std::fs::remove_file(path)?;
+    Ok(file)
+}
+
+/// What a finished upload produced.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    pub etag: String,
+    pub size: u64,
+}
+
+enum Part {
+    Running(JoinHandle<Result<String, StoreError>>),
+    Done(String),
+}
+
+#[derive(Default)]
+struct State {
+    /// Bytes handed to part uploads; writes before this offset are refused.
+    sent: u64,
+    upload_id: Option<String>,
+    parts: Vec<Part>,
+    /// The first failure of a part; the upload cannot succeed after it.
+    failed: Option<StoreError>,
+    /// Set once the upload has completed, failed or been aborted.
+    outcome: Option<Result<Uploaded, FsError>>,
+}
+
+/// One file being written.
+pub struct Upload<S> {
+    key: String,
+    uploads: Arc<Uploads<S>>,
+    spool: Arc<File>,
+    spool_path: PathBuf,
+    len: AtomicU64,
+    state: Mutex<State>,
+}
+
+impl<S: ObjectStore> Upload<S> {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Bytes written so far (the file's size).
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the upload has completed, failed or been aborted.
+    pub fn is_finished(&self) -> bool {
+        self.state.try_lock().is_ok_and(|st| st.outcome.is_some())
+    }
+
+    /// Writes `data` at `offset`; may send parts, and waits while too many
+    /// parts of this file are in flight.
+    pub async fn write(&self, offset: u64, data: Vec<u8>) -> Result<u32, FsError> {
+        let mut st = self.state.lock().await;
+        self.check_open(&st)?;
+        if offset < st.sent {
+            warn!(key = %self.key, offset, sent = st.sent, "write into a part already uploaded refused");
+            return Err(FsError::Unsupported(
+                "rewriting bytes of a part already uploaded",
+            ));
+        }
+        let n = data.len() as u32;
+        let end = offset + data.len() as u64;
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.write_all_at(&data, offset))
+            .await
+            .map_err(|e| FsError::Spool(e.to_string()))?
+            .map_err(|e| FsError::Spool(e.to_string()))?;
+        self.len.fetch_max(end, Ordering::Relaxed);
+        self.send_ready_parts(&mut st).await?;
+        self.wait_for_room(&mut st).await?;
+        Ok(n)
+    }
+
+    /// Sets the file's size (ftruncate). Bytes already sent cannot change.
+    pub async fn truncate(&self, size: u64) -> Result<(), FsError> {
+        let mut st = self.state.lock().await;
+        self.check_open(&st)?;
+        if size < st.sent {
+            return Err(FsError::Unsupported(
+                "truncating into a part already uploaded",
+            ));
+        }
+        self.spool
+            .set_len(size)
+            .map_err(|e| FsError::Spool(e.to_string()))?;
+        self.len.store(size, Ordering::Relaxed);
+        self.send_ready_parts(&mut st).await
+    }
+
+    /// Sends what is left and completes the upload; the object appears now.
+    /// Later calls return the same outcome without sending anything.
+    pub async fn finish(&self) -> Result<Uploaded, FsError> {
+        let mut st = self.state.lock().await;
+        if let Some(outcome) = &st.outcome {
+            return outcome.clone();
+        }
+        let result = self.finish_locked(&mut st).await;
+        match &result {
+            Ok(u) => {
+                self.uploads.stats.completed.fetch_add(1, Ordering::Relaxed);
+                debug!(key = %self.key, size = u.size, parts = st.parts.len(), "upload completed");
+            }
+            Err(e) => {
+                self.uploads.stats.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(key = %self.key, error = %e, "upload failed; nothing was stored under the key");
+                self.abort_locked(&mut st).await;
+            }
+        }
+        st.outcome = Some(result.clone());
+        result
+    }
+
+    /// Gives the upload up: nothing is stored under the key.
+    pub async fn abort(&self) {
+        let mut st = self.state.lock().await;
+        if st.outcome.is_none() {
+            self.abort_locked(&mut st).await;
+            st.outcome = Some(Err(FsError::Spool("upload abandoned".into())));
+        }
+    }
+
+    fn check_open(&self, st: &State) -> Result<(), FsError> {
+        if st.outcome.is_some() {
+            // Closed (or synced) already: the object is final.
+            return Err(FsError::BadHandle);
+        }
+        match &st.failed {
+            Some(e) => Err(FsError::store(&self.key, e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts uploads of the parts that are complete with a part to spare.
+    async fn send_ready_parts(&self, st: &mut State) -> Result<(), FsError> {
+        loop {
+            let size = part_size(self.uploads.config.part_size, st.parts.len() as u32 + 1);
+            if self.len() < st.sent + 2 * size {
+                return Ok(());
+            }
+            self.send_part(st, st.sent + size).await?;
+        }
+    }
+
+    /// Starts the upload of the next part, up to `end`.
+    async fn send_part(&self, st: &mut State, end: u64) -> Result<(), FsError> {
+        let number = st.parts.len() as u32 + 1;
+        if number > MAX_PARTS {
+            return Err(FsError::Unsupported("files larger than S3's part limit"));
+        }
+        let upload_id = match &st.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self
+                    .uploads
+                    .store
+                    .start_multipart(&self.key)
+                    .await
+                    .map_err(|e| FsError::store(&self.key, e))?;
+                st.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let (offset, len) = (st.sent, end - st.sent);
+        let uploads = self.uploads.clone();
+        let key = self.key.clone();
+        let spool = self.spool.clone();
+        let body = Body::File {
+            path: self.spool_path.clone(),
+            offset,
+            len,
+        };
+        let task = tokio::spawn(async move {
+            let _slot = uploads.slots.clone().acquire_owned().await;
+            let etag = uploads
+                .store
+                .put_part(&key, &upload_id, number, body)
+                .await?;
+            uploads.stats.parts.fetch_add(1, Ordering::Relaxed);
+            uploads.stats.bytes.fetch_add(len, Ordering::Relaxed);
+            punch_hole(&spool, offset, len);
+            Ok(etag)
+        });
+        st.parts.push(Part::Running(task));
+        st.sent = end;
+        Ok(())
+    }
+
+    /// Waits while more parts than allowed are in flight.
+    async fn wait_for_room(&self, st: &mut State) -> Result<(), FsError> {
+        let limit = self.uploads.config.max_parts_in_flight.max(1);
+        loop {
+            let running = st
+                .parts
+                .iter()
+                .filter(|p| matches!(p, Part::Running(_)))
+                .count();
+            if running <= limit {
+                return Ok(());
+            }
+            let i = st
+                .parts
+                .iter()
+                .position(|p| matches!(p, Part::Running(_)))
+                .expect("counted above");
+            self.settle(st, i).await?;
+        }
+    }
+
+    /// Waits for part `i` and records its ETag or the failure.
+    async fn settle(&self, st: &mut State, i: usize) -> Result<(), FsError> {
+        let Part::Running(task) = &mut st.parts[i] else {
+            return Ok(());
+        };
+        let result = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Other(format!("part upload task failed: {e}"))),
+        };
+        match result {
+            Ok(etag) => {
+                st.parts[i] = Part::Done(etag);
+                Ok(())
+            }
+            Err(e) => {
+                st.failed.get_or_insert(e.clone());
+                Err(FsError::store(&self.key, e))
+            }
+        }
+    }
+
+    async fn finish_locked(&self, st: &mut State) -> Result<Uploaded, FsError> {
+        if let Some(e) = &st.failed {
+            return Err(FsError::store(&self.key, e.clone()));
+        }
+        let size = self.len();
+        let Some(upload_id) = st.upload_id.clone() else {
+            let body = if size == 0 {
+                Body::Empty
+            } else {
+                Body::File {
+                    path: self.spool_path.clone(),
+                    offset: 0,
+                    len: size,
+                }
+            };
+            let etag = self
+                .uploads
+                .store
+                .put(&self.key, body)
+                .await
+                .map_err(|e| FsError::store(&self.key, e))?;
+            self.uploads.stats.bytes.fetch_add(size, Ordering::Relaxed);
+            return Ok(Uploaded { etag, size });
+        };
+        while st.sent < size {
+            let next = part_size(self.uploads.config.part_size, st.parts.len() as u32 + 1);
+            self.send_part(st, (st.sent + next).min(size)).await?;
+        }
+        for i in 0..st.parts.len() {
+            self.settle(st, i).await?;
+        }
+        let etags = st
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Done(etag) => etag.clone(),
+                Part::Running(_) => unreachable!("every part settled"),
+            })
+            .collect();
+        let etag = self
+            .uploads
+            .store
+            .complete_multipart(&self.key, &upload_id, etags)
+            .await
+            .map_err(|e| FsError::store(&self.key, e))?;
+        Ok(Uploaded { etag, size })
+    }
+
+    async fn abort_locked(&self, st: &mut State) {
+        for part in &st.parts {
+            if let Part::Running(task) = part {
+                task.abort();
+            }
+        }
+        if let Some(id) = st.upload_id.take() {
+            if let Err(e) = self.uploads.store.abort_multipart(&self.key, &id).await {
+                warn!(key = %self.key, error = %e, "cannot abort a multipart upload; a lifecycle rule (AbortIncompleteMultipartUpload) will clean it up");
+            }
+        }
+    }
+}
+
+/// Frees the disk blocks of a part already uploaded. Best effort: a file
+/// system without hole punching keeps the blocks until the file closes.
+fn punch_hole(file: &File, offset: u64, len: u64) {
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is
+    // valid for the life of `file`. KEEP_SIZE leaves the file length alone.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot free spooled bytes early"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_reach_the_largest_object_within_the_part_limit() {
+        let base = 8 << 20;
+        assert_eq!(part_size(base, 1), base);
+        assert_eq!(part_size(base, 1000), base);
+        assert_eq!(part_size(base, 1001), 2 * base);
+        let total: u64 = (1..=MAX_PARTS).map(|n| part_size(base, n)).sum();
+        assert!(total >= 5 << 40, "10,000 parts hold {total} bytes");
+        assert!((1..=MAX_PARTS).all(|n| part_size(base, n) <= MAX_PART_SIZE));
+        assert_eq!(part_size(4 << 30, 9999), MAX_PART_SIZE);
+    }
+}

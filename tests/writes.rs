@@ -1,0 +1,509 @@
+//! Writes against a real server: the drop-folder pipeline end to end, a
+//! crash during an upload, a failing upload, directory renames, the
+//! everyday operations (rm, mkdir, rmdir, overwrite), the cautious-mode
+//! options and read-only mode.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::proxy::Faults;
+use support::*;
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// Size of file `j` of a producer: mostly small, some of several MiB, one
+/// large one per run.
+fn pipeline_size(producer: usize, j: usize) -> usize {
+    const SIZES: [usize; 8] = [0, 1, 100, 4096, 65_536, 1 << 20, 3 << 20, (17 << 20) + 3];
+    if producer == 0 && j == 0 {
+        return 100 << 20;
+    }
+    SIZES[(j * 7 + producer) % SIZES.len()]
+}
+
+#[test]
+fn drop_folder_pipeline_moves_every_file_exactly_once() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("pipeline");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("incoming")).unwrap();
+    std::fs::create_dir(root.join("processed")).unwrap();
+
+    let producers = 3;
+    let per_producer = env_u64("S3MOUNT_TEST_PIPELINE_FILES", 30) as usize;
+    let src = TempDir::new("pipeline-src");
+    let mut expected = BTreeMap::new();
+    for p in 0..producers {
+        let dir = src.path().join(format!("p{p}"));
+        std::fs::create_dir(&dir).unwrap();
+        for j in 0..per_producer {
+            let name = format!("p{p}-f{j:03}.bin");
+            let path = dir.join(&name);
+            std::fs::write(
+                &path,
+                random_bytes(pipeline_size(p, j), (p * 1000 + j) as u64),
+            )
+            .unwrap();
+            expected.insert(name, sha256_of(&path));
+        }
+    }
+
+    let started = Instant::now();
+    let mut children: Vec<_> = (0..producers)
+        .map(|p| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "for f in '{}'/p{p}/*; do cp \"$f\" '{}/incoming/' || exit 1; done",
+                    src.path().display(),
+                    root.display()
+                ))
+                .spawn()
+                .expect("start producer")
+        })
+        .collect();
+
+    // The loader: list incoming/, take up to 10 files, verify, move.
+    let mut moved = BTreeSet::new();
+    let mut producers_done = false;
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "pipeline did not finish in 10 minutes"
+        );
+        if !producers_done {
+            producers_done = children.iter_mut().all(|c| c.try_wait().unwrap().is_some());
+        }
+        let batch: Vec<String> = names(&root.join("incoming")).into_iter().take(10).collect();
+        if batch.is_empty() {
+            if producers_done {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        for name in batch {
+            let path = root.join("incoming").join(&name);
+            let want = expected
+                .get(&name)
+                .unwrap_or_else(|| panic!("unexpected file {name} in incoming/"));
+            assert_eq!(
+                &sha256_of(&path),
+                want,
+                "{name}: the loader saw other bytes than the producer wrote"
+            );
+            std::fs::rename(&path, root.join("processed").join(&name))
+                .unwrap_or_else(|e| panic!("mv {name}: {e}"));
+            assert!(moved.insert(name.clone()), "{name} moved twice");
+        }
+    }
+    for mut c in children {
+        assert!(
+            c.wait().unwrap().success(),
+            "a producer's cp failed:\n{}",
+            m.log_text()
+        );
+    }
+    eprintln!(
+        "pipeline: {} files in {:.1}s",
+        moved.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let want: BTreeSet<String> = expected.keys().cloned().collect();
+    assert_eq!(moved, want, "every file was loaded exactly once");
+    assert!(
+        names(&root.join("incoming")).is_empty(),
+        "incoming/ is empty through the mount"
+    );
+    assert_eq!(
+        names(&root.join("processed"))
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        want
+    );
+
+    // Directly in S3: every object under processed/ with the producer's bytes.
+    let keys = b.keys();
+    let in_processed: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("processed/"))
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(in_processed, want, "objects under processed/ in S3");
+    let left: Vec<_> = keys
+        .iter()
+        .filter(|k| k.starts_with("incoming/") && *k != "incoming/")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "objects left under incoming/ in S3: {left:?}"
+    );
+    for (p, j) in [(0, 0), (1, 6), (2, 3)] {
+        let name = format!("p{p}-f{j:03}.bin");
+        let body = b.get(&format!("processed/{name}"));
+        assert!(
+            body == std::fs::read(src.path().join(format!("p{p}")).join(&name)).unwrap(),
+            "{name} differs in S3"
+        );
+    }
+    assert!(
+        b.open_multipart_uploads().is_empty(),
+        "no multipart upload left open"
+    );
+}
+
+#[test]
+fn a_crash_during_a_large_upload_leaves_no_partial_object_and_deletes_nothing() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("crash");
+    let keep = random_bytes(100_000, 7);
+    b.put("keep/src.bin", keep.clone());
+    let mut m = Mounted::start(&s3, &b.name, &[]);
+    let target = m.path().join("big.bin");
+    let mut writer = Command::new("dd")
+        .arg("if=/dev/urandom")
+        .arg(format!("of={}", target.display()))
+        .arg("bs=1M")
+        .arg("count=2000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start dd");
+    // Wait until parts are on their way: the multipart upload exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.open_multipart_uploads().iter().any(|k| k == "big.bin") {
+        assert!(
+            Instant::now() < deadline,
+            "no multipart upload started:\n{}",
+            m.log_text()
+        );
+        assert!(
+            writer.try_wait().unwrap().is_none(),
+            "dd ended before the crash"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.kill();
+    let _ = writer.kill();
+    let _ = writer.wait();
+
+    let keys = b.keys();
+    assert!(
+        !keys.iter().any(|k| k == "big.bin"),
+        "a partial object appeared: {keys:?}"
+    );
+    assert_eq!(b.get("keep/src.bin"), keep, "an unrelated object changed");
+    let m2 = Mounted::start(&s3, &b.name, &[]);
+    assert_eq!(names(&m2.path()), vec!["keep".to_string()]);
+}
+
+#[test]
+fn a_failing_upload_is_reported_at_close_and_leaves_nothing() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("failput");
+    let (proxy, endpoint) = s3.proxied();
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    let src = TempDir::new("failput-src");
+    let small = src.path().join("small.bin");
+    let large = src.path().join("large.bin");
+    std::fs::write(&small, random_bytes(300_000, 1)).unwrap();
+    std::fs::write(&large, random_bytes(40 << 20, 2)).unwrap();
+
+    proxy.set(Faults {
+        fail_uploads: true,
+        ..Faults::default()
+    });
+    for f in [&small, &large] {
+        let (code, _, err) = sh(&format!("cp '{}' '{}/'", f.display(), m.path().display()));
+        assert_ne!(
+            code,
+            0,
+            "cp of {} succeeded although every upload failed",
+            f.display()
+        );
+        assert!(
+            err.contains("Input/output error"),
+            "cp reports an I/O error: {err}"
+        );
+    }
+    proxy.set(Faults::default());
+    assert!(b.keys().is_empty(), "nothing stored: {:?}", b.keys());
+    assert!(
+        names(&m.path()).is_empty(),
+        "nothing listed: {:?}",
+        names(&m.path())
+    );
+
+    // With the network back, the same copies work.
+    let (code, _, err) = sh(&format!(
+        "cp '{}' '{}' '{}/'",
+        small.display(),
+        large.display(),
+        m.path().display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(b.get("large.bin") == std::fs::read(&large).unwrap());
+    assert!(
+        b.open_multipart_uploads().is_empty(),
+        "failed uploads were aborted"
+    );
+}
+
+#[test]
+fn renaming_a_directory_of_1000_files_moves_every_object() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("mvdir");
+    let keys: Vec<String> = (0..1000).map(|i| format!("src/f{i:04}.txt")).collect();
+    b.put_many(keys, |i| format!("file {i}\n").into_bytes());
+    b.put("src/sub/deep.txt", b"deep".to_vec());
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let started = Instant::now();
+    std::fs::rename(m.path().join("src"), m.path().join("dst")).unwrap();
+    eprintln!(
+        "renamed 1001 objects in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        errno_of(std::fs::metadata(m.path().join("src"))),
+        libc::ENOENT
+    );
+    assert_eq!(
+        names(&m.path().join("dst")).len(),
+        1001,
+        "1000 files and sub/"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("dst/f0420.txt")).unwrap(),
+        "file 420\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.path().join("dst/sub/deep.txt")).unwrap(),
+        "deep"
+    );
+    let keys = b.keys();
+    assert_eq!(keys.iter().filter(|k| k.starts_with("dst/")).count(), 1001);
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("src/")).count(),
+        0,
+        "sources deleted"
+    );
+}
+
+#[test]
+fn renaming_a_large_file_copies_it_in_parts() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("mvbig");
+    let body = random_bytes((12 << 20) + 5, 9);
+    b.put("one.bin", body.clone());
+    let m = Mounted::start(&s3, &b.name, &["--multipart-copy-threshold", "5M"]);
+    std::fs::rename(m.path().join("one.bin"), m.path().join("two.bin")).unwrap();
+    assert!(b.get("two.bin") == body, "copied bytes differ");
+    assert!(!b.keys().contains(&"one.bin".to_string()));
+    assert!(std::fs::read(m.path().join("two.bin")).unwrap() == body);
+}
+
+#[test]
+fn everyday_operations_change_the_bucket() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("everyday");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+
+    std::fs::create_dir(root.join("newdir")).unwrap();
+    assert!(
+        b.keys().contains(&"newdir/".to_string()),
+        "mkdir stores a marker"
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(root.join("newdir"))),
+        libc::EEXIST
+    );
+
+    std::fs::write(root.join("newdir/a.txt"), "one").unwrap();
+    std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("newdir/a.txt")).unwrap(),
+        "two!"
+    );
+    assert_eq!(b.get("newdir/a.txt"), b"two!");
+    assert_eq!(
+        errno_of(std::fs::remove_dir(root.join("newdir"))),
+        libc::ENOTEMPTY
+    );
+
+    std::fs::write(root.join("newdir/b.txt"), "bee").unwrap();
+    std::fs::rename(root.join("newdir/b.txt"), root.join("newdir/a.txt")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("newdir/a.txt")).unwrap(),
+        "bee"
+    );
+    assert_eq!(b.get("newdir/a.txt"), b"bee");
+    assert!(!b.keys().contains(&"newdir/b.txt".to_string()));
+
+    // renameat2(RENAME_NOREPLACE) onto an existing name is refused.
+    std::fs::write(root.join("newdir/c.txt"), "sea").unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let (from, to) = (c(&root.join("newdir/c.txt")), c(&root.join("newdir/a.txt")));
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!(
+        (rc, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EEXIST))
+    );
+
+    // Appending cannot be done to an S3 object; it fails clearly.
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(root.join("newdir/a.txt"))
+        .unwrap();
+    assert_eq!(errno_of(f.write_all(b"more")), libc::EOPNOTSUPP);
+    drop(f);
+    assert_eq!(
+        b.get("newdir/a.txt"),
+        b"bee",
+        "a failed append changes nothing"
+    );
+
+    std::fs::remove_file(root.join("newdir/a.txt")).unwrap();
+    std::fs::remove_file(root.join("newdir/c.txt")).unwrap();
+    assert!(names(&root.join("newdir")).is_empty());
+    assert_eq!(
+        b.keys(),
+        vec!["newdir/".to_string()],
+        "the emptied directory stays"
+    );
+    std::fs::remove_dir(root.join("newdir")).unwrap();
+    assert!(
+        b.keys().is_empty(),
+        "rmdir removes the marker: {:?}",
+        b.keys()
+    );
+    assert!(names(&root).is_empty());
+
+    // Writes may go back into the part not yet sent, and leave holes.
+    let path = root.join("patched.bin");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&vec![b'a'; 1 << 20]).unwrap();
+    f.write_all_at(b"HEADER", 0).unwrap();
+    f.seek(SeekFrom::Start(3 << 20)).unwrap();
+    f.write_all(b"tail").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut want = vec![b'a'; 1 << 20];
+    want[..6].copy_from_slice(b"HEADER");
+    want.resize(3 << 20, 0);
+    want.extend_from_slice(b"tail");
+    assert!(
+        b.get("patched.bin") == want,
+        "patched and sparse writes arrive as written"
+    );
+
+    // ... but not into a part already uploaded.
+    let mut f = std::fs::File::create(root.join("long.bin")).unwrap();
+    f.write_all(&random_bytes(40 << 20, 3)).unwrap();
+    assert_eq!(errno_of(f.write_all_at(b"late", 0)), libc::EOPNOTSUPP);
+}
+
+#[test]
+fn cautious_options_refuse_deletes_and_overwrites() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("cautious");
+    b.put("keep.txt", b"keep".to_vec());
+    b.put("other.txt", b"other".to_vec());
+    let m = Mounted::start(&s3, &b.name, &["--no-delete", "--no-overwrite"]);
+    let root = m.path();
+    assert_eq!(
+        errno_of(std::fs::remove_file(root.join("keep.txt"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(std::fs::write(root.join("keep.txt"), "x")),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(std::fs::rename(
+            root.join("other.txt"),
+            root.join("keep.txt")
+        )),
+        libc::EEXIST
+    );
+    std::fs::write(root.join("new.txt"), "new").unwrap();
+    std::fs::rename(root.join("new.txt"), root.join("moved.txt")).unwrap();
+    assert_eq!(b.get("keep.txt"), b"keep");
+    assert_eq!(b.get("other.txt"), b"other");
+    assert_eq!(b.get("moved.txt"), b"new");
+}
+
+#[test]
+fn read_only_mode_refuses_every_change_with_erofs() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("readonly");
+    b.put("d/f.txt", b"data".to_vec());
+    let m = Mounted::start(&s3, &b.name, &["--read-only"]);
+    let root = m.path();
+    let erofs = libc::EROFS;
+    assert_eq!(
+        errno_of(std::fs::write(root.join("new.txt"), "x")),
+        erofs,
+        "create"
+    );
+    assert_eq!(
+        errno_of(OpenOptions::new().write(true).open(root.join("d/f.txt"))),
+        erofs,
+        "open for writing"
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_file(root.join("d/f.txt"))),
+        erofs,
+        "unlink"
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(root.join("e"))),
+        erofs,
+        "mkdir"
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_dir(root.join("d"))),
+        erofs,
+        "rmdir"
+    );
+    assert_eq!(
+        errno_of(std::fs::rename(root.join("d/f.txt"), root.join("d/g.txt"))),
+        erofs,
+        "rename"
+    );
+    for tool in ["truncate -s 0", "touch"] {
+        let (code, _, err) = sh(&format!("{tool} '{}'", root.join("d/f.txt").display()));
+        assert!(
+            code != 0 && err.contains("Read-only file system"),
+            "{tool}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("d/f.txt")).unwrap(),
+        "data"
+    );
+    assert_eq!(b.keys(), vec!["d/f.txt".to_string()]);
+}
