@@ -386,6 +386,20 @@ fn everyday_operations_change_the_bucket() {
         "a failed append changes nothing"
     );
 
+    // Tools that set modes and times after copying succeed.
+    let local = TempDir::new("everyday-src");
+    std::fs::write(local.path().join("p.txt"), "preserved").unwrap();
+    let (code, _, err) = sh(&format!(
+        "cp -p '{}' '{}/' && touch '{}' && chmod 600 '{}'",
+        local.path().join("p.txt").display(),
+        root.join("newdir").display(),
+        root.join("newdir/p.txt").display(),
+        root.join("newdir/p.txt").display()
+    ));
+    assert_eq!(code, 0, "cp -p, touch, chmod: {err}");
+    assert_eq!(b.get("newdir/p.txt"), b"preserved");
+    std::fs::remove_file(root.join("newdir/p.txt")).unwrap();
+
     std::fs::remove_file(root.join("newdir/a.txt")).unwrap();
     std::fs::remove_file(root.join("newdir/c.txt")).unwrap();
     assert!(names(&root.join("newdir")).is_empty());
