@@ -28,7 +28,7 @@ fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
 fn pipeline_size(producer: usize, j: usize) -> usize {
     const SIZES: [usize; 8] = [0, 1, 100, 4096, 65_536, 1 << 20, 3 << 20, (17 << 20) + 3];
     if producer == 0 && j == 0 {
-        return 100 << 20;
+        return 200 << 20;
     }
     SIZES[(j * 7 + producer) % SIZES.len()]
 }
@@ -43,7 +43,7 @@ fn drop_folder_pipeline_moves_every_file_exactly_once() {
     std::fs::create_dir(root.join("processed")).unwrap();
 
     let producers = 3;
-    let per_producer = env_u64("S3MOUNT_TEST_PIPELINE_FILES", 30) as usize;
+    let per_producer = env_u64("S3MOUNT_TEST_PIPELINE_FILES", 70) as usize;
     let src = TempDir::new("pipeline-src");
     let mut expected = BTreeMap::new();
     for p in 0..producers {
