@@ -154,6 +154,11 @@ pub struct Args {
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Append log lines to this file instead of stderr (keeps the log of a
+    /// background daemon).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
     /// Options in mount(8) form: -o key=value,flag,... (any long option above).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,

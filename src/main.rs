@@ -17,7 +17,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&args);
+    if let Err(e) = init_logging(&args) {
+        eprintln!("s3mount: error: {e}");
+        return ExitCode::from(1);
+    }
     if !args.foreground && !daemon::is_child() {
         return daemon::spawn_and_wait();
     }
@@ -30,7 +33,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(args: &cli::Args) {
+/// Logs go to stderr (journald captures it), or with `--log-file` to that
+/// file, which also keeps the log of a background daemon after it has let
+/// go of the caller's terminal.
+fn init_logging(args: &cli::Args) -> Result<(), String> {
     let filter = match (&args.log_level, std::env::var("RUST_LOG")) {
         (Some(spec), _) if spec.contains('=') || spec.contains(',') => spec.clone(),
         (Some(level), _) => format!("warn,s3mount={level}"),
@@ -45,11 +51,30 @@ fn init_logging(args: &cli::Args) {
             format!("warn,s3mount={level}")
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::new(filter))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter));
+    match &args.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    format!(
+                        "cannot open --log-file {}: {e}; give a writable file path",
+                        path.display()
+                    )
+                })?;
+            builder
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .init();
+        }
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    Ok(())
 }
 
 /// Fetched blocks are allocated on I/O threads and freed on whichever thread

@@ -226,9 +226,14 @@ fn daemon_mode_returns_only_once_mounted() {
     let b = s3.bucket("daemon");
     b.put("ready.txt", b"yes".to_vec());
     let dir = TempDir::new("daemon");
+    let logs = TempDir::new("daemon-log");
+    let log = logs.path().join("s3mount.log");
     let mut cmd = s3mount_command(&s3.endpoint);
     cmd.arg(&b.name)
         .arg(dir.path())
+        .arg("-v")
+        .arg("--log-file")
+        .arg(&log)
         .args(endpoint_args(&s3.endpoint));
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     // Unmount on every path out of this test.
@@ -261,4 +266,29 @@ fn daemon_mode_returns_only_once_mounted() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The background daemon's log survives its detaching from the terminal.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("mounted") && text.contains("unmounted externally"),
+        "log file: {text}"
+    );
+}
+
+#[test]
+fn an_unwritable_log_file_is_refused_before_mounting() {
+    let dir = TempDir::new("badlog");
+    let out = Command::new(env!("CARGO_BIN_EXE_s3mount"))
+        .arg("some-bucket")
+        .arg(dir.path())
+        .arg("--log-file")
+        .arg("/nonexistent-dir/s3mount.log")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot open --log-file") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!is_mounted(dir.path()));
 }
