@@ -203,16 +203,8 @@ impl CatalogDb {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 for e in entries {
-                    let (is_dir, size, etag) = match &e.kind {
-                        EntryKind::Dir => (true, 0u64, ""),
-                        EntryKind::File { size, etag } => (false, *size, etag.as_str()),
-                    };
-                    let mtime_ns = e
-                        .mtime
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as i64)
-                        .unwrap_or(0);
-                    insert.execute(params![prefix, e.name, is_dir, size as i64, mtime_ns, etag])?;
+                    let (is_dir, size, mtime_ns, etag) = row(e);
+                    insert.execute(params![prefix, e.name, is_dir, size, mtime_ns, etag])?;
                 }
             }
             let ms = listed_at
@@ -247,19 +239,11 @@ impl CatalogDb {
     /// Sets one entry of a stored listing (a change made through the mount).
     pub fn put_entry(&self, prefix: &str, e: &Entry) {
         let conn = self.conn.lock().unwrap();
-        let (is_dir, size, etag) = match &e.kind {
-            EntryKind::Dir => (true, 0u64, ""),
-            EntryKind::File { size, etag } => (false, *size, etag.as_str()),
-        };
-        let mtime_ns = e
-            .mtime
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let (is_dir, size, mtime_ns, etag) = row(e);
         let result = conn.execute(
             "INSERT OR REPLACE INTO entries (prefix, name, is_dir, size, mtime_ns, etag)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM dirs WHERE prefix = ?1)",
-            params![prefix, e.name, is_dir, size as i64, mtime_ns, etag],
+            params![prefix, e.name, is_dir, size, mtime_ns, etag],
         );
         if let Err(err) = result {
             warn!(prefix, error = %err, "cannot update the catalog");
@@ -304,6 +288,20 @@ impl CatalogDb {
             warn!(prefix, error = %e, "cannot update the catalog");
         }
     }
+}
+
+/// The stored columns of an entry: is_dir, size, mtime (ns), etag.
+fn row(e: &Entry) -> (bool, i64, i64, &str) {
+    let (is_dir, size, etag) = match &e.kind {
+        EntryKind::Dir => (true, 0u64, ""),
+        EntryKind::File { size, etag } => (false, *size, etag.as_str()),
+    };
+    let mtime_ns = e
+        .mtime
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    (is_dir, size as i64, mtime_ns, etag)
 }
 
 #[cfg(test)]
