@@ -206,31 +206,13 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32, FsError> {
-        let handle = self.writer(fh)?;
-        let Some(upload) = &handle.upload else {
-            return Err(FsError::Unsupported(
+        match &self.writer(fh)?.upload {
+            // After close or fsync completed the upload, writes fail (EBADF).
+            Some(upload) => upload.write(offset, data).await,
+            None => Err(FsError::Unsupported(
                 "changing an existing object in place (open it with O_TRUNC to replace it)",
-            ));
-        };
-        if !upload.is_finished() {
-            return upload.write(offset, data).await;
+            )),
         }
-        if !upload.is_empty() {
-            // Closed (or synced) with data: that object is final.
-            return Err(FsError::BadHandle);
-        }
-        // A close that came before any data, as when a shell redirects with
-        // open + dup2 + close and writes afterwards, stored an empty file;
-        // the data that follows replaces it with a new upload.
-        let next = self.uploads.start(upload.key())?;
-        {
-            let mut writers = self.writers.lock().unwrap();
-            let w = writers.get_mut(&fh).ok_or(FsError::BadHandle)?;
-            if w.upload.as_ref().is_some_and(|u| Arc::ptr_eq(u, upload)) {
-                w.upload = Some(next);
-            }
-        }
-        Box::pin(self.write(fh, offset, data)).await
     }
 
     /// Changes the size of `ino` (truncate, ftruncate) if that is possible
