@@ -521,3 +521,39 @@ fn read_only_mode_refuses_every_change_with_erofs() {
     );
     assert_eq!(b.keys(), vec!["d/f.txt".to_string()]);
 }
+
+#[test]
+fn moves_into_a_large_directory_show_at_once_and_after_a_remount() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("bigdest");
+    // More entries than the catalog copies in memory per change.
+    let count = 10_050;
+    b.put_many(
+        (0..count).map(|i| format!("processed/f{i:05}")).collect(),
+        |_| b"x".to_vec(),
+    );
+    b.put("incoming/new.txt", b"new".to_vec());
+    let cache = TempDir::new("bigdest-cache");
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    {
+        let m = Mounted::start(&s3, &b.name, &[&cache_arg]);
+        assert_eq!(names(&m.path().join("processed")).len(), count);
+        std::fs::rename(
+            m.path().join("incoming/new.txt"),
+            m.path().join("processed/new.txt"),
+        )
+        .unwrap();
+        std::fs::remove_file(m.path().join("processed/f00007")).unwrap();
+        let listed = names(&m.path().join("processed"));
+        assert_eq!(listed.len(), count, "one in, one out");
+        assert!(listed.contains(&"new.txt".to_string()) && !listed.contains(&"f00007".to_string()));
+        assert_eq!(
+            std::fs::read_to_string(m.path().join("processed/new.txt")).unwrap(),
+            "new"
+        );
+    }
+    // The on-disk catalog has the changes too.
+    let m = Mounted::start(&s3, &b.name, &[&cache_arg]);
+    let listed = names(&m.path().join("processed"));
+    assert!(listed.contains(&"new.txt".to_string()) && !listed.contains(&"f00007".to_string()));
+}

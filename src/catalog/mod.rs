@@ -176,6 +176,8 @@ struct Change {
 /// listing that started after the change already contains it (S3 listings
 /// are strongly consistent); this only has to outlast listings in flight.
 const CHANGE_MEMORY: Duration = Duration::from_secs(600);
+/// Listings up to this many entries are updated in memory by copying them.
+const COPY_ON_CHANGE_LIMIT: usize = 10_000;
 
 /// Sets `name` to `entry` (or removes it) in sorted `entries`.
 fn apply_change(entries: &mut Vec<Entry>, name: &str, entry: Option<Entry>) {
@@ -195,9 +197,13 @@ fn apply_change(entries: &mut Vec<Entry>, name: &str, entry: Option<Entry>) {
 impl<S: ObjectStore> Listings<S> {
     /// Puts a listing fetched from S3 into memory, with the changes made
     /// through the mount since it started re-applied; returns what was stored.
+    ///
+    /// The changes lock is held until the listing is in memory, here and in
+    /// [`Listings::record`], so a change and a landing listing cannot
+    /// overwrite each other.
     fn install(&self, prefix: &str, listing: Arc<Listing>) -> Arc<Listing> {
+        let mut changes = self.changes.lock().unwrap();
         let listing = {
-            let mut changes = self.changes.lock().unwrap();
             match changes.get_mut(prefix) {
                 None => listing,
                 Some(list) => {
@@ -219,6 +225,7 @@ impl<S: ObjectStore> Listings<S> {
             }
         };
         self.memory.insert(prefix.to_owned(), listing.clone());
+        drop(changes);
         listing
     }
 
@@ -226,35 +233,44 @@ impl<S: ObjectStore> Listings<S> {
     /// in memory and on disk, and remembers it for listings in flight.
     fn record(&self, prefix: &str, name: &str, entry: Option<Entry>) {
         let now = SystemTime::now();
-        {
-            let mut changes = self.changes.lock().unwrap();
-            changes.retain(|_, list| {
-                list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
-                !list.is_empty()
-            });
-            changes.entry(prefix.to_owned()).or_default().push(Change {
-                at: now,
-                name: name.to_owned(),
-                entry: entry.clone(),
-            });
-        }
-        if let Some(listing) = self.known(prefix) {
-            let mut entries = listing.entries.clone();
-            apply_change(&mut entries, name, entry.clone());
-            self.memory.insert(
-                prefix.to_owned(),
-                Arc::new(Listing {
-                    entries,
-                    listed_at: listing.listed_at,
-                }),
-            );
-            if let Some(db) = &self.db {
-                match &entry {
-                    Some(e) => db.put_entry(prefix, e),
-                    None => db.remove_entry(prefix, name),
-                }
+        let mut changes = self.changes.lock().unwrap();
+        let list = changes.entry(prefix.to_owned()).or_default();
+        list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
+        list.push(Change {
+            at: now,
+            name: name.to_owned(),
+            entry: entry.clone(),
+        });
+        if let Some(db) = &self.db {
+            match &entry {
+                Some(e) => db.put_entry(prefix, e),
+                None => db.remove_entry(prefix, name),
             }
         }
+        match self.memory.get(prefix) {
+            // A big listing with a copy on disk is dropped instead of copied
+            // for every change (a loader moving files into a large
+            // `processed/`); the next reader loads it from SQLite, where the
+            // change already is.
+            Some(listing) if listing.entries.len() > COPY_ON_CHANGE_LIMIT && self.db.is_some() => {
+                self.memory.invalidate(prefix)
+            }
+            Some(listing) => {
+                let mut entries = listing.entries.clone();
+                apply_change(&mut entries, name, entry);
+                self.memory.insert(
+                    prefix.to_owned(),
+                    Arc::new(Listing {
+                        entries,
+                        listed_at: listing.listed_at,
+                    }),
+                );
+            }
+            // Not in memory: a later load from disk or S3 gets the change
+            // through `install`.
+            None => {}
+        }
+        drop(changes);
     }
 
     fn is_fresh(&self, listing: &Listing) -> bool {
@@ -310,8 +326,9 @@ impl<S: ObjectStore> Listings<S> {
                 entries: stored.entries,
                 listed_at: stored.listed_at,
             });
-            self.memory.insert(prefix.to_owned(), listing.clone());
-            Some(listing)
+            // Through `install`, so changes made since the listing was
+            // stored are re-applied even if a background save raced them.
+            Some(self.install(prefix, listing))
         })
     }
 
