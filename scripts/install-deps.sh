@@ -2,6 +2,7 @@
 # Installs what s3mount's tests, benchmarks and demo need on Debian,
 # skipping whatever is already there:
 #   - fuse3 (fusermount3, /etc/fuse.conf) and /dev/fuse
+#   - man-db, so the package check can render the man page
 #   - Garage 2.5.0, the local S3-compatible server (built from crates.io, ~9 min)
 #   - cargo-nextest, the test runner
 #   - pyarrow, to write and read Parquet in tests and the demo
@@ -12,7 +13,7 @@ SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO=sudo
 
 need_apt=()
-for pkg in fuse3 libsodium-dev libzstd-dev pkg-config python3 python3-pip; do
+for pkg in fuse3 libsodium-dev libzstd-dev pkg-config python3 python3-pip man-db; do
     dpkg -s "$pkg" > /dev/null 2>&1 || need_apt+=("$pkg")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt when absent.

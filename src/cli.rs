@@ -17,7 +17,7 @@ use clap::{ArgAction, Parser};
     version,
     about,
     long_about = None,
-    after_help = "Also: s3mount refresh PATH...   list directories of a running mount again now.\nWhat each operation does on S3: docs/SEMANTICS.md."
+    after_help = "Also:\n  s3mount refresh PATH...         list directories of a running mount again now\n  s3mount doctor BUCKET[/PREFIX]  check credentials, latency, throughput and object sizes\n\nWhat each operation does on S3: docs/SEMANTICS.md."
 )]
 pub struct Args {
     /// What to mount: BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX.
@@ -146,6 +146,30 @@ pub struct Args {
     #[arg(short, long)]
     pub foreground: bool,
 
+    /// Unmount automatically when the daemon dies, even by SIGKILL, so no
+    /// dead mount ("Transport endpoint is not connected") is left behind.
+    #[arg(long)]
+    pub auto_unmount: bool,
+
+    /// Read KEY=VALUE lines (credentials, AWS_ENDPOINT_URL, ...) into the
+    /// environment before anything else; for fstab, where no shell sets them.
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Export the number of files in this directory (relative to the mount
+    /// root) as a metric, refreshed at the metadata TTL. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub count_dir: Vec<String>,
+
+    /// Log a one-line summary of requests, bytes and cache use at info level
+    /// this often, in seconds; 0 turns it off.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub summary_interval: u64,
+
     /// More log output (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
@@ -159,9 +183,19 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    /// Log line format: human-readable text, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Options in mount(8) form: -o key=value,flag,... (any long option above).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -240,8 +274,14 @@ fn is_ignored_mount_option(opt: &str) -> bool {
             | "lazytime"
             | "silent"
             | "loud"
+            | "owner"
+            | "noowner"
+            | "group"
+            | "nogroup"
+            | "loop"
     ) || opt.starts_with("x-")
         || opt.starts_with("comment=")
+        || opt.starts_with("user=")
 }
 
 /// Rewrites `-o a=b,c` into `--a=b --c`, so every option has one parser.
@@ -289,6 +329,71 @@ pub fn expand_mount_options(args: Vec<OsString>) -> Result<Vec<OsString>, String
         }
     }
     Ok(out)
+}
+
+/// Loads `--env-file` (if the command line has one) into the environment.
+/// Runs before the command line is parsed, so options that default from the
+/// environment (`--endpoint-url` from `AWS_ENDPOINT_URL`) see the file.
+pub fn load_env_file(args: &[OsString]) -> Result<(), String> {
+    let mut path = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if text == "--env-file" {
+            path = iter.next().map(PathBuf::from);
+        } else if let Some(p) = text.strip_prefix("--env-file=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read --env-file {}: {e}; give a readable file of KEY=VALUE lines",
+            path.display()
+        )
+    })?;
+    for (key, value) in parse_env_file(&text).map_err(|line| {
+        format!(
+            "--env-file {} line {line} is not KEY=VALUE; fix or comment it out with #",
+            path.display()
+        )
+    })? {
+        // Single-threaded still: nothing else reads the environment yet.
+        std::env::set_var(key, value);
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` lines as systemd's EnvironmentFile= reads them: blank lines
+/// and `#` comments skipped, an optional `export `, optional quotes.
+/// Returns the number of the first bad line on error.
+fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, usize> {
+    let mut vars = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (key, value) = line.split_once('=').ok_or(i + 1)?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(i + 1);
+        }
+        let value = value.trim();
+        let value = [('"', '"'), ('\'', '\'')]
+            .iter()
+            .find_map(|(open, close)| {
+                value
+                    .strip_prefix(*open)
+                    .and_then(|v| v.strip_suffix(*close))
+            })
+            .unwrap_or(value);
+        vars.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(vars)
 }
 
 /// A parsed mount target.
@@ -407,6 +512,24 @@ mod tests {
             expand_mount_options(os(&["s3mount", "b", "/m", "-o", "bogus_thing=1"])).unwrap();
         assert!(Args::try_parse_from(args).is_err());
         assert!(expand_mount_options(os(&["s3mount", "b", "/m", "-o"])).is_err());
+    }
+
+    #[test]
+    fn parses_env_files_like_systemd() {
+        let vars = parse_env_file(
+            "# credentials\nAWS_ACCESS_KEY_ID=GK1\n\nexport AWS_SECRET_ACCESS_KEY=\"s e\"\nS3MOUNT_OPTIONS='-o x=1'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            vars,
+            vec![
+                ("AWS_ACCESS_KEY_ID".to_owned(), "GK1".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY".to_owned(), "s e".to_owned()),
+                ("S3MOUNT_OPTIONS".to_owned(), "-o x=1".to_owned()),
+            ]
+        );
+        assert_eq!(parse_env_file("A=1\nnot a line\n"), Err(2));
+        assert_eq!(parse_env_file("BAD KEY=1\n"), Err(1));
     }
 
     #[test]

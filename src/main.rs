@@ -1,22 +1,41 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use s3mount::{cli, daemon, mount, refresh};
+use s3mount::{cli, daemon, doctor, generate, kernel_mount, mount, mount_helper, notify, refresh};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     limit_allocator_arenas();
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|a| a == "refresh") {
-        return refresh::run(&argv[2..]);
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("refresh") => return refresh::run(&argv[2..]),
+        Some("doctor") => return doctor::run(&argv[1..]),
+        Some(kernel_mount::WATCHDOG_COMMAND) => return kernel_mount::run_watchdog(&argv[2..]),
+        Some(generate::COMMAND) => return generate::run(&argv[2..]),
+        _ => {}
     }
-    let args = match cli::expand_mount_options(argv) {
-        Ok(expanded) => cli::Args::parse_from(expanded),
+    if argv.first().is_some_and(mount_helper::invoked_as_helper) {
+        match mount_helper::translate(&argv) {
+            Ok(mount_helper::HelperCall::Mount(translated)) => argv = translated,
+            Ok(mount_helper::HelperCall::Fake) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("s3mount: error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let expanded = match cli::expand_mount_options(argv) {
+        Ok(expanded) => expanded,
         Err(e) => {
             eprintln!("s3mount: error: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = cli::load_env_file(&expanded) {
+        eprintln!("s3mount: error: {e}");
+        return ExitCode::from(2);
+    }
+    let args = cli::Args::parse_from(expanded);
     if let Err(e) = init_logging(&args) {
         eprintln!("s3mount: error: {e}");
         return ExitCode::from(1);
@@ -28,6 +47,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("s3mount: error: {e}");
+            notify::send(&format!("STATUS=failed: {e}"));
             ExitCode::from(1)
         }
     }
@@ -35,8 +55,9 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr (journald captures it), or with `--log-file` to that
 /// file, which also keeps the log of a background daemon after it has let
-/// go of the caller's terminal.
+/// go of the caller's terminal. `--log-format json` writes one object a line.
 fn init_logging(args: &cli::Args) -> Result<(), String> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = match (&args.log_level, std::env::var("RUST_LOG")) {
         (Some(spec), _) if spec.contains('=') || spec.contains(',') => spec.clone(),
         (Some(level), _) => format!("warn,s3mount={level}"),
@@ -51,8 +72,7 @@ fn init_logging(args: &cli::Args) -> Result<(), String> {
             format!("warn,s3mount={level}")
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(EnvFilter::new(filter));
-    match &args.log_file {
+    let (writer, ansi) = match &args.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -64,15 +84,19 @@ fn init_logging(args: &cli::Args) -> Result<(), String> {
                         path.display()
                     )
                 })?;
-            builder
-                .with_writer(std::sync::Mutex::new(file))
-                .with_ansi(false)
-                .init();
+            (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
         }
-        None => builder
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(writer);
+    match args.log_format {
+        cli::LogFormat::Text => builder.with_ansi(ansi).init(),
+        cli::LogFormat::Json => builder.json().with_ansi(false).init(),
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{MountOption, SessionACL};
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,6 +17,9 @@ use crate::catalog::{Catalog, CatalogDb, Freshness};
 use crate::cli::{Args, ChecksumMode, Target};
 use crate::fs::{Ownership, S3Fs, WritePolicy};
 use crate::fuse::FuseAdapter;
+use crate::kernel_mount::{self, KernelOptions};
+use crate::metrics::{self, Snapshot};
+use crate::notify;
 use crate::read::{ReadConfig, Reader};
 use crate::store::{ObjectStore, S3Settings, S3Store, StoreError};
 use crate::upload::{UploadConfig, Uploads};
@@ -36,6 +39,7 @@ const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let target = Target::parse(&args.target).map_err(MountError)?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let mountpoint_for_unmount = mountpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("s3mount-io")
@@ -126,13 +130,64 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         }
     };
 
-    let mut session = fuser::Session::new(adapter, &mountpoint, &config).map_err(|e| {
+    // The metrics port is taken before mounting, so a port in use is a
+    // clear error and not a mount without metrics.
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => {
+            let _guard = rt.enter();
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .map_err(|e| {
+                    MountError(format!(
+                        "cannot serve metrics on {addr}: {e}; choose a free address with --metrics-addr"
+                    ))
+                })?;
+            Some(listener)
+        }
+        None => None,
+    };
+
+    let mount_failed = |e: std::io::Error| {
         MountError(format!(
             "cannot mount at {}: {e}; check that /dev/fuse exists and that you may mount (root, or fusermount3 installed)",
             mountpoint.display()
         ))
-    })?;
+    };
+    let source = format!("{}/{}", target.bucket, target.prefix);
+    let (mut session, direct) = if kernel_mount::can_mount_directly() {
+        let kernel = KernelOptions {
+            source: &source,
+            read_only: args.read_only,
+            allow_other: config.acl != SessionACL::Owner,
+        };
+        let device = kernel_mount::attach(&mountpoint, &kernel).map_err(mount_failed)?;
+        let acl = config.acl;
+        match fuser::Session::from_fd(adapter, device, acl, config) {
+            Ok(session) => (session, true),
+            Err(e) => {
+                let _ = kernel_mount::detach(&mountpoint, true);
+                return Err(mount_failed(e));
+            }
+        }
+    } else {
+        (
+            fuser::Session::new(adapter, &mountpoint, &config).map_err(mount_failed)?,
+            false,
+        )
+    };
     let mut unmounter = session.unmount_callable();
+    let mut unmount = move |lazy: bool| -> std::io::Result<()> {
+        if direct {
+            kernel_mount::detach(&mountpoint_for_unmount, lazy)
+        } else if lazy {
+            kernel_mount::detach(&mountpoint_for_unmount, true)
+        } else {
+            unmounter.unmount()
+        }
+    };
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("fuse-loop".into())
@@ -144,7 +199,52 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     if args.kernel_readahead > 0 {
         set_kernel_readahead(&mountpoint, args.kernel_readahead);
     }
+    // Started once the mount answers (the watchdog needs its device number).
+    let _watchdog = if args.auto_unmount {
+        let started = kernel_mount::device_of(&mountpoint)
+            .and_then(|dev| kernel_mount::start_watchdog(&mountpoint, dev));
+        match started {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let _ = unmount(true);
+                return Err(MountError(format!(
+                    "cannot start the --auto-unmount watchdog: {e}; mount without --auto-unmount"
+                )));
+            }
+        }
+    } else {
+        None
+    };
+    let live_since = Instant::now();
+    let count_dirs = Arc::new(CountDirs::new(&args.count_dir, &mountpoint));
+    let snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync> = {
+        let (fs, store, count_dirs) = (fs.clone(), store.clone(), count_dirs.clone());
+        Arc::new(move || snapshot(&fs, &store, &count_dirs, live_since))
+    };
+    {
+        let _guard = rt.enter();
+        if let Some(listener) = metrics_listener {
+            tokio::spawn(metrics::serve(listener, snapshot.clone()));
+        }
+        if !count_dirs.dirs.is_empty() {
+            let every = Duration::from_secs(args.metadata_ttl.clamp(1, 5));
+            tokio::spawn(count_dirs.clone().keep_counting(fs.clone(), every));
+        }
+        if args.summary_interval > 0 {
+            let every = Duration::from_secs(args.summary_interval);
+            let snapshot = snapshot.clone();
+            tokio::spawn(async move {
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticks.tick().await;
+                    info!("summary: {}", metrics::summary(&snapshot()));
+                }
+            });
+        }
+    }
     info!(target = %store.describe(), prefix = %target.prefix, mountpoint = %mountpoint.display(), "mounted");
+    notify::ready(&format!("Mounted {source} at {}", mountpoint.display()));
     on_ready();
 
     rt.block_on(async {
@@ -161,8 +261,11 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
             _ = sigint.recv() => "SIGINT",
         };
         info!(signal = reason, open_files = fs.open_files(), "unmounting");
-        // Uploads still open cannot complete once the mount is gone; abort
-        // them so nothing is left half-done in the bucket.
+        notify::stopping(&format!("Unmounting after {reason}"));
+        // No new writes from here on. Uploads whose file is closed finish
+        // completing; those still open cannot complete once the mount is
+        // gone and are aborted, so nothing is left half-done in the bucket.
+        fs.stop_writes();
         if tokio::time::timeout(UNMOUNT_GRACE, fs.abort_uploads())
             .await
             .is_err()
@@ -170,9 +273,11 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
             warn!("aborting uploads in flight took too long; lifecycle rules will clean up");
         }
         log_read_stats(&fs, &store);
-        if let Err(e) = unmounter.unmount() {
+        if let Err(e) = unmount(false) {
             warn!(error = %e, "unmount failed (busy?); detaching lazily");
-            detach(&mountpoint);
+            if let Err(e) = unmount(true) {
+                warn!(error = %e, "lazy unmount failed");
+            }
             return;
         }
         if tokio::time::timeout(UNMOUNT_GRACE, done_rx).await.is_err() {
@@ -242,10 +347,17 @@ fn cache_dir(args: &Args) -> Option<PathBuf> {
     match &args.cache_dir {
         Some(dir) if dir.as_os_str() == "none" => None,
         Some(dir) => Some(dir.clone()),
+        // Mounted from fstab at boot there is no HOME; root then keeps
+        // its catalog where system services keep caches.
         None => std::env::var_os("XDG_CACHE_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty() && h != "/")
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            })
+            .or_else(|| kernel_mount::can_mount_directly().then(|| PathBuf::from("/var/cache")))
             .map(|base| base.join("s3mount")),
     }
 }
@@ -301,16 +413,100 @@ fn set_kernel_readahead(mountpoint: &Path, bytes: u64) {
     }
 }
 
-/// Lazily detaches a busy mount; open files fail once the process exits.
-fn detach(mountpoint: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "lazy unmount failed");
+/// The figures the metrics endpoint and the summary line show.
+fn snapshot<S: ObjectStore>(
+    fs: &S3Fs<S>,
+    store: &S3Store,
+    count_dirs: &CountDirs,
+    live_since: Instant,
+) -> Snapshot {
+    use std::sync::atomic::Ordering::Relaxed;
+    let read = fs.read_stats();
+    let catalog = fs.catalog_stats();
+    let uploads = fs.upload_stats();
+    let memory = fs.memory();
+    let listings = fs.listing_summary();
+    let started = uploads.started.load(Relaxed);
+    let ended = uploads.completed.load(Relaxed)
+        + uploads.failed.load(Relaxed)
+        + uploads.abandoned.load(Relaxed);
+    Snapshot {
+        bytes_received: read.fetched_bytes.load(Relaxed),
+        bytes_sent: uploads.bytes.load(Relaxed),
+        bytes_read: read.served_bytes.load(Relaxed),
+        resumed_streams: store.resumes(),
+        cache_hits: read.block_hits.load(Relaxed),
+        cache_misses: read.block_misses.load(Relaxed),
+        cache_bytes: memory.cache,
+        memory_budget: memory.budget,
+        memory_in_use: memory.cache + memory.ahead,
+        open_read_handles: fs.open_files() as u64,
+        open_write_handles: fs.open_writers() as u64,
+        uploads_in_flight: started.saturating_sub(ended),
+        uploads_completed: uploads.completed.load(Relaxed),
+        uploads_failed: uploads.failed.load(Relaxed),
+        upload_parts: uploads.parts.load(Relaxed),
+        catalog_hits: catalog.hits.load(Relaxed),
+        catalog_stale_hits: catalog.stale_hits.load(Relaxed),
+        catalog_misses: catalog.misses.load(Relaxed),
+        catalog_disk_loads: catalog.disk_loads.load(Relaxed),
+        catalog_refreshes: catalog.refreshes.load(Relaxed),
+        list_requests: catalog.list_requests.load(Relaxed),
+        catalog_listings: listings.listings,
+        catalog_entries: listings.entries,
+        oldest_listing_age: listings.oldest_age.as_secs_f64(),
+        newest_listing_age: listings.newest_age.as_secs_f64(),
+        dir_objects: count_dirs.current(),
+        uptime: live_since.elapsed().as_secs_f64(),
+    }
+}
+
+/// The `--count-dir` gauges: files per directory, re-read from the catalog
+/// every few seconds (the catalog itself asks S3 again at the metadata TTL,
+/// and changes made through the mount show at once).
+struct CountDirs {
+    /// (path below the mount root, as given; last count).
+    dirs: Vec<(String, String, std::sync::Mutex<Option<u64>>)>,
+}
+
+impl CountDirs {
+    fn new(paths: &[String], mountpoint: &Path) -> Self {
+        let dirs = paths
+            .iter()
+            .map(|given| {
+                // Accept paths inside the mountpoint as well as relative ones.
+                let relative = Path::new(given)
+                    .strip_prefix(mountpoint)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| given.clone());
+                let relative = relative.trim_matches('/').to_owned();
+                (given.clone(), relative, std::sync::Mutex::new(None))
+            })
+            .collect();
+        CountDirs { dirs }
+    }
+
+    fn current(&self) -> Vec<(String, Option<u64>)> {
+        self.dirs
+            .iter()
+            .map(|(given, _, count)| (given.clone(), *count.lock().unwrap()))
+            .collect()
+    }
+
+    async fn keep_counting<S: ObjectStore>(self: Arc<Self>, fs: Arc<S3Fs<S>>, every: Duration) {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            for (given, relative, count) in &self.dirs {
+                match fs.count_files(relative).await {
+                    Ok(n) => *count.lock().unwrap() = Some(n),
+                    Err(e) => {
+                        debug!(path = %given, error = %e, "cannot count --count-dir");
+                        *count.lock().unwrap() = None;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -355,7 +551,7 @@ fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
         .map(|field| PathBuf::from(unescape_octal(field)))
 }
 
-fn unescape_octal(s: &str) -> String {
+pub(crate) fn unescape_octal(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -379,7 +575,7 @@ fn unescape_octal(s: &str) -> String {
 
 /// One cheap request proves the endpoint answers, the credentials work and
 /// the bucket exists, before anything is mounted.
-async fn preflight(settings: &S3Settings, target: &Target) -> Result<S3Store, MountError> {
+pub async fn preflight(settings: &S3Settings, target: &Target) -> Result<S3Store, MountError> {
     let secs = PREFLIGHT_TIMEOUT.as_secs();
     let endpoint_hint = settings.endpoint_url.as_deref().unwrap_or("AWS S3");
     let checks = async {

@@ -64,6 +64,8 @@ pub struct UploadStats {
     pub started: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
+    /// Given up at shutdown before completing.
+    pub abandoned: AtomicU64,
     pub parts: AtomicU64,
     pub bytes: AtomicU64,
 }
@@ -255,6 +257,7 @@ impl<S: ObjectStore> Upload<S> {
         let mut st = self.state.lock().await;
         if st.outcome.is_none() {
             self.abort_locked(&mut st).await;
+            self.uploads.stats.abandoned.fetch_add(1, Ordering::Relaxed);
             st.outcome = Some(Err(FsError::Spool("upload abandoned".into())));
         }
     }

@@ -124,6 +124,15 @@ pub struct Freshness {
     pub serve_stale: bool,
 }
 
+/// See [`Catalog::memory_summary`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ListingSummary {
+    pub listings: u64,
+    pub entries: u64,
+    pub oldest_age: Duration,
+    pub newest_age: Duration,
+}
+
 /// Counters of the catalog, for logs, tests and metrics.
 #[derive(Debug, Default)]
 pub struct CatalogStats {
@@ -523,6 +532,34 @@ impl<S: ObjectStore> Catalog<S> {
 
     pub fn stats(&self) -> &CatalogStats {
         &self.listings.stats
+    }
+
+    /// The listings held in memory: how many, their entries, and the ages
+    /// of the oldest and newest.
+    pub fn memory_summary(&self) -> ListingSummary {
+        let now = SystemTime::now();
+        let mut summary = ListingSummary::default();
+        let mut newest: Option<Duration> = None;
+        for (_, listing) in self.listings.memory.iter() {
+            let age = now.duration_since(listing.listed_at).unwrap_or_default();
+            summary.listings += 1;
+            summary.entries += listing.entries.len() as u64;
+            summary.oldest_age = summary.oldest_age.max(age);
+            newest = Some(newest.map_or(age, |n| n.min(age)));
+        }
+        summary.newest_age = newest.unwrap_or_default();
+        summary
+    }
+
+    /// Files directly in the directory at `path` (relative to the mount
+    /// root), from its listing under the usual freshness rules.
+    pub async fn count_files(&self, path: &str) -> Result<u64, FsError> {
+        let mut ino = ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            ino = self.lookup(ino, part).await?.0;
+        }
+        let listing = self.listing(ino).await?;
+        Ok(listing.entries.iter().filter(|e| !e.is_dir()).count() as u64)
     }
 
     fn node(&self, ino: Ino) -> Result<Node, FsError> {

@@ -64,6 +64,8 @@ pub struct S3Fs<S> {
     /// Files open for writing, by handle.
     writers: Mutex<HashMap<u64, WriteHandle<S>>>,
     next_write_handle: AtomicU64,
+    /// Set at shutdown: new writes are refused from then on.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl<S: ObjectStore> S3Fs<S> {
@@ -84,6 +86,7 @@ impl<S: ObjectStore> S3Fs<S> {
             next_dir_handle: AtomicU64::new(1),
             writers: Mutex::new(HashMap::new()),
             next_write_handle: AtomicU64::new(write::FIRST_WRITE_HANDLE),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -140,6 +143,23 @@ impl<S: ObjectStore> S3Fs<S> {
 
     pub fn catalog_stats(&self) -> &crate::catalog::CatalogStats {
         self.catalog.stats()
+    }
+
+    pub fn upload_stats(&self) -> &crate::upload::UploadStats {
+        self.uploads.stats()
+    }
+
+    pub fn memory(&self) -> crate::read::MemoryUse {
+        self.reader.memory()
+    }
+
+    pub fn listing_summary(&self) -> crate::catalog::ListingSummary {
+        self.catalog.memory_summary()
+    }
+
+    /// Files directly in the directory at `path` below the mount root.
+    pub async fn count_files(&self, path: &str) -> Result<u64, FsError> {
+        self.catalog.count_files(path).await
     }
 
     /// Lists the directory of `ino` (or `ino` itself) from S3 again now.

@@ -67,10 +67,15 @@ impl<S> Clone for WriteHandle<S> {
 
 impl<S: ObjectStore> S3Fs<S> {
     pub(super) fn writable(&self) -> Result<(), FsError> {
-        if self.policy.read_only {
+        if self.policy.read_only || self.stopping.load(Ordering::Relaxed) {
             return Err(FsError::ReadOnly);
         }
         Ok(())
+    }
+
+    /// Refuses every modification from now on (EROFS), at shutdown.
+    pub fn stop_writes(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
     }
 
     fn file_attr_now(&self, ino: Ino, size: u64) -> Attr {

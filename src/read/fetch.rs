@@ -81,6 +81,11 @@ impl<S: ObjectStore> Fetcher<S> {
         })
     }
 
+    /// Bytes the block cache holds now.
+    pub fn cached_bytes(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
     pub fn block_size(&self) -> u64 {
         self.block
     }

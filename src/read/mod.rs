@@ -61,6 +61,14 @@ impl ReadConfig {
     }
 }
 
+/// See [`Reader::memory`].
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryUse {
+    pub budget: u64,
+    pub cache: u64,
+    pub ahead: u64,
+}
+
 struct OpenFile {
     version: Mutex<Arc<ObjectVersion>>,
     window: Mutex<ReadWindow>,
@@ -164,6 +172,16 @@ impl<S: ObjectStore> Reader<S> {
 
     pub fn stats(&self) -> &ReadStats {
         &self.fetcher.stats
+    }
+
+    /// The memory budget, and what of it the block cache and the read-ahead
+    /// in flight use now.
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            budget: self.config.memory_limit,
+            cache: self.fetcher.cached_bytes(),
+            ahead: self.ahead_total.load(Ordering::Relaxed),
+        }
     }
 
     /// Reads up to `len` bytes at `offset`; short only at the end of the object.

@@ -23,6 +23,15 @@ use tracing::debug;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
+use aws_sdk_s3::config::interceptors::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+
 use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// How to reach the store; filled from the command line.
@@ -124,7 +133,7 @@ impl S3Store {
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
-        let config = builder.build();
+        let config = builder.interceptor(RequestMeter).build();
         let endpoint = settings.endpoint_url.clone().unwrap_or_else(|| {
             format!(
                 "s3.{}.amazonaws.com",
@@ -574,6 +583,23 @@ impl S3Store {
         result
     }
 
+    /// Time from sending a one-byte ranged GET of `key` to its first body
+    /// byte: what every read of a new range pays.
+    pub async fn time_to_first_byte(&self, key: &str) -> Result<Duration, StoreError> {
+        let start = std::time::Instant::now();
+        let mut out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range("bytes=0-0")
+            .send()
+            .await
+            .map_err(|e| classify(e, Missing::Object))?;
+        let _ = out.body.next().await;
+        Ok(start.elapsed())
+    }
+
     /// Resumes and retries done by ranged GETs so far.
     pub fn resumes(&self) -> u64 {
         self.resumes.load(Ordering::Relaxed)
@@ -626,6 +652,60 @@ impl S3Store {
                 "body ended after {got} of {want} bytes"
             )));
         }
+        Ok(())
+    }
+}
+
+/// Counts every HTTP attempt by operation and status, with its latency to
+/// the response headers, for the metrics endpoint.
+#[derive(Debug)]
+struct RequestMeter;
+
+/// When the current attempt was handed to the HTTP client.
+#[derive(Debug, Clone)]
+struct AttemptStart(std::time::Instant);
+
+impl Storable for AttemptStart {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for RequestMeter {
+    fn name(&self) -> &'static str {
+        "s3mount::RequestMeter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(AttemptStart(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // An attempt that failed before transmitting (signing, endpoint
+        // resolution) never reached S3 and is not a request.
+        let Some(start) = cfg.load::<AttemptStart>() else {
+            return Ok(());
+        };
+        let operation = cfg.load::<Metadata>().map_or("Unknown", |m| m.name());
+        let retry = cfg
+            .load::<RequestAttempts>()
+            .is_some_and(|a| a.attempts() > 1);
+        crate::metrics::record_request(
+            operation,
+            context.response().map(|r| r.status().as_u16()),
+            start.0.elapsed(),
+            retry,
+        );
         Ok(())
     }
 }

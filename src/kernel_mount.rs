@@ -1,0 +1,198 @@
+//! Attaching the FUSE device to the mountpoint, detaching it, and the
+//! auto-unmount watchdog.
+//!
+//! As root s3mount calls mount(2) itself with the filesystem type
+//! `fuse.s3mount`, so `findmnt`, `df -t fuse.s3mount` and `umount -t` see
+//! what is mounted (fuser's own direct mount says only `fuse`). Other users
+//! go through fuser, which asks the setuid `fusermount3`.
+//!
+//! `--auto-unmount` starts a small watchdog process holding one end of a
+//! pipe. When the daemon dies for any reason, even SIGKILL, the pipe closes
+//! and the watchdog detaches the mount, so no "Transport endpoint is not
+//! connected" directory is left behind.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The filesystem type this daemon's mounts carry.
+pub const FSTYPE: &str = "fuse.s3mount";
+/// The hidden subcommand the watchdog runs as.
+pub const WATCHDOG_COMMAND: &str = "__auto-unmount";
+
+/// How to mount: what the kernel needs to know.
+pub struct KernelOptions<'a> {
+    pub source: &'a str,
+    pub read_only: bool,
+    /// Let users other than the mounting one in (the kernel's allow_other).
+    pub allow_other: bool,
+}
+
+/// Whether this process may call mount(2) itself.
+pub fn can_mount_directly() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Opens /dev/fuse and mounts it at `mountpoint` as `fuse.s3mount`; returns
+/// the device, which fuser then serves.
+pub fn attach(mountpoint: &Path, options: &KernelOptions) -> std::io::Result<OwnedFd> {
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions",
+        device.as_raw_fd(),
+        root_mode
+    );
+    if options.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    if options.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let source = c_string(options.source.as_bytes())?;
+    let target = c_string(mountpoint.as_os_str().as_bytes())?;
+    let fstype = c_string(FSTYPE.as_bytes())?;
+    let data = c_string(data.as_bytes())?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives
+    // the call; mount(2) only reads them.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(device.into())
+}
+
+/// Unmounts `mountpoint`; `lazy` detaches it even while files are open.
+pub fn detach(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
+    if !can_mount_directly() {
+        let mut cmd = Command::new("fusermount3");
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        let status = cmd.arg(mountpoint).stderr(Stdio::null()).status()?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("fusermount3 -u failed"))
+        };
+    }
+    let target = c_string(mountpoint.as_os_str().as_bytes())?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `target` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
+    CString::new(bytes).map_err(|_| std::io::Error::other("path contains a NUL byte"))
+}
+
+/// The watchdog process; dropping this handle (or dying) lets it act.
+pub struct Watchdog {
+    _pipe: OwnedFd,
+}
+
+/// Starts the watchdog for the mount of device `dev` at `mountpoint`.
+pub fn start_watchdog(mountpoint: &Path, dev: u64) -> std::io::Result<Watchdog> {
+    let (read_end, write_end) = std::io::pipe()?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .arg(WATCHDOG_COMMAND)
+        .arg(mountpoint)
+        .arg(format!("{}:{}", libc::major(dev), libc::minor(dev)))
+        .stdin(Stdio::from(OwnedFd::from(read_end)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Watchdog {
+        _pipe: write_end.into(),
+    })
+}
+
+/// The watchdog's body: waits until the daemon is gone (its stdin reaches
+/// end-of-file), then detaches the mount if it is still the daemon's.
+pub fn run_watchdog(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    let (Some(mountpoint), Some(dev)) = (args.first(), args.get(1)) else {
+        return std::process::ExitCode::from(2);
+    };
+    // The service manager and the terminal signal the whole group; the
+    // watchdog must outlive the daemon to be of any use.
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: SIG_IGN is a valid disposition and no handler is involved.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    let mountpoint = PathBuf::from(mountpoint);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if still_mounted(&mountinfo, &mountpoint, &dev.to_string_lossy()) {
+        let _ = detach(&mountpoint, true);
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// Whether `mountinfo` lists a `fuse.s3mount` mount of device `dev`
+/// (`major:minor`) at `mountpoint`: a mount that someone else made there
+/// since must be left alone.
+fn still_mounted(mountinfo: &str, mountpoint: &Path, dev: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let fstype = fields
+            .iter()
+            .position(|f| *f == "-")
+            .and_then(|i| fields.get(i + 1));
+        fields.get(2) == Some(&dev)
+            && fields
+                .get(4)
+                .is_some_and(|p| Path::new(&crate::mount::unescape_octal(p)) == mountpoint)
+            && fstype == Some(&FSTYPE)
+    })
+}
+
+/// The device number of what is mounted at `mountpoint` (answered by the
+/// request loop, which must be running).
+pub fn device_of(mountpoint: &Path) -> std::io::Result<u64> {
+    Ok(File::open(mountpoint)?.metadata()?.dev())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_only_touches_its_own_mount() {
+        let info = "50 30 0:61 / /mnt/data rw,nosuid - fuse.s3mount b/p rw\n\
+                    51 30 0:62 / /mnt/other\\040dir rw - fuse.s3mount b/q rw\n\
+                    52 30 0:63 / /mnt/data2 rw - fuse b/p rw\n";
+        assert!(still_mounted(info, Path::new("/mnt/data"), "0:61"));
+        assert!(still_mounted(info, Path::new("/mnt/other dir"), "0:62"));
+        // Remounted since (another device), or not ours.
+        assert!(!still_mounted(info, Path::new("/mnt/data"), "0:70"));
+        assert!(!still_mounted(info, Path::new("/mnt/data2"), "0:63"));
+        assert!(!still_mounted(info, Path::new("/mnt/none"), "0:61"));
+    }
+}
