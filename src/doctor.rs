@@ -253,7 +253,10 @@ async fn measure_throughput(
     connections: usize,
     budget: u64,
 ) -> Result<Throughput, String> {
-    let part = PART.min(object.size);
+    // Smaller parts when the budget is small, so 32 connections still fit.
+    let part = PART
+        .min(object.size)
+        .min((budget / connections as u64).max(1 << 20));
     let parts_in_object = object.size.div_ceil(part);
     let rounds = (budget / (part * connections as u64)).max(1);
     let start = Instant::now();

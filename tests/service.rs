@@ -1,0 +1,509 @@
+//! Running as a service: mount(8) and fstab through the helper, the systemd
+//! notify protocol, auto-unmount after a crash, metrics and `--count-dir`,
+//! JSON logs, shutdown with an upload in flight, and `s3mount doctor`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const HELPER: &str = "/sbin/mount.fuse.s3mount";
+
+/// Points /sbin/mount.fuse.s3mount at the binary under test for as long as
+/// it lives, and puts back whatever link was there (an installed package's).
+struct HelperLink {
+    previous: Option<PathBuf>,
+}
+
+impl HelperLink {
+    fn install() -> HelperLink {
+        let path = Path::new(HELPER);
+        let previous = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => Some(std::fs::read_link(path).unwrap()),
+            Ok(_) => panic!(
+                "{HELPER} exists and is not a link; remove it (or the package that installed it) to run this test"
+            ),
+            Err(_) => None,
+        };
+        let _ = std::fs::remove_file(path);
+        std::os::unix::fs::symlink(BIN, path)
+            .unwrap_or_else(|e| panic!("cannot link {HELPER} to the binary under test: {e}"));
+        HelperLink { previous }
+    }
+}
+
+impl Drop for HelperLink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER);
+        if let Some(target) = &self.previous {
+            let _ = std::os::unix::fs::symlink(target, HELPER);
+        }
+    }
+}
+
+/// Unmounts on drop, for mounts made by mount(8) rather than [`Mounted`].
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// A command for mount(8) without any AWS configuration in its environment.
+fn bare_command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fstype(mountpoint: &Path) -> String {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE"])
+        .arg(mountpoint)
+        .output()
+        .expect("findmnt");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn mount_t_fuse_s3mount_and_fstab_lines_work() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("helper");
+    bucket.put("data/hello.txt", "hello from S3\n");
+    let _link = HelperLink::install();
+    let dir = TempDir::new("helper");
+    let mnt = dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let _guard = UnmountOnDrop(mnt.clone());
+    let creds = dir.path().join("creds.env");
+    std::fs::write(
+        &creds,
+        format!(
+            "# test credentials\nAWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY=\"{}\"\n",
+            s3.endpoint.access_key, s3.endpoint.secret_key
+        ),
+    )
+    .unwrap();
+    let options = format!(
+        "endpoint_url={},region={},force_path_style,env_file={},cache_dir={},_netdev,nofail,allow_other,x-systemd.requires=network-online.target,metadata_ttl=30",
+        s3.endpoint.url,
+        s3.endpoint.region,
+        creds.display(),
+        dir.path().join("cache").display()
+    );
+
+    // mount -t: mount(8) finds the helper, which returns once the mount is live.
+    let out = bare_command("mount")
+        .args(["-t", "fuse.s3mount"])
+        .arg(format!("{}/data", bucket.name))
+        .arg(&mnt)
+        .args(["-o", &options])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount -t fuse.s3mount failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fstype(&mnt), "fuse.s3mount");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "hello from S3\n"
+    );
+    std::fs::write(mnt.join("new.txt"), "via mount(8)").unwrap();
+    assert_eq!(bucket.get("data/new.txt"), b"via mount(8)");
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mnt));
+    wait_until(
+        "the daemon to exit after umount",
+        Duration::from_secs(10),
+        || processes_mentioning(&mnt.to_string_lossy()).is_empty(),
+    );
+
+    // An fstab line (read-only this time), mounted by its mountpoint alone.
+    let fstab = dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# test fstab\n{}/data {} fuse.s3mount {},ro,noauto 0 0\n",
+            bucket.name,
+            mnt.display(),
+            options
+        ),
+    )
+    .unwrap();
+    let out = bare_command("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount from the fstab line failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("new.txt")).unwrap(),
+        "via mount(8)"
+    );
+    let err = std::fs::write(mnt.join("refused.txt"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(out.status.success());
+    assert!(!is_mounted(&mnt));
+
+    // A bad helper call is one line and a failure, with nothing mounted.
+    let out = bare_command(HELPER).arg("only-one-arg").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("SOURCE DIR"), "{stderr}");
+}
+
+#[test]
+fn systemd_notify_ready_only_once_mounted_and_stopping_on_sigterm() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("notify");
+    bucket.put("a.txt", "a");
+    let dir = TempDir::new("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut mounted = Mounted::start_env(
+        &s3.endpoint,
+        &bucket.name,
+        &[],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("no notification within 30 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // READY=1 promises the mount answers: list it at once.
+    assert_eq!(names(&mounted.path()), vec!["a.txt"]);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(
+        ready.lines().any(|l| l.starts_with("STATUS=Mounted")),
+        "{ready}"
+    );
+    assert!(
+        ready
+            .lines()
+            .any(|l| l == format!("MAINPID={}", mounted.pid())),
+        "{ready}"
+    );
+
+    // SIGTERM: STOPPING=1, then a clean exit with nothing left mounted.
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(mounted.pid() as i32, libc::SIGTERM) };
+    let n = socket.recv(&mut buf).expect("no STOPPING notification");
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert_eq!(mounted.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(!is_mounted(&mounted.path()));
+}
+
+#[test]
+fn auto_unmount_clears_the_mount_of_a_killed_daemon() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("autounmount");
+    bucket.put("a.txt", "a");
+    let mut mounted = Mounted::start(&s3, &bucket.name, &["--auto-unmount"]);
+    assert_eq!(fstype(&mounted.path()), "fuse.s3mount");
+    let path = mounted.path();
+    let pid = mounted.pid();
+    // SAFETY: killing our own child process, as a crash would.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert_eq!(mounted.wait_exit(Duration::from_secs(10)), None);
+    wait_until(
+        "the watchdog to unmount the dead mount",
+        Duration::from_secs(10),
+        || !is_mounted(&path),
+    );
+    // The directory is usable again, not "Transport endpoint is not connected".
+    std::fs::read_dir(&path).expect("mountpoint readable after auto-unmount");
+    wait_until("the watchdog to exit", Duration::from_secs(10), || {
+        processes_mentioning(&path.to_string_lossy()).is_empty()
+    });
+}
+
+/// Fetches http://addr/metrics.
+fn scrape(addr: &str) -> String {
+    let mut conn = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "{}",
+        &response[..response.len().min(200)]
+    );
+    response
+}
+
+/// The value of the sample named exactly `series` (with its labels).
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn metrics_move_during_a_read_and_count_dir_follows_the_drop_folder() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("metrics");
+    let data = random_bytes(24 << 20, 7);
+    bucket.put("big.bin", data.clone());
+    bucket.put("incoming/first.csv", "1\n");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mounted = Mounted::start(
+        &s3,
+        &bucket.name,
+        &[
+            "--metrics-addr",
+            &addr,
+            "--count-dir",
+            "incoming",
+            "--metadata-ttl",
+            "1",
+        ],
+    );
+    let gets = r#"s3mount_s3_requests_total{operation="GetObject",status="206"}"#;
+    let before = scrape(&addr);
+    assert!(before.contains("# TYPE s3mount_s3_requests_total counter"));
+    let got_before = value(&before, gets).unwrap_or(0.0);
+    let received_before = value(&before, "s3mount_s3_bytes_received_total").unwrap();
+
+    assert_eq!(std::fs::read(mounted.path().join("big.bin")).unwrap(), data);
+    let after = scrape(&addr);
+    assert!(
+        value(&after, gets).unwrap() > got_before,
+        "GET count did not move:\n{after}"
+    );
+    assert!(
+        value(&after, "s3mount_s3_bytes_received_total").unwrap()
+            >= received_before + data.len() as f64
+    );
+    assert!(value(&after, "s3mount_read_bytes_total").unwrap() >= data.len() as f64);
+    assert!(after.contains(
+        r#"s3mount_s3_request_duration_seconds_bucket{operation="GetObject",le="+Inf"}"#
+    ));
+    assert!(value(&after, "s3mount_memory_budget_bytes").unwrap() > 0.0);
+    assert!(value(&after, "s3mount_catalog_listings").unwrap() >= 1.0);
+
+    let count = r#"s3mount_dir_objects{path="incoming"}"#;
+    let gauge = |want: f64| {
+        wait_until(
+            &format!("the incoming/ gauge to read {want}"),
+            Duration::from_secs(20),
+            || value(&scrape(&addr), count) == Some(want),
+        )
+    };
+    gauge(1.0);
+    // Files arriving through the mount and directly in S3 are counted...
+    for i in 0..3 {
+        std::fs::write(mounted.path().join(format!("incoming/p{i}.csv")), "x\n").unwrap();
+    }
+    gauge(4.0);
+    bucket.put("incoming/direct.csv", "d\n");
+    gauge(5.0);
+    // ...and files leaving are not.
+    std::fs::create_dir(mounted.path().join("processed")).unwrap();
+    for name in ["first.csv", "p0.csv", "p1.csv", "p2.csv", "direct.csv"] {
+        std::fs::rename(
+            mounted.path().join("incoming").join(name),
+            mounted.path().join("processed").join(name),
+        )
+        .unwrap();
+    }
+    gauge(0.0);
+}
+
+#[test]
+fn json_log_lines_parse() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("jsonlog");
+    bucket.put("a.txt", "a");
+    let dir = TempDir::new("jsonlog");
+    let log = dir.path().join("s3mount.log");
+    let mut mounted = Mounted::start(
+        &s3,
+        &bucket.name,
+        &[
+            "--log-format",
+            "json",
+            "--log-file",
+            log.to_str().unwrap(),
+            "--log-level",
+            "info",
+        ],
+    );
+    assert_eq!(names(&mounted.path()), vec!["a.txt"]);
+    Command::new("umount").arg(mounted.path()).status().unwrap();
+    assert_eq!(mounted.wait_exit(Duration::from_secs(10)), Some(0));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["fields"]["message"] == "mounted" && v["level"] == "INFO"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sigterm_with_an_upload_in_flight_leaves_nothing_half_written() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("sigterm");
+    bucket.put("keep.txt", "keep");
+    let mut mounted = Mounted::start(&s3, &bucket.name, &["--write-part-size", "5M"]);
+    // A producer still writing (and a file already closed, which must land).
+    std::fs::write(mounted.path().join("closed.bin"), random_bytes(1 << 20, 2)).unwrap();
+    let mut open = std::fs::File::create(mounted.path().join("open.bin")).unwrap();
+    open.write_all(&random_bytes(16 << 20, 3)).unwrap();
+    wait_until(
+        "the multipart upload to start",
+        Duration::from_secs(20),
+        || !bucket.open_multipart_uploads().is_empty(),
+    );
+    let started = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(mounted.pid() as i32, libc::SIGTERM) };
+    assert_eq!(mounted.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(!is_mounted(&mounted.path()));
+    drop(open);
+    let keys = bucket.keys();
+    assert!(keys.contains(&"closed.bin".to_owned()), "{keys:?}");
+    assert!(!keys.contains(&"open.bin".to_owned()), "{keys:?}");
+    assert!(
+        bucket.open_multipart_uploads().is_empty(),
+        "an aborted upload is still open"
+    );
+}
+
+#[test]
+fn doctor_measures_and_advises() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("doctor");
+    bucket.put("logs/big.bin", random_bytes(12 << 20, 5));
+    for i in 0..20 {
+        bucket.put(&format!("logs/small/{i}.json"), format!("{{\"n\":{i}}}"));
+    }
+    let doctor = |extra: &[&str]| {
+        let mut cmd = s3mount_command(&s3.endpoint);
+        cmd.arg("doctor")
+            .arg(format!("{}/logs", bucket.name))
+            .args(endpoint_args(&s3.endpoint))
+            .args(["--transfer", "32M"])
+            .args(extra)
+            .stdin(Stdio::null());
+        run_with_timeout(cmd, Duration::from_secs(120))
+    };
+    let out = doctor(&["--json"]);
+    assert!(
+        out.status.success(),
+        "doctor failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["objects"]["count"], 21);
+    assert_eq!(report["permissions"]["read"], true);
+    assert_eq!(report["probe_object"], "logs/big.bin");
+    assert!(report["first_byte_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["head_ms"].as_f64().unwrap() > 0.0);
+    let rates: Vec<(u64, f64)> = report["throughput"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["connections"].as_u64().unwrap(),
+                t["mib_per_s"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rates.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![1, 8, 32]
+    );
+    assert!(rates.iter().all(|r| r.1 > 0.0), "{rates:?}");
+    let advice = report["advice"].as_array().unwrap();
+    // 20 of 21 objects are tiny: the small-object advice must be there.
+    assert!(
+        advice
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("latency-bound")),
+        "{advice:?}"
+    );
+
+    let table = doctor(&[]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    for row in [
+        "GET first byte",
+        "GET throughput, 32 connections",
+        "LIST page latency",
+        "advice:",
+    ] {
+        assert!(text.contains(row), "missing {row}:\n{text}");
+    }
+
+    // A bucket that does not exist: the mount's one-line error, exit 1.
+    let mut cmd = s3mount_command(&s3.endpoint);
+    cmd.arg("doctor")
+        .arg("no-such-bucket-s3mount-doctor")
+        .args(endpoint_args(&s3.endpoint));
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
