@@ -8,6 +8,8 @@
 # S3MOUNT_DEB_PROFILE=release (default) or another cargo profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# dpkg-deb refuses control directories that are not 0755.
+umask 022
 export PATH="$HOME/.cargo/bin:$PATH"
 
 out_dir=${1:-target/debian}
@@ -20,7 +22,9 @@ esac
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
+completions=$(mktemp -d)
+trap 'rm -rf "$stage" "$completions"' EXIT
+chmod 755 "$stage"
 
 install -D -m 755 "$bin" "$stage/usr/bin/s3mount"
 strip --strip-debug "$stage/usr/bin/s3mount" 2>/dev/null || true
@@ -35,14 +39,15 @@ install -D -m 644 docs/SEMANTICS.md "$stage/usr/share/doc/s3mount/SEMANTICS.md"
 
 "$bin" __generate man "$stage/usr/share/man/man1"
 gzip -9n "$stage/usr/share/man/man1/s3mount.1"
-completions=$(mktemp -d)
 "$bin" __generate completions "$completions"
 install -D -m 644 "$completions/s3mount.bash" "$stage/usr/share/bash-completion/completions/s3mount"
 install -D -m 644 "$completions/_s3mount" "$stage/usr/share/zsh/vendor-completions/_s3mount"
 install -D -m 644 "$completions/s3mount.fish" "$stage/usr/share/fish/vendor_completions.d/s3mount.fish"
-rm -rf "$completions"
 
 installed_kb=$(du -sk "$stage" | cut -f1)
+# The newest glibc symbol version the binary needs is the libc6 it depends on.
+glibc=$(objdump -T "$stage/usr/bin/s3mount" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1 || true)
+libc_dep="libc6${glibc:+ (>= $glibc)}"
 mkdir -p "$stage/DEBIAN"
 cat >"$stage/DEBIAN/control" <<EOF
 Package: s3mount
@@ -50,7 +55,7 @@ Version: $version
 Architecture: $arch
 Maintainer: s3mount developers <s3mount@localhost>
 Installed-Size: $installed_kb
-Depends: fuse3, libc6
+Depends: fuse3, $libc_dep
 Recommends: ca-certificates
 Section: utils
 Priority: optional
@@ -68,7 +73,14 @@ if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || true
 fi
 EOF
-chmod 755 "$stage/DEBIAN/postinst"
+cat >"$stage/DEBIAN/postrm" <<'EOF'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+fi
+EOF
+chmod 755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/postrm"
 
 mkdir -p "$out_dir"
 deb="$out_dir/s3mount_${version}_${arch}.deb"

@@ -22,9 +22,12 @@ say "built $deb ($(du -h "$deb" | cut -f1))"
 work=$(mktemp -d)
 mnt="$work/mnt"
 mkdir -p "$mnt"
+# A package installed before this check is replaced, and left installed.
+preinstalled=""
+dpkg -s s3mount >/dev/null 2>&1 && preinstalled=1
 cleanup() {
-    umount "$mnt" 2>/dev/null || true
-    dpkg -r s3mount >/dev/null 2>&1 || true
+    umount -l "$mnt" 2>/dev/null || true
+    [[ -n $preinstalled ]] || dpkg -r s3mount >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -33,7 +36,8 @@ dpkg -i "$deb" >/dev/null || fail "dpkg -i $deb"
 [[ $(command -v s3mount) == /usr/bin/s3mount ]] || fail "s3mount is not /usr/bin/s3mount after installing"
 s3mount --version | grep -q '^s3mount ' || fail "s3mount --version"
 say "$(s3mount --version)"
-man -P cat s3mount 2>/dev/null | grep -q -- '--metadata-ttl' || fail "man s3mount does not render the options"
+manual=$(man -P cat s3mount 2>/dev/null) || fail "man s3mount"
+grep -q -- '--metadata-ttl' <<<"$manual" || fail "man s3mount does not render the options"
 [[ -x /sbin/mount.fuse.s3mount ]] || fail "/sbin/mount.fuse.s3mount is missing"
 [[ -s /usr/share/bash-completion/completions/s3mount ]] || fail "bash completion missing"
 

@@ -356,7 +356,7 @@ pub fn load_env_file(args: &[OsString]) -> Result<(), String> {
     })?;
     for (key, value) in parse_env_file(&text).map_err(|line| {
         format!(
-            "--env-file {} line {line} is not KEY=VALUE; fix or comment it out with #",
+            "--env-file {} line {line} is not KEY=VALUE (no `export`, as for systemd's EnvironmentFile=); fix it or comment it out with #",
             path.display()
         )
     })? {
@@ -367,8 +367,10 @@ pub fn load_env_file(args: &[OsString]) -> Result<(), String> {
 }
 
 /// `KEY=VALUE` lines as systemd's EnvironmentFile= reads them: blank lines
-/// and `#` comments skipped, an optional `export `, optional quotes.
-/// Returns the number of the first bad line on error.
+/// and `#`/`;` comments skipped, optional surrounding quotes. A shell-style
+/// `export` line is refused: systemd would ignore it, so the same file would
+/// mean different things to a unit and to fstab. Returns the number of the
+/// first bad line on error.
 fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, usize> {
     let mut vars = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -376,7 +378,6 @@ fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, usize> {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
         let (key, value) = line.split_once('=').ok_or(i + 1)?;
         let key = key.trim();
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -517,7 +518,7 @@ mod tests {
     #[test]
     fn parses_env_files_like_systemd() {
         let vars = parse_env_file(
-            "# credentials\nAWS_ACCESS_KEY_ID=GK1\n\nexport AWS_SECRET_ACCESS_KEY=\"s e\"\nS3MOUNT_OPTIONS='-o x=1'\n",
+            "# credentials\nAWS_ACCESS_KEY_ID=GK1\n\nAWS_SECRET_ACCESS_KEY=\"s e\"\nS3MOUNT_OPTIONS='-o x=1'\n",
         )
         .unwrap();
         assert_eq!(
@@ -530,6 +531,7 @@ mod tests {
         );
         assert_eq!(parse_env_file("A=1\nnot a line\n"), Err(2));
         assert_eq!(parse_env_file("BAD KEY=1\n"), Err(1));
+        assert_eq!(parse_env_file("export A=1\n"), Err(1));
     }
 
     #[test]

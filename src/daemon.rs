@@ -18,7 +18,7 @@ pub fn is_child() -> bool {
 }
 
 /// Starts the daemon child and waits until it is mounted or has failed.
-pub fn spawn_and_wait() -> ExitCode {
+pub fn spawn_and_wait(args: &[std::ffi::OsString]) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -27,7 +27,7 @@ pub fn spawn_and_wait() -> ExitCode {
         }
     };
     let child = Command::new(exe)
-        .args(std::env::args_os().skip(1))
+        .args(args)
         .env(CHILD_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

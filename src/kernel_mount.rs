@@ -110,9 +110,24 @@ fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
     CString::new(bytes).map_err(|_| std::io::Error::other("path contains a NUL byte"))
 }
 
-/// The watchdog process; dropping this handle (or dying) lets it act.
+/// The watchdog process. If this handle is dropped without [`disarm`]
+/// (the daemon died or failed), the watchdog detaches the mount.
+///
+/// [`disarm`]: Watchdog::disarm
 pub struct Watchdog {
-    _pipe: OwnedFd,
+    pipe: File,
+}
+
+/// Written to the watchdog before an orderly exit.
+const DISARM: u8 = b'd';
+
+impl Watchdog {
+    /// The daemon has unmounted by itself: the watchdog leaves without
+    /// touching the mountpoint, where a new mount may already live.
+    pub fn disarm(mut self) {
+        use std::io::Write;
+        let _ = self.pipe.write_all(&[DISARM]);
+    }
 }
 
 /// Starts the watchdog for the mount of device `dev` at `mountpoint`.
@@ -128,7 +143,7 @@ pub fn start_watchdog(mountpoint: &Path, dev: u64) -> std::io::Result<Watchdog> 
         .stderr(Stdio::null())
         .spawn()?;
     Ok(Watchdog {
-        _pipe: write_end.into(),
+        pipe: File::from(OwnedFd::from(write_end)),
     })
 }
 
@@ -144,9 +159,20 @@ pub fn run_watchdog(args: &[std::ffi::OsString]) -> std::process::ExitCode {
         // SAFETY: SIG_IGN is a valid disposition and no handler is involved.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    let mut sink = [0u8; 64];
+    let mut buf = [0u8; 64];
     let mut stdin = std::io::stdin();
-    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    let mut disarmed = false;
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => disarmed |= buf[..n].contains(&DISARM),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if disarmed {
+        return std::process::ExitCode::SUCCESS;
+    }
     let mountpoint = PathBuf::from(mountpoint);
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     if still_mounted(&mountinfo, &mountpoint, &dev.to_string_lossy()) {
@@ -155,21 +181,26 @@ pub fn run_watchdog(args: &[std::ffi::OsString]) -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-/// Whether `mountinfo` lists a `fuse.s3mount` mount of device `dev`
-/// (`major:minor`) at `mountpoint`: a mount that someone else made there
-/// since must be left alone.
+/// Whether the topmost mount at `mountpoint` in `mountinfo` is a
+/// `fuse.s3mount` mount of device `dev` (`major:minor`): a mount that
+/// someone else made there since, or over it, must be left alone (unmounting
+/// a path acts on its topmost mount).
 fn still_mounted(mountinfo: &str, mountpoint: &Path, dev: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
+    let topmost = mountinfo
+        .lines()
+        .map(|line| line.split(' ').collect::<Vec<&str>>())
+        .filter(|fields| {
+            fields
+                .get(4)
+                .is_some_and(|p| Path::new(&crate::mount::unescape_octal(p)) == mountpoint)
+        })
+        .last();
+    topmost.is_some_and(|fields| {
         let fstype = fields
             .iter()
             .position(|f| *f == "-")
             .and_then(|i| fields.get(i + 1));
-        fields.get(2) == Some(&dev)
-            && fields
-                .get(4)
-                .is_some_and(|p| Path::new(&crate::mount::unescape_octal(p)) == mountpoint)
-            && fstype == Some(&FSTYPE)
+        fields.get(2) == Some(&dev) && fstype == Some(&FSTYPE)
     })
 }
 
@@ -194,5 +225,8 @@ mod tests {
         assert!(!still_mounted(info, Path::new("/mnt/data"), "0:70"));
         assert!(!still_mounted(info, Path::new("/mnt/data2"), "0:63"));
         assert!(!still_mounted(info, Path::new("/mnt/none"), "0:61"));
+        // Something mounted over ours: the topmost mount is not ours.
+        let covered = format!("{info}53 50 0:64 / /mnt/data rw - tmpfs tmpfs rw\n");
+        assert!(!still_mounted(&covered, Path::new("/mnt/data"), "0:61"));
     }
 }

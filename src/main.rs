@@ -35,13 +35,15 @@ fn main() -> ExitCode {
         eprintln!("s3mount: error: {e}");
         return ExitCode::from(2);
     }
-    let args = cli::Args::parse_from(expanded);
+    let args = cli::Args::parse_from(&expanded);
     if let Err(e) = init_logging(&args) {
         eprintln!("s3mount: error: {e}");
         return ExitCode::from(1);
     }
     if !args.foreground && !daemon::is_child() {
-        return daemon::spawn_and_wait();
+        // The child gets the command line as parsed here, so a mount(8)
+        // helper call (argv translated above) means the same to it.
+        return daemon::spawn_and_wait(&expanded[1..]);
     }
     match mount::run(args, daemon::notify_ready) {
         Ok(()) => ExitCode::SUCCESS,

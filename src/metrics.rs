@@ -423,7 +423,10 @@ pub async fn serve(
             let mut buf = [0u8; 1024];
             // Only the request line matters; read until the headers end.
             let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16384 {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n")
+                    && !request.windows(2).any(|w| w == b"\n\n")
+                    && request.len() < 16384
+                {
                     match conn.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => request.extend_from_slice(&buf[..n]),
@@ -436,6 +439,7 @@ pub async fn serve(
             }
             let line = String::from_utf8_lossy(&request);
             let target = line.split_whitespace().nth(1).unwrap_or("");
+            let target = target.split('?').next().unwrap_or("");
             let (status, content_type, body) = match target {
                 "/metrics" => (
                     "200 OK",

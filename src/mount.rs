@@ -194,13 +194,16 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         .spawn(move || {
             let _ = done_tx.send(session.run());
         })
-        .map_err(|e| MountError(format!("cannot start the request loop: {e}")))?;
+        .map_err(|e| {
+            let _ = kernel_mount::detach(&mountpoint, true);
+            MountError(format!("cannot start the request loop: {e}"))
+        })?;
 
     if args.kernel_readahead > 0 {
         set_kernel_readahead(&mountpoint, args.kernel_readahead);
     }
     // Started once the mount answers (the watchdog needs its device number).
-    let _watchdog = if args.auto_unmount {
+    let watchdog = if args.auto_unmount {
         let started = kernel_mount::device_of(&mountpoint)
             .and_then(|dev| kernel_mount::start_watchdog(&mountpoint, dev));
         match started {
@@ -227,7 +230,12 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
             tokio::spawn(metrics::serve(listener, snapshot.clone()));
         }
         if !count_dirs.dirs.is_empty() {
-            let every = Duration::from_secs(args.metadata_ttl.clamp(1, 5));
+            // Local changes show in the catalog at once; S3's changes come
+            // with the TTL. With TTL 0 every count would be a new listing.
+            let every = match args.metadata_ttl {
+                0 => Duration::from_secs(5),
+                ttl => Duration::from_secs(ttl.min(5)),
+            };
             tokio::spawn(count_dirs.clone().keep_counting(fs.clone(), every));
         }
         if args.summary_interval > 0 {
@@ -284,6 +292,11 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
             warn!("request loop did not finish after unmount; exiting anyway");
         }
     });
+    // Every way out of here has unmounted (or lazily detached) the mount:
+    // the watchdog must not touch the path again, whatever is there now.
+    if let Some(watchdog) = watchdog {
+        watchdog.disarm();
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
@@ -471,8 +484,12 @@ struct CountDirs {
 
 impl CountDirs {
     fn new(paths: &[String], mountpoint: &Path) -> Self {
+        let mut seen = std::collections::HashSet::new();
         let dirs = paths
             .iter()
+            // The same directory twice would be a duplicate series, which
+            // makes Prometheus reject the whole scrape.
+            .filter(|given| seen.insert(given.as_str()))
             .map(|given| {
                 // Accept paths inside the mountpoint as well as relative ones.
                 let relative = Path::new(given)

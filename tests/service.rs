@@ -99,7 +99,7 @@ fn mount_t_fuse_s3mount_and_fstab_lines_work() {
     std::fs::write(
         &creds,
         format!(
-            "# test credentials\nAWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY=\"{}\"\n",
+            "# test credentials\nAWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY=\"{}\"\n",
             s3.endpoint.access_key, s3.endpoint.secret_key
         ),
     )
@@ -186,29 +186,49 @@ fn mount_t_fuse_s3mount_and_fstab_lines_work() {
     assert!(stderr.contains("SOURCE DIR"), "{stderr}");
 }
 
+/// Kills (SIGKILL) and reaps a child on drop, for daemons started by hand.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn systemd_notify_ready_only_once_mounted_and_stopping_on_sigterm() {
     let s3 = TestS3::start();
     let bucket = s3.bucket("notify");
     bucket.put("a.txt", "a");
     let dir = TempDir::new("notify");
+    let mnt = dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let _unmount = UnmountOnDrop(mnt.clone());
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut mounted = Mounted::start_env(
-        &s3.endpoint,
-        &bucket.name,
-        &[],
-        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
-    );
+    let mut cmd = s3mount_command(&s3.endpoint);
+    cmd.arg(&bucket.name)
+        .arg(&mnt)
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(endpoint_args(&s3.endpoint))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut daemon = KillOnDrop(cmd.spawn().expect("start s3mount"));
 
     let mut buf = [0u8; 4096];
     let n = socket.recv(&mut buf).expect("no notification within 30 s");
+    // READY=1 promises the mount answers: list it the moment it arrives
+    // (too early, this would list the empty directory underneath).
+    assert_eq!(names(&mnt), vec!["a.txt"]);
     let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
-    // READY=1 promises the mount answers: list it at once.
-    assert_eq!(names(&mounted.path()), vec!["a.txt"]);
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     assert!(
         ready.lines().any(|l| l.starts_with("STATUS=Mounted")),
@@ -217,18 +237,26 @@ fn systemd_notify_ready_only_once_mounted_and_stopping_on_sigterm() {
     assert!(
         ready
             .lines()
-            .any(|l| l == format!("MAINPID={}", mounted.pid())),
+            .any(|l| l == format!("MAINPID={}", daemon.0.id())),
         "{ready}"
     );
 
     // SIGTERM: STOPPING=1, then a clean exit with nothing left mounted.
     // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(mounted.pid() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
     let n = socket.recv(&mut buf).expect("no STOPPING notification");
     let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
-    assert_eq!(mounted.wait_exit(Duration::from_secs(15)), Some(0));
-    assert!(!is_mounted(&mounted.path()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!is_mounted(&mnt));
 }
 
 #[test]
@@ -506,4 +534,47 @@ fn doctor_measures_and_advises() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn auto_unmount_watchdog_leaves_a_later_mount_at_the_same_path_alone() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("rewatch");
+    bucket.put("a.txt", "a");
+    let dir = TempDir::new("rewatch");
+    let mnt = dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let _unmount = UnmountOnDrop(mnt.clone());
+    let start = |log: &str| {
+        let mut cmd = s3mount_command(&s3.endpoint);
+        cmd.arg(&bucket.name)
+            .arg(&mnt)
+            .arg("--auto-unmount")
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(endpoint_args(&s3.endpoint))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap());
+        // Background mode: returns once mounted.
+        let out = cmd.output().expect("run s3mount");
+        assert!(out.status.success(), "mount failed, see {log}");
+    };
+    start("first.log");
+    assert!(is_mounted(&mnt));
+    // An orderly unmount, then at once a new mount at the same path: the
+    // first daemon's watchdog must leave it alone.
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(out.status.success());
+    start("second.log");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(is_mounted(&mnt), "the new mount was taken down");
+    assert_eq!(names(&mnt), vec!["a.txt"]);
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(out.status.success());
+    wait_until(
+        "both daemons and watchdogs to exit",
+        Duration::from_secs(10),
+        || processes_mentioning(&mnt.to_string_lossy()).is_empty(),
+    );
 }

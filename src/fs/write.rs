@@ -211,6 +211,9 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32, FsError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(FsError::ReadOnly);
+        }
         match &self.writer(fh)?.upload {
             // After close or fsync completed the upload, writes fail (EBADF).
             Some(upload) => upload.write(offset, data).await,

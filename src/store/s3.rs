@@ -24,7 +24,8 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use aws_sdk_s3::config::interceptors::{
-    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    FinalizerInterceptorContextRef,
 };
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -685,29 +686,43 @@ impl Intercept for RequestMeter {
         Ok(())
     }
 
-    fn read_after_attempt(
+    fn read_after_transmit(
         &self,
-        context: &FinalizerInterceptorContextRef<'_>,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        // An attempt that failed before transmitting (signing, endpoint
-        // resolution) never reached S3 and is not a request.
-        let Some(start) = cfg.load::<AttemptStart>() else {
-            return Ok(());
-        };
-        let operation = cfg.load::<Metadata>().map_or("Unknown", |m| m.name());
-        let retry = cfg
-            .load::<RequestAttempts>()
-            .is_some_and(|a| a.attempts() > 1);
-        crate::metrics::record_request(
-            operation,
-            context.response().map(|r| r.status().as_u16()),
-            start.0.elapsed(),
-            retry,
-        );
+        // The response headers are here; bodies (listing XML, object data)
+        // are not read yet, so this is the latency to the headers.
+        record_attempt(cfg, Some(context.response().status().as_u16()));
         Ok(())
     }
+
+    fn read_after_attempt(
+        &self,
+        _context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // Still unrecorded: the attempt was sent but no response came.
+        record_attempt(cfg, None);
+        Ok(())
+    }
+}
+
+/// Records the attempt started in `read_before_transmit`, once. An attempt
+/// that failed before transmitting (signing, endpoint resolution) never
+/// reached S3 and is not counted.
+fn record_attempt(cfg: &mut ConfigBag, status: Option<u16>) {
+    let Some(start) = cfg.load::<AttemptStart>().cloned() else {
+        return;
+    };
+    cfg.interceptor_state().unset::<AttemptStart>();
+    let operation = cfg.load::<Metadata>().map_or("Unknown", |m| m.name());
+    let retry = cfg
+        .load::<RequestAttempts>()
+        .is_some_and(|a| a.attempts() > 1);
+    crate::metrics::record_request(operation, status, start.0.elapsed(), retry);
 }
 
 /// Waits for one part copy and records its ETag.
