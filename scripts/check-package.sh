@@ -24,10 +24,10 @@ mnt="$work/mnt"
 mkdir -p "$mnt"
 # A package installed before this check is replaced, and left installed.
 preinstalled=""
-dpkg -s s3mount >/dev/null 2>&1 && preinstalled=1
+[[ $(dpkg-query -W -f='${Status}' s3mount 2>/dev/null || true) == "install ok installed" ]] && preinstalled=1
 cleanup() {
     umount -l "$mnt" 2>/dev/null || true
-    [[ -n $preinstalled ]] || dpkg -r s3mount >/dev/null 2>&1 || true
+    [[ -n $preinstalled ]] || dpkg --purge s3mount >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -188,13 +188,13 @@ pub fn run_watchdog(args: &[std::ffi::OsString]) -> std::process::ExitCode {
 fn still_mounted(mountinfo: &str, mountpoint: &Path, dev: &str) -> bool {
     let topmost = mountinfo
         .lines()
+        .rev()
         .map(|line| line.split(' ').collect::<Vec<&str>>())
-        .filter(|fields| {
+        .find(|fields| {
             fields
                 .get(4)
                 .is_some_and(|p| Path::new(&crate::mount::unescape_octal(p)) == mountpoint)
-        })
-        .last();
+        });
     topmost.is_some_and(|fields| {
         let fstype = fields
             .iter()
