@@ -26,26 +26,8 @@ pub struct Args {
     /// Where to mount it: an existing, empty-or-not directory that is not a mount point.
     pub mountpoint: PathBuf,
 
-    /// S3 endpoint URL for S3-compatible stores (Garage, MinIO, ...).
-    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
-    pub endpoint_url: Option<String>,
-
-    /// AWS region (default: from the AWS configuration, else us-east-1).
-    #[arg(long)]
-    pub region: Option<String>,
-
-    /// Named profile from the shared AWS config and credentials files.
-    #[arg(long)]
-    pub profile: Option<String>,
-
-    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT.
-    #[arg(long)]
-    pub force_path_style: bool,
-
-    /// When to add checksums to requests: `when-required` suits S3-compatible
-    /// stores that reject streaming checksums; `auto` picks it for custom endpoints.
-    #[arg(long, value_enum, default_value_t = ChecksumMode::Auto)]
-    pub request_checksums: ChecksumMode,
+    #[command(flatten)]
+    pub connection: Connection,
 
     /// Owner of all files and directories (default: the user running s3mount).
     #[arg(long)]
@@ -190,6 +172,50 @@ pub struct Args {
     /// Options in mount(8) form: -o key=value,flag,... (any long option above).
     #[arg(short = 'o', value_name = "OPTIONS")]
     pub options: Vec<String>,
+}
+
+/// How to reach S3: shared by mounting and `s3mount doctor`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// S3 endpoint URL for S3-compatible stores (Garage, MinIO, ...).
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// AWS region (default: from the AWS configuration, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Named profile from the shared AWS config and credentials files.
+    #[arg(long)]
+    pub profile: Option<String>,
+
+    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT.
+    #[arg(long)]
+    pub force_path_style: bool,
+
+    /// When to add checksums to requests: `when-required` suits S3-compatible
+    /// stores that reject streaming checksums; `auto` picks it for custom endpoints.
+    #[arg(long, value_enum, default_value_t = ChecksumMode::Auto)]
+    pub request_checksums: ChecksumMode,
+}
+
+impl Connection {
+    /// Store settings for `bucket`; the read and copy tuning stays default.
+    pub fn settings(&self, bucket: &str) -> crate::store::S3Settings {
+        crate::store::S3Settings {
+            bucket: bucket.to_owned(),
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            profile: self.profile.clone(),
+            force_path_style: self.force_path_style,
+            checksums_when_required: match self.request_checksums {
+                ChecksumMode::WhenRequired => true,
+                ChecksumMode::WhenSupported => false,
+                ChecksumMode::Auto => self.endpoint_url.is_some(),
+            },
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -504,7 +530,7 @@ mod tests {
         let parsed = Args::try_parse_from(args).unwrap();
         assert_eq!(parsed.file_mode, 0o600);
         assert_eq!(parsed.uid, Some(7));
-        assert!(parsed.force_path_style);
+        assert!(parsed.connection.force_path_style);
     }
 
     #[test]

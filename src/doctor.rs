@@ -15,26 +15,18 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::json;
 
-use crate::cli::{parse_size, ChecksumMode, Target};
+use crate::cli::{parse_size, Connection, Target};
 use crate::metrics::human_bytes;
-use crate::store::{ObjectMeta, ObjectStore, S3Settings, S3Store};
+use crate::store::{ObjectMeta, ObjectStore, S3Store};
 
 /// Check credentials, latency, throughput and object sizes of a target.
 #[derive(Debug, Parser)]
-#[command(name = "s3mount doctor")]
+#[command(name = "s3mount doctor", bin_name = "s3mount doctor")]
 pub struct DoctorArgs {
     /// What to check: BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX.
     pub target: String,
-    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
-    pub endpoint_url: Option<String>,
-    #[arg(long)]
-    pub region: Option<String>,
-    #[arg(long)]
-    pub profile: Option<String>,
-    #[arg(long)]
-    pub force_path_style: bool,
-    #[arg(long, value_enum, default_value_t = ChecksumMode::Auto)]
-    pub request_checksums: ChecksumMode,
+    #[command(flatten)]
+    pub connection: Connection,
     /// Read KEY=VALUE lines into the environment first (as for mounting).
     #[arg(long, value_name = "PATH")]
     pub env_file: Option<std::path::PathBuf>,
@@ -123,19 +115,7 @@ struct Report {
 
 async fn examine(args: &DoctorArgs) -> Result<Report, String> {
     let target = Target::parse(&args.target)?;
-    let settings = S3Settings {
-        bucket: target.bucket.clone(),
-        endpoint_url: args.endpoint_url.clone(),
-        region: args.region.clone(),
-        profile: args.profile.clone(),
-        force_path_style: args.force_path_style,
-        checksums_when_required: match args.request_checksums {
-            ChecksumMode::WhenRequired => true,
-            ChecksumMode::WhenSupported => false,
-            ChecksumMode::Auto => args.endpoint_url.is_some(),
-        },
-        ..S3Settings::default()
-    };
+    let settings = args.connection.settings(&target.bucket);
     let progress = Progress::new(!args.json);
     progress.say("checking credentials and listing permission");
     // The same checks and messages as a mount: credentials, bucket, ListBucket.

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 
 use crate::catalog::{Catalog, CatalogDb, Freshness};
-use crate::cli::{Args, ChecksumMode, Target};
+use crate::cli::{Args, Target};
 use crate::fs::{Ownership, S3Fs, WritePolicy};
 use crate::fuse::FuseAdapter;
 use crate::kernel_mount::{self, KernelOptions};
@@ -47,20 +47,10 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         .build()
         .map_err(|e| MountError(format!("cannot start the I/O runtime: {e}")))?;
 
-    let checksums_when_required = match args.request_checksums {
-        ChecksumMode::WhenRequired => true,
-        ChecksumMode::WhenSupported => false,
-        ChecksumMode::Auto => args.endpoint_url.is_some(),
-    };
     let settings = S3Settings {
-        bucket: target.bucket.clone(),
-        endpoint_url: args.endpoint_url.clone(),
-        region: args.region.clone(),
-        profile: args.profile.clone(),
-        force_path_style: args.force_path_style,
-        checksums_when_required,
         idle_timeout: Duration::from_secs(args.read_stall_timeout.max(1)),
         multipart_copy_threshold: args.multipart_copy_threshold,
+        ..args.connection.settings(&target.bucket)
     };
     let read_config = read_config(&args)?;
     let upload_config = upload_config(&args)?;
