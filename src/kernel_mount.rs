@@ -207,7 +207,7 @@ fn still_mounted(mountinfo: &str, mountpoint: &Path, dev: &str) -> bool {
 /// The device number of what is mounted at `mountpoint` (answered by the
 /// request loop, which must be running).
 pub fn device_of(mountpoint: &Path) -> std::io::Result<u64> {
-    Ok(File::open(mountpoint)?.metadata()?.dev())
+    Ok(std::fs::metadata(mountpoint)?.dev())
 }
 
 #[cfg(test)]

@@ -169,11 +169,11 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         )
     };
     let mut unmounter = session.unmount_callable();
+    // fuser unmounts what it mounted; a direct mount, or a lazy detach of
+    // either kind, is ours to undo.
     let mut unmount = move |lazy: bool| -> std::io::Result<()> {
-        if direct {
+        if direct || lazy {
             kernel_mount::detach(&mountpoint_for_unmount, lazy)
-        } else if lazy {
-            kernel_mount::detach(&mountpoint_for_unmount, true)
         } else {
             unmounter.unmount()
         }

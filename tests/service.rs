@@ -58,6 +58,16 @@ impl Drop for UnmountOnDrop {
     }
 }
 
+/// A fresh mountpoint `m` in a temporary directory, unmounted on drop, for
+/// mounts made by hand rather than by [`Mounted`].
+fn mountpoint(tag: &str) -> (TempDir, PathBuf, UnmountOnDrop) {
+    let dir = TempDir::new(tag);
+    let mnt = dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let guard = UnmountOnDrop(mnt.clone());
+    (dir, mnt, guard)
+}
+
 /// A command for mount(8) without any AWS configuration in its environment.
 fn bare_command(program: &str) -> Command {
     let mut cmd = Command::new(program);
@@ -91,10 +101,7 @@ fn mount_t_fuse_s3mount_and_fstab_lines_work() {
     let bucket = s3.bucket("helper");
     bucket.put("data/hello.txt", "hello from S3\n");
     let _link = HelperLink::install();
-    let dir = TempDir::new("helper");
-    let mnt = dir.path().join("m");
-    std::fs::create_dir(&mnt).unwrap();
-    let _guard = UnmountOnDrop(mnt.clone());
+    let (dir, mnt, _unmount) = mountpoint("helper");
     let creds = dir.path().join("creds.env");
     std::fs::write(
         &creds,
@@ -201,10 +208,7 @@ fn systemd_notify_ready_only_once_mounted_and_stopping_on_sigterm() {
     let s3 = TestS3::start();
     let bucket = s3.bucket("notify");
     bucket.put("a.txt", "a");
-    let dir = TempDir::new("notify");
-    let mnt = dir.path().join("m");
-    std::fs::create_dir(&mnt).unwrap();
-    let _unmount = UnmountOnDrop(mnt.clone());
+    let (dir, mnt, _unmount) = mountpoint("notify");
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket
@@ -541,10 +545,7 @@ fn auto_unmount_watchdog_leaves_a_later_mount_at_the_same_path_alone() {
     let s3 = TestS3::start();
     let bucket = s3.bucket("rewatch");
     bucket.put("a.txt", "a");
-    let dir = TempDir::new("rewatch");
-    let mnt = dir.path().join("m");
-    std::fs::create_dir(&mnt).unwrap();
-    let _unmount = UnmountOnDrop(mnt.clone());
+    let (dir, mnt, _unmount) = mountpoint("rewatch");
     let start = |log: &str| {
         let mut cmd = s3mount_command(&s3.endpoint);
         cmd.arg(&bucket.name)

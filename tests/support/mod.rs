@@ -405,16 +405,6 @@ impl Mounted {
 
     /// Like [`Mounted::start`], through another endpoint (e.g. a [`proxy::FaultProxy`]).
     pub fn start_at(endpoint: &Endpoint, target: &str, extra: &[&str]) -> Mounted {
-        Mounted::start_env(endpoint, target, extra, &[])
-    }
-
-    /// Like [`Mounted::start_at`], with extra environment variables.
-    pub fn start_env(
-        endpoint: &Endpoint,
-        target: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Mounted {
         let dir = TempDir::new("mnt");
         let mountpoint = dir.path().join("m");
         std::fs::create_dir(&mountpoint).unwrap();
@@ -429,7 +419,6 @@ impl Mounted {
             .arg("--foreground")
             .args(endpoint_args(endpoint))
             .args(extra)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
