@@ -5,7 +5,9 @@
 //!   cargo bench --bench read            (or scripts/bench-read.sh)
 //!
 //! Environment: BENCH_FILE_MIB (default 1024), BENCH_RUNS (default 3),
-//! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200).
+//! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200),
+//! BENCH_CONN_MIBPS (bandwidth cap per connection, 0 = none; default 0),
+//! BENCH_SEQUENTIAL_ONLY (1 = only the sequential rows).
 //! Figures are medians of BENCH_RUNS runs; each run mounts afresh so no
 //! cache survives from the run before.
 
@@ -33,6 +35,8 @@ struct Bench {
     size: u64,
     runs: usize,
     latency: Duration,
+    /// Per-connection bandwidth cap, as S3 has one.
+    conn_bytes_per_sec: Option<u64>,
 }
 
 impl Bench {
@@ -43,6 +47,7 @@ impl Bench {
     fn clean(&self) {
         self.proxy.set(Faults {
             first_byte_delay: self.latency,
+            bytes_per_sec: self.conn_bytes_per_sec,
             ..Faults::default()
         });
     }
@@ -141,11 +146,37 @@ fn row(what: &str, mount: f64, direct: f64, unit: &str, higher_is_better: bool) 
     }
 }
 
+fn print_rows(b: &Bench, rows: &[Row]) {
+    let cap = match b.conn_bytes_per_sec {
+        Some(bps) => format!("{} MiB/s per connection", bps / MIB),
+        None => "no bandwidth cap".into(),
+    };
+    println!();
+    println!(
+        "s3mount read benchmark: {} MiB files, {} ms first-byte latency, {cap}, median of {} runs",
+        b.size / MIB,
+        b.latency.as_millis(),
+        b.runs
+    );
+    println!(
+        "{:<52} {:>14} {:>14} {:>8}",
+        "workload", "s3mount", "direct SDK", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<52} {:>14} {:>14} {:>8}",
+            r.what, r.mount, r.direct, r.ratio
+        );
+    }
+}
+
 fn main() {
     let size = env_u64("BENCH_FILE_MIB", 1024) * MIB;
     let runs = env_u64("BENCH_RUNS", 3) as usize;
     let latency = Duration::from_millis(env_u64("BENCH_LATENCY_MS", 20));
     let random_reads = env_u64("BENCH_RANDOM_READS", 200);
+    let conn_mibps = env_u64("BENCH_CONN_MIBPS", 0);
+    let sequential_only = env_u64("BENCH_SEQUENTIAL_ONLY", 0) == 1;
 
     let s3 = TestS3::start();
     let bucket = s3.bucket("bench");
@@ -174,6 +205,7 @@ fn main() {
         size,
         runs,
         latency,
+        conn_bytes_per_sec: (conn_mibps > 0).then_some(conn_mibps * MIB),
     };
     b.clean();
     let mut rows = Vec::new();
@@ -249,6 +281,16 @@ fn main() {
         "MiB/s",
         true,
     ));
+
+    if sequential_only {
+        print_rows(&b, &rows);
+        println!(
+            "{:<52} {:>11.0} MiB",
+            "peak daemon RSS, 4 sequential readers",
+            median(rss)
+        );
+        return;
+    }
 
     // Random 256 KiB reads: IOPS and read amplification (bytes at the proxy).
     let len = 256 * 1024;
@@ -427,23 +469,7 @@ fn main() {
     }
     let reset = median(reset_runs);
 
-    println!();
-    println!(
-        "s3mount read benchmark: {} MiB files, {} ms first-byte latency, median of {} runs",
-        b.size / MIB,
-        b.latency.as_millis(),
-        b.runs
-    );
-    println!(
-        "{:<52} {:>14} {:>14} {:>8}",
-        "workload", "s3mount", "direct SDK", "ratio"
-    );
-    for r in &rows {
-        println!(
-            "{:<52} {:>14} {:>14} {:>8}",
-            r.what, r.mount, r.direct, r.ratio
-        );
-    }
+    print_rows(&b, &rows);
     println!(
         "{:<52} {:>14.2}",
         "random 256 KiB reads: amplification (fetched/read)", amplification

@@ -144,28 +144,6 @@ impl Respond<Vec<DirRow>> for ReplyDirectory {
     }
 }
 
-impl Respond<Vec<DirRow>> for ReplyDirectoryPlus {
-    fn ok(mut self, rows: Vec<DirRow>) {
-        for row in rows {
-            let attr = file_attr(&row.attr);
-            if self.add(
-                INodeNo(row.attr.ino),
-                row.next_offset,
-                &row.name,
-                &KERNEL_TTL,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
-        }
-        ReplyDirectoryPlus::ok(self);
-    }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
-}
-
 impl Respond<bytes::Bytes> for ReplyData {
     fn ok(self, data: bytes::Bytes) {
         self.data(&data);
@@ -354,12 +332,38 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        reply: ReplyDirectoryPlus,
+        mut reply: ReplyDirectoryPlus,
     ) {
-        self.spawn(
-            move |fs| async move { fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await },
-            reply,
-        );
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            let rows = match fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await {
+                Ok(rows) => rows,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            for row in &rows {
+                let attr = file_attr(&row.attr);
+                let full = reply.add(
+                    INodeNo(row.attr.ino),
+                    row.next_offset,
+                    &row.name,
+                    &KERNEL_TTL,
+                    &attr,
+                    Generation(0),
+                );
+                if full {
+                    break;
+                }
+                // Counted only once it is sure to be sent: the kernel
+                // holds what it receives, and only that.
+                fs.sent_entry(ino.0, &row.name, &row.attr);
+            }
+            reply.ok();
+        });
+    }
+
+    // BATCH_FORGET comes here too (fuser's default splits it).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
     }
 
     fn releasedir(

@@ -101,6 +101,8 @@ pub struct Snapshot {
     pub list_requests: u64,
     pub catalog_listings: u64,
     pub catalog_entries: u64,
+    /// Inodes the kernel holds (the inode table's size).
+    pub inodes: u64,
     /// Age in seconds of the oldest and newest listing held in memory.
     pub oldest_listing_age: f64,
     pub newest_listing_age: f64,
@@ -160,7 +162,7 @@ pub fn render(snap: &Snapshot) -> String {
             counts.retries as f64,
         );
     }
-    let series: [(&str, &str, &str, f64); 26] = [
+    let series: [(&str, &str, &str, f64); 27] = [
         (
             "s3mount_s3_bytes_received_total",
             "counter",
@@ -298,6 +300,12 @@ pub fn render(snap: &Snapshot) -> String {
             "gauge",
             "Entries of the listings held in memory.",
             snap.catalog_entries as f64,
+        ),
+        (
+            "s3mount_inodes",
+            "gauge",
+            "Inodes known to the kernel (looked up and not yet forgotten).",
+            snap.inodes as f64,
         ),
         (
             "s3mount_catalog_oldest_listing_age_seconds",

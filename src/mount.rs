@@ -13,7 +13,7 @@ use fuser::{MountOption, SessionACL};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info, warn};
 
-use crate::catalog::{Catalog, CatalogDb, Freshness};
+use crate::catalog::{Catalog, CatalogDb, Freshness, IN_MEMORY_LIMIT};
 use crate::cli::{Args, Target};
 use crate::fs::{Ownership, S3Fs, WritePolicy};
 use crate::fuse::FuseAdapter;
@@ -71,7 +71,16 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         let identity = format!("{}|{}|{}", store.endpoint(), target.bucket, target.prefix);
         CatalogDb::open(&dir, &identity)
     });
-    let catalog = Catalog::new(store.clone(), &target.prefix, freshness, db);
+    // Listings in memory get a sixteenth of the budget (about 160 bytes an
+    // entry), out of the quarter the read path leaves for other memory.
+    let listing_entries = (args.memory_limit / 16 / 160).max(IN_MEMORY_LIMIT as u64 * 2);
+    let catalog = Catalog::new(
+        store.clone(),
+        &target.prefix,
+        freshness,
+        db,
+        listing_entries,
+    );
     let policy = WritePolicy {
         read_only: args.read_only,
         no_delete: args.no_delete,
@@ -457,6 +466,7 @@ fn snapshot<S: ObjectStore>(
         list_requests: catalog.list_requests.load(Relaxed),
         catalog_listings: listings.listings,
         catalog_entries: listings.entries,
+        inodes: fs.inode_count() as u64,
         oldest_listing_age: listings.oldest_age.as_secs_f64(),
         newest_listing_age: listings.newest_age.as_secs_f64(),
         dir_objects: count_dirs.current(),

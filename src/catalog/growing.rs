@@ -6,16 +6,22 @@
 //! arrive. The order is arrival order, not sorted (readdir promises no order);
 //! it only ever grows, so a stream's offsets stay valid.
 //!
+//! Entries are kept in memory up to [`IN_MEMORY_LIMIT`]; a bigger listing
+//! moves to the on-disk catalog at that point and continues there page by
+//! page (one transaction each), so memory does not grow with its size.
+//!
 //! One subtlety is kept exact: when a key `a` and a prefix `a/` both exist,
 //! the directory wins. S3 returns `a` before `a/`, possibly on an earlier
 //! page, so a file is held back until the listing has moved past `a/`.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use super::Entry;
+use super::db::{CatalogDb, StoredEntries};
+use super::{Entry, Listing, IN_MEMORY_LIMIT};
 use crate::error::FsError;
 
 #[derive(Debug, Clone, Default)]
@@ -25,24 +31,66 @@ struct Progress {
     done: Option<Result<(), FsError>>,
 }
 
+/// Where the released entries are, in release order (position = index + 1).
+enum Released {
+    Memory(Vec<Entry>),
+    Stored(Arc<StoredEntries>, usize),
+}
+
 pub struct GrowingListing {
-    entries: Mutex<Vec<Entry>>,
+    released: Mutex<Released>,
     progress: watch::Sender<Progress>,
     /// Files not yet released, by their full key.
     held: Mutex<BTreeMap<String, Entry>>,
+    db: Option<Arc<CatalogDb>>,
 }
 
 impl Default for GrowingListing {
     fn default() -> Self {
-        GrowingListing {
-            entries: Mutex::new(Vec::new()),
-            progress: watch::Sender::new(Progress::default()),
-            held: Mutex::new(BTreeMap::new()),
-        }
+        GrowingListing::new(None)
     }
 }
 
 impl GrowingListing {
+    /// A listing that moves to `db` once it grows past [`IN_MEMORY_LIMIT`].
+    pub fn new(db: Option<Arc<CatalogDb>>) -> Self {
+        GrowingListing {
+            released: Mutex::new(Released::Memory(Vec::new())),
+            progress: watch::Sender::new(Progress::default()),
+            held: Mutex::new(BTreeMap::new()),
+            db,
+        }
+    }
+
+    /// Entries released so far.
+    pub fn released(&self) -> usize {
+        self.progress.borrow().len
+    }
+
+    /// Releases what is still held and returns the complete listing: in
+    /// memory (sorted by name), or committed as `prefix`'s listing on disk.
+    /// Blocks on SQLite.
+    pub fn complete(&self, prefix: &str, listed_at: SystemTime) -> Listing {
+        let rest: Vec<Entry> = std::mem::take(&mut *self.held.lock().unwrap())
+            .into_values()
+            .collect();
+        self.append(rest);
+        let released = self.released.lock().unwrap();
+        match &*released {
+            Released::Memory(entries) => {
+                let mut entries = entries.clone();
+                entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                Listing::in_memory(entries, listed_at)
+            }
+            Released::Stored(stored, _) => {
+                if let Some(db) = &self.db {
+                    db.commit(prefix, stored, listed_at);
+                }
+                Listing::stored(stored.clone(), listed_at)
+            }
+        }
+    }
+
     /// Adds one page: its directories (with their full prefixes) and files
     /// (with their full keys). `page_end` is the greatest key or prefix the
     /// listing has returned so far.
@@ -87,21 +135,42 @@ impl GrowingListing {
         self.progress.send_modify(|p| p.done = Some(outcome));
     }
 
+    /// Adds released entries; may block on SQLite.
     fn append(&self, new: Vec<Entry>) {
         if new.is_empty() {
             return;
         }
         let len = {
-            let mut entries = self.entries.lock().unwrap();
-            entries.extend(new);
-            entries.len()
+            let mut released = self.released.lock().unwrap();
+            match &mut *released {
+                Released::Memory(entries) => match &self.db {
+                    Some(db) if entries.len() + new.len() > IN_MEMORY_LIMIT => {
+                        let stored = db.begin();
+                        stored.append(1, entries);
+                        stored.append(entries.len() as u64 + 1, &new);
+                        let len = entries.len() + new.len();
+                        *released = Released::Stored(stored, len);
+                        len
+                    }
+                    _ => {
+                        entries.extend(new);
+                        entries.len()
+                    }
+                },
+                Released::Stored(stored, len) => {
+                    stored.append(*len as u64 + 1, &new);
+                    *len += new.len();
+                    *len
+                }
+            }
         };
         self.progress.send_modify(|p| p.len = len);
     }
 
-    /// Entries from index `start`, at most `limit`, waiting until at least
-    /// one is there or the listing has ended. Empty means the end.
-    pub async fn read(&self, start: usize, limit: usize) -> Result<Vec<Entry>, FsError> {
+    /// Entries after position `start`, at most `limit`, each with its
+    /// position, waiting until at least one is there or the listing has
+    /// ended. Empty means the end.
+    pub async fn read(&self, start: usize, limit: usize) -> Result<Vec<(u64, Entry)>, FsError> {
         let mut rx = self.progress.subscribe();
         let progress = rx
             .wait_for(|p| p.len > start || p.done.is_some())
@@ -116,8 +185,19 @@ impl GrowingListing {
                 return Err(e);
             }
         }
-        let entries = self.entries.lock().unwrap();
-        Ok(entries.iter().skip(start).take(limit).cloned().collect())
+        let stored = match &*self.released.lock().unwrap() {
+            Released::Memory(entries) => {
+                return Ok(entries
+                    .iter()
+                    .enumerate()
+                    .skip(start)
+                    .take(limit)
+                    .map(|(i, e)| (i as u64 + 1, e.clone()))
+                    .collect())
+            }
+            Released::Stored(stored, _) => stored.clone(),
+        };
+        Ok(super::blocking(|| stored.page(start as u64, limit)))
     }
 }
 
@@ -133,8 +213,8 @@ mod tests {
         (format!("p/{name}/"), Entry::test_dir(name))
     }
 
-    fn names(v: &[Entry]) -> Vec<&str> {
-        v.iter().map(|e| e.name.as_str()).collect()
+    fn names(v: &[(u64, Entry)]) -> Vec<&str> {
+        v.iter().map(|(_, e)| e.name.as_str()).collect()
     }
 
     #[tokio::test]
@@ -154,7 +234,7 @@ mod tests {
             ["0", "a", "a.txt"],
             "the directory `a` replaced the file `a`"
         );
-        assert!(all[1].is_dir());
+        assert!(all[1].1.is_dir());
         g.finish(Ok(()));
         assert_eq!(names(&g.read(3, 10).await.unwrap()), ["b"]);
         assert!(g.read(4, 10).await.unwrap().is_empty(), "the end");
@@ -167,7 +247,7 @@ mod tests {
         g.finish(Ok(()));
         let all = g.read(0, 10).await.unwrap();
         assert_eq!(names(&all), ["dup", "z"]);
-        assert!(all[0].is_dir());
+        assert!(all[0].1.is_dir());
     }
 
     #[tokio::test]

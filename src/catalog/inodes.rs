@@ -4,6 +4,11 @@
 //! of a file, the key prefix of a directory), so the same path gets the same
 //! number in every mount of the same target without storing anything. The
 //! rare collision moves the later name to the next free number.
+//!
+//! The table holds only what the kernel holds: each node counts the lookups
+//! the kernel was sent for it (entry replies and readdirplus entries), and
+//! goes when the kernel forgets them all, so the table follows the kernel's
+//! inode cache instead of growing with every name ever listed.
 
 use std::collections::HashMap;
 
@@ -18,6 +23,8 @@ pub struct Node {
     pub is_dir: bool,
     /// Full object key of a file, or key prefix (ending in `/`) of a directory.
     pub key: String,
+    /// Lookups the kernel holds (see the module docs).
+    pub lookups: u64,
 }
 
 pub struct InodeTable {
@@ -35,6 +42,7 @@ impl InodeTable {
                 name: String::new(),
                 is_dir: true,
                 key: root_prefix.to_owned(),
+                lookups: 1,
             },
         );
         InodeTable {
@@ -63,6 +71,7 @@ impl InodeTable {
             names::child_key(parent_prefix, &entry.name)
         };
         let ino = self.free_number_for(&key);
+        let lookups = self.nodes.get(&ino).map_or(0, |n| n.lookups);
         self.nodes.insert(
             ino,
             Node {
@@ -70,10 +79,46 @@ impl InodeTable {
                 name: entry.name.clone(),
                 is_dir,
                 key,
+                lookups,
             },
         );
         self.by_name.insert(map_key, ino);
         ino
+    }
+
+    /// Counts one lookup of `entry` (numbered `ino`) in `parent`, sent to the
+    /// kernel. A node forgotten since it was numbered comes back.
+    pub fn remember(&mut self, parent: Ino, parent_prefix: &str, entry: &Entry, ino: Ino) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups += 1;
+            return;
+        }
+        let again = self.resolve(parent, parent_prefix, entry);
+        if let Some(node) = self.nodes.get_mut(&again) {
+            node.lookups += 1;
+        }
+    }
+
+    /// The kernel forgot `n` lookups of `ino`; at none the node goes.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups == 0 {
+            let node = self.nodes.remove(&ino).expect("found above");
+            let map_key = (node.parent, node.name);
+            if self.by_name.get(&map_key) == Some(&ino) {
+                self.by_name.remove(&map_key);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
     }
 
     /// Forgets that `name` in `parent` has an inode (it was deleted). The
@@ -178,6 +223,34 @@ mod tests {
     }
 
     #[test]
+    fn nodes_go_when_the_kernel_forgets_every_lookup() {
+        let mut t = InodeTable::new("");
+        let d = t.resolve(ROOT_INO, "", &dir("d"));
+        t.remember(ROOT_INO, "", &dir("d"), d);
+        let f = t.resolve(d, "d/", &file("f"));
+        t.remember(d, "d/", &file("f"), f);
+        t.remember(d, "d/", &file("f"), f);
+        assert_eq!(t.len(), 3);
+        t.forget(f, 1);
+        assert!(t.get(f).is_some(), "one lookup is still held");
+        t.forget(f, 1);
+        assert!(t.get(f).is_none());
+        assert_eq!(
+            t.resolve(d, "d/", &file("f")),
+            f,
+            "same number when seen again"
+        );
+        t.forget(ROOT_INO, 100);
+        assert!(t.get(ROOT_INO).is_some(), "the root stays");
+        // Forgotten between numbering and the count: it comes back.
+        let g = t.resolve(d, "d/", &file("g"));
+        t.forget(g, 1);
+        t.nodes.remove(&g);
+        t.remember(d, "d/", &file("g"), g);
+        assert_eq!(t.get(g).unwrap().lookups, 1);
+    }
+
+    #[test]
     fn collisions_move_to_the_next_free_number() {
         let mut t = InodeTable::new("");
         let taken = (stable_hash(b"a") >> 1).max(2);
@@ -188,6 +261,7 @@ mod tests {
                 name: "other".into(),
                 is_dir: false,
                 key: "other".into(),
+                lookups: 1,
             },
         );
         let ino = t.resolve(ROOT_INO, "", &file("a"));

@@ -4,7 +4,10 @@
 //! `/`, every page) answers `lookup`, `getattr` and `readdir`, so a name
 //! costs no HEAD and a path costs no LIST per component. Listings live in
 //! three places, asked in order: memory (moka), the SQLite catalog on disk
-//! (which survives restarts, see [`db`]), and S3.
+//! (which survives restarts, see [`db`]), and S3. A listing of more than
+//! [`IN_MEMORY_LIMIT`] entries is not held in memory at all: it is written
+//! to SQLite page by page as it arrives, and lookups and directory streams
+//! read it from there, so memory does not grow with directory size.
 //!
 //! Freshness: a listing younger than `--metadata-ttl` is served as it is.
 //! An older one is served at once while one background refresh per
@@ -41,6 +44,7 @@ use crate::error::FsError;
 use crate::names;
 use crate::store::ObjectStore;
 pub use db::CatalogDb;
+use db::{StoredBody, StoredEntries};
 pub use growing::GrowingListing;
 use inodes::{InodeTable, Node};
 
@@ -92,20 +96,92 @@ impl Entry {
     }
 }
 
-/// The complete contents of one directory at one moment, sorted by name.
-#[derive(Debug)]
+/// Listings with more entries than this stay in SQLite (when there is an
+/// on-disk catalog) instead of memory: about 1.5 MiB of entries.
+pub const IN_MEMORY_LIMIT: usize = 10_000;
+
+/// The complete contents of one directory at one moment.
 pub struct Listing {
-    pub entries: Vec<Entry>,
     /// When the listing started (wall clock, so it means the same after a restart).
     pub listed_at: SystemTime,
+    body: ListingBody,
+}
+
+enum ListingBody {
+    /// Sorted by name.
+    Memory(Vec<Entry>),
+    /// Left in the on-disk catalog, read a page or a name at a time.
+    Stored(Arc<StoredEntries>),
 }
 
 impl Listing {
-    pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.entries[i])
+    /// A listing held in memory; `entries` must be sorted by name.
+    pub fn in_memory(entries: Vec<Entry>, listed_at: SystemTime) -> Listing {
+        Listing {
+            listed_at,
+            body: ListingBody::Memory(entries),
+        }
+    }
+
+    fn stored(entries: Arc<StoredEntries>, listed_at: SystemTime) -> Listing {
+        Listing {
+            listed_at,
+            body: ListingBody::Stored(entries),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Entry> {
+        match &self.body {
+            ListingBody::Memory(entries) => entries
+                .binary_search_by(|e| e.name.as_str().cmp(name))
+                .ok()
+                .map(|i| entries[i].clone()),
+            ListingBody::Stored(stored) => stored.get(name),
+        }
+    }
+
+    /// Entries after position `after` (0: from the start), at most `limit`,
+    /// each with its position; a stream resumes after the last one.
+    pub fn page(&self, after: u64, limit: usize) -> Vec<(u64, Entry)> {
+        match &self.body {
+            ListingBody::Memory(entries) => entries
+                .iter()
+                .enumerate()
+                .skip(after as usize)
+                .take(limit)
+                .map(|(i, e)| (i as u64 + 1, e.clone()))
+                .collect(),
+            ListingBody::Stored(stored) => stored.page(after, limit),
+        }
+    }
+
+    /// The entries, when the listing is held in memory.
+    pub fn entries(&self) -> Option<&[Entry]> {
+        match &self.body {
+            ListingBody::Memory(entries) => Some(entries),
+            ListingBody::Stored(_) => None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match &self.body {
+            ListingBody::Memory(entries) => entries.is_empty(),
+            ListingBody::Stored(stored) => stored.is_empty(),
+        }
+    }
+
+    pub fn count_files(&self) -> u64 {
+        match &self.body {
+            ListingBody::Memory(entries) => entries.iter().filter(|e| !e.is_dir()).count() as u64,
+            ListingBody::Stored(stored) => stored.count_files(),
+        }
+    }
+
+    /// Weight in the memory layer, in entries.
+    fn weight(&self) -> u32 {
+        self.entries()
+            .map_or(0, |e| e.len().min(u32::MAX as usize - 1) as u32)
+            + 1
     }
 }
 
@@ -158,7 +234,7 @@ type RefreshResult = Option<Result<Arc<Listing>, FsError>>;
 struct Listings<S> {
     store: Arc<S>,
     memory: moka::sync::Cache<String, Arc<Listing>>,
-    db: Option<CatalogDb>,
+    db: Option<Arc<CatalogDb>>,
     refreshing: Mutex<HashMap<String, watch::Receiver<RefreshResult>>>,
     freshness: Freshness,
     mounted_at: SystemTime,
@@ -185,8 +261,6 @@ struct Change {
 /// listing that started after the change already contains it (S3 listings
 /// are strongly consistent); this only has to outlast listings in flight.
 const CHANGE_MEMORY: Duration = Duration::from_secs(600);
-/// Listings up to this many entries are updated in memory by copying them.
-const COPY_ON_CHANGE_LIMIT: usize = 10_000;
 
 /// Sets `name` to `entry` (or removes it) in sorted `entries`.
 fn apply_change(entries: &mut Vec<Entry>, name: &str, entry: Option<Entry>) {
@@ -221,14 +295,21 @@ impl<S: ObjectStore> Listings<S> {
                         changes.remove(prefix);
                         listing
                     } else {
-                        let mut entries = listing.entries.clone();
-                        for c in list.iter() {
-                            apply_change(&mut entries, &c.name, c.entry.clone());
+                        match &listing.body {
+                            ListingBody::Memory(entries) => {
+                                let mut entries = entries.clone();
+                                for c in list.iter() {
+                                    apply_change(&mut entries, &c.name, c.entry.clone());
+                                }
+                                Arc::new(Listing::in_memory(entries, listing.listed_at))
+                            }
+                            ListingBody::Stored(stored) => {
+                                for c in list.iter() {
+                                    stored.apply(&c.name, c.entry.as_ref());
+                                }
+                                listing
+                            }
                         }
-                        Arc::new(Listing {
-                            entries,
-                            listed_at: listing.listed_at,
-                        })
                     }
                 }
             }
@@ -256,30 +337,34 @@ impl<S: ObjectStore> Listings<S> {
                 None => db.remove_entry(prefix, name),
             }
         }
-        match self.memory.get(prefix) {
-            // A big listing with a copy on disk is dropped instead of copied
-            // for every change (a loader moving files into a large
-            // `processed/`); the next reader loads it from SQLite, where the
-            // change already is.
-            Some(listing) if listing.entries.len() > COPY_ON_CHANGE_LIMIT && self.db.is_some() => {
-                self.memory.invalidate(prefix)
-            }
-            Some(listing) => {
-                let mut entries = listing.entries.clone();
+        if let Some(listing) = self.memory.get(prefix) {
+            // A listing left on disk already has the change (above).
+            if let Some(entries) = listing.entries() {
+                let mut entries = entries.to_vec();
                 apply_change(&mut entries, name, entry);
                 self.memory.insert(
                     prefix.to_owned(),
-                    Arc::new(Listing {
-                        entries,
-                        listed_at: listing.listed_at,
-                    }),
+                    Arc::new(Listing::in_memory(entries, listing.listed_at)),
                 );
             }
-            // Not in memory: a later load from disk or S3 gets the change
-            // through `install`.
-            None => {}
         }
+        // Not in memory: a later load from disk or S3 gets the change
+        // through `install`.
         drop(changes);
+    }
+
+    /// A listing built in memory (by a tree walk): kept there, or moved to
+    /// the on-disk catalog when it is big. Blocks on SQLite.
+    fn built(&self, prefix: &str, entries: Vec<Entry>, listed_at: SystemTime) -> Arc<Listing> {
+        match &self.db {
+            Some(db) if entries.len() > IN_MEMORY_LIMIT => {
+                let stored = db.begin();
+                stored.append(1, &entries);
+                db.commit(prefix, &stored, listed_at);
+                Arc::new(Listing::stored(stored, listed_at))
+            }
+            _ => Arc::new(Listing::in_memory(entries, listed_at)),
+        }
     }
 
     fn is_fresh(&self, listing: &Listing) -> bool {
@@ -302,7 +387,10 @@ impl<S: ObjectStore> Listings<S> {
         tokio::task::spawn_blocking(move || {
             if let Some(db) = &me.db {
                 for (prefix, listing) in listings {
-                    db.save(&prefix, &listing.entries, listing.listed_at);
+                    // A listing left on disk is stored already.
+                    if let Some(entries) = listing.entries() {
+                        db.save(&prefix, entries, listing.listed_at);
+                    }
                 }
             }
         });
@@ -329,11 +417,11 @@ impl<S: ObjectStore> Listings<S> {
     /// The listing of `prefix` from memory or disk, whatever its age.
     fn known(&self, prefix: &str) -> Option<Arc<Listing>> {
         self.memory.get(prefix).or_else(|| {
-            let stored = self.db.as_ref()?.load(prefix)?;
+            let stored = self.db.as_ref()?.load(prefix, IN_MEMORY_LIMIT)?;
             self.stats.disk_loads.fetch_add(1, Ordering::Relaxed);
-            let listing = Arc::new(Listing {
-                entries: stored.entries,
-                listed_at: stored.listed_at,
+            let listing = Arc::new(match stored.body {
+                StoredBody::Entries(entries) => Listing::in_memory(entries, stored.listed_at),
+                StoredBody::Stored(entries) => Listing::stored(entries, stored.listed_at),
             });
             // Through `install`, so changes made since the listing was
             // stored are re-applied even if a background save raced them.
@@ -391,7 +479,7 @@ impl<S: ObjectStore> Listings<S> {
         refreshing.insert(prefix.to_owned(), rx.clone());
         let me = self.clone();
         let prefix = prefix.to_owned();
-        let growing = Arc::new(GrowingListing::default());
+        let growing = Arc::new(GrowingListing::new(self.db.clone()));
         self.growing
             .lock()
             .unwrap()
@@ -404,7 +492,7 @@ impl<S: ObjectStore> Listings<S> {
                 done: false,
             };
             let result =
-                fetch_listing(&*me.store, &prefix, me.mounted_at, &me.stats, &growing).await;
+                fetch_listing(&me.store, &prefix, me.mounted_at, &me.stats, &growing).await;
             guard.done = true;
             drop(guard);
             growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -414,7 +502,12 @@ impl<S: ObjectStore> Listings<S> {
                 me.install(&prefix, listing)
             });
             me.refreshing.lock().unwrap().remove(&prefix);
-            let saved = result.as_ref().ok().cloned();
+            // A listing left on disk was stored page by page already.
+            let saved = result
+                .as_ref()
+                .ok()
+                .filter(|l| l.entries().is_some())
+                .cloned();
             // Answer first; writing to disk is not on the caller's path.
             let _ = tx.send(Some(result));
             if let Some(listing) = saved {
@@ -495,18 +588,18 @@ pub struct Catalog<S> {
 }
 
 impl<S: ObjectStore> Catalog<S> {
+    /// `memory_entries` bounds the listing entries held in memory (about
+    /// 150 bytes each); listings on disk count as one.
     pub fn new(
         store: Arc<S>,
         root_prefix: &str,
         freshness: Freshness,
-        db: Option<CatalogDb>,
+        db: Option<Arc<CatalogDb>>,
+        memory_entries: u64,
     ) -> Self {
         let memory = moka::sync::Cache::builder()
-            // Counted in entries; a listing entry is about 100 bytes.
-            .max_capacity(2_000_000)
-            .weigher(|_k: &String, l: &Arc<Listing>| {
-                l.entries.len().min(u32::MAX as usize) as u32 + 1
-            })
+            .max_capacity(memory_entries)
+            .weigher(|_k: &String, l: &Arc<Listing>| l.weight())
             .build();
         Catalog {
             listings: Arc::new(Listings {
@@ -543,7 +636,7 @@ impl<S: ObjectStore> Catalog<S> {
         for (_, listing) in self.listings.memory.iter() {
             let age = now.duration_since(listing.listed_at).unwrap_or_default();
             summary.listings += 1;
-            summary.entries += listing.entries.len() as u64;
+            summary.entries += listing.entries().map_or(0, |e| e.len() as u64);
             summary.oldest_age = summary.oldest_age.max(age);
             newest = Some(newest.map_or(age, |n| n.min(age)));
         }
@@ -559,7 +652,7 @@ impl<S: ObjectStore> Catalog<S> {
             ino = self.lookup(ino, part).await?.0;
         }
         let listing = self.listing(ino).await?;
-        Ok(listing.entries.iter().filter(|e| !e.is_dir()).count() as u64)
+        Ok(listing.count_files())
     }
 
     fn node(&self, ino: Ino) -> Result<Node, FsError> {
@@ -621,7 +714,7 @@ impl<S: ObjectStore> Catalog<S> {
     /// Resolves `name` in directory `parent` to an inode and its entry.
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<(Ino, Entry), FsError> {
         let listing = self.listing(parent).await?;
-        let entry = listing.get(name).ok_or(FsError::NotFound)?.clone();
+        let entry = listing.get(name).ok_or(FsError::NotFound)?;
         let ino = self.resolve(parent, &entry)?;
         Ok((ino, entry))
     }
@@ -649,6 +742,28 @@ impl<S: ObjectStore> Catalog<S> {
             .resolve(parent, &parent_prefix, entry))
     }
 
+    /// Counts a lookup of `entry` (numbered `ino`) in `parent` that the
+    /// kernel is sent (an entry reply, or a readdirplus entry).
+    pub fn remember(&self, parent: Ino, entry: &Entry, ino: Ino) {
+        let Ok(parent_prefix) = self.dir_prefix(parent) else {
+            return;
+        };
+        self.inodes
+            .lock()
+            .unwrap()
+            .remember(parent, &parent_prefix, entry, ino);
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    /// Inodes the table holds now.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().len()
+    }
+
     /// The current entry of inode `ino`, answered from its parent's listing.
     pub async fn entry(&self, ino: Ino) -> Result<Entry, FsError> {
         if ino == ROOT_INO {
@@ -661,7 +776,7 @@ impl<S: ObjectStore> Catalog<S> {
         let node = self.node(ino)?;
         let listing = self.listing(node.parent).await?;
         match listing.get(&node.name) {
-            Some(e) if e.is_dir() == node.is_dir => Ok(e.clone()),
+            Some(e) if e.is_dir() == node.is_dir => Ok(e),
             _ => Err(FsError::NotFound),
         }
     }
@@ -697,10 +812,7 @@ impl<S: ObjectStore> Catalog<S> {
     pub fn record_new_dir(&self, prefix: &str) {
         self.listings.install(
             prefix,
-            Arc::new(Listing {
-                entries: Vec::new(),
-                listed_at: SystemTime::now(),
-            }),
+            Arc::new(Listing::in_memory(Vec::new(), SystemTime::now())),
         );
     }
 
@@ -710,9 +822,7 @@ impl<S: ObjectStore> Catalog<S> {
         let Ok(prefix) = self.dir_prefix(ino) else {
             return false;
         };
-        self.listings
-            .known(&prefix)
-            .is_some_and(|l| l.entries.is_empty())
+        self.listings.known(&prefix).is_some_and(|l| l.is_empty())
     }
 
     /// Forgets the listings of directory prefix `prefix` and everything
@@ -796,26 +906,39 @@ impl ListingBuilder {
     }
 }
 
-/// Lists a whole prefix, page by page, into a sorted [`Listing`].
+/// Lists a whole prefix, page by page, into `growing` (where directory
+/// streams read it as it arrives) and returns the complete [`Listing`].
+/// The next page is requested before the current one is processed, so
+/// storing a page costs no time on the request path.
 async fn fetch_listing<S: ObjectStore>(
-    store: &S,
+    store: &Arc<S>,
     prefix: &str,
-    mounted_at: SystemTime,
+    dir_mtime: SystemTime,
     stats: &CatalogStats,
     growing: &GrowingListing,
 ) -> Result<Arc<Listing>, FsError> {
     let started = Instant::now();
     let listed_at = SystemTime::now();
-    let mut builder = ListingBuilder::new(mounted_at);
-    let mut token = None;
+    let request = |token: Option<String>| {
+        stats.list_requests.fetch_add(1, Ordering::Relaxed);
+        let (store, prefix) = (store.clone(), prefix.to_owned());
+        // Dropped (and so cancelled) if this listing is abandoned.
+        AbortOnDrop(tokio::spawn(async move {
+            store.list_page(&prefix, Some("/"), token, None).await
+        }))
+    };
+    let mut in_flight = request(None);
     let mut pages = 0u32;
     loop {
-        stats.list_requests.fetch_add(1, Ordering::Relaxed);
-        let page = store
-            .list_page(prefix, Some("/"), token.take(), None)
+        let page = (&mut in_flight.0)
             .await
+            .map_err(|e| FsError::store(prefix, crate::store::StoreError::Other(e.to_string())))?
             .map_err(|e| FsError::store(prefix, e))?;
         pages += 1;
+        let last = page.next.is_none();
+        if let Some(token) = page.next.clone() {
+            in_flight = request(Some(token));
+        }
         let mut page_dirs = Vec::with_capacity(page.common_prefixes.len());
         let mut page_files = Vec::with_capacity(page.objects.len());
         for cp in &page.common_prefixes {
@@ -823,10 +946,14 @@ async fn fetch_listing<S: ObjectStore>(
                 continue;
             };
             match names::check_name(name) {
-                Ok(()) => {
-                    builder.add_dir(name);
-                    page_dirs.push((cp.clone(), builder.dirs[name].clone()));
-                }
+                Ok(()) => page_dirs.push((
+                    cp.clone(),
+                    Entry {
+                        name: name.to_owned(),
+                        kind: EntryKind::Dir,
+                        mtime: dir_mtime,
+                    },
+                )),
                 Err(why) => {
                     debug!(prefix = %cp, ?why, "hiding prefix that cannot be a directory name")
                 }
@@ -837,10 +964,17 @@ async fn fetch_listing<S: ObjectStore>(
                 continue; // this directory's own marker object
             };
             match names::check_name(name) {
-                Ok(()) => {
-                    builder.add_file(name, obj);
-                    page_files.push((obj.key.clone(), builder.files[name].clone()));
-                }
+                Ok(()) => page_files.push((
+                    obj.key.clone(),
+                    Entry {
+                        name: name.to_owned(),
+                        kind: EntryKind::File {
+                            size: obj.size,
+                            etag: obj.etag.clone(),
+                        },
+                        mtime: obj.last_modified,
+                    },
+                )),
                 Err(why) => debug!(key = %obj.key, ?why, "hiding key that cannot be a file name"),
             }
         }
@@ -850,13 +984,33 @@ async fn fetch_listing<S: ObjectStore>(
             .map(|o| o.key.as_str())
             .max(page.common_prefixes.last().map(String::as_str))
             .unwrap_or("");
-        growing.add_page(page_dirs, page_files, page_end);
-        token = page.next;
-        if token.is_none() {
+        let (dirs, files) = (page_dirs, page_files);
+        blocking(|| growing.add_page(dirs, files, page_end));
+        if last {
             break;
         }
     }
-    let entries = builder.finish(prefix);
-    debug!(prefix = %prefix, entries = entries.len(), pages, elapsed_ms = started.elapsed().as_millis() as u64, "listed directory");
-    Ok(Arc::new(Listing { entries, listed_at }))
+    let listing = blocking(|| growing.complete(prefix, listed_at));
+    debug!(prefix = %prefix, entries = growing.released(), on_disk = listing.entries().is_none(), pages, elapsed_ms = started.elapsed().as_millis() as u64, "listed directory");
+    Ok(Arc::new(listing))
+}
+
+/// A spawned task that is cancelled when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `f`, which may wait for SQLite, without stalling the other tasks of
+/// a multi-threaded runtime.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::{Listing, ListingBuilder, Listings, RefreshResult};
+use super::{ListingBuilder, Listings, RefreshResult};
 use crate::names;
 use crate::store::{ObjectMeta, ObjectStore};
 
@@ -67,8 +67,11 @@ impl<S: ObjectStore> Listings<S> {
         let Some(listing) = self.memory.get(parent) else {
             return;
         };
-        let subdirs: Vec<String> = listing
-            .entries
+        // A parent left on disk is too big to be walked.
+        let Some(entries) = listing.entries() else {
+            return;
+        };
+        let subdirs: Vec<String> = entries
             .iter()
             .filter(|e| e.is_dir())
             .map(|e| names::child_dir_prefix(parent, &e.name))
@@ -145,13 +148,8 @@ impl<S: ObjectStore> Listings<S> {
         }
         let mut published = Vec::with_capacity(builders.len());
         for (prefix, builder) in builders {
-            let listing = self.install(
-                &prefix,
-                Arc::new(Listing {
-                    entries: builder.finish(&prefix),
-                    listed_at,
-                }),
-            );
+            let built = self.built(&prefix, builder.finish(&prefix), listed_at);
+            let listing = self.install(&prefix, built);
             if let Some(tx) = waiting.remove(&prefix) {
                 self.refreshing.lock().unwrap().remove(&prefix);
                 let _ = tx.send(Some(Ok(listing.clone())));

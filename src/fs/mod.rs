@@ -106,12 +106,49 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
+    /// Answers a kernel LOOKUP; the kernel then holds the inode (see
+    /// [`S3Fs::sent_entry`]).
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
-        if let Some(attr) = self.writing_attr(|w| w.parent == parent && w.name == name) {
-            return Ok(attr);
+        let attr = match self.writing_attr(|w| w.parent == parent && w.name == name) {
+            Some(attr) => attr,
+            None => {
+                let (ino, entry) = self.catalog.lookup(parent, name).await?;
+                self.attr(ino, &entry)
+            }
+        };
+        self.sent_entry(parent, name, &attr);
+        Ok(attr)
+    }
+
+    /// Counts an entry about to be sent to the kernel (an entry reply or a
+    /// readdirplus entry): the kernel holds its inode until it forgets it.
+    pub fn sent_entry(&self, parent: Ino, name: &str, attr: &Attr) {
+        if name == "." || name == ".." {
+            return; // not counted by the kernel
         }
-        let (ino, entry) = self.catalog.lookup(parent, name).await?;
-        Ok(self.attr(ino, &entry))
+        let entry = Entry {
+            name: name.to_owned(),
+            kind: if attr.is_dir {
+                EntryKind::Dir
+            } else {
+                EntryKind::File {
+                    size: attr.size,
+                    etag: String::new(),
+                }
+            },
+            mtime: attr.mtime,
+        };
+        self.catalog.remember(parent, &entry, attr.ino);
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.catalog.forget(ino, n);
+    }
+
+    /// Inodes known now (the kernel's working set, plus the root).
+    pub fn inode_count(&self) -> usize {
+        self.catalog.inode_count()
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
@@ -230,24 +267,19 @@ impl<S: ObjectStore> S3Fs<S> {
                 attr: self.attr(parent, &dir_entry),
             });
         }
-        let start = offset.saturating_sub(2) as usize;
+        // Offsets 0 and 1 are `.` and `..`; entry positions start at 1.
+        let after = offset.saturating_sub(2);
         let wanted = limit.saturating_sub(rows.len());
-        let owned;
-        let slice: Vec<&Entry> = match &source {
-            DirSource::Complete(listing) => {
-                listing.entries.iter().skip(start).take(wanted).collect()
-            }
-            DirSource::Growing(growing) => {
-                owned = growing.read(start, wanted).await?;
-                owned.iter().collect()
-            }
+        let page = match &source {
+            DirSource::Complete(listing) => listing.page(after, wanted),
+            DirSource::Growing(growing) => growing.read(after as usize, wanted).await?,
         };
-        let inos = self.catalog.resolve_all(ino, slice.iter().copied())?;
-        for (i, (entry, child)) in slice.into_iter().zip(inos).enumerate() {
+        let inos = self.catalog.resolve_all(ino, page.iter().map(|(_, e)| e))?;
+        for ((position, entry), child) in page.into_iter().zip(inos) {
             rows.push(DirRow {
-                next_offset: (start + i + 3) as u64,
-                name: entry.name.clone(),
-                attr: self.attr(child, entry),
+                next_offset: position + 2,
+                attr: self.attr(child, &entry),
+                name: entry.name,
             });
         }
         Ok(rows)

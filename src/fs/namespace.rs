@@ -113,7 +113,9 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.record(parent, name, Some(entry.clone()))?;
         self.catalog.record_new_dir(&dir_prefix);
         let ino = self.catalog.resolve(parent, &entry)?;
-        Ok(self.attr(ino, &entry))
+        let attr = self.attr(ino, &entry);
+        self.sent_entry(parent, name, &attr);
+        Ok(attr)
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &str) -> Result<(), FsError> {

@@ -173,7 +173,9 @@ impl<S: ObjectStore> S3Fs<S> {
             upload: Some(upload),
             closing: false,
         });
-        Ok((self.file_attr_now(ino, 0), fh))
+        let attr = self.file_attr_now(ino, 0);
+        self.sent_entry(parent, name, &attr);
+        Ok((attr, fh))
     }
 
     /// Opens an existing file for writing. With `truncate` (O_TRUNC), or

@@ -158,7 +158,9 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
     let (mut s_read, mut c_write) = (server, client);
     let mut buf = vec![0u8; 64 * 1024];
     let mut carried: u64 = 0;
-    let started = Instant::now();
+    // Start of the current burst for the bandwidth cap: an idle connection
+    // earns no credit, as with a real link.
+    let (mut paced_since, mut paced_from) = (Instant::now(), 0u64);
     loop {
         let n = match s_read.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -211,8 +213,12 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
             break;
         }
         if let Some(rate) = faults.bytes_per_sec.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64((carried + chunk.len() as u64) as f64 / rate as f64);
-            let elapsed = started.elapsed();
+            let due_for = |bytes: u64| Duration::from_secs_f64(bytes as f64 / rate as f64);
+            if paced_since.elapsed() > due_for(carried - paced_from) + Duration::from_millis(5) {
+                (paced_since, paced_from) = (Instant::now(), carried);
+            }
+            let due = due_for(carried + chunk.len() as u64 - paced_from);
+            let elapsed = paced_since.elapsed();
             if due > elapsed {
                 std::thread::sleep(due - elapsed);
             }
