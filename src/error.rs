@@ -38,6 +38,9 @@ pub enum FsError {
     /// caller should do it itself.
     #[error("work abandoned by another task")]
     Abandoned,
+    /// A listing could not be written to the on-disk catalog (disk full, say).
+    #[error("catalog: {0}")]
+    Catalog(String),
     #[error("{key}: {source}")]
     Store {
         key: String,
@@ -67,7 +70,7 @@ impl FsError {
             FsError::Busy(_) => libc::EBUSY,
             FsError::Unsupported(_) => libc::EOPNOTSUPP,
             FsError::Invalid(_) => libc::EINVAL,
-            FsError::Spool(_) => libc::EIO,
+            FsError::Spool(_) | FsError::Catalog(_) => libc::EIO,
             FsError::Abandoned => libc::EAGAIN,
             FsError::Store { source, .. } => match source {
                 StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,

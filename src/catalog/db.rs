@@ -217,7 +217,8 @@ impl CatalogDb {
                  mtime_ns INTEGER NOT NULL,
                  etag TEXT NOT NULL,
                  PRIMARY KEY (lid, name)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS entries_by_seq ON entries (lid, seq);",
+             CREATE INDEX IF NOT EXISTS entries_by_seq ON entries (lid, seq);
+             CREATE INDEX IF NOT EXISTS dirs_by_lid ON dirs (lid);",
         )
         .map_err(|e| format!("unreadable ({e})"))?;
         let meta = |key: &str| -> Result<Option<String>, String> {
@@ -260,9 +261,12 @@ impl CatalogDb {
             };
             let listed_at = UNIX_EPOCH + Duration::from_millis(listed_at.max(0) as u64);
             if len as usize > in_memory {
+                // Held before the lock goes, so a commit or forget in
+                // between cannot delete the rows under this holder.
+                let held = self.hold(lid, true);
                 drop(conn);
                 return Ok(Some(StoredListing {
-                    body: StoredBody::Stored(self.hold(lid, true)),
+                    body: StoredBody::Stored(held),
                     listed_at,
                 }));
             }

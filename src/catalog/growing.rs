@@ -43,6 +43,8 @@ pub struct GrowingListing {
     /// Files not yet released, by their full key.
     held: Mutex<BTreeMap<String, Entry>>,
     db: Option<Arc<CatalogDb>>,
+    /// Set when a page could not be written to the on-disk catalog.
+    store_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for GrowingListing {
@@ -59,6 +61,7 @@ impl GrowingListing {
             progress: watch::Sender::new(Progress::default()),
             held: Mutex::new(BTreeMap::new()),
             db,
+            store_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -69,8 +72,9 @@ impl GrowingListing {
 
     /// Releases what is still held and returns the complete listing: in
     /// memory (sorted by name), or committed as `prefix`'s listing on disk.
-    /// Blocks on SQLite.
-    pub fn complete(&self, prefix: &str, listed_at: SystemTime) -> Listing {
+    /// A listing that could not be written whole is not committed. Blocks
+    /// on SQLite.
+    pub fn complete(&self, prefix: &str, listed_at: SystemTime) -> Result<Listing, FsError> {
         let rest: Vec<Entry> = std::mem::take(&mut *self.held.lock().unwrap())
             .into_values()
             .collect();
@@ -80,13 +84,20 @@ impl GrowingListing {
             Released::Memory(entries) => {
                 let mut entries = entries.clone();
                 entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-                Listing::in_memory(entries, listed_at)
+                // Some servers repeat a common prefix on a later page.
+                entries.dedup_by(|a, b| a.name == b.name);
+                Ok(Listing::in_memory(entries, listed_at))
             }
             Released::Stored(stored, _) => {
+                if self.store_failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(FsError::Catalog(format!(
+                        "the listing of {prefix} could not be stored whole (see the warnings above)"
+                    )));
+                }
                 if let Some(db) = &self.db {
                     db.commit(prefix, stored, listed_at);
                 }
-                Listing::stored(stored.clone(), listed_at)
+                Ok(Listing::stored(stored.clone(), listed_at))
             }
         }
     }
@@ -146,8 +157,9 @@ impl GrowingListing {
                 Released::Memory(entries) => match &self.db {
                     Some(db) if entries.len() + new.len() > IN_MEMORY_LIMIT => {
                         let stored = db.begin();
-                        stored.append(1, entries);
-                        stored.append(entries.len() as u64 + 1, &new);
+                        let ok = stored.append(1, entries)
+                            && stored.append(entries.len() as u64 + 1, &new);
+                        self.note_stored(ok);
                         let len = entries.len() + new.len();
                         *released = Released::Stored(stored, len);
                         len
@@ -158,13 +170,20 @@ impl GrowingListing {
                     }
                 },
                 Released::Stored(stored, len) => {
-                    stored.append(*len as u64 + 1, &new);
+                    self.note_stored(stored.append(*len as u64 + 1, &new));
                     *len += new.len();
                     *len
                 }
             }
         };
         self.progress.send_modify(|p| p.len = len);
+    }
+
+    fn note_stored(&self, ok: bool) {
+        if !ok {
+            self.store_failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Entries after position `start`, at most `limit`, each with its

@@ -60,16 +60,18 @@ impl InodeTable {
     pub fn resolve(&mut self, parent: Ino, parent_prefix: &str, entry: &Entry) -> Ino {
         let is_dir = entry.is_dir();
         let map_key = (parent, entry.name.clone());
+        let key = child_key(parent_prefix, entry);
         if let Some(&ino) = self.by_name.get(&map_key) {
-            if self.nodes.get(&ino).is_some_and(|n| n.is_dir == is_dir) {
+            // The key is checked too: a number freed by FORGET and given to
+            // another directory must not bring back names of the old one.
+            if self
+                .nodes
+                .get(&ino)
+                .is_some_and(|n| n.is_dir == is_dir && n.key == key)
+            {
                 return ino;
             }
         }
-        let key = if is_dir {
-            names::child_dir_prefix(parent_prefix, &entry.name)
-        } else {
-            names::child_key(parent_prefix, &entry.name)
-        };
         let ino = self.free_number_for(&key);
         let lookups = self.nodes.get(&ino).map_or(0, |n| n.lookups);
         self.nodes.insert(
@@ -93,10 +95,19 @@ impl InodeTable {
             node.lookups += 1;
             return;
         }
-        let again = self.resolve(parent, parent_prefix, entry);
-        if let Some(node) = self.nodes.get_mut(&again) {
-            node.lookups += 1;
-        }
+        // Forgotten between numbering and sending: back under exactly the
+        // number that was sent (a renamed node's number is not its hash).
+        self.nodes.insert(
+            ino,
+            Node {
+                parent,
+                name: entry.name.clone(),
+                is_dir: entry.is_dir(),
+                key: child_key(parent_prefix, entry),
+                lookups: 1,
+            },
+        );
+        self.by_name.insert((parent, entry.name.clone()), ino);
     }
 
     /// The kernel forgot `n` lookups of `ino`; at none the node goes.
@@ -161,6 +172,15 @@ impl InodeTable {
             ino = (ino + 1).max(ROOT_INO + 1) & (u64::MAX >> 1);
         }
         ino
+    }
+}
+
+/// The full key of `entry` in the directory with key prefix `parent_prefix`.
+fn child_key(parent_prefix: &str, entry: &Entry) -> String {
+    if entry.is_dir() {
+        names::child_dir_prefix(parent_prefix, &entry.name)
+    } else {
+        names::child_key(parent_prefix, &entry.name)
     }
 }
 
@@ -248,6 +268,21 @@ mod tests {
         t.nodes.remove(&g);
         t.remember(d, "d/", &file("g"), g);
         assert_eq!(t.get(g).unwrap().lookups, 1);
+    }
+
+    #[test]
+    fn a_reused_number_does_not_bring_back_the_old_directory_s_names() {
+        let mut t = InodeTable::new("");
+        let d = t.resolve(ROOT_INO, "", &dir("D"));
+        let x = t.resolve(d, "D/", &file("x"));
+        t.moved(d, ROOT_INO, "D2", "D2/".into());
+        t.forget(d, 1);
+        t.nodes.remove(&d); // forgotten, as the kernel would
+        let again = t.resolve(ROOT_INO, "", &dir("D"));
+        assert_eq!(again, d, "a new `D` gets the freed number");
+        let new_x = t.resolve(again, "D/", &file("x"));
+        assert_ne!(new_x, x, "the old `D/x` (now `D2/x`) is not reused");
+        assert_eq!(t.get(new_x).unwrap().key, "D/x");
     }
 
     #[test]

@@ -286,6 +286,13 @@ impl<S: ObjectStore> Listings<S> {
     /// overwrite each other.
     fn install(&self, prefix: &str, listing: Arc<Listing>) -> Arc<Listing> {
         let mut changes = self.changes.lock().unwrap();
+        // A listing that started earlier than the one in memory (a load from
+        // disk racing a refresh, say) does not replace it.
+        if let Some(current) = self.memory.get(prefix) {
+            if current.listed_at > listing.listed_at {
+                return current;
+            }
+        }
         let listing = {
             match changes.get_mut(prefix) {
                 None => listing,
@@ -338,14 +345,19 @@ impl<S: ObjectStore> Listings<S> {
             }
         }
         if let Some(listing) = self.memory.get(prefix) {
-            // A listing left on disk already has the change (above).
-            if let Some(entries) = listing.entries() {
-                let mut entries = entries.to_vec();
-                apply_change(&mut entries, name, entry);
-                self.memory.insert(
-                    prefix.to_owned(),
-                    Arc::new(Listing::in_memory(entries, listing.listed_at)),
-                );
+            match &listing.body {
+                ListingBody::Memory(entries) => {
+                    let mut entries = entries.clone();
+                    apply_change(&mut entries, name, entry);
+                    self.memory.insert(
+                        prefix.to_owned(),
+                        Arc::new(Listing::in_memory(entries, listing.listed_at)),
+                    );
+                }
+                // The change went to the current stored listing above; the
+                // one in memory may be another (replaced, or not committed),
+                // so it gets it too. Applying twice changes nothing.
+                ListingBody::Stored(stored) => stored.apply(name, entry.as_ref()),
             }
         }
         // Not in memory: a later load from disk or S3 gets the change
@@ -359,7 +371,10 @@ impl<S: ObjectStore> Listings<S> {
         match &self.db {
             Some(db) if entries.len() > IN_MEMORY_LIMIT => {
                 let stored = db.begin();
-                stored.append(1, &entries);
+                if !stored.append(1, &entries) {
+                    // Not stored whole: served from memory this time.
+                    return Arc::new(Listing::in_memory(entries, listed_at));
+                }
                 db.commit(prefix, &stored, listed_at);
                 Arc::new(Listing::stored(stored, listed_at))
             }
@@ -990,7 +1005,7 @@ async fn fetch_listing<S: ObjectStore>(
             break;
         }
     }
-    let listing = blocking(|| growing.complete(prefix, listed_at));
+    let listing = blocking(|| growing.complete(prefix, listed_at))?;
     debug!(prefix = %prefix, entries = growing.released(), on_disk = listing.entries().is_none(), pages, elapsed_ms = started.elapsed().as_millis() as u64, "listed directory");
     Ok(Arc::new(listing))
 }
