@@ -75,6 +75,12 @@ impl StoredEntries {
         self.page(0, 1).is_empty()
     }
 
+    /// Whether it is its prefix's listing in `dirs` (not replaced, and
+    /// committed).
+    pub fn is_current(&self) -> bool {
+        self.current.load(Ordering::Acquire)
+    }
+
     /// Appends `entries` at positions `first..` in one transaction.
     pub fn append(&self, first: u64, entries: &[Entry]) -> bool {
         self.db.append(self.lid, first, entries)

@@ -338,26 +338,30 @@ impl<S: ObjectStore> Listings<S> {
             name: name.to_owned(),
             entry: entry.clone(),
         });
-        if let Some(db) = &self.db {
+        let listing = self.memory.get(prefix);
+        // A stored listing in memory gets the change directly; the current
+        // stored listing too, unless it is that very one.
+        let current_in_memory = match listing.as_deref().map(|l| &l.body) {
+            Some(ListingBody::Stored(stored)) => {
+                stored.apply(name, entry.as_ref());
+                stored.is_current()
+            }
+            _ => false,
+        };
+        if let (Some(db), false) = (&self.db, current_in_memory) {
             match &entry {
                 Some(e) => db.put_entry(prefix, e),
                 None => db.remove_entry(prefix, name),
             }
         }
-        if let Some(listing) = self.memory.get(prefix) {
-            match &listing.body {
-                ListingBody::Memory(entries) => {
-                    let mut entries = entries.clone();
-                    apply_change(&mut entries, name, entry);
-                    self.memory.insert(
-                        prefix.to_owned(),
-                        Arc::new(Listing::in_memory(entries, listing.listed_at)),
-                    );
-                }
-                // The change went to the current stored listing above; the
-                // one in memory may be another (replaced, or not committed),
-                // so it gets it too. Applying twice changes nothing.
-                ListingBody::Stored(stored) => stored.apply(name, entry.as_ref()),
+        if let Some(listing) = listing {
+            if let ListingBody::Memory(entries) = &listing.body {
+                let mut entries = entries.clone();
+                apply_change(&mut entries, name, entry);
+                self.memory.insert(
+                    prefix.to_owned(),
+                    Arc::new(Listing::in_memory(entries, listing.listed_at)),
+                );
             }
         }
         // Not in memory: a later load from disk or S3 gets the change
