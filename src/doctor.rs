@@ -251,11 +251,16 @@ async fn measure_throughput(
                 let index = (worker + round * connections as u64) % parts_in_object;
                 let from = index * part;
                 let to = (from + part).min(object.size);
-                let blocks = store
-                    .get_range(&object.key, &object.etag, from..to, 1 << 20)
+                let pieces: Vec<u64> = (from..to)
+                    .step_by(1 << 20)
+                    .map(|at| (to - at).min(1 << 20))
+                    .collect();
+                store
+                    .get_range(&object.key, &object.etag, from..to, &pieces, &mut |piece| {
+                        bytes += piece.len() as u64
+                    })
                     .await
                     .map_err(|e| e.to_string())?;
-                bytes += blocks.iter().map(|b| b.len() as u64).sum::<u64>();
             }
             Ok::<u64, String>(bytes)
         });

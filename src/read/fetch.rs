@@ -1,14 +1,21 @@
 //! `Fetcher`: the shared block cache and the ranged GETs that fill it.
 //!
-//! Objects are read in blocks (64 KiB by default) keyed by (key, ETag,
-//! block index), so a block fetched for one handle serves every handle of
-//! the same object version, and a new version never hits an old block.
-//! A fetch is one ranged GET over a run of missing blocks (split into parts
-//! of `part_size` that run in parallel); while it is in flight its blocks
-//! are *pending*, and readers of those blocks wait for it instead of
-//! fetching again. The cache is weighted by bytes and evicts least recently
-//! used blocks, so data fetched ahead of a reader is not dropped in favour
-//! of blocks that were read long ago.
+//! Objects are cached in *units* keyed by (key, ETag, unit), so a unit
+//! fetched for one handle serves every handle of the same object version,
+//! and a new version never hits an old unit. A unit is either one block
+//! (64 KiB by default), which is what random reads fetch, or a whole
+//! aligned segment of [`SEGMENT_BLOCKS`] blocks (1 MiB, the largest read
+//! the kernel sends), which is what read-ahead fetches: a kernel read then
+//! lies in one segment and is answered with a slice of it, without copying,
+//! and the cache does one operation per MiB instead of one per block.
+//!
+//! A fetch is one ranged GET over a run of missing units (split into parts
+//! of `part_size` that run in parallel). While it is in flight its units are
+//! *pending*; each unit enters the cache the moment its last byte arrives,
+//! and readers waiting for it wake then, not when the whole part is done.
+//! The cache is weighted by bytes and evicts least recently used units, so
+//! data fetched ahead of a reader is not dropped in favour of units that
+//! were read long ago.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -20,6 +27,10 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::store::{ObjectStore, StoreError};
 
+/// Blocks per segment. With 64 KiB blocks a segment is 1 MiB, the size of
+/// the kernel's largest FUSE read, and kernel reads are aligned to it.
+pub const SEGMENT_BLOCKS: u64 = 16;
+
 /// One version of one object, as a handle reads it.
 #[derive(Debug)]
 pub struct ObjectVersion {
@@ -28,13 +39,29 @@ pub struct ObjectVersion {
     pub size: u64,
 }
 
-type BlockKey = (Arc<str>, Arc<str>, u64);
-type FetchResult = Option<Result<Arc<Vec<Bytes>>, StoreError>>;
+/// What is cached under one key: a block or a whole segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Unit {
+    Block(u64),
+    Segment(u64),
+}
+
+type UnitKey = (Arc<str>, Arc<str>, Unit);
+
+/// The units of one ranged GET that have arrived so far, in order.
+#[derive(Default)]
+struct PartProgress {
+    arrived: Vec<Bytes>,
+    /// Set when the GET has ended; with `error` if it failed.
+    ended: bool,
+    error: Option<StoreError>,
+}
 
 #[derive(Clone)]
 struct Pending {
-    rx: watch::Receiver<FetchResult>,
-    first_block: u64,
+    progress: watch::Receiver<PartProgress>,
+    /// Position of the unit among the part's units.
+    index: usize,
 }
 
 /// Counters of the read path, for logs, benchmarks and metrics.
@@ -51,8 +78,8 @@ pub struct Fetcher<S> {
     store: Arc<S>,
     block: u64,
     part_size: u64,
-    cache: moka::sync::Cache<BlockKey, Bytes>,
-    pending: Mutex<HashMap<BlockKey, Pending>>,
+    cache: moka::sync::Cache<UnitKey, Bytes>,
+    pending: Mutex<HashMap<UnitKey, Pending>>,
     permits: Arc<Semaphore>,
     pub stats: ReadStats,
 }
@@ -67,7 +94,7 @@ impl<S: ObjectStore> Fetcher<S> {
     ) -> Arc<Self> {
         let cache = moka::sync::Cache::builder()
             .max_capacity(cache_bytes)
-            .weigher(|_k: &BlockKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+            .weigher(|_k: &UnitKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .build();
         Arc::new(Fetcher {
@@ -86,176 +113,268 @@ impl<S: ObjectStore> Fetcher<S> {
         self.cache.weighted_size()
     }
 
-    pub fn block_size(&self) -> u64 {
-        self.block
+    fn segment(&self) -> u64 {
+        self.block * SEGMENT_BLOCKS
     }
 
-    fn key(obj: &ObjectVersion, block: u64) -> BlockKey {
-        (obj.key.clone(), obj.etag.clone(), block)
+    fn key(obj: &ObjectVersion, unit: Unit) -> UnitKey {
+        (obj.key.clone(), obj.etag.clone(), unit)
     }
 
-    /// Starts fetches for the blocks of `range` that are neither cached nor
+    /// The bytes of `obj` that `unit` holds.
+    fn bytes_of(&self, obj: &ObjectVersion, unit: Unit) -> Range<u64> {
+        let (start, len) = match unit {
+            Unit::Block(b) => (b * self.block, self.block),
+            Unit::Segment(s) => (s * self.segment(), self.segment()),
+        };
+        start..(start + len).min(obj.size)
+    }
+
+    fn present(&self, key: &UnitKey, pending: &HashMap<UnitKey, Pending>) -> bool {
+        pending.contains_key(key) || self.cache.contains_key(key)
+    }
+
+    /// Starts fetches for the parts of `range` that are neither cached nor
     /// pending. Returns at once; the bytes arrive in the cache.
+    ///
+    /// Whole segments the range covers are fetched as segments (unless a
+    /// block of them is cached or pending already); the rest as blocks.
     pub fn request(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>) {
         let range = range.start..range.end.min(obj.size);
         if range.is_empty() {
             return;
         }
-        let first = range.start / self.block;
+        let blocks_total = obj.size.div_ceil(self.block);
         let end = range.end.div_ceil(self.block);
+        // Segments only pay off when a part can hold one.
+        let segments = self.part_size >= self.segment();
         let mut pending = self.pending.lock().unwrap();
-        let mut run: Option<u64> = None;
-        for b in first..=end {
-            let missing = b < end && {
-                let k = Self::key(obj, b);
-                !pending.contains_key(&k) && !self.cache.contains_key(&k)
-            };
-            match (missing, run) {
-                (true, None) => run = Some(b),
-                (false, Some(start)) => {
-                    self.spawn_run(obj, start..b, &mut pending);
-                    run = None;
-                }
-                _ => {}
+        let mut run: Vec<Unit> = Vec::new();
+        let mut b = range.start / self.block;
+        while b < end {
+            let seg = b / SEGMENT_BLOCKS;
+            let seg_start = seg * SEGMENT_BLOCKS;
+            let seg_end = (seg_start + SEGMENT_BLOCKS).min(blocks_total);
+            if self.present(&Self::key(obj, Unit::Segment(seg)), &pending) {
+                self.spawn_run(obj, std::mem::take(&mut run), &mut pending);
+                b = seg_end;
+                continue;
             }
+            let whole = segments
+                && b == seg_start
+                && end >= seg_end
+                && (seg_start..seg_end)
+                    .all(|x| !self.present(&Self::key(obj, Unit::Block(x)), &pending));
+            if whole {
+                run.push(Unit::Segment(seg));
+                b = seg_end;
+                continue;
+            }
+            if self.present(&Self::key(obj, Unit::Block(b)), &pending) {
+                self.spawn_run(obj, std::mem::take(&mut run), &mut pending);
+            } else {
+                run.push(Unit::Block(b));
+            }
+            b += 1;
         }
+        self.spawn_run(obj, run, &mut pending);
     }
 
+    /// Fetches a run of consecutive units, in parts of up to `part_size`.
     fn spawn_run(
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
-        blocks: Range<u64>,
-        pending: &mut HashMap<BlockKey, Pending>,
+        run: Vec<Unit>,
+        pending: &mut HashMap<UnitKey, Pending>,
     ) {
-        let per_part = (self.part_size / self.block).max(1);
-        let mut start = blocks.start;
-        while start < blocks.end {
-            let piece = start..(start + per_part).min(blocks.end);
-            start = piece.end;
-            let (tx, rx) = watch::channel(None);
-            for b in piece.clone() {
-                pending.insert(
-                    Self::key(obj, b),
-                    Pending {
-                        rx: rx.clone(),
-                        first_block: piece.start,
-                    },
-                );
-            }
-            let me = self.clone();
-            let obj = obj.clone();
-            tokio::spawn(async move {
-                // Unregisters the pending blocks however the task ends, so a
-                // failed or panicked fetch is retried by the next reader
-                // instead of being waited on forever.
-                let clear = ClearPending {
-                    fetcher: &me,
-                    obj: &obj,
-                    blocks: piece.clone(),
-                };
-                let bytes = piece.start * me.block..(piece.end * me.block).min(obj.size);
-                let result = {
-                    let _permit = me.permits.acquire().await;
-                    me.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    me.store
-                        .get_range(&obj.key, &obj.etag, bytes.clone(), me.block as usize)
-                        .await
-                };
-                if let Ok(blocks) = &result {
-                    me.stats
-                        .fetched_bytes
-                        .fetch_add(bytes.end - bytes.start, Ordering::Relaxed);
-                    for (i, data) in blocks.iter().enumerate() {
-                        me.cache
-                            .insert(Self::key(&obj, piece.start + i as u64), data.clone());
-                    }
+        let mut units = run.into_iter().peekable();
+        while units.peek().is_some() {
+            let mut part: Vec<Unit> = Vec::new();
+            let mut bytes = 0;
+            while let Some(&unit) = units.peek() {
+                let len = self.bytes_of(obj, unit).end - self.bytes_of(obj, unit).start;
+                if !part.is_empty() && bytes + len > self.part_size {
+                    break;
                 }
-                drop(clear);
-                let _ = tx.send(Some(result.map(Arc::new)));
-            });
+                part.push(unit);
+                bytes += len;
+                units.next();
+            }
+            self.spawn_part(obj, part, pending);
         }
     }
 
-    fn unregister(&self, obj: &ObjectVersion, blocks: Range<u64>) {
-        // Also runs while a panic unwinds: a poisoned lock must not abort.
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for b in blocks {
-            pending.remove(&Self::key(obj, b));
-        }
-    }
-
-    /// Block `b` of `obj`: from the cache, from a pending fetch, or fetched now.
-    pub async fn block(
+    fn spawn_part(
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
-        b: u64,
-    ) -> Result<Bytes, StoreError> {
-        let key = Self::key(obj, b);
+        units: Vec<Unit>,
+        pending: &mut HashMap<UnitKey, Pending>,
+    ) {
+        let (tx, rx) = watch::channel(PartProgress::default());
+        for (index, &unit) in units.iter().enumerate() {
+            pending.insert(
+                Self::key(obj, unit),
+                Pending {
+                    progress: rx.clone(),
+                    index,
+                },
+            );
+        }
+        let ranges: Vec<Range<u64>> = units.iter().map(|&u| self.bytes_of(obj, u)).collect();
+        let bytes = ranges[0].start..ranges[ranges.len() - 1].end;
+        let pieces: Vec<u64> = ranges.iter().map(|r| r.end - r.start).collect();
+        let me = self.clone();
+        let obj = obj.clone();
+        tokio::spawn(async move {
+            // Unregisters the pending units however the task ends, so a
+            // failed or panicked fetch is retried by the next reader
+            // instead of being waited on forever.
+            let clear = ClearPending {
+                fetcher: &me,
+                obj: &obj,
+                units: &units,
+            };
+            let result = {
+                let _permit = me.permits.acquire().await;
+                me.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let mut next = 0;
+                let mut deliver = |data: Bytes| {
+                    me.stats
+                        .fetched_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    // Into the cache before the waiters wake, and before the
+                    // unit stops being pending: a reader always finds it in
+                    // one place or the other.
+                    me.cache.insert(Self::key(&obj, units[next]), data.clone());
+                    next += 1;
+                    tx.send_modify(|p| p.arrived.push(data));
+                };
+                me.store
+                    .get_range(&obj.key, &obj.etag, bytes, &pieces, &mut deliver)
+                    .await
+            };
+            drop(clear);
+            tx.send_modify(|p| {
+                p.ended = true;
+                p.error = result.err();
+            });
+        });
+    }
+
+    fn unregister(&self, obj: &ObjectVersion, units: &[Unit]) {
+        // Also runs while a panic unwinds: a poisoned lock must not abort.
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for &unit in units {
+            pending.remove(&Self::key(obj, unit));
+        }
+    }
+
+    /// The cached or pending unit holding byte `at` of `obj`, if any:
+    /// its segment if that is there, else its block.
+    fn find(&self, obj: &ObjectVersion, at: u64) -> Found {
+        let seg = Unit::Segment(at / self.segment());
+        let block = Unit::Block(at / self.block);
+        for unit in [seg, block] {
+            if let Some(data) = self.cache.get(&Self::key(obj, unit)) {
+                return Found::Cached(unit, data);
+            }
+        }
+        let pending = self.pending.lock().unwrap();
+        for unit in [seg, block] {
+            if let Some(p) = pending.get(&Self::key(obj, unit)) {
+                return Found::Pending(unit, p.clone());
+            }
+        }
+        Found::Missing
+    }
+
+    /// The unit holding byte `at` of `obj` and where it starts: from the
+    /// cache, from a pending fetch (as soon as the unit has arrived), or
+    /// fetched now.
+    async fn unit_at(
+        self: &Arc<Self>,
+        obj: &Arc<ObjectVersion>,
+        at: u64,
+    ) -> Result<(u64, Bytes), StoreError> {
         let mut counted = false;
         loop {
-            if let Some(bytes) = self.cache.get(&key) {
+            let found = self.find(obj, at);
+            if let Found::Cached(unit, data) = found {
                 if !counted {
                     self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(bytes);
+                return Ok((self.bytes_of(obj, unit).start, data));
             }
             if !counted {
                 self.stats.block_misses.fetch_add(1, Ordering::Relaxed);
                 counted = true;
             }
-            let pending = self.pending.lock().unwrap().get(&key).cloned();
-            match pending {
-                Some(Pending {
-                    mut rx,
-                    first_block,
-                }) => {
-                    let outcome = match rx.wait_for(Option::is_some).await {
-                        Ok(value) => value.clone().expect("waited for Some"),
-                        Err(_) => Err(StoreError::Other("fetch ended without a result".into())),
+            match found {
+                Found::Pending(
+                    unit,
+                    Pending {
+                        mut progress,
+                        index,
+                    },
+                ) => {
+                    let outcome = progress
+                        .wait_for(|p| p.arrived.len() > index || p.ended)
+                        .await;
+                    let data = match outcome {
+                        Ok(p) => match p.arrived.get(index) {
+                            Some(data) => data.clone(),
+                            None => {
+                                return Err(p.error.clone().unwrap_or_else(|| {
+                                    StoreError::Other("fetch ended short".into())
+                                }))
+                            }
+                        },
+                        Err(_) => {
+                            return Err(StoreError::Other("fetch ended without a result".into()))
+                        }
                     };
-                    return match outcome {
-                        Ok(blocks) => blocks
-                            .get((b - first_block) as usize)
-                            .cloned()
-                            .ok_or_else(|| StoreError::Other("short fetch".into())),
-                        Err(e) => Err(e),
-                    };
+                    return Ok((self.bytes_of(obj, unit).start, data));
                 }
                 // Neither cached nor pending (never requested, or evicted
-                // already): fetch it, then wait for that fetch.
-                None => self.request(obj, b * self.block..(b + 1) * self.block),
+                // already): fetch its block, then wait for that fetch.
+                _ => {
+                    let b = at / self.block;
+                    self.request(obj, b * self.block..(b + 1) * self.block)
+                }
             }
         }
     }
 
-    /// The bytes of `range` (within the object), assembled from blocks.
+    /// The bytes of `range` (within the object). A range inside one cached
+    /// unit (a kernel read inside a segment) comes back without a copy.
     pub async fn read(
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
         range: Range<u64>,
     ) -> Result<Bytes, StoreError> {
         let range = range.start..range.end.min(obj.size);
-        if range.is_empty() {
-            return Ok(Bytes::new());
-        }
-        let first = range.start / self.block;
-        let last = (range.end - 1) / self.block;
-        let slice_of = |b: u64, data: &Bytes| {
-            let base = b * self.block;
-            let from = range.start.max(base) - base;
-            let to = (range.end.min(base + data.len() as u64) - base).max(from);
-            data.slice(from as usize..to as usize)
-        };
-        let out = if first == last {
-            let data = self.block(obj, first).await?;
-            slice_of(first, &data)
-        } else {
-            let mut buf = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
-            for b in first..=last {
-                let data = self.block(obj, b).await?;
-                buf.extend_from_slice(&slice_of(b, &data));
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut at = range.start;
+        while at < range.end {
+            let (start, data) = self.unit_at(obj, at).await?;
+            let from = (at - start) as usize;
+            let to = ((range.end - start) as usize).min(data.len());
+            if from >= to {
+                return Err(StoreError::Other("short fetch".into()));
             }
-            buf.freeze()
+            pieces.push(data.slice(from..to));
+            at = start + to as u64;
+        }
+        let out = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().expect("one piece"),
+            _ => {
+                let mut buf = bytes::BytesMut::with_capacity((range.end - range.start) as usize);
+                for piece in &pieces {
+                    buf.extend_from_slice(piece);
+                }
+                buf.freeze()
+            }
         };
         self.stats
             .served_bytes
@@ -264,14 +383,20 @@ impl<S: ObjectStore> Fetcher<S> {
     }
 }
 
+enum Found {
+    Cached(Unit, Bytes),
+    Pending(Unit, Pending),
+    Missing,
+}
+
 struct ClearPending<'a, S: ObjectStore> {
     fetcher: &'a Fetcher<S>,
     obj: &'a ObjectVersion,
-    blocks: Range<u64>,
+    units: &'a [Unit],
 }
 
 impl<S: ObjectStore> Drop for ClearPending<'_, S> {
     fn drop(&mut self) {
-        self.fetcher.unregister(self.obj, self.blocks.clone());
+        self.fetcher.unregister(self.obj, self.units);
     }
 }

@@ -53,9 +53,12 @@ impl ReadConfig {
         self.memory_limit / 4
     }
 
-    /// The share of the budget the block cache may use. A quarter is left
-    /// for what the budget cannot see: connection buffers, replies being
-    /// assembled, allocator slack.
+    /// The share of the budget the block cache may use. Data fetched ahead
+    /// enters the cache unit by unit as it arrives, so the cache holds it
+    /// too; the cache is large enough to keep all of it next to what was
+    /// read last. The rest of the budget is for what the cache cannot see:
+    /// units still arriving, connection buffers, replies being assembled,
+    /// allocator slack.
     fn cache_budget(&self) -> u64 {
         self.memory_limit / 2
     }

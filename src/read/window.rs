@@ -11,11 +11,15 @@
 //!   handle is *sequential*: a window starting at `initial_window` is
 //!   requested ahead of the reader and doubles, up to `max_window`, each
 //!   time the reader gets within one window of the end of what is requested.
+//!   Windows end on segment boundaries, so after the first one they fetch
+//!   whole segments.
 //! - Small backward re-reads and forward jumps inside the requested window
 //!   (the kernel's own readahead reorders requests) keep the stream going;
 //!   anything else is a seek and starts over with a random read.
 
 use std::ops::Range;
+
+use super::fetch::SEGMENT_BLOCKS;
 
 /// Tunables of the read-ahead policy.
 #[derive(Debug, Clone, Copy)]
@@ -149,7 +153,13 @@ impl ReadWindow {
         if end + self.window > self.ahead_to && self.ahead_to < self.size {
             let start = self.ahead_to;
             let room = ahead_room - ahead_room % self.cfg.block;
-            let stop = (start + self.window.min(room)).min(self.size);
+            let mut stop = (start + self.window.min(room)).min(self.size);
+            // End windows on segment boundaries, so later windows fetch
+            // whole segments (which kernel reads are aligned to).
+            let segment = self.cfg.block * SEGMENT_BLOCKS;
+            if stop < self.size && stop - stop % segment > start {
+                stop -= stop % segment;
+            }
             if room < self.window {
                 // Memory is short: shrink instead of growing.
                 self.shrink();
@@ -284,9 +294,13 @@ mod tests {
         for pair in aheads.windows(2) {
             assert_eq!(pair[0].end, pair[1].start);
         }
+        // The first window is cut back to the first segment boundary; the
+        // next ones are whole segments.
         let sizes: Vec<u64> = aheads.iter().map(|r| r.end - r.start).collect();
-        assert_eq!(sizes[0], M);
+        assert_eq!(aheads[0], 512 * K..M);
         assert_eq!(sizes[1], 2 * M);
+        assert_eq!(sizes[2], 4 * M);
+        assert!(aheads.iter().all(|r| r.end % M == 0));
         assert_eq!(*sizes.iter().max().unwrap(), 64 * M);
         // The requested window is always ahead of the reader.
         assert!(aheads.last().unwrap().end > 200 * M);
@@ -327,8 +341,11 @@ mod tests {
             first = w.plan_all(off, 128 * K).ahead;
             off += 128 * K;
         }
+        // A window of the initial size (cut back to the segment boundary),
+        // doubled once.
         let first = first.unwrap();
-        assert_eq!(first.end - first.start, M);
+        assert_eq!(first, 900 * M + 512 * K..901 * M);
+        assert_eq!(w.window, 2 * M);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! plain values or a [`StoreError`] that says what went wrong in terms they can
 //! act on (not found, changed, denied, unreachable).
 
+mod pieces;
 mod s3;
 
 use std::future::Future;
@@ -113,15 +114,21 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// A different current version gives [`StoreError::PreconditionFailed`].
     /// A body that breaks off is resumed from the exact byte where it broke,
     /// pinned to the same ETag, so callers see whole ranges or an error.
-    /// The bytes come back in separately allocated pieces of `block` bytes
-    /// (the last may be shorter), so a cache can free them one by one.
+    ///
+    /// The bytes are handed to `deliver` in order, in pieces of the lengths
+    /// in `pieces` (which add up to the range's length), each as soon as its
+    /// last byte has arrived and each in its own allocation, so a cache can
+    /// serve the first pieces while the rest is in flight and free them one
+    /// by one. After an error, the pieces delivered before it are whole
+    /// and right.
     fn get_range(
         &self,
         key: &str,
         etag: &str,
         range: Range<u64>,
-        block: usize,
-    ) -> impl Future<Output = Result<Vec<Bytes>, StoreError>> + Send;
+        pieces: &[u64],
+        deliver: &mut (dyn FnMut(Bytes) + Send),
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Stores `body` as `key` in one request; returns the new ETag.
     fn put(&self, key: &str, body: Body)

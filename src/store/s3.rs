@@ -17,7 +17,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tracing::debug;
 
 use aws_sdk_s3::primitives::{ByteStream, Length};
@@ -33,6 +33,7 @@ use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
+use super::pieces::PieceSink;
 use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// How to reach the store; filled from the command line.
@@ -250,10 +251,12 @@ impl ObjectStore for S3Store {
         key: &str,
         etag: &str,
         range: Range<u64>,
-        block: usize,
-    ) -> Result<Vec<Bytes>, StoreError> {
+        pieces: &[u64],
+        deliver: &mut (dyn FnMut(Bytes) + Send),
+    ) -> Result<(), StoreError> {
         let expected = range.end.saturating_sub(range.start);
-        let mut sink = BlockSink::new(block, expected);
+        debug_assert_eq!(pieces.iter().sum::<u64>(), expected);
+        let mut sink = PieceSink::new(pieces, deliver);
         let mut failures = 0u32;
         while sink.received < expected {
             let from = range.start + sink.received;
@@ -276,7 +279,7 @@ impl ObjectStore for S3Store {
                 Err(e) => return Err(e),
             }
         }
-        Ok(sink.finish())
+        Ok(())
     }
 
     async fn put(&self, key: &str, body: Body) -> Result<String, StoreError> {
@@ -472,54 +475,6 @@ fn backoff(failures: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
-/// Collects a body into separately allocated blocks as it arrives, so a
-/// broken body keeps every byte received so far.
-struct BlockSink {
-    block: usize,
-    expected: u64,
-    received: u64,
-    current: BytesMut,
-    done: Vec<Bytes>,
-}
-
-impl BlockSink {
-    fn new(block: usize, expected: u64) -> Self {
-        let block = block.max(1);
-        BlockSink {
-            block,
-            expected,
-            received: 0,
-            current: BytesMut::with_capacity(block.min(expected as usize)),
-            done: Vec::with_capacity((expected as usize).div_ceil(block)),
-        }
-    }
-
-    /// Takes as much of `data` as is still expected.
-    fn push(&mut self, data: &[u8]) {
-        let left = (self.expected - self.received) as usize;
-        let mut data = &data[..data.len().min(left)];
-        while !data.is_empty() {
-            let n = (self.block - self.current.len()).min(data.len());
-            self.current.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            self.received += n as u64;
-            if self.current.len() == self.block {
-                let rest = (self.expected - self.received) as usize;
-                let next = BytesMut::with_capacity(self.block.min(rest));
-                self.done
-                    .push(std::mem::replace(&mut self.current, next).freeze());
-            }
-        }
-    }
-
-    fn finish(mut self) -> Vec<Bytes> {
-        if !self.current.is_empty() {
-            self.done.push(self.current.freeze());
-        }
-        self.done
-    }
-}
-
 impl S3Store {
     /// A server-side copy of a large object with UploadPartCopy, several
     /// parts at once, each pinned to the source ETag. A failure aborts the
@@ -612,7 +567,7 @@ impl S3Store {
         key: &str,
         etag: &str,
         range: Range<u64>,
-        sink: &mut BlockSink,
+        sink: &mut PieceSink<'_>,
     ) -> Result<(), StoreError> {
         let mut out = self
             .client
@@ -633,18 +588,31 @@ impl S3Store {
         }
         let want = range.end - range.start;
         let start = sink.received;
+        // One timer for the whole body, pushed back only when it fires
+        // early: arming a timer per chunk costs more than the chunk's copy.
+        let mut last_data = tokio::time::Instant::now();
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
         loop {
-            let chunk = match tokio::time::timeout(self.idle_timeout, out.body.next()).await {
-                Err(_) => {
-                    return Err(StoreError::BodyInterrupted(format!(
-                        "no data for {:?}",
-                        self.idle_timeout
-                    )))
+            let chunk = tokio::select! {
+                biased;
+                next = out.body.next() => match next {
+                    None => break,
+                    Some(Err(e)) => return Err(StoreError::BodyInterrupted(root_cause(&e))),
+                    Some(Ok(chunk)) => chunk,
+                },
+                () = &mut idle => {
+                    if last_data.elapsed() >= self.idle_timeout {
+                        return Err(StoreError::BodyInterrupted(format!(
+                            "no data for {:?}",
+                            self.idle_timeout
+                        )));
+                    }
+                    idle.as_mut().reset(last_data + self.idle_timeout);
+                    continue;
                 }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(StoreError::BodyInterrupted(root_cause(&e))),
-                Ok(Some(Ok(chunk))) => chunk,
             };
+            last_data = tokio::time::Instant::now();
             sink.push(&chunk);
         }
         let got = sink.received - start;
