@@ -192,7 +192,8 @@ impl<S: ObjectStore> Fetcher<S> {
             let mut part: Vec<Unit> = Vec::new();
             let mut bytes = 0;
             while let Some(&unit) = units.peek() {
-                let len = self.bytes_of(obj, unit).end - self.bytes_of(obj, unit).start;
+                let Range { start, end } = self.bytes_of(obj, unit);
+                let len = end - start;
                 if !part.is_empty() && bytes + len > self.part_size {
                     break;
                 }
