@@ -155,10 +155,17 @@ impl ReadWindow {
             let room = ahead_room - ahead_room % self.cfg.block;
             let mut stop = (start + self.window.min(room)).min(self.size);
             // End windows on segment boundaries, so later windows fetch
-            // whole segments (which kernel reads are aligned to).
+            // whole segments (which kernel reads are aligned to). Round up
+            // when the budget allows: cutting a first window back would cost
+            // one more round trip before the stream is ahead of the reader.
             let segment = self.cfg.block * SEGMENT_BLOCKS;
-            if stop < self.size && stop - stop % segment > start {
-                stop -= stop % segment;
+            if stop < self.size && !stop.is_multiple_of(segment) {
+                let up = (stop - stop % segment + segment).min(self.size);
+                if up - start <= room {
+                    stop = up;
+                } else if stop - stop % segment > start {
+                    stop -= stop % segment;
+                }
             }
             if room < self.window {
                 // Memory is short: shrink instead of growing.
@@ -294,10 +301,10 @@ mod tests {
         for pair in aheads.windows(2) {
             assert_eq!(pair[0].end, pair[1].start);
         }
-        // The first window is cut back to the first segment boundary; the
+        // The first window is stretched to the next segment boundary; the
         // next ones are whole segments.
         let sizes: Vec<u64> = aheads.iter().map(|r| r.end - r.start).collect();
-        assert_eq!(aheads[0], 512 * K..M);
+        assert_eq!(aheads[0], 512 * K..2 * M);
         assert_eq!(sizes[1], 2 * M);
         assert_eq!(sizes[2], 4 * M);
         assert!(aheads.iter().all(|r| r.end % M == 0));
@@ -341,10 +348,10 @@ mod tests {
             first = w.plan_all(off, 128 * K).ahead;
             off += 128 * K;
         }
-        // A window of the initial size (cut back to the segment boundary),
+        // A window of the initial size (stretched to the segment boundary),
         // doubled once.
         let first = first.unwrap();
-        assert_eq!(first, 900 * M + 512 * K..901 * M);
+        assert_eq!(first, 900 * M + 512 * K..902 * M);
         assert_eq!(w.window, 2 * M);
     }
 
