@@ -7,7 +7,9 @@
 //! Environment: BENCH_FILE_MIB (default 1024), BENCH_RUNS (default 3),
 //! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200),
 //! BENCH_CONN_MIBPS (bandwidth cap per connection, 0 = none; default 0),
-//! BENCH_SEQUENTIAL_ONLY (1 = only the sequential rows).
+//! BENCH_ONLY (comma-separated sections to run: sequential, random, ttfb,
+//! parquet, reset; default all), BENCH_MOUNT_ARGS (extra s3mount options,
+//! e.g. "--memory-limit 1G --metrics-addr 127.0.0.1:9911").
 //! Figures are medians of BENCH_RUNS runs; each run mounts afresh so no
 //! cache survives from the run before.
 
@@ -37,11 +39,14 @@ struct Bench {
     latency: Duration,
     /// Per-connection bandwidth cap, as S3 has one.
     conn_bytes_per_sec: Option<u64>,
+    /// Extra s3mount options.
+    mount_args: String,
 }
 
 impl Bench {
     fn mount(&self) -> Mounted {
-        Mounted::start_at(&self.endpoint, &self.bucket.name, &[])
+        let extra: Vec<&str> = self.mount_args.split_whitespace().collect();
+        Mounted::start_at(&self.endpoint, &self.bucket.name, &extra)
     }
 
     fn clean(&self) {
@@ -176,12 +181,19 @@ fn main() {
     let latency = Duration::from_millis(env_u64("BENCH_LATENCY_MS", 20));
     let random_reads = env_u64("BENCH_RANDOM_READS", 200);
     let conn_mibps = env_u64("BENCH_CONN_MIBPS", 0);
-    let sequential_only = env_u64("BENCH_SEQUENTIAL_ONLY", 0) == 1;
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wants = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
+    let needs_big_files = ["sequential", "random", "ttfb", "reset"]
+        .iter()
+        .any(|s| wants(s));
 
     let s3 = TestS3::start();
     let bucket = s3.bucket("bench");
-    eprintln!("bench: uploading 4 x {} MiB of random data", size / MIB);
-    for i in 0..4 {
+    let files = if needs_big_files { 4 } else { 0 };
+    if files > 0 {
+        eprintln!("bench: uploading 4 x {} MiB of random data", size / MIB);
+    }
+    for i in 0..files {
         let data = random_bytes(size as usize, 100 + i);
         block_on(
             bucket
@@ -206,14 +218,17 @@ fn main() {
         runs,
         latency,
         conn_bytes_per_sec: (conn_mibps > 0).then_some(conn_mibps * MIB),
+        mount_args: std::env::var("BENCH_MOUNT_ARGS").unwrap_or_default(),
     };
     b.clean();
     let mut rows = Vec::new();
     let mib = |bytes: u64, t: Duration| bytes as f64 / MIB as f64 / t.as_secs_f64();
 
+    let mut extra = Vec::new();
+
     // Sequential, 1 reader.
     let (mut m1, mut d1) = (Vec::new(), Vec::new());
-    for _ in 0..b.runs {
+    for _ in 0..b.runs * wants("sequential") as usize {
         let m = b.mount();
         let t = Instant::now();
         let n = read_file(&m.path().join("seq0.bin"));
@@ -230,18 +245,19 @@ fn main() {
         ));
         d1.push(mib(n, t.elapsed()));
     }
-    let seq1 = median(m1.clone());
-    rows.push(row(
-        "sequential read, 1 reader",
-        seq1,
-        median(d1),
-        "MiB/s",
-        true,
-    ));
+    if wants("sequential") {
+        rows.push(row(
+            "sequential read, 1 reader",
+            median(m1),
+            median(d1),
+            "MiB/s",
+            true,
+        ));
+    }
 
     // Sequential, 4 readers on 4 files; also the daemon's peak RSS.
     let (mut m4, mut d4, mut rss) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..b.runs {
+    for _ in 0..b.runs * wants("sequential") as usize {
         let m = b.mount();
         let t = Instant::now();
         let n: u64 = std::thread::scope(|s| {
@@ -274,28 +290,25 @@ fn main() {
         });
         d4.push(mib(n, t.elapsed()));
     }
-    rows.push(row(
-        "sequential read, 4 readers",
-        median(m4),
-        median(d4),
-        "MiB/s",
-        true,
-    ));
-
-    if sequential_only {
-        print_rows(&b, &rows);
-        println!(
+    if wants("sequential") {
+        rows.push(row(
+            "sequential read, 4 readers",
+            median(m4),
+            median(d4),
+            "MiB/s",
+            true,
+        ));
+        extra.push(format!(
             "{:<52} {:>11.0} MiB",
             "peak daemon RSS, 4 sequential readers",
             median(rss)
-        );
-        return;
+        ));
     }
 
     // Random 256 KiB reads: IOPS and read amplification (bytes at the proxy).
     let len = 256 * 1024;
     let (mut mi, mut di, mut amp) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..b.runs {
+    for run in 0..b.runs * wants("random") as usize {
         let offs = offsets(random_reads, b.size, len, 7 + run as u64);
         let m = b.mount();
         let f = std::fs::File::open(m.path().join("seq1.bin")).unwrap();
@@ -341,19 +354,25 @@ fn main() {
         });
         di.push(random_reads as f64 / t.elapsed().as_secs_f64());
     }
-    rows.push(row(
-        "random 256 KiB reads, 8 threads",
-        median(mi),
-        median(di),
-        "IOPS",
-        true,
-    ));
-    let amplification = median(amp);
+    if wants("random") {
+        rows.push(row(
+            "random 256 KiB reads, 8 threads",
+            median(mi),
+            median(di),
+            "IOPS",
+            true,
+        ));
+        extra.push(format!(
+            "{:<52} {:>14.2}",
+            "random 256 KiB reads: amplification (fetched/read)",
+            median(amp)
+        ));
+    }
 
     // Time to first byte of a file not read before: cold (the directory is
     // not listed yet: LIST + GET) and warm (listing cached: just the GET).
     let (mut cold, mut warm, mut dt) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..b.runs {
+    for run in 0..b.runs * wants("ttfb") as usize {
         let m = b.mount();
         let mut buf = vec![0u8; 4096];
         let t = Instant::now();
@@ -383,24 +402,38 @@ fn main() {
         });
         dt.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let direct_ttfb = median(dt);
-    rows.push(row(
-        "time to first 4 KiB, directory not listed yet",
-        median(cold),
-        direct_ttfb,
-        "ms",
-        false,
-    ));
-    rows.push(row(
-        "time to first 4 KiB, directory listed",
-        median(warm),
-        direct_ttfb,
-        "ms",
-        false,
-    ));
+    if wants("ttfb") {
+        let direct_ttfb = median(dt);
+        rows.push(row(
+            "time to first 4 KiB, directory not listed yet",
+            median(cold),
+            direct_ttfb,
+            "ms",
+            false,
+        ));
+        rows.push(row(
+            "time to first 4 KiB, directory listed",
+            median(warm),
+            direct_ttfb,
+            "ms",
+            false,
+        ));
+    }
+    if wants("parquet") {
+        bench_parquet(&b, &mut rows, &mut extra);
+    }
+    if wants("reset") {
+        bench_resets(&b, &mut rows);
+    }
+    print_rows(&b, &rows);
+    for line in extra {
+        println!("{line}");
+    }
+}
 
-    // Parquet: footer first, then one column of eight (pyarrow), through the
-    // mount and directly from S3 with pyarrow's own S3 client.
+/// Parquet: footer first, then one column of eight (pyarrow), through the
+/// mount and directly from S3 with pyarrow's own S3 client.
+fn bench_parquet(b: &Bench, rows: &mut Vec<Row>, extra: &mut Vec<String>) {
     let work = TempDir::new("bench-parquet");
     let local = work.path().join("wide.parquet");
     let (code, _, err) = sh(&format!(
@@ -450,47 +483,49 @@ fn main() {
         "ms",
         false,
     ));
-    let parquet_fraction = median(pbytes) / parquet_size as f64;
-
-    // Resets every 16 MiB: correct data, time against the clean run.
-    let mut reset_runs = Vec::new();
-    for _ in 0..b.runs {
-        let m = b.mount();
-        b.proxy.set(Faults {
-            first_byte_delay: b.latency,
-            reset_after: Some(16 * MIB),
-            ..Faults::default()
-        });
-        let t = Instant::now();
-        let n = read_file(&m.path().join("seq0.bin"));
-        reset_runs.push(mib(n, t.elapsed()));
-        b.clean();
-        drop(m);
-    }
-    let reset = median(reset_runs);
-
-    print_rows(&b, &rows);
-    println!(
-        "{:<52} {:>14.2}",
-        "random 256 KiB reads: amplification (fetched/read)", amplification
-    );
-    println!(
+    extra.push(format!(
         "{:<52} {:>13.1}%",
         format!(
             "Parquet projection: fetched share of the {} MiB file",
             parquet_size / MIB
         ),
-        parquet_fraction * 100.0
-    );
-    println!(
-        "{:<52} {:>11.0} MiB",
-        "peak daemon RSS, 4 sequential readers",
-        median(rss)
-    );
-    println!(
-        "{:<52} {:>8.1} MiB/s {:>5.2}x of clean",
-        "sequential, 1 reader, reset every 16 MiB",
+        median(pbytes) / parquet_size as f64 * 100.0
+    ));
+}
+
+/// A connection reset every 16 MiB: correct data (the read does not fail),
+/// time against a clean read. Clean and reset reads alternate so that both
+/// see the same machine load.
+fn bench_resets(b: &Bench, rows: &mut Vec<Row>) {
+    let (mut clean, mut reset) = (Vec::new(), Vec::new());
+    for _ in 0..b.runs {
+        for with_resets in [false, true] {
+            let m = b.mount();
+            if with_resets {
+                b.proxy.set(Faults {
+                    first_byte_delay: b.latency,
+                    bytes_per_sec: b.conn_bytes_per_sec,
+                    reset_after: Some(16 * MIB),
+                    ..Faults::default()
+                });
+            }
+            let t = Instant::now();
+            let n = read_file(&m.path().join("seq0.bin"));
+            let rate = n as f64 / MIB as f64 / t.elapsed().as_secs_f64();
+            if with_resets { &mut reset } else { &mut clean }.push(rate);
+            b.clean();
+            drop(m);
+        }
+    }
+    let (clean, reset) = (median(clean), median(reset));
+    let mut r = row(
+        "s3mount, 1 reader: reset every 16 MiB vs clean",
         reset,
-        seq1 / reset
+        clean,
+        "MiB/s",
+        true,
     );
+    r.direct = format!("{} (clean)", r.direct);
+    r.ratio = format!("{:.2}x time", clean / reset);
+    rows.push(r);
 }
