@@ -85,7 +85,8 @@ pub struct Args {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub metadata_ttl: u64,
 
-    /// Size of each ranged GET that read-ahead is split into (e.g. 8M).
+    /// Largest ranged GET that read-ahead is split into (e.g. 8M); shorter
+    /// windows are split into 8 parts of at least 2 MiB.
     #[arg(long, value_parser = parse_size, default_value = "8M", value_name = "SIZE")]
     pub read_part_size: u64,
 
@@ -93,11 +94,13 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, default_value = "64M", value_name = "SIZE")]
     pub max_read_window: u64,
 
-    /// Ranged GETs in flight at once, across all open files.
+    /// Ranged GETs in flight at once, across all open files (fewer when
+    /// --memory-limit is small: each holds up to 1.5 MiB).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_concurrent_requests: usize,
 
-    /// Memory for the block cache plus all read-ahead (e.g. 512M, 2G).
+    /// Memory for the block cache, GETs in flight and all read-ahead (e.g.
+    /// 512M, 2G).
     #[arg(long, value_parser = parse_size, default_value = "512M", value_name = "SIZE")]
     pub memory_limit: u64,
 

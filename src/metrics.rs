@@ -85,6 +85,8 @@ pub struct Snapshot {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub cache_bytes: u64,
+    pub gets_queued: u64,
+    pub gets_running: u64,
     pub memory_budget: u64,
     pub memory_in_use: u64,
     pub open_read_handles: u64,
@@ -162,7 +164,7 @@ pub fn render(snap: &Snapshot) -> String {
             counts.retries as f64,
         );
     }
-    let series: [(&str, &str, &str, f64); 27] = [
+    let series: [(&str, &str, &str, f64); 29] = [
         (
             "s3mount_s3_bytes_received_total",
             "counter",
@@ -204,6 +206,18 @@ pub fn render(snap: &Snapshot) -> String {
             "gauge",
             "Bytes held in the block cache.",
             snap.cache_bytes as f64,
+        ),
+        (
+            "s3mount_read_gets_running",
+            "gauge",
+            "Ranged GETs of file data holding one of the --max-concurrent-requests slots.",
+            snap.gets_running as f64,
+        ),
+        (
+            "s3mount_read_gets_queued",
+            "gauge",
+            "Ranged GETs of file data waiting for a slot.",
+            snap.gets_queued as f64,
         ),
         (
             "s3mount_memory_budget_bytes",

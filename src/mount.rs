@@ -450,6 +450,8 @@ fn snapshot<S: ObjectStore>(
         cache_hits: read.block_hits.load(Relaxed),
         cache_misses: read.block_misses.load(Relaxed),
         cache_bytes: memory.cache,
+        gets_queued: read.gets_queued.load(Relaxed),
+        gets_running: read.gets_running.load(Relaxed),
         memory_budget: memory.budget,
         memory_in_use: memory.cache + memory.ahead,
         open_read_handles: fs.open_files() as u64,

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -30,6 +30,13 @@ use crate::store::{ObjectStore, StoreError};
 /// Blocks per segment. With 64 KiB blocks a segment is 1 MiB, the size of
 /// the kernel's largest FUSE read, and kernel reads are aligned to it.
 pub const SEGMENT_BLOCKS: u64 = 16;
+
+/// A run is split into this many parts when `part_size` allows.
+const PARTS_PER_RUN: u64 = 8;
+
+/// Smallest part a run is split into: a random read of up to 1 MiB (17
+/// blocks when unaligned) stays one GET.
+const MIN_PART: u64 = 2 * 1024 * 1024;
 
 /// One version of one object, as a handle reads it.
 #[derive(Debug)]
@@ -48,10 +55,13 @@ enum Unit {
 
 type UnitKey = (Arc<str>, Arc<str>, Unit);
 
-/// The units of one ranged GET that have arrived so far, in order.
+/// How far one ranged GET has got. Arrived units are in the cache; they are
+/// not kept here too, so units the cache evicts while the GET runs are
+/// freed at once (a waiter that finds its unit evicted fetches it again).
 #[derive(Default)]
 struct PartProgress {
-    arrived: Vec<Bytes>,
+    /// Units that have arrived (and entered the cache), in order.
+    arrived: usize,
     /// Set when the GET has ended; with `error` if it failed.
     ended: bool,
     error: Option<StoreError>,
@@ -72,6 +82,26 @@ pub struct ReadStats {
     pub served_bytes: AtomicU64,
     pub block_hits: AtomicU64,
     pub block_misses: AtomicU64,
+    /// Ranged GETs waiting for one of the `--max-concurrent-requests` slots.
+    pub gets_queued: AtomicU64,
+    /// Ranged GETs holding a slot (in flight, or backing off to retry).
+    pub gets_running: AtomicU64,
+}
+
+/// Counts itself in a gauge while it lives.
+struct Counted<'a>(&'a AtomicU64);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct Fetcher<S> {
@@ -79,6 +109,12 @@ pub struct Fetcher<S> {
     block: u64,
     part_size: u64,
     cache: moka::sync::Cache<UnitKey, Bytes>,
+    /// Bytes inserted since the cache last evicted. moka evicts only every
+    /// 64 inserts or 300 ms, which with 1 MiB segments could overshoot a
+    /// small cache several times over; so eviction is run every
+    /// `evict_every` bytes.
+    unevicted: AtomicU64,
+    evict_every: u64,
     pending: Mutex<HashMap<UnitKey, Pending>>,
     permits: Arc<Semaphore>,
     pub stats: ReadStats,
@@ -102,10 +138,22 @@ impl<S: ObjectStore> Fetcher<S> {
             block,
             part_size: part_size.max(block),
             cache,
+            unevicted: AtomicU64::new(0),
+            evict_every: (cache_bytes / 32).max(1),
             pending: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max_requests.max(1))),
             stats: ReadStats::default(),
         })
+    }
+
+    fn insert(&self, key: UnitKey, data: Bytes) {
+        let len = data.len() as u64;
+        self.cache.insert(key, data);
+        let unevicted = self.unevicted.fetch_add(len, Ordering::Relaxed) + len;
+        if unevicted >= self.evict_every {
+            self.unevicted.store(0, Ordering::Relaxed);
+            self.cache.run_pending_tasks();
+        }
     }
 
     /// Bytes the block cache holds now.
@@ -180,13 +228,21 @@ impl<S: ObjectStore> Fetcher<S> {
         self.spawn_run(obj, run, &mut pending);
     }
 
-    /// Fetches a run of consecutive units, in parts of up to `part_size`.
+    /// Fetches a run of consecutive units, in parts of up to `part_limit`.
     fn spawn_run(
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
         run: Vec<Unit>,
         pending: &mut HashMap<UnitKey, Pending>,
     ) {
+        let run_bytes: u64 = run
+            .iter()
+            .map(|&u| {
+                let r = self.bytes_of(obj, u);
+                r.end - r.start
+            })
+            .sum();
+        let part_limit = part_limit(run_bytes, self.segment(), self.part_size);
         let mut units = run.into_iter().peekable();
         while units.peek().is_some() {
             let mut part: Vec<Unit> = Vec::new();
@@ -194,7 +250,7 @@ impl<S: ObjectStore> Fetcher<S> {
             while let Some(&unit) = units.peek() {
                 let Range { start, end } = self.bytes_of(obj, unit);
                 let len = end - start;
-                if !part.is_empty() && bytes + len > self.part_size {
+                if !part.is_empty() && bytes + len > part_limit {
                     break;
                 }
                 part.push(unit);
@@ -230,25 +286,32 @@ impl<S: ObjectStore> Fetcher<S> {
             // Unregisters the pending units however the task ends, so a
             // failed or panicked fetch is retried by the next reader
             // instead of being waited on forever.
+            let delivered = AtomicUsize::new(0);
             let clear = ClearPending {
                 fetcher: &me,
                 obj: &obj,
                 units: &units,
+                delivered: &delivered,
             };
             let result = {
+                let queued = Counted::new(&me.stats.gets_queued);
                 let _permit = me.permits.acquire().await;
+                drop(queued);
+                let _running = Counted::new(&me.stats.gets_running);
                 me.stats.requests.fetch_add(1, Ordering::Relaxed);
-                let mut next = 0;
                 let mut deliver = |data: Bytes| {
                     me.stats
                         .fetched_bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    // Into the cache before the waiters wake, and before the
-                    // unit stops being pending: a reader always finds it in
-                    // one place or the other.
-                    me.cache.insert(Self::key(&obj, units[next]), data.clone());
-                    next += 1;
-                    tx.send_modify(|p| p.arrived.push(data));
+                    let next = delivered.load(Ordering::Relaxed);
+                    // Into the cache before the unit stops being pending and
+                    // before the waiters wake: a reader always finds it in
+                    // one place or the other. Once it is no longer pending,
+                    // a reader that finds it evicted fetches it again.
+                    me.insert(Self::key(&obj, units[next]), data);
+                    me.unregister(&obj, &units[next..next + 1]);
+                    delivered.store(next + 1, Ordering::Relaxed);
+                    tx.send_modify(|p| p.arrived += 1);
                 };
                 me.store
                     .get_range(&obj.key, &obj.etag, bytes, &pieces, &mut deliver)
@@ -318,23 +381,24 @@ impl<S: ObjectStore> Fetcher<S> {
                         index,
                     },
                 ) => {
-                    let outcome = progress
-                        .wait_for(|p| p.arrived.len() > index || p.ended)
-                        .await;
-                    let data = match outcome {
-                        Ok(p) => match p.arrived.get(index) {
-                            Some(data) => data.clone(),
-                            None => {
-                                return Err(p.error.clone().unwrap_or_else(|| {
-                                    StoreError::Other("fetch ended short".into())
-                                }))
-                            }
-                        },
+                    let outcome = progress.wait_for(|p| p.arrived > index || p.ended).await;
+                    match outcome {
+                        Ok(p) if p.arrived > index => {}
+                        Ok(p) => {
+                            return Err(p
+                                .error
+                                .clone()
+                                .unwrap_or_else(|| StoreError::Other("fetch ended short".into())))
+                        }
                         Err(_) => {
                             return Err(StoreError::Other("fetch ended without a result".into()))
                         }
-                    };
-                    return Ok((self.bytes_of(obj, unit).start, data));
+                    }
+                    // Arrived: it is in the cache now, unless evicted again
+                    // already (then it is looked for, or fetched, anew).
+                    if let Some(data) = self.cache.get(&Self::key(obj, unit)) {
+                        return Ok((self.bytes_of(obj, unit).start, data));
+                    }
                 }
                 // Neither cached nor pending (never requested, or evicted
                 // already): fetch its block, then wait for that fetch.
@@ -384,6 +448,15 @@ impl<S: ObjectStore> Fetcher<S> {
     }
 }
 
+/// Largest part a run of `run_bytes` is split into: `part_size`, or less
+/// (whole segments, at least [`MIN_PART`]) when that would leave fewer than
+/// [`PARTS_PER_RUN`] parts. S3 caps each connection's bandwidth, so a window
+/// the memory budget keeps small still arrives over several connections.
+fn part_limit(run_bytes: u64, segment: u64, part_size: u64) -> u64 {
+    let spread = run_bytes.div_ceil(PARTS_PER_RUN).next_multiple_of(segment);
+    spread.max(MIN_PART).min(part_size)
+}
+
 enum Found {
     Cached(Unit, Bytes),
     Pending(Unit, Pending),
@@ -394,10 +467,36 @@ struct ClearPending<'a, S: ObjectStore> {
     fetcher: &'a Fetcher<S>,
     obj: &'a ObjectVersion,
     units: &'a [Unit],
+    /// Units delivered (and unregistered) already.
+    delivered: &'a AtomicUsize,
 }
 
 impl<S: ObjectStore> Drop for ClearPending<'_, S> {
     fn drop(&mut self) {
-        self.fetcher.unregister(self.obj, self.units);
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        self.fetcher.unregister(self.obj, &self.units[delivered..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1024 * 1024;
+
+    #[test]
+    fn long_runs_use_whole_parts_and_short_ones_are_spread() {
+        // A full 64 MiB window: eight parts of the configured 8 MiB.
+        assert_eq!(part_limit(64 * M, M, 8 * M), 8 * M);
+        assert_eq!(part_limit(512 * M, M, 8 * M), 8 * M);
+        // A window cut to 24 MiB by the memory budget: still eight parts.
+        assert_eq!(part_limit(24 * M, M, 8 * M), 3 * M);
+        // Parts are whole segments.
+        assert_eq!(part_limit(20 * M, M, 8 * M), 3 * M);
+        // Short runs (a random read of up to 1 MiB, unaligned) stay one GET.
+        assert_eq!(part_limit(M + 64 * 1024, M, 8 * M), 2 * M);
+        assert_eq!(part_limit(256 * 1024, M, 8 * M), 2 * M);
+        // A configured part size below the minimum is honoured.
+        assert_eq!(part_limit(64 * M, M, M), M);
     }
 }

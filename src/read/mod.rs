@@ -6,14 +6,17 @@
 //! ranged GETs (each pinned with `If-Match`) and keeps the blocks in one
 //! cache shared by all handles. One memory budget covers the cache and the
 //! data requested ahead of readers: when read-ahead would exceed its share,
-//! windows shrink instead of the process growing.
+//! windows shrink instead of the process growing. A handle that stops
+//! reading gives its share back after [`IDLE_AFTER`], so open but idle
+//! handles do not starve the ones still reading.
 
 mod fetch;
 mod window;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, warn};
@@ -23,6 +26,10 @@ pub use window::{Plan, ReadWindow, WindowConfig};
 
 use crate::error::FsError;
 use crate::store::{ObjectStore, StoreError};
+
+/// A handle that has not read for this long no longer holds a share of the
+/// read-ahead budget (what it fetched stays in the cache, subject to LRU).
+pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Settings of the read path; filled from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +64,20 @@ impl ReadConfig {
     /// enters the cache unit by unit as it arrives, so the cache holds it
     /// too; the cache is large enough to keep all of it next to what was
     /// read last. The rest of the budget is for what the cache cannot see:
-    /// units still arriving, connection buffers, replies being assembled,
-    /// allocator slack.
+    /// GETs in flight (a quarter), listings (a sixteenth), the buffer pool
+    /// (an eighth), and replies being assembled and allocator slack.
     fn cache_budget(&self) -> u64 {
-        self.memory_limit / 2
+        self.memory_limit / 8 * 3
+    }
+
+    /// Ranged GETs allowed in flight at once: `max_requests`, or fewer when
+    /// the budget is small. A GET in flight holds the unit it is filling
+    /// (up to a 1 MiB segment) and its connection's read buffer (up to about
+    /// 400 KiB); a quarter of the budget covers all of them.
+    fn gets_in_flight(&self) -> usize {
+        const PER_GET: u64 = 3 * 512 * 1024;
+        let fit = (self.memory_limit / 4 / PER_GET).max(4) as usize;
+        self.max_requests.clamp(1, fit)
     }
 }
 
@@ -76,8 +93,10 @@ struct OpenFile {
     version: Mutex<Arc<ObjectVersion>>,
     window: Mutex<ReadWindow>,
     /// Bytes this handle has requested ahead of its reader (its share of
-    /// `Reader::ahead_total`).
+    /// `Reader::ahead_total`); 0 once it has been idle for [`IDLE_AFTER`].
     ahead: AtomicU64,
+    /// When this handle last read, in milliseconds since `Reader::born`.
+    last_read_ms: AtomicU64,
     /// Set once any byte has been returned; from then on the version may not
     /// change under this handle.
     served: AtomicBool,
@@ -100,7 +119,12 @@ pub struct Reader<S> {
     config: ReadConfig,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
-    ahead_total: AtomicU64,
+    /// Sum of the handles' `ahead`. Signed: a handle's share may be taken
+    /// back (idle) while it updates it, which can briefly overshoot below 0.
+    ahead_total: AtomicI64,
+    born: Instant,
+    /// When idle handles were last looked for (ms since `born`).
+    last_idle_sweep_ms: AtomicU64,
     /// The ETag each key had at its last open: an unchanged object may keep
     /// its pages in the kernel's cache across opens.
     last_opened: moka::sync::Cache<Arc<str>, Arc<str>>,
@@ -108,19 +132,26 @@ pub struct Reader<S> {
 
 impl<S: ObjectStore> Reader<S> {
     pub fn new(store: Arc<S>, config: ReadConfig) -> Self {
+        // The pool of free piece buffers comes out of the budget's headroom
+        // (what the cache and read-ahead leave). Smaller, it overflows when
+        // the cache evicts a batch, and buffers handed back to malloc
+        // fragment the heap: measured as 10-15 MiB more peak RSS at 64M.
+        crate::store::limit_pool((config.memory_limit / 8) as usize);
         Reader {
             fetcher: Fetcher::new(
                 store.clone(),
                 config.window.block,
                 config.part_size,
                 config.cache_budget(),
-                config.max_requests,
+                config.gets_in_flight(),
             ),
             store,
             config,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            ahead_total: AtomicU64::new(0),
+            ahead_total: AtomicI64::new(0),
+            born: Instant::now(),
+            last_idle_sweep_ms: AtomicU64::new(0),
             last_opened: moka::sync::Cache::new(100_000),
         }
     }
@@ -138,6 +169,7 @@ impl<S: ObjectStore> Reader<S> {
             })),
             window: Mutex::new(ReadWindow::new(self.config.window, size)),
             ahead: AtomicU64::new(0),
+            last_read_ms: AtomicU64::new(self.now_ms()),
             served: AtomicBool::new(false),
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +197,7 @@ impl<S: ObjectStore> Reader<S> {
     pub fn release(&self, fh: u64) {
         if let Some(file) = self.handles.lock().unwrap().remove(&fh) {
             let mine = file.ahead.swap(0, Ordering::Relaxed);
-            self.ahead_total.fetch_sub(mine, Ordering::Relaxed);
+            self.ahead_total.fetch_sub(mine as i64, Ordering::Relaxed);
         }
     }
 
@@ -183,7 +215,7 @@ impl<S: ObjectStore> Reader<S> {
         MemoryUse {
             budget: self.config.memory_limit,
             cache: self.fetcher.cached_bytes(),
-            ahead: self.ahead_total.load(Ordering::Relaxed),
+            ahead: self.ahead_total(),
         }
     }
 
@@ -267,12 +299,16 @@ impl<S: ObjectStore> Reader<S> {
         offset: u64,
         len: u64,
     ) {
+        let now = self.now_ms();
+        file.last_read_ms.store(now, Ordering::Relaxed);
         let plan = {
             let mut window = file.window.lock().unwrap();
+            if self.ahead_total() > self.config.ahead_budget() / 2 {
+                self.reclaim_idle(now);
+            }
             // This handle's own read-ahead does not count against its room.
             let others = self
-                .ahead_total
-                .load(Ordering::Relaxed)
+                .ahead_total()
                 .saturating_sub(file.ahead.load(Ordering::Relaxed));
             let room = self
                 .config
@@ -282,16 +318,44 @@ impl<S: ObjectStore> Reader<S> {
             // Account this handle's read-ahead in the global total.
             let mine = window.ahead_bytes();
             let before = file.ahead.swap(mine, Ordering::Relaxed);
-            if mine >= before {
-                self.ahead_total.fetch_add(mine - before, Ordering::Relaxed);
-            } else {
-                self.ahead_total.fetch_sub(before - mine, Ordering::Relaxed);
-            }
+            self.ahead_total
+                .fetch_add(mine as i64 - before as i64, Ordering::Relaxed);
             plan
         };
         self.fetcher.request(version, plan.demand);
         if let Some(ahead) = plan.ahead {
             self.fetcher.request(version, ahead);
+        }
+    }
+
+    fn ahead_total(&self) -> u64 {
+        self.ahead_total.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Takes back the read-ahead share of handles idle for [`IDLE_AFTER`];
+    /// looks at most every 100 ms. A handle that reads again re-claims its
+    /// share in `plan_and_request`.
+    fn reclaim_idle(&self, now: u64) {
+        let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
+        if now < last + 100
+            || self
+                .last_idle_sweep_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let idle_ms = IDLE_AFTER.as_millis() as u64;
+        let handles: Vec<Arc<OpenFile>> = self.handles.lock().unwrap().values().cloned().collect();
+        for file in handles {
+            if file.last_read_ms.load(Ordering::Relaxed) + idle_ms <= now {
+                let held = file.ahead.swap(0, Ordering::Relaxed);
+                self.ahead_total.fetch_sub(held as i64, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+pub use pieces::limit_pool;
 pub use s3::{S3Settings, S3Store};
 
 /// Metadata of one object as S3 reports it in a listing or a HEAD.

@@ -15,8 +15,17 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
-/// Free buffers the pool keeps at most; more are given back to malloc.
-const POOL_LIMIT: usize = 32 * 1024 * 1024;
+/// Free buffers the pool keeps at most until [`limit_pool`] says otherwise;
+/// more are given back to malloc.
+const DEFAULT_POOL_LIMIT: usize = 32 * 1024 * 1024;
+
+static POOL_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_POOL_LIMIT);
+
+/// Sets how many bytes of free buffers the pool may keep: a small share of
+/// the memory budget, so a small `--memory-limit` is not exceeded by it.
+pub fn limit_pool(bytes: usize) {
+    POOL_LIMIT.store(bytes, Ordering::Relaxed);
+}
 
 /// Sizes worth pooling: the cache's units (blocks and segments).
 fn poolable(capacity: usize) -> bool {
@@ -52,7 +61,8 @@ impl Pool {
         if !poolable(capacity) {
             return;
         }
-        if self.free_bytes.fetch_add(capacity, Ordering::Relaxed) + capacity > POOL_LIMIT {
+        let limit = POOL_LIMIT.load(Ordering::Relaxed);
+        if self.free_bytes.fetch_add(capacity, Ordering::Relaxed) + capacity > limit {
             self.free_bytes.fetch_sub(capacity, Ordering::Relaxed);
             return;
         }
