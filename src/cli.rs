@@ -85,8 +85,7 @@ pub struct Args {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub metadata_ttl: u64,
 
-    /// Largest ranged GET that read-ahead is split into (e.g. 8M); shorter
-    /// windows are split into 8 parts of at least 2 MiB.
+    /// Size of each ranged GET that read-ahead is split into (e.g. 8M).
     #[arg(long, value_parser = parse_size, default_value = "8M", value_name = "SIZE")]
     pub read_part_size: u64,
 

@@ -31,13 +31,6 @@ use crate::store::{ObjectStore, StoreError};
 /// the kernel's largest FUSE read, and kernel reads are aligned to it.
 pub const SEGMENT_BLOCKS: u64 = 16;
 
-/// A run is split into this many parts when `part_size` allows.
-const PARTS_PER_RUN: u64 = 8;
-
-/// Smallest part a run is split into: a random read of up to 1 MiB (17
-/// blocks when unaligned) stays one GET.
-const MIN_PART: u64 = 2 * 1024 * 1024;
-
 /// One version of one object, as a handle reads it.
 #[derive(Debug)]
 pub struct ObjectVersion {
@@ -228,21 +221,13 @@ impl<S: ObjectStore> Fetcher<S> {
         self.spawn_run(obj, run, &mut pending);
     }
 
-    /// Fetches a run of consecutive units, in parts of up to `part_limit`.
+    /// Fetches a run of consecutive units, in parts of up to `part_size`.
     fn spawn_run(
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
         run: Vec<Unit>,
         pending: &mut HashMap<UnitKey, Pending>,
     ) {
-        let run_bytes: u64 = run
-            .iter()
-            .map(|&u| {
-                let r = self.bytes_of(obj, u);
-                r.end - r.start
-            })
-            .sum();
-        let part_limit = part_limit(run_bytes, self.segment(), self.part_size);
         let mut units = run.into_iter().peekable();
         while units.peek().is_some() {
             let mut part: Vec<Unit> = Vec::new();
@@ -250,7 +235,7 @@ impl<S: ObjectStore> Fetcher<S> {
             while let Some(&unit) = units.peek() {
                 let Range { start, end } = self.bytes_of(obj, unit);
                 let len = end - start;
-                if !part.is_empty() && bytes + len > part_limit {
+                if !part.is_empty() && bytes + len > self.part_size {
                     break;
                 }
                 part.push(unit);
@@ -448,15 +433,6 @@ impl<S: ObjectStore> Fetcher<S> {
     }
 }
 
-/// Largest part a run of `run_bytes` is split into: `part_size`, or less
-/// (whole segments, at least [`MIN_PART`]) when that would leave fewer than
-/// [`PARTS_PER_RUN`] parts. S3 caps each connection's bandwidth, so a window
-/// the memory budget keeps small still arrives over several connections.
-fn part_limit(run_bytes: u64, segment: u64, part_size: u64) -> u64 {
-    let spread = run_bytes.div_ceil(PARTS_PER_RUN).next_multiple_of(segment);
-    spread.max(MIN_PART).min(part_size)
-}
-
 enum Found {
     Cached(Unit, Bytes),
     Pending(Unit, Pending),
@@ -475,28 +451,5 @@ impl<S: ObjectStore> Drop for ClearPending<'_, S> {
     fn drop(&mut self) {
         let delivered = self.delivered.load(Ordering::Relaxed);
         self.fetcher.unregister(self.obj, &self.units[delivered..]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const M: u64 = 1024 * 1024;
-
-    #[test]
-    fn long_runs_use_whole_parts_and_short_ones_are_spread() {
-        // A full 64 MiB window: eight parts of the configured 8 MiB.
-        assert_eq!(part_limit(64 * M, M, 8 * M), 8 * M);
-        assert_eq!(part_limit(512 * M, M, 8 * M), 8 * M);
-        // A window cut to 24 MiB by the memory budget: still eight parts.
-        assert_eq!(part_limit(24 * M, M, 8 * M), 3 * M);
-        // Parts are whole segments.
-        assert_eq!(part_limit(20 * M, M, 8 * M), 3 * M);
-        // Short runs (a random read of up to 1 MiB, unaligned) stay one GET.
-        assert_eq!(part_limit(M + 64 * 1024, M, 8 * M), 2 * M);
-        assert_eq!(part_limit(256 * 1024, M, 8 * M), 2 * M);
-        // A configured part size below the minimum is honoured.
-        assert_eq!(part_limit(64 * M, M, M), M);
     }
 }
