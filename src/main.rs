@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use s3mount::{cli, daemon, doctor, generate, kernel_mount, mount, mount_helper, notify, refresh};
+use s3mount::service::{daemon, doctor, generate, kernel_mount, mount_helper, notify, refresh};
+use s3mount::{cli, mount};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {

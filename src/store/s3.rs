@@ -690,7 +690,7 @@ fn record_attempt(cfg: &mut ConfigBag, status: Option<u16>) {
     let retry = cfg
         .load::<RequestAttempts>()
         .is_some_and(|a| a.attempts() > 1);
-    crate::metrics::record_request(operation, status, start.0.elapsed(), retry);
+    crate::service::metrics::record_request(operation, status, start.0.elapsed(), retry);
 }
 
 /// Waits for one part copy and records its ETag.

@@ -16,7 +16,7 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::cli::{parse_size, Connection, Target};
-use crate::metrics::human_bytes;
+use crate::service::metrics::human_bytes;
 use crate::store::{ObjectMeta, ObjectStore, S3Store};
 
 /// Check credentials, latency, throughput and object sizes of a target.
