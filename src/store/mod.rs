@@ -131,9 +131,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         deliver: &mut (dyn FnMut(Bytes) + Send),
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Stores `body` as `key` in one request; returns the new ETag.
-    fn put(&self, key: &str, body: Body)
-        -> impl Future<Output = Result<String, StoreError>> + Send;
+    /// Stores `body` as `key` in one request; returns the new ETag. With
+    /// `if_match`, only if the current version has that ETag (a store that
+    /// ignores the condition stores unconditionally; callers check first).
+    /// Every upload carries the Content-Type its key's extension calls for.
+    fn put(
+        &self,
+        key: &str,
+        body: Body,
+        if_match: Option<&str>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Starts a multipart upload of `key`; returns its upload id.
     fn start_multipart(&self, key: &str)
@@ -148,13 +155,28 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Body,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
+    /// Uploads part `number` of a multipart upload of `to` as a server-side
+    /// copy of `range` of `from`, pinned to version `etag` of `from` (else
+    /// [`StoreError::PreconditionFailed`]); returns the part's ETag.
+    fn copy_part(
+        &self,
+        from: &str,
+        etag: &str,
+        range: Range<u64>,
+        to: &str,
+        upload_id: &str,
+        number: u32,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
     /// Completes a multipart upload from the ETags of parts 1, 2, ... in
     /// order; the object appears whole at this moment. Returns its ETag.
+    /// `if_match` as for [`ObjectStore::put`].
     fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         part_etags: Vec<String>,
+        if_match: Option<&str>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Abandons a multipart upload and frees its parts.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
 
 use aws_sdk_s3::config::interceptors::{
     BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
@@ -282,12 +282,19 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn put(&self, key: &str, body: Body) -> Result<String, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Body,
+        if_match: Option<&str>,
+    ) -> Result<String, StoreError> {
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            .content_type(content_type(key))
+            .set_if_match(if_match.map(str::to_owned))
             .body(byte_stream(body).await?)
             .send()
             .await
@@ -301,6 +308,7 @@ impl ObjectStore for S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
+            .content_type(content_type(key))
             .send()
             .await
             .map_err(|e| classify(e, Missing::Bucket))?;
@@ -335,6 +343,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         part_etags: Vec<String>,
+        if_match: Option<&str>,
     ) -> Result<String, StoreError> {
         let parts = part_etags
             .into_iter()
@@ -352,6 +361,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
+            .set_if_match(if_match.map(str::to_owned))
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -392,6 +402,9 @@ impl ObjectStore for S3Store {
             .key(to)
             .copy_source(copy_source(&self.bucket, from))
             .copy_source_if_match(etag)
+            // The copy's Content-Type follows its new name, as any upload's.
+            .metadata_directive(MetadataDirective::Replace)
+            .content_type(content_type(to))
             .send()
             .await
             .map_err(|e| classify(e, Missing::Object))?;
@@ -400,6 +413,19 @@ impl ObjectStore for S3Store {
             .and_then(|r| r.e_tag())
             .unwrap_or_default()
             .to_owned())
+    }
+
+    async fn copy_part(
+        &self,
+        from: &str,
+        etag: &str,
+        range: Range<u64>,
+        to: &str,
+        upload_id: &str,
+        number: u32,
+    ) -> Result<String, StoreError> {
+        self.part_copy_request(from, etag, range, to, upload_id, number)
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -412,6 +438,16 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify(e, Missing::Object))?;
         Ok(())
     }
+}
+
+/// The Content-Type of an object, from its key's extension, so a bucket
+/// served to browsers shows what it holds; `application/octet-stream` when
+/// the extension says nothing.
+pub fn content_type(key: &str) -> String {
+    mime_guess::from_path(key)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
+        .to_owned()
 }
 
 /// A request body from [`Body`]; a file range is streamed from disk.
@@ -488,7 +524,6 @@ impl S3Store {
     ) -> Result<String, StoreError> {
         let part = copy_part_size(size, self.copy_threshold);
         let upload_id = self.start_multipart(to).await?;
-        let source = copy_source(&self.bucket, from);
         let mut etags = vec![String::new(); size.div_ceil(part) as usize];
         let mut running = tokio::task::JoinSet::new();
         let mut failure = None;
@@ -499,27 +534,10 @@ impl S3Store {
                     break;
                 }
             }
-            let end = (start + part).min(size) - 1;
-            let request = self
-                .client
-                .upload_part_copy()
-                .bucket(&self.bucket)
-                .key(to)
-                .upload_id(&upload_id)
-                .part_number(i as i32 + 1)
-                .copy_source(&source)
-                .copy_source_if_match(etag)
-                .copy_source_range(format!("bytes={start}-{end}"))
-                .send();
-            running.spawn(async move {
-                let out = request.await.map_err(|e| classify(e, Missing::Object))?;
-                let etag = out
-                    .copy_part_result()
-                    .and_then(|r| r.e_tag())
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok((i, etag))
-            });
+            let end = (start + part).min(size);
+            let request =
+                self.part_copy_request(from, etag, start..end, to, &upload_id, i as u32 + 1);
+            running.spawn(async move { Ok((i, request.await?)) });
         }
         while failure.is_none() && !running.is_empty() {
             if let Some(Err(e)) = join_part(&mut running, &mut etags).await {
@@ -528,7 +546,7 @@ impl S3Store {
         }
         let result = match failure {
             Some(e) => Err(e),
-            None => self.complete_multipart(to, &upload_id, etags).await,
+            None => self.complete_multipart(to, &upload_id, etags, None).await,
         };
         if result.is_err() {
             running.abort_all();
@@ -537,6 +555,38 @@ impl S3Store {
             }
         }
         result
+    }
+
+    /// An UploadPartCopy request that owns what it needs, so it can be
+    /// spawned.
+    fn part_copy_request(
+        &self,
+        from: &str,
+        etag: &str,
+        range: Range<u64>,
+        to: &str,
+        upload_id: &str,
+        number: u32,
+    ) -> impl std::future::Future<Output = Result<String, StoreError>> + Send + 'static {
+        let request = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(to)
+            .upload_id(upload_id)
+            .part_number(number as i32)
+            .copy_source(copy_source(&self.bucket, from))
+            .copy_source_if_match(etag)
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .send();
+        async move {
+            let out = request.await.map_err(|e| classify(e, Missing::Object))?;
+            Ok(out
+                .copy_part_result()
+                .and_then(|r| r.e_tag())
+                .unwrap_or_default()
+                .to_owned())
+        }
     }
 
     /// Time from sending a one-byte ranged GET of `key` to its first body
@@ -805,6 +855,15 @@ fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> SystemTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_type_follows_the_extension() {
+        assert_eq!(content_type("a/report.csv"), "text/csv");
+        assert_eq!(content_type("page.HTML"), "text/html");
+        assert_eq!(content_type("data.json"), "application/json");
+        assert_eq!(content_type("blob"), "application/octet-stream");
+        assert_eq!(content_type("dir/"), "application/octet-stream");
+    }
 
     #[test]
     fn copy_source_escapes_what_a_header_cannot_carry() {
