@@ -1,7 +1,8 @@
 //! A TCP proxy that puts S3-like conditions on loopback: a delay before each
 //! response's first byte, a bandwidth cap per connection, a reset after N
 //! response bytes, and a stall after N response bytes. It also counts the
-//! response bytes it forwarded, so tests can measure read amplification.
+//! bytes it forwarded each way, so tests can measure read amplification
+//! and what an upload sent.
 //!
 //! It can also cut connections that carry uploads (PUT, POST).
 //!
@@ -37,6 +38,7 @@ pub struct Faults {
 struct Shared {
     faults: Mutex<Faults>,
     response_bytes: AtomicU64,
+    request_bytes: AtomicU64,
     connections: AtomicU64,
     resets: AtomicU64,
     stalls: AtomicU64,
@@ -83,6 +85,11 @@ impl FaultProxy {
     /// Response bytes forwarded so far (HTTP headers included).
     pub fn response_bytes(&self) -> u64 {
         self.shared.response_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Request bytes forwarded so far (uploads; HTTP headers included).
+    pub fn request_bytes(&self) -> u64 {
+        self.shared.request_bytes.load(Ordering::Relaxed)
     }
 
     pub fn connections(&self) -> u64 {
@@ -149,6 +156,9 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>) {
                     if s_write.write_all(&buf[..n]).is_err() {
                         break;
                     }
+                    requests
+                        .request_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
         }
