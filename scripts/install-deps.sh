@@ -6,6 +6,7 @@
 #   - Garage 2.5.0, the local S3-compatible server (built from crates.io, ~9 min)
 #   - cargo-nextest, the test runner
 #   - pyarrow, to write and read Parquet in tests and the demo
+#   - git, rsync, sqlite3, zip and unzip, which the write tests run on the mount
 set -euo pipefail
 
 say() { echo "install-deps: $*" >&2; }
@@ -15,6 +16,10 @@ SUDO=""
 need_apt=()
 for pkg in fuse3 libsodium-dev libzstd-dev pkg-config python3 python3-pip man-db; do
     dpkg -s "$pkg" > /dev/null 2>&1 || need_apt+=("$pkg")
+done
+# The everyday tools the write tests drive through the mount.
+for tool in git rsync sqlite3 zip unzip; do
+    command -v "$tool" > /dev/null || need_apt+=("$tool")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt when absent.
 command -v python3 > /dev/null && need_apt=("${need_apt[@]/python3}")

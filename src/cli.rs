@@ -71,6 +71,17 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, default_value = "8M", value_name = "SIZE")]
     pub write_part_size: u64,
 
+    /// Disk space all files being written may take in the spool at once;
+    /// a write beyond it fails with ENOSPC.
+    #[arg(long, value_parser = parse_size, default_value = "16G", value_name = "SIZE")]
+    pub spool_limit: u64,
+
+    /// Largest object that may be changed in place (written below its end,
+    /// or truncated); larger ones fail such writes with EFBIG. Appending
+    /// works at any size.
+    #[arg(long, value_parser = parse_size, default_value = "1G", value_name = "SIZE")]
+    pub max_modify_size: u64,
+
     /// Where files being written are spooled (default: the cache directory,
     /// else the system's temporary directory).
     #[arg(long, value_name = "DIR")]

@@ -31,9 +31,18 @@ pub enum FsError {
     Unsupported(&'static str),
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
-    /// The local spool of an upload failed (disk full, say).
+    /// The local spool of an upload failed.
     #[error("upload spool: {0}")]
     Spool(String),
+    /// The spool (its budget, or its disk) is full.
+    #[error("no space left in the upload spool")]
+    NoSpace,
+    /// A change beyond what the mount allows for a file this large.
+    #[error("file too large: {0}")]
+    TooBig(&'static str),
+    /// A name longer than a file name or an S3 key may be.
+    #[error("file name too long")]
+    NameTooLong,
     /// Work another task was to do for this request was given up; the
     /// caller should do it itself.
     #[error("work abandoned by another task")]
@@ -57,6 +66,15 @@ impl FsError {
         }
     }
 
+    /// A failed spool read or write: ENOSPC when the disk is full, else an
+    /// I/O error naming what failed.
+    pub fn from_spool_io(what: &str, e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => FsError::NoSpace,
+            _ => FsError::Spool(format!("{what}: {e}")),
+        }
+    }
+
     pub fn errno(&self) -> libc::c_int {
         match self {
             FsError::NotFound => libc::ENOENT,
@@ -71,6 +89,9 @@ impl FsError {
             FsError::Unsupported(_) => libc::EOPNOTSUPP,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::Spool(_) | FsError::Catalog(_) => libc::EIO,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::TooBig(_) => libc::EFBIG,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::Abandoned => libc::EAGAIN,
             FsError::Store { source, .. } => match source {
                 StoreError::NotFound | StoreError::NoSuchBucket => libc::ENOENT,
@@ -96,6 +117,11 @@ mod tests {
         assert_eq!(FsError::NotEmpty.errno(), libc::ENOTEMPTY);
         assert_eq!(FsError::NotPermitted("x").errno(), libc::EPERM);
         assert_eq!(FsError::Unsupported("x").errno(), libc::EOPNOTSUPP);
+        assert_eq!(FsError::NoSpace.errno(), libc::ENOSPC);
+        assert_eq!(FsError::TooBig("x").errno(), libc::EFBIG);
+        assert_eq!(FsError::NameTooLong.errno(), libc::ENAMETOOLONG);
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(FsError::from_spool_io("write", full).errno(), libc::ENOSPC);
         assert_eq!(
             FsError::store("k", StoreError::PreconditionFailed).errno(),
             libc::EIO

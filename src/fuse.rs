@@ -12,9 +12,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -31,7 +31,7 @@ const KERNEL_TTL: Duration = Duration::from_secs(1);
 /// buffer holds, so little is built only to be thrown away.
 const READDIR_BATCH: usize = 96;
 
-pub struct FuseAdapter<S> {
+pub struct FuseAdapter<S: ObjectStore> {
     fs: Arc<S3Fs<S>>,
     rt: Handle,
 }
@@ -246,13 +246,8 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() == OpenAccMode::O_RDONLY {
-            self.spawn(move |fs| async move { fs.open(ino.0).await }, reply);
-            return;
-        }
-        let truncate = flags.0 & libc::O_TRUNC != 0;
         self.spawn(
-            move |fs| async move { fs.open_for_write(ino.0, truncate).await },
+            move |fs| async move { fs.open(ino.0, flags.0).await },
             reply,
         );
     }
@@ -299,9 +294,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // Noted here, on the request loop's thread, so a request sent after
+        // close(2) returned finds the file closing (see S3Fs::begin_release).
+        let release = self.fs.begin_release(fh.0);
         self.spawn(
             move |fs| async move {
-                fs.release(fh.0).await;
+                fs.release(release).await;
                 Ok(())
             },
             reply,
@@ -382,7 +380,16 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         // S3 has no capacity limit to report; show a large, empty volume so
         // tools that check free space before copying do not refuse.
         const BLOCKS: u64 = 1 << 40;
-        reply.statfs(BLOCKS, BLOCKS, BLOCKS, 1 << 32, 1 << 32, 4096, 255, 4096);
+        reply.statfs(
+            BLOCKS,
+            BLOCKS,
+            BLOCKS,
+            1 << 32,
+            1 << 32,
+            4096,
+            crate::names::NAME_MAX as u32,
+            4096,
+        );
     }
 
     fn getxattr(
@@ -437,7 +444,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        fh: Option<FileHandle>,
+        _fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
@@ -445,7 +452,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyAttr,
     ) {
         self.spawn(
-            move |fs| async move { fs.setattr(ino.0, fh.map(|f| f.0), size).await },
+            move |fs| async move { fs.setattr(ino.0, size).await },
             reply,
         );
     }
@@ -469,16 +476,24 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn mknod(
         &self,
         _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _u: u32,
         _r: u32,
         reply: ReplyEntry,
     ) {
-        // The kernel creates regular files with CREATE; devices, FIFOs and
-        // sockets have no S3 form.
-        reply.error(Errno::from_i32(libc::EPERM));
+        // Devices, FIFOs and sockets have no S3 form; a regular file is a
+        // plain create.
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            reply.error(Errno::from_i32(libc::EPERM));
+            return;
+        }
+        let name = name_str(name);
+        self.spawn(
+            move |fs| async move { fs.mknod(parent.0, &name?).await },
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -524,12 +539,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         name: &OsStr,
         _mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let name = name_str(name);
         self.spawn(
-            move |fs| async move { fs.create(parent.0, &name?).await },
+            move |fs| async move { fs.create(parent.0, &name?, flags).await },
             reply,
         );
     }

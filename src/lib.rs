@@ -11,4 +11,4 @@ pub mod names;
 pub mod read;
 pub mod service;
 pub mod store;
-pub mod upload;
+pub mod write;

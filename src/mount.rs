@@ -17,12 +17,12 @@ use crate::catalog::{Catalog, CatalogDb, Freshness, IN_MEMORY_LIMIT};
 use crate::cli::{Args, Target};
 use crate::fs::{Ownership, S3Fs, WritePolicy};
 use crate::fuse::FuseAdapter;
+use crate::read::{ReadConfig, Reader};
 use crate::service::kernel_mount::{self, KernelOptions};
 use crate::service::metrics::{self, Snapshot};
 use crate::service::notify;
-use crate::read::{ReadConfig, Reader};
 use crate::store::{ObjectStore, S3Settings, S3Store, StoreError};
-use crate::upload::{UploadConfig, Uploads};
+use crate::write::{UploadConfig, Uploads};
 
 /// A failure before or while mounting, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +351,8 @@ fn upload_config(args: &Args) -> Result<UploadConfig, MountError> {
         spool_dir,
         max_parts_in_flight: 8,
         max_concurrent_parts: (args.max_concurrent_requests / 2).max(4),
+        spool_limit: args.spool_limit,
+        max_modify_size: args.max_modify_size,
     })
 }
 
@@ -460,6 +462,8 @@ fn snapshot<S: ObjectStore>(
         uploads_completed: uploads.completed.load(Relaxed),
         uploads_failed: uploads.failed.load(Relaxed),
         upload_parts: uploads.parts.load(Relaxed),
+        upload_copied_bytes: uploads.copied_bytes.load(Relaxed),
+        spool_bytes: fs.spool_used(),
         catalog_hits: catalog.hits.load(Relaxed),
         catalog_stale_hits: catalog.stale_hits.load(Relaxed),
         catalog_misses: catalog.misses.load(Relaxed),

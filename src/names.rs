@@ -3,11 +3,15 @@
 //! S3 keys are arbitrary UTF-8 strings; file names are not. A listing of a
 //! prefix with delimiter `/` yields child names, and some of them cannot be
 //! names in a POSIX directory (`.`, `..`, the empty name produced by `//`, or
-//! a component longer than `NAME_MAX`). Those are hidden; everything about
+//! a component longer than [`NAME_MAX`]). Those are hidden; everything about
 //! that decision lives here so it is the same for listings and lookups.
 
-/// Longest file name the kernel accepts (`NAME_MAX`).
-pub const NAME_MAX: usize = 255;
+/// Longest file name FUSE passes (`FUSE_NAME_MAX`; longer than most local
+/// file systems' 255, so every S3 key component that fits is shown).
+pub const NAME_MAX: usize = 1024;
+
+/// Longest S3 key.
+pub const MAX_KEY_LEN: usize = 1024;
 
 /// Why a listing entry cannot be shown as a file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,18 +91,19 @@ mod tests {
         assert_eq!(check_name(""), Err(Unrepresentable::Empty));
         assert_eq!(check_name("."), Err(Unrepresentable::Dot));
         assert_eq!(check_name(".."), Err(Unrepresentable::DotDot));
-        assert_eq!(check_name(&"x".repeat(256)), Err(Unrepresentable::TooLong));
+        assert_eq!(check_name(&"x".repeat(1025)), Err(Unrepresentable::TooLong));
         assert_eq!(check_name("a\0b"), Err(Unrepresentable::Nul));
-        assert_eq!(check_name(&"x".repeat(255)), Ok(()));
+        assert_eq!(check_name(&"x".repeat(1024)), Ok(()));
+        assert_eq!(check_name(&"x".repeat(300)), Ok(()));
         assert!(check_name("...").is_ok());
         assert!(check_name("with space %2F+ü").is_ok());
     }
 
     #[test]
     fn long_name_limit_counts_bytes_not_chars() {
-        // 128 two-byte characters are 256 bytes.
-        assert_eq!(check_name(&"ü".repeat(128)), Err(Unrepresentable::TooLong));
-        assert!(check_name(&"ü".repeat(127)).is_ok());
+        // 513 two-byte characters are 1026 bytes.
+        assert_eq!(check_name(&"ü".repeat(513)), Err(Unrepresentable::TooLong));
+        assert!(check_name(&"ü".repeat(512)).is_ok());
     }
 
     #[test]

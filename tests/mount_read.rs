@@ -169,13 +169,15 @@ fn odd_keys_show_up_or_are_hidden_as_documented() {
     ] {
         b.put(key, format!("content of {key}").into_bytes());
     }
-    b.put(&format!("{long}.txt"), b"too long".to_vec());
+    // Longer than most local file systems allow, but a valid FUSE name.
+    b.put(&format!("{long}.txt"), b"long name".to_vec());
 
     let m = Mounted::start(&s3, &b.name, &[]);
     let root = m.path();
     assert_eq!(
         names(&root),
         [
+            format!("{long}.txt").as_str(),
             "dot",
             "dotdot",
             "double",
@@ -218,6 +220,10 @@ fn odd_keys_show_up_or_are_hidden_as_documented() {
     );
     assert!(root.join("marker-only").is_dir());
     assert!(names(&root.join("marker-only")).is_empty());
+    assert_eq!(
+        std::fs::read(root.join(format!("{long}.txt"))).unwrap(),
+        b"long name"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! [`S3Fs`] answers lookups, attributes and directory reads from the
 //! [`Catalog`], file reads through the [`Reader`], and file writes through
-//! [`Uploads`] ([`write`]); [`namespace`] holds unlink, mkdir, rmdir and
+//! the [`Writer`] ([`write`]); [`namespace`] holds unlink, mkdir, rmdir and
 //! rename. The FUSE adapter in [`crate::fuse`] only translates kernel
 //! requests into these calls. docs/SEMANTICS.md says what each does on S3.
 
@@ -20,9 +20,8 @@ use crate::catalog::{Catalog, DirSource, Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::read::{PageCache, Reader};
 use crate::store::ObjectStore;
-use crate::upload::Uploads;
-use write::WriteHandle;
-pub use write::WritePolicy;
+use crate::write::{Access, Uploads, Writer};
+pub use write::{Release, WritePolicy};
 
 /// Ownership and permissions shown for every file and directory.
 #[derive(Debug, Clone, Copy)]
@@ -53,17 +52,14 @@ pub struct DirRow {
     pub attr: Attr,
 }
 
-pub struct S3Fs<S> {
+pub struct S3Fs<S: ObjectStore> {
     catalog: Catalog<S>,
-    reader: Reader<S>,
-    uploads: Arc<Uploads<S>>,
+    reader: Arc<Reader<S>>,
+    writer: Writer<S>,
     policy: WritePolicy,
     owner: Ownership,
     dir_handles: Mutex<HashMap<u64, DirSource>>,
     next_dir_handle: AtomicU64,
-    /// Files open for writing, by handle.
-    writers: Mutex<HashMap<u64, WriteHandle<S>>>,
-    next_write_handle: AtomicU64,
     /// Set at shutdown: new writes are refused from then on.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -76,16 +72,15 @@ impl<S: ObjectStore> S3Fs<S> {
         policy: WritePolicy,
         owner: Ownership,
     ) -> Self {
+        let reader = Arc::new(reader);
         S3Fs {
             catalog,
+            writer: Writer::new(uploads, reader.clone()),
             reader,
-            uploads,
             policy,
             owner,
             dir_handles: Mutex::new(HashMap::new()),
             next_dir_handle: AtomicU64::new(1),
-            writers: Mutex::new(HashMap::new()),
-            next_write_handle: AtomicU64::new(write::FIRST_WRITE_HANDLE),
             stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -109,7 +104,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Answers a kernel LOOKUP; the kernel then holds the inode (see
     /// [`S3Fs::sent_entry`]).
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
-        let attr = match self.writing_attr(|w| w.parent == parent && w.name == name) {
+        let attr = match self.open_file_attr_named(parent, name) {
             Some(attr) => attr,
             None => {
                 let (ino, entry) = self.catalog.lookup(parent, name).await?;
@@ -152,20 +147,25 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
-        if let Some(attr) = self.writing_attr(|w| w.ino == ino) {
+        if let Some(attr) = self.open_file_attr(ino) {
             return Ok(attr);
         }
         let entry = self.catalog.entry(ino).await?;
         Ok(self.attr(ino, &entry))
     }
 
-    /// Opens a file; returns the handle and whether the kernel may keep
-    /// cached pages of it (the object is unchanged since the last open).
-    pub async fn open(&self, ino: Ino) -> Result<(u64, PageCache), FsError> {
-        if self.is_being_written(ino) {
-            return Err(FsError::Busy(
-                "the file is being written through this mount",
-            ));
+    /// Opens a file with open(2) `flags`; returns the handle and how the
+    /// kernel may use its page cache (keep it only for a read-only open of
+    /// an object unchanged since the last open).
+    pub async fn open(&self, ino: Ino, flags: i32) -> Result<(u64, PageCache), FsError> {
+        if Access::from_flags(flags).write {
+            let fh = self.open_for_write(ino, flags).await?;
+            return Ok((fh, PageCache::Invalidate));
+        }
+        if let Some(file) = self.writer.settle(ino).await {
+            // Open for writing here: read what was written, as on a disk.
+            let fh = self.writer.open_reader(file).await?;
+            return Ok((fh, PageCache::Invalidate));
         }
         let key = self.catalog.file_key(ino)?;
         match self.catalog.entry(ino).await?.kind {
@@ -182,8 +182,13 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.stats()
     }
 
-    pub fn upload_stats(&self) -> &crate::upload::UploadStats {
-        self.uploads.stats()
+    pub fn upload_stats(&self) -> &crate::write::UploadStats {
+        self.writer.uploads().stats()
+    }
+
+    /// Bytes held by spool files now.
+    pub fn spool_used(&self) -> u64 {
+        self.writer.uploads().spool_used()
     }
 
     pub fn memory(&self) -> crate::read::MemoryUse {
@@ -205,6 +210,9 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
+        if Writer::<S>::owns(fh) {
+            return self.writer.read(fh, offset, len).await;
+        }
         self.reader.read(fh, offset, len).await
     }
 
@@ -213,7 +221,8 @@ impl<S: ObjectStore> S3Fs<S> {
     /// listing, or, for a directory not listed yet, the listing as it
     /// arrives (the first entries are returned before the last page is in).
     pub async fn opendir(&self, ino: Ino) -> Result<u64, FsError> {
-        self.settle_closed_files(ino).await;
+        // Files whose last descriptor just closed are listed once stored.
+        self.writer.settle_dir(ino).await;
         let source = self.catalog.open_dir(ino).await?;
         self.catalog.note_opendir(ino);
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);

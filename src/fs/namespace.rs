@@ -23,22 +23,22 @@ use crate::catalog::{Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, ObjectStore, StoreError};
+use crate::write::{OpenFile, Place};
 
 /// Objects copied at once by a directory rename.
 const MOVE_CONCURRENCY: usize = 16;
 
 impl<S: ObjectStore> S3Fs<S> {
-    fn store(&self) -> &Arc<S> {
-        self.uploads.store()
+    pub(super) fn store(&self) -> &Arc<S> {
+        self.writer.uploads().store()
     }
 
-    fn busy_name(&self, parent: Ino, name: &str) -> Result<(), FsError> {
-        match self.writing_attr(|w| w.parent == parent && w.name == name) {
-            Some(_) => Err(FsError::Busy(
-                "the file is being written through this mount",
-            )),
-            None => Ok(()),
-        }
+    /// The file open for writing under `name` in `parent`, once any that
+    /// was closing is stored: a request sent after `close(2)` returned
+    /// never fails because the release is still in flight.
+    async fn settled_open_file(&self, parent: Ino, name: &str) -> Option<Arc<OpenFile<S>>> {
+        let file = self.writer.file_named(parent, name)?;
+        self.writer.settle(file.ino).await
     }
 
     /// Keeps directory `dir` in S3 once its last entry has gone, by
@@ -51,7 +51,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let Ok(prefix) = self.catalog.dir_prefix(dir) else {
             return;
         };
-        if let Err(e) = self.store().put(&prefix, Body::Empty).await {
+        if let Err(e) = self.store().put(&prefix, Body::Empty, None).await {
             warn!(prefix, error = %e, "cannot keep an emptied directory (marker object not created)");
         }
     }
@@ -59,7 +59,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Whether S3 holds any object under directory prefix `prefix` other
     /// than its marker. Asks S3, since other clients may have added some.
     async fn has_children(&self, prefix: &str) -> Result<bool, FsError> {
-        if self.writing_under(prefix) {
+        if self.writer.open_under(prefix) {
             return Ok(true);
         }
         let page = self
@@ -75,16 +75,29 @@ impl<S: ObjectStore> S3Fs<S> {
         if self.policy.no_delete {
             return Err(FsError::NotPermitted("--no-delete is set"));
         }
-        self.busy_name(parent, name)?;
+        if let Some(file) = self.settled_open_file(parent, name).await {
+            // Open for writing: it leaves the namespace now, is never
+            // stored, and its object (if any) goes once nothing reads it.
+            self.writer.unlink(file.ino);
+            self.catalog.record(parent, name, None)?;
+            self.keep_dir(parent).await;
+            return Ok(());
+        }
         let (ino, entry) = self.catalog.lookup(parent, name).await?;
         if entry.is_dir() {
             return Err(FsError::IsADirectory);
         }
         let key = self.catalog.file_key(ino)?;
-        self.store()
-            .delete(&key)
-            .await
-            .map_err(|e| FsError::store(&key, e))?;
+        if self.reader.is_open(&key) {
+            // Open descriptors keep reading it, as on a disk; the object is
+            // deleted when the last one closes.
+            self.writer.defer_delete(&key);
+        } else {
+            self.store()
+                .delete(&key)
+                .await
+                .map_err(|e| FsError::store(&key, e))?;
+        }
         self.catalog.record(parent, name, None)?;
         self.keep_dir(parent).await;
         Ok(())
@@ -92,9 +105,11 @@ impl<S: ObjectStore> S3Fs<S> {
 
     pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
         self.writable()?;
-        names::check_name(name).map_err(|_| FsError::Invalid("a name S3 keys cannot carry"))?;
         let prefix = self.catalog.dir_prefix(parent)?;
-        self.busy_name(parent, name).map_err(|_| FsError::Exists)?;
+        self.check_new_name(&prefix, name)?;
+        if self.open_file_attr_named(parent, name).is_some() {
+            return Err(FsError::Exists);
+        }
         match self.catalog.lookup(parent, name).await {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}
@@ -102,7 +117,7 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         let dir_prefix = names::child_dir_prefix(&prefix, name);
         self.store()
-            .put(&dir_prefix, Body::Empty)
+            .put(&dir_prefix, Body::Empty, None)
             .await
             .map_err(|e| FsError::store(&dir_prefix, e))?;
         let entry = Entry {
@@ -156,9 +171,16 @@ impl<S: ObjectStore> S3Fs<S> {
         if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
             return Err(FsError::Invalid("unknown rename flags"));
         }
-        names::check_name(new_name).map_err(|_| FsError::Invalid("a name S3 keys cannot carry"))?;
-        self.busy_name(parent, name)?;
-        self.busy_name(new_parent, new_name)?;
+        let new_parent_prefix = self.catalog.dir_prefix(new_parent)?;
+        self.check_new_name(&new_parent_prefix, new_name)?;
+        // A source open for writing is stored first (even empty), then
+        // moved, and its descriptors follow it to the new name.
+        let open_source = self.settled_open_file(parent, name).await;
+        if let Some(file) = &open_source {
+            let stored = self.writer.store_now(file).await?;
+            self.record_commit(stored)?;
+        }
+        let open_target = self.settled_open_file(new_parent, new_name).await;
         let (ino, src) = self.catalog.lookup(parent, name).await?;
         if parent == new_parent && name == new_name {
             return Ok(());
@@ -168,7 +190,6 @@ impl<S: ObjectStore> S3Fs<S> {
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
-        let new_parent_prefix = self.catalog.dir_prefix(new_parent)?;
         if let Some(d) = &dst {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 return Err(FsError::Exists);
@@ -190,7 +211,21 @@ impl<S: ObjectStore> S3Fs<S> {
             EntryKind::File { size, etag } => {
                 let key = self.catalog.file_key(ino)?;
                 let new_key = names::child_key(&new_parent_prefix, new_name);
+                self.writer.cancel_delete(&new_key);
                 let new_etag = move_object(&**self.store(), &key, etag, *size, &new_key).await?;
+                if let Some(target) = &open_target {
+                    // Replaced, as on a disk: its descriptors write to
+                    // nothing that will be stored.
+                    self.writer.orphan(target.ino);
+                }
+                if let Some(file) = &open_source {
+                    let place = Place {
+                        parent: new_parent,
+                        name: new_name.to_owned(),
+                        key: new_key.clone(),
+                    };
+                    self.writer.moved(file, place, &new_etag).await;
+                }
                 let moved = Entry {
                     name: new_name.to_owned(),
                     kind: EntryKind::File {
@@ -208,7 +243,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 if to.starts_with(&from) {
                     return Err(FsError::Invalid("a directory cannot move into itself"));
                 }
-                if self.writing_under(&from) {
+                if self.writer.open_under(&from) {
                     return Err(FsError::Busy("a file below it is being written"));
                 }
                 self.move_tree(&from, &to).await?;
@@ -280,7 +315,7 @@ impl<S: ObjectStore> S3Fs<S> {
             // A directory with no object at all (known only to this mount):
             // give the new name a marker so it exists.
             self.store()
-                .put(to, Body::Empty)
+                .put(to, Body::Empty, None)
                 .await
                 .map_err(|e| FsError::store(to, e))?;
         }

@@ -1,11 +1,11 @@
-//! Creating and writing files: create, open for writing, write, setattr,
-//! flush, fsync and release.
+//! Creating and writing files, in filesystem terms: create, mknod, open for
+//! writing, write, setattr, flush, fsync and release.
 //!
-//! A file open for writing is an [`Upload`]; it becomes an object when the
-//! file is closed (or fsynced) and the upload completes. Until then it is
-//! visible to lookups on this mount (so the writer can stat it) but not to
-//! directory listings, and it cannot be opened for reading, renamed or
-//! deleted (EBUSY): nobody sees a file that is only partly there.
+//! The data work is the write path's ([`crate::write::Writer`]); this layer
+//! adds the catalog (what exists, what a commit stored) and the mount's
+//! write policy. A file being written is visible to lookups on this mount
+//! with its current size; a file that is not an object yet is not in
+//! directory listings until it is stored.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,10 +18,7 @@ use crate::catalog::{Entry, EntryKind, Ino};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, ObjectStore};
-use crate::upload::Upload;
-
-/// Write handles are numbered from here, apart from read handles.
-pub(super) const FIRST_WRITE_HANDLE: u64 = 1 << 62;
+use crate::write::{Access, Committed, OpenFile, Place, Writer};
 
 /// Which modifications the mount allows.
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,39 +27,19 @@ pub struct WritePolicy {
     pub read_only: bool,
     /// Refuse unlink and rmdir (EPERM). Renames stay allowed: they keep the data.
     pub no_delete: bool,
-    /// Refuse replacing an existing file by writing or renaming onto it.
+    /// Refuse replacing or changing an existing file, by writing or by
+    /// renaming onto it.
     pub no_overwrite: bool,
 }
 
-/// A file open for writing.
-pub(super) struct WriteHandle<S> {
-    pub ino: Ino,
-    pub parent: Ino,
-    pub name: String,
-    /// `None` while an existing object is open for writing but untouched:
-    /// closing it then changes nothing.
-    pub upload: Option<Arc<Upload<S>>>,
-    /// The last descriptor is closed and the upload is completing.
-    pub closing: bool,
-}
-
-impl<S: ObjectStore> WriteHandle<S> {
-    /// Whether this handle is writing a file that is not an object yet.
-    fn is_writing(&self) -> bool {
-        self.upload.as_ref().is_some_and(|u| !u.is_finished())
-    }
-}
-
-impl<S> Clone for WriteHandle<S> {
-    fn clone(&self) -> Self {
-        WriteHandle {
-            ino: self.ino,
-            parent: self.parent,
-            name: self.name.clone(),
-            upload: self.upload.clone(),
-            closing: self.closing,
-        }
-    }
+/// What the kernel's RELEASE of a handle leaves to do; see
+/// [`S3Fs::begin_release`].
+pub enum Release<S: ObjectStore> {
+    /// A read handle, closed already; its key may have a delete due.
+    Read(Option<Arc<str>>),
+    /// The last descriptor of a file open for writing: store it.
+    LastWrite(Arc<OpenFile<S>>),
+    Nothing,
 }
 
 impl<S: ObjectStore> S3Fs<S> {
@@ -92,212 +69,199 @@ impl<S: ObjectStore> S3Fs<S> {
         )
     }
 
-    /// Attributes of a file being written that `matches` picks, if any.
-    pub(super) fn writing_attr(&self, matches: impl Fn(&WriteHandle<S>) -> bool) -> Option<Attr> {
-        let writers = self.writers.lock().unwrap();
-        let w = writers.values().find(|w| w.is_writing() && matches(w))?;
-        let size = w.upload.as_ref().map_or(0, |u| u.len());
-        Some(self.file_attr_now(w.ino, size))
+    /// Attributes of `ino` while it is open for writing.
+    pub(super) fn open_file_attr(&self, ino: Ino) -> Option<Attr> {
+        let file = self.writer.file(ino)?;
+        Some(self.file_attr_now(ino, file.size()))
     }
 
-    pub(super) fn is_being_written(&self, ino: Ino) -> bool {
-        self.writers
-            .lock()
-            .unwrap()
-            .values()
-            .any(|w| w.ino == ino && w.is_writing())
+    /// Attributes of `name` in `parent` while it is open for writing.
+    pub(super) fn open_file_attr_named(&self, parent: Ino, name: &str) -> Option<Attr> {
+        let file = self.writer.file_named(parent, name)?;
+        Some(self.file_attr_now(file.ino, file.size()))
     }
 
-    /// Whether a file at or below key prefix `prefix` is being written.
-    pub(super) fn writing_under(&self, prefix: &str) -> bool {
-        self.writers
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|w| w.is_writing())
-            .filter_map(|w| w.upload.as_ref())
-            .any(|u| u.key().starts_with(prefix))
+    /// Checks a new name: one S3 can hold and the kernel can pass.
+    pub(super) fn check_new_name(&self, prefix: &str, name: &str) -> Result<(), FsError> {
+        match names::check_name(name) {
+            Ok(()) => {}
+            Err(names::Unrepresentable::TooLong) => return Err(FsError::NameTooLong),
+            Err(_) => return Err(FsError::Invalid("a name S3 keys cannot carry")),
+        }
+        if prefix.len() + name.len() > names::MAX_KEY_LEN {
+            return Err(FsError::NameTooLong);
+        }
+        Ok(())
     }
 
-    fn add_writer(&self, handle: WriteHandle<S>) -> u64 {
-        let fh = self.next_write_handle.fetch_add(1, Ordering::Relaxed);
-        self.writers.lock().unwrap().insert(fh, handle);
-        fh
-    }
-
-    fn writer(&self, fh: u64) -> Result<WriteHandle<S>, FsError> {
-        self.writers
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle)
-    }
-
-    /// Creates `name` in `parent` and opens it for writing.
-    pub async fn create(&self, parent: Ino, name: &str) -> Result<(Attr, u64), FsError> {
-        self.writable()?;
-        names::check_name(name).map_err(|_| FsError::Invalid("a name S3 keys cannot carry"))?;
-        let prefix = self.catalog.dir_prefix(parent)?;
+    /// Whether `name` in `parent` may be created: not a directory, and not
+    /// replacing a file under --no-overwrite.
+    async fn may_create(&self, parent: Ino, name: &str) -> Result<(), FsError> {
         match self.catalog.lookup(parent, name).await {
-            Ok((_, e)) if e.is_dir() => return Err(FsError::IsADirectory),
+            Ok((_, e)) if e.is_dir() => Err(FsError::IsADirectory),
             Ok(_) if self.policy.no_overwrite => {
-                return Err(FsError::NotPermitted("--no-overwrite is set"))
+                Err(FsError::NotPermitted("--no-overwrite is set"))
             }
-            Ok(_) | Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
+            Ok(_) | Err(FsError::NotFound) => Ok(()),
+            Err(e) => Err(e),
         }
-        if self
-            .writing_attr(|w| w.parent == parent && w.name == name)
-            .is_some()
-        {
-            return Err(FsError::Busy(
-                "the file is being written through this mount",
-            ));
-        }
-        let key = names::child_key(&prefix, name);
-        let upload = self.uploads.start(&key)?;
-        let entry = Entry {
+    }
+
+    fn new_file_entry(name: &str) -> Entry {
+        Entry {
             name: name.to_owned(),
             kind: EntryKind::File {
                 size: 0,
                 etag: String::new(),
             },
             mtime: SystemTime::now(),
-        };
-        let ino = self.catalog.resolve(parent, &entry)?;
-        let fh = self.add_writer(WriteHandle {
-            ino,
+        }
+    }
+
+    /// Creates `name` in `parent` and opens it with `flags`.
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        flags: i32,
+    ) -> Result<(Attr, u64), FsError> {
+        self.writable()?;
+        let prefix = self.catalog.dir_prefix(parent)?;
+        self.check_new_name(&prefix, name)?;
+        self.may_create(parent, name).await?;
+        let ino = self.catalog.resolve(parent, &Self::new_file_entry(name))?;
+        if self.writer.settle(ino).await.is_some() {
+            return Err(FsError::Busy(
+                "the file is being written through this mount",
+            ));
+        }
+        let place = Place {
             parent,
             name: name.to_owned(),
-            upload: Some(upload),
-            closing: false,
-        });
+            key: names::child_key(&prefix, name),
+        };
+        let fh = self.writer.create(ino, place, Access::from_flags(flags))?;
         let attr = self.file_attr_now(ino, 0);
         self.sent_entry(parent, name, &attr);
         Ok((attr, fh))
     }
 
-    /// Opens an existing file for writing. With `truncate` (O_TRUNC), or
-    /// when the file is empty, its contents are replaced by what is written;
-    /// otherwise the handle can only be closed, synced or truncated to zero,
-    /// since S3 cannot change an object in place.
-    pub async fn open_for_write(&self, ino: Ino, truncate: bool) -> Result<u64, FsError> {
+    /// mknod(S_IFREG): an empty file, stored at once.
+    pub async fn mknod(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
         self.writable()?;
-        if self.is_being_written(ino) {
-            return Err(FsError::Busy(
-                "the file is being written through this mount",
-            ));
+        let prefix = self.catalog.dir_prefix(parent)?;
+        self.check_new_name(&prefix, name)?;
+        if self.open_file_attr_named(parent, name).is_some() {
+            return Err(FsError::Exists);
         }
-        let key = self.catalog.file_key(ino)?;
-        let (parent, name, _) = self.catalog.location(ino)?;
-        let size = match self.catalog.entry(ino).await?.kind {
-            EntryKind::File { size, .. } => size,
+        match self.catalog.lookup(parent, name).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let key = names::child_key(&prefix, name);
+        self.writer.cancel_delete(&key);
+        let etag = self
+            .store()
+            .put(&key, Body::Empty, None)
+            .await
+            .map_err(|e| FsError::store(&key, e))?;
+        self.record_file(parent, name, 0, etag)?;
+        let ino = self.catalog.resolve(parent, &Self::new_file_entry(name))?;
+        let attr = self.file_attr_now(ino, 0);
+        self.sent_entry(parent, name, &attr);
+        Ok(attr)
+    }
+
+    /// Opens `ino` for writing (and maybe reading) with `flags`, joining
+    /// the file if it is open for writing already.
+    pub(super) async fn open_for_write(&self, ino: Ino, flags: i32) -> Result<u64, FsError> {
+        self.writable()?;
+        let access = Access::from_flags(flags);
+        let (parent, name, key) = self.catalog.location(ino)?;
+        let place = Place { parent, name, key };
+        if self.writer.settle(ino).await.is_some() {
+            return self.writer.open(ino, place, "", 0, access).await;
+        }
+        let (etag, size) = match self.catalog.entry(ino).await?.kind {
+            EntryKind::File { size, etag } => (etag, size),
             EntryKind::Dir => return Err(FsError::IsADirectory),
         };
-        let upload = if truncate || size == 0 {
-            if size > 0 && self.policy.no_overwrite {
-                return Err(FsError::NotPermitted("--no-overwrite is set"));
-            }
-            Some(self.uploads.start(&key)?)
-        } else {
-            None
-        };
-        Ok(self.add_writer(WriteHandle {
-            ino,
-            parent,
-            name,
-            upload,
-            closing: false,
-        }))
+        if access.truncate && size > 0 && self.policy.no_overwrite {
+            return Err(FsError::NotPermitted("--no-overwrite is set"));
+        }
+        self.writer.open(ino, place, &etag, size, access).await
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32, FsError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(FsError::ReadOnly);
         }
-        match &self.writer(fh)?.upload {
-            // After close or fsync completed the upload, writes fail (EBADF).
-            Some(upload) => upload.write(offset, data).await,
-            None => Err(FsError::Unsupported(
-                "changing an existing object in place (open it with O_TRUNC to replace it)",
-            )),
+        if self.policy.no_overwrite && self.writer.changes_existing(fh) {
+            return Err(FsError::NotPermitted("--no-overwrite is set"));
         }
+        self.writer.write(fh, offset, data).await
     }
 
-    /// Changes the size of `ino` (truncate, ftruncate) if that is possible
-    /// on S3, then answers its attributes. Mode, owner and times are
-    /// accepted and not stored (see docs/SEMANTICS.md).
-    pub async fn setattr(
-        &self,
-        ino: Ino,
-        fh: Option<u64>,
-        size: Option<u64>,
-    ) -> Result<Attr, FsError> {
+    /// Changes the size of `ino` (truncate, ftruncate), then answers its
+    /// attributes. Mode, owner and times are accepted and not stored (see
+    /// docs/SEMANTICS.md).
+    pub async fn setattr(&self, ino: Ino, size: Option<u64>) -> Result<Attr, FsError> {
         if let Some(size) = size {
             self.writable()?;
-            self.set_size(ino, fh, size).await?;
+            self.set_size(ino, size).await?;
         }
         self.getattr(ino).await
     }
 
-    async fn set_size(&self, ino: Ino, fh: Option<u64>, size: u64) -> Result<(), FsError> {
-        let handle = {
-            let writers = self.writers.lock().unwrap();
-            fh.and_then(|fh| writers.get(&fh).map(|w| (fh, w.clone())))
-                .or_else(|| {
-                    writers
-                        .iter()
-                        .find(|(_, w)| w.ino == ino)
-                        .map(|(fh, w)| (*fh, w.clone()))
-                })
-        };
-        match handle {
-            Some((
-                _,
-                WriteHandle {
-                    upload: Some(u), ..
-                },
-            )) => u.truncate(size).await,
-            Some((fh, WriteHandle { upload: None, .. })) if size == 0 => {
-                // ftruncate(fd, 0) on a file opened without O_TRUNC: from
-                // now on the handle replaces the object.
-                if self.policy.no_overwrite {
-                    return Err(FsError::NotPermitted("--no-overwrite is set"));
-                }
-                let upload = self.uploads.start(&self.catalog.file_key(ino)?)?;
-                if let Some(w) = self.writers.lock().unwrap().get_mut(&fh) {
-                    w.upload.get_or_insert(upload);
-                }
-                Ok(())
+    async fn set_size(&self, ino: Ino, size: u64) -> Result<(), FsError> {
+        if let Some(file) = self.writer.settle(ino).await {
+            if self.policy.no_overwrite && file.preexisting() {
+                return Err(FsError::NotPermitted("--no-overwrite is set"));
             }
-            _ => {
-                let entry = self.catalog.entry(ino).await?;
-                match entry.kind {
-                    EntryKind::Dir => Err(FsError::IsADirectory),
-                    EntryKind::File { size: current, .. } if current == size => Ok(()),
-                    EntryKind::File { .. } if size == 0 => self.replace_with_empty(ino).await,
-                    EntryKind::File { .. } => Err(FsError::Unsupported(
-                        "changing the size of an object other than to zero",
-                    )),
-                }
+            if let Some(result) = self.writer.truncate(ino, size).await {
+                return result;
             }
         }
-    }
-
-    /// `truncate -s 0 FILE` on a file nobody has open for writing.
-    async fn replace_with_empty(&self, ino: Ino) -> Result<(), FsError> {
+        let (etag, current) = match self.catalog.entry(ino).await?.kind {
+            EntryKind::Dir => return Err(FsError::IsADirectory),
+            EntryKind::File { size, etag } => (etag, size),
+        };
+        if current == size {
+            return Ok(());
+        }
         if self.policy.no_overwrite {
             return Err(FsError::NotPermitted("--no-overwrite is set"));
         }
         let (parent, name, key) = self.catalog.location(ino)?;
-        let etag = self
-            .uploads
-            .store()
-            .put(&key, Body::Empty)
-            .await
-            .map_err(|e| FsError::store(&key, e))?;
-        self.record_file(parent, &name, 0, etag)
+        if size == 0 {
+            // `truncate -s 0 FILE`: no need to stage anything.
+            let etag = self
+                .store()
+                .put(&key, Body::Empty, None)
+                .await
+                .map_err(|e| FsError::store(&key, e))?;
+            return self.record_file(parent, &name, 0, etag);
+        }
+        // `truncate -s N FILE` on a file nobody has open: stage, truncate,
+        // store, close.
+        let place = Place { parent, name, key };
+        let write_only = Access {
+            write: true,
+            ..Access::default()
+        };
+        let fh = self
+            .writer
+            .open(ino, place, &etag, current, write_only)
+            .await?;
+        let result = match self.writer.truncate(ino, size).await {
+            Some(Ok(())) => self.fsync(fh).await,
+            Some(Err(e)) => Err(e),
+            None => Err(FsError::BadHandle),
+        };
+        let release = self.begin_release(fh);
+        self.release(release).await;
+        result
     }
 
     fn record_file(&self, parent: Ino, name: &str, size: u64, etag: String) -> Result<(), FsError> {
@@ -309,94 +273,90 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.record(parent, name, Some(entry))
     }
 
-    /// close(2): completes the upload and reports its outcome, so the file
-    /// is an object in S3 when close returns. A close before any data was
-    /// written completes nothing: shells and dd open, dup2 and close the
-    /// original descriptor before writing, and an empty object must not
-    /// appear in the meantime. An empty file is stored at release.
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        let Ok(handle) = self.writer(fh) else {
-            return Ok(()); // a read handle
-        };
-        match &handle.upload {
-            Some(upload) if !upload.is_empty() => self.complete(&handle, upload).await,
-            _ => Ok(()),
-        }
-    }
-
-    /// Waits for the uploads of files in directory `dir` whose last
-    /// descriptor is closed, so a listing right after `touch f` shows `f`.
-    pub(super) async fn settle_closed_files(&self, dir: Ino) {
-        let closing: Vec<_> = self
-            .writers
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|w| w.closing && w.parent == dir)
-            .filter_map(|w| w.upload.clone())
-            .collect();
-        for upload in closing {
-            let _ = upload.finish().await;
-        }
-    }
-
-    /// fsync(2): the data is durable only once it is an object, so this
-    /// completes the upload; later writes to the handle fail (EBADF).
-    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        let Ok(handle) = self.writer(fh) else {
-            return Ok(());
-        };
-        match &handle.upload {
-            Some(upload) => self.complete(&handle, upload).await,
+    pub(super) fn record_commit(&self, stored: Option<Committed>) -> Result<(), FsError> {
+        match stored {
+            Some(c) => self.record_file(c.place.parent, &c.place.name, c.size, c.etag),
             None => Ok(()),
         }
     }
 
-    async fn complete(&self, handle: &WriteHandle<S>, upload: &Upload<S>) -> Result<(), FsError> {
-        let done = upload.finish().await?;
-        self.record_file(handle.parent, &handle.name, done.size, done.etag)
+    /// close(2) of one descriptor: what was written is stored (the object
+    /// is in S3 when close returns) and errors return to `close`.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        if !Writer::<S>::owns(fh) {
+            return Ok(()); // a read handle
+        }
+        let stored = self.writer.flush(fh).await?;
+        self.record_commit(stored)
     }
 
-    /// The last close of a handle. An upload nobody completed yet is
-    /// completed now; errors can only be logged at this point.
-    pub async fn release(&self, fh: u64) {
-        if fh < FIRST_WRITE_HANDLE {
-            self.reader.release(fh);
-            return;
+    /// fsync(2): the data is durable only as an object, so this stores it.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        if !Writer::<S>::owns(fh) {
+            return Ok(());
         }
-        let handle = {
-            let mut writers = self.writers.lock().unwrap();
-            let Some(w) = writers.get_mut(&fh) else {
-                return;
+        let stored = self.writer.fsync(fh).await?;
+        self.record_commit(stored)
+    }
+
+    /// The kernel's RELEASE of `fh`, noted at once on the request loop's
+    /// thread, so that a request sent after `close(2)` returned finds the
+    /// file closed (a read handle) or closing (a write handle). The rest,
+    /// which may touch S3, is [`S3Fs::release`].
+    pub fn begin_release(&self, fh: u64) -> Release<S> {
+        if Writer::<S>::owns(fh) {
+            return match self.writer.releasing(fh) {
+                Some(file) => Release::LastWrite(file),
+                None => Release::Nothing,
             };
-            w.closing = true;
-            w.clone()
+        }
+        Release::Read(self.reader.release(fh))
+    }
+
+    /// Stores a file whose last descriptor closed (an empty file too; errors
+    /// can only be logged here), and runs deletes that waited for it.
+    pub async fn release(&self, release: Release<S>) {
+        let key: Arc<str> = match release {
+            Release::Nothing => return,
+            Release::Read(None) => return,
+            Release::Read(Some(key)) => key,
+            Release::LastWrite(file) => {
+                let place = file.place();
+                match self.writer.release(&file).await {
+                    Ok(stored) => {
+                        if let Err(e) = self.record_commit(stored) {
+                            warn!(key = %place.key, error = %e, "stored, but the listing could not be updated");
+                        }
+                    }
+                    Err(e) => {
+                        warn!(key = %place.key, error = %e, "storing the file failed when it was released")
+                    }
+                }
+                // Only now: until it is stored, lookups find the file here.
+                self.writer.forget(&file);
+                place.key.into()
+            }
         };
-        if let Some(upload) = &handle.upload {
-            if let Err(e) = self.complete(&handle, upload).await {
-                warn!(key = upload.key(), error = %e, "upload failed when the file was released");
+        self.delete_if_due(&key).await;
+    }
+
+    /// Deletes `key` if its delete was deferred until nothing on this
+    /// mount reads it any more, and nothing does now.
+    pub(super) async fn delete_if_due(&self, key: &str) {
+        if self.writer.take_delete(key) {
+            if let Err(e) = self.store().delete(key).await {
+                warn!(key, error = %e, "cannot delete a file unlinked while it was open");
             }
         }
-        // Only now: until the object exists, lookups find the file here.
-        self.writers.lock().unwrap().remove(&fh);
     }
 
     /// Aborts every upload not completed yet (at shutdown).
     pub async fn abort_uploads(&self) {
-        let uploads: Vec<_> = self
-            .writers
-            .lock()
-            .unwrap()
-            .values()
-            .filter_map(|w| w.upload.clone())
-            .collect();
-        for upload in uploads {
-            upload.abort().await;
-        }
+        self.writer.abort_all().await;
     }
 
     /// Files open for writing.
     pub fn open_writers(&self) -> usize {
-        self.writers.lock().unwrap().len()
+        self.writer.open_files()
     }
 }

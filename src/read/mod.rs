@@ -161,17 +161,7 @@ impl<S: ObjectStore> Reader<S> {
     pub fn open(&self, key: &str, etag: &str, size: u64) -> (u64, PageCache) {
         let key: Arc<str> = key.into();
         let etag: Arc<str> = etag.into();
-        let file = Arc::new(OpenFile {
-            version: Mutex::new(Arc::new(ObjectVersion {
-                key: key.clone(),
-                etag: etag.clone(),
-                size,
-            })),
-            window: Mutex::new(ReadWindow::new(self.config.window, size)),
-            ahead: AtomicU64::new(0),
-            last_read_ms: AtomicU64::new(self.now_ms()),
-            served: AtomicBool::new(false),
-        });
+        let file = self.new_handle(&key, &etag, size, false);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let mut handles = self.handles.lock().unwrap();
         // The page cache belongs to the inode, not the handle: while another
@@ -194,11 +184,47 @@ impl<S: ObjectStore> Reader<S> {
         (fh, mode)
     }
 
-    pub fn release(&self, fh: u64) {
-        if let Some(file) = self.handles.lock().unwrap().remove(&fh) {
-            let mine = file.ahead.swap(0, Ordering::Relaxed);
-            self.ahead_total.fetch_sub(mine as i64, Ordering::Relaxed);
-        }
+    /// Opens exactly version `etag` of `key`, for a file being changed
+    /// through the mount: its reads never move to a newer version (they
+    /// fail instead), and the kernel's page cache is not decided here.
+    pub fn open_exact(&self, key: &str, etag: &str, size: u64) -> u64 {
+        let file = self.new_handle(&key.into(), &etag.into(), size, true);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, file);
+        fh
+    }
+
+    fn new_handle(&self, key: &Arc<str>, etag: &Arc<str>, size: u64, exact: bool) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            version: Mutex::new(Arc::new(ObjectVersion {
+                key: key.clone(),
+                etag: etag.clone(),
+                size,
+            })),
+            window: Mutex::new(ReadWindow::new(self.config.window, size)),
+            ahead: AtomicU64::new(0),
+            last_read_ms: AtomicU64::new(self.now_ms()),
+            // "Served" from the start: the version may never change.
+            served: AtomicBool::new(exact),
+        })
+    }
+
+    /// Closes handle `fh`; returns the key it read.
+    pub fn release(&self, fh: u64) -> Option<Arc<str>> {
+        let file = self.handles.lock().unwrap().remove(&fh)?;
+        let mine = file.ahead.swap(0, Ordering::Relaxed);
+        self.ahead_total.fetch_sub(mine as i64, Ordering::Relaxed);
+        let key = file.version.lock().unwrap().key.clone();
+        Some(key)
+    }
+
+    /// Whether any handle reads `key` now.
+    pub fn is_open(&self, key: &str) -> bool {
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|f| &*f.version.lock().unwrap().key == key)
     }
 
     pub fn open_handles(&self) -> usize {

@@ -95,6 +95,10 @@ pub struct Snapshot {
     pub uploads_completed: u64,
     pub uploads_failed: u64,
     pub upload_parts: u64,
+    /// Bytes of changed files that S3 copied server-side (UploadPartCopy).
+    pub upload_copied_bytes: u64,
+    /// Bytes held in spool files by files being written.
+    pub spool_bytes: u64,
     pub catalog_hits: u64,
     pub catalog_stale_hits: u64,
     pub catalog_misses: u64,
@@ -164,7 +168,7 @@ pub fn render(snap: &Snapshot) -> String {
             counts.retries as f64,
         );
     }
-    let series: [(&str, &str, &str, f64); 29] = [
+    let series: [(&str, &str, &str, f64); 31] = [
         (
             "s3mount_s3_bytes_received_total",
             "counter",
@@ -266,6 +270,18 @@ pub fn render(snap: &Snapshot) -> String {
             "counter",
             "Multipart upload parts sent.",
             snap.upload_parts as f64,
+        ),
+        (
+            "s3mount_upload_copied_bytes_total",
+            "counter",
+            "Bytes of changed files copied by S3 itself (UploadPartCopy) instead of being sent again.",
+            snap.upload_copied_bytes as f64,
+        ),
+        (
+            "s3mount_spool_bytes",
+            "gauge",
+            "Bytes held in the spool by files being written (bounded by --spool-limit).",
+            snap.spool_bytes as f64,
         ),
         (
             "s3mount_catalog_hits_total",

@@ -17,10 +17,7 @@
 //! while more than [`UploadConfig::max_parts_in_flight`] parts of its file
 //! are queued, so the spool holds a few parts per open file.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -28,6 +25,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::spool::{SpoolBudget, SpoolFile};
 use crate::error::FsError;
 use crate::store::{Body, ObjectStore, StoreError};
 
@@ -47,6 +45,10 @@ pub struct UploadConfig {
     pub max_parts_in_flight: usize,
     /// Part uploads in flight at once across all files.
     pub max_concurrent_parts: usize,
+    /// Disk space all spool files together may hold.
+    pub spool_limit: u64,
+    /// Largest object that may be changed in place (not only appended to).
+    pub max_modify_size: u64,
 }
 
 /// Size of part `number` (from 1): the configured size for the first 1,000
@@ -68,26 +70,52 @@ pub struct UploadStats {
     pub abandoned: AtomicU64,
     pub parts: AtomicU64,
     pub bytes: AtomicU64,
+    /// Bytes of changed files that S3 copied server-side instead of
+    /// receiving them again (UploadPartCopy).
+    pub copied_bytes: AtomicU64,
 }
 
-/// Starts uploads and bounds their concurrency.
+/// Starts uploads and bounds their concurrency and their spool.
 pub struct Uploads<S> {
     store: Arc<S>,
     config: UploadConfig,
     slots: Arc<Semaphore>,
     stats: UploadStats,
-    spool_counter: AtomicU64,
+    budget: Arc<SpoolBudget>,
 }
 
 impl<S: ObjectStore> Uploads<S> {
     pub fn new(store: Arc<S>, config: UploadConfig) -> Arc<Self> {
         Arc::new(Uploads {
             slots: Arc::new(Semaphore::new(config.max_concurrent_parts.max(1))),
+            budget: SpoolBudget::new(config.spool_limit),
             store,
             config,
             stats: UploadStats::default(),
-            spool_counter: AtomicU64::new(0),
         })
+    }
+
+    pub fn config(&self) -> &UploadConfig {
+        &self.config
+    }
+
+    /// A part slot: part uploads in flight across all files are bounded.
+    pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the part semaphore is never closed")
+    }
+
+    /// A new spool file, within the shared budget.
+    pub fn spool(&self) -> Result<SpoolFile, FsError> {
+        SpoolFile::create(&self.config.spool_dir, self.budget.clone())
+    }
+
+    /// Bytes held by spool files now.
+    pub fn spool_used(&self) -> u64 {
+        self.budget.used()
     }
 
     pub fn stats(&self) -> &UploadStats {
@@ -100,40 +128,16 @@ impl<S: ObjectStore> Uploads<S> {
 
     /// Starts an upload to `key`; nothing is sent until it has data.
     pub fn start(self: &Arc<Self>, key: &str) -> Result<Arc<Upload<S>>, FsError> {
-        let n = self.spool_counter.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .config
-            .spool_dir
-            .join(format!(".s3mount-spool-{}-{n}", std::process::id()));
-        let spool = open_spool(&path).map_err(|e| {
-            warn!(dir = %self.config.spool_dir.display(), error = %e, "cannot create an upload spool file");
-            FsError::Spool(format!("{}: {e}", self.config.spool_dir.display()))
-        })?;
+        let spool = Arc::new(self.spool()?);
         self.stats.started.fetch_add(1, Ordering::Relaxed);
-        // The spool is unlinked; requests read it again through the
-        // descriptor's /proc link, which lives exactly as long as the file.
-        let spool_path = PathBuf::from(format!("/proc/self/fd/{}", spool.as_raw_fd()));
         Ok(Arc::new(Upload {
             key: key.to_owned(),
             uploads: self.clone(),
-            spool: Arc::new(spool),
-            spool_path,
+            spool,
             len: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         }))
     }
-}
-
-/// Creates a spool file and unlinks it at once, so a crash leaves nothing
-/// behind and the space is freed when the descriptor closes.
-fn open_spool(path: &Path) -> std::io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    std::fs::remove_file(path)?;
-    Ok(file)
 }
 
 /// What a finished upload produced.
@@ -164,8 +168,7 @@ struct State {
 pub struct Upload<S> {
     key: String,
     uploads: Arc<Uploads<S>>,
-    spool: Arc<File>,
-    spool_path: PathBuf,
+    spool: Arc<SpoolFile>,
     len: AtomicU64,
     state: Mutex<State>,
 }
@@ -202,11 +205,16 @@ impl<S: ObjectStore> Upload<S> {
         }
         let n = data.len() as u32;
         let end = offset + data.len() as u64;
-        let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.write_all_at(&data, offset))
-            .await
-            .map_err(|e| FsError::Spool(e.to_string()))?
-            .map_err(|e| FsError::Spool(e.to_string()))?;
+        let grow = end.saturating_sub(self.len());
+        if self.spool.reserve(grow).is_err() {
+            // Parts in flight give their bytes back once sent: wait for
+            // them before telling the writer the spool is full.
+            for i in 0..st.parts.len() {
+                self.settle(&mut st, i).await?;
+            }
+            self.spool.reserve(grow)?;
+        }
+        self.spool.write_at(data, offset).await?;
         self.len.fetch_max(end, Ordering::Relaxed);
         self.send_ready_parts(&mut st).await?;
         self.wait_for_room(&mut st).await?;
@@ -222,9 +230,8 @@ impl<S: ObjectStore> Upload<S> {
                 "truncating into a part already uploaded",
             ));
         }
-        self.spool
-            .set_len(size)
-            .map_err(|e| FsError::Spool(e.to_string()))?;
+        self.spool.set_len(size)?;
+        self.spool.release(self.len().saturating_sub(size));
         self.len.store(size, Ordering::Relaxed);
         self.send_ready_parts(&mut st).await
     }
@@ -250,6 +257,16 @@ impl<S: ObjectStore> Upload<S> {
         }
         st.outcome = Some(result.clone());
         result
+    }
+
+    /// Gives up an upload that never sent anything: its spool goes and no
+    /// counter says it was abandoned.
+    pub async fn abort_unused(&self) {
+        let mut st = self.state.lock().await;
+        if st.outcome.is_none() && st.upload_id.is_none() {
+            self.uploads.stats.started.fetch_sub(1, Ordering::Relaxed);
+            st.outcome = Some(Err(FsError::Spool("replaced before any write".into())));
+        }
     }
 
     /// Gives the upload up: nothing is stored under the key.
@@ -307,20 +324,16 @@ impl<S: ObjectStore> Upload<S> {
         let uploads = self.uploads.clone();
         let key = self.key.clone();
         let spool = self.spool.clone();
-        let body = Body::File {
-            path: self.spool_path.clone(),
-            offset,
-            len,
-        };
+        let body = spool.body(offset..end);
         let task = tokio::spawn(async move {
-            let _slot = uploads.slots.clone().acquire_owned().await;
+            let _slot = uploads.slot().await;
             let etag = uploads
                 .store
                 .put_part(&key, &upload_id, number, body)
                 .await?;
             uploads.stats.parts.fetch_add(1, Ordering::Relaxed);
             uploads.stats.bytes.fetch_add(len, Ordering::Relaxed);
-            punch_hole(&spool, offset, len);
+            spool.punch(offset..offset + len);
             Ok(etag)
         });
         st.parts.push(Part::Running(task));
@@ -379,16 +392,12 @@ impl<S: ObjectStore> Upload<S> {
             let body = if size == 0 {
                 Body::Empty
             } else {
-                Body::File {
-                    path: self.spool_path.clone(),
-                    offset: 0,
-                    len: size,
-                }
+                self.spool.body(0..size)
             };
             let etag = self
                 .uploads
                 .store
-                .put(&self.key, body)
+                .put(&self.key, body, None)
                 .await
                 .map_err(|e| FsError::store(&self.key, e))?;
             self.uploads.stats.bytes.fetch_add(size, Ordering::Relaxed);
@@ -412,7 +421,7 @@ impl<S: ObjectStore> Upload<S> {
         let etag = self
             .uploads
             .store
-            .complete_multipart(&self.key, &upload_id, etags)
+            .complete_multipart(&self.key, &upload_id, etags, None)
             .await
             .map_err(|e| FsError::store(&self.key, e))?;
         Ok(Uploaded { etag, size })
@@ -429,27 +438,6 @@ impl<S: ObjectStore> Upload<S> {
                 warn!(key = %self.key, error = %e, "cannot abort a multipart upload; a lifecycle rule (AbortIncompleteMultipartUpload) will clean it up");
             }
         }
-    }
-}
-
-/// Frees the disk blocks of a part already uploaded. Best effort: a file
-/// system without hole punching keeps the blocks until the file closes.
-fn punch_hole(file: &File, offset: u64, len: u64) {
-    // SAFETY: fallocate only reads its integer arguments; the descriptor is
-    // valid for the life of `file`. KEEP_SIZE leaves the file length alone.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc != 0 {
-        debug!(
-            error = %std::io::Error::last_os_error(),
-            "cannot free spooled bytes early"
-        );
     }
 }
 

@@ -1,0 +1,634 @@
+//! The write path: files open for writing through the mount, and how they
+//! become objects.
+//!
+//! [`Writer`] holds every open file that is written (or may be), one
+//! [`OpenFile`] per inode shared by all its descriptors, as on a disk. A
+//! file is one of two kinds:
+//! - *streaming* ([`upload`]): a new or truncated file opened write-only
+//!   (`cp`, `>`, producers). It is sent to S3 while it grows, in multipart
+//!   parts streamed from an unlinked spool file, and completed at close.
+//! - *staged* ([`staged`]): everything else that writes — appends, writes
+//!   at any offset, truncation, read-write descriptors (sqlite, git, rsync
+//!   temporary files). Only written bytes are spooled; the rest is read
+//!   from the version opened, and a commit at close or fsync stores the new
+//!   version whole, copying unchanged runs server-side ([`plan`]).
+//!
+//! A streaming file that is closed (or fsynced) while still open elsewhere
+//! becomes a staged file on the object it just stored, so later writes
+//! through any descriptor keep working.
+//!
+//! Closing is ordered: the kernel's RELEASE is noted at once, on the
+//! request loop's thread ([`Writer::releasing`]), so a request that comes
+//! after `close(2)` returned always sees a file that is closing and waits
+//! for it ([`Writer::settle`]) instead of failing because a release is
+//! still in flight.
+
+pub mod plan;
+pub mod spool;
+pub mod staged;
+pub mod upload;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::catalog::Ino;
+use crate::error::FsError;
+use crate::read::Reader;
+use crate::store::ObjectStore;
+use staged::Staged;
+pub use upload::{part_size, Upload, UploadConfig, UploadStats, Uploaded, Uploads};
+
+/// Write handles are numbered from here, apart from read handles.
+pub const FIRST_WRITE_HANDLE: u64 = 1 << 62;
+
+/// Where an open file is in the namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub parent: Ino,
+    pub name: String,
+    pub key: String,
+}
+
+/// A new version stored by a commit, for the catalog.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub place: Place,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// How a descriptor was opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+    pub append: bool,
+    pub truncate: bool,
+}
+
+impl Access {
+    /// From open(2) flags.
+    pub fn from_flags(flags: i32) -> Self {
+        let mode = flags & libc::O_ACCMODE;
+        Access {
+            read: mode == libc::O_RDONLY || mode == libc::O_RDWR,
+            write: mode == libc::O_WRONLY || mode == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+}
+
+enum Content<S: ObjectStore> {
+    Streaming(Arc<Upload<S>>),
+    Staged(Box<Staged<S>>),
+}
+
+/// One inode open for writing, shared by all its descriptors.
+pub struct OpenFile<S: ObjectStore> {
+    pub ino: Ino,
+    /// Changes when the open file is renamed.
+    place: Mutex<Place>,
+    content: tokio::sync::Mutex<Content<S>>,
+    /// The file's size now, for attributes without waiting for `content`.
+    size: AtomicU64,
+    /// Whether the content is a streaming upload (which cannot be shared).
+    streaming: AtomicBool,
+    /// No object exists under the key yet, so listings do not show it.
+    new: AtomicBool,
+    /// An object existed under the key before this file was opened.
+    preexisting: bool,
+    handles: AtomicUsize,
+    /// The last descriptor is closed; the file is being stored.
+    closing: AtomicBool,
+    /// Unlinked while open: nothing is stored when it closes.
+    unlinked: AtomicBool,
+    /// Becomes true once the file is stored (or given up) and gone.
+    settled: watch::Sender<bool>,
+}
+
+impl<S: ObjectStore> OpenFile<S> {
+    fn new(ino: Ino, place: Place, content: Content<S>, size: u64, new: bool) -> Arc<Self> {
+        Arc::new(OpenFile {
+            ino,
+            place: Mutex::new(place),
+            streaming: AtomicBool::new(matches!(content, Content::Streaming(_))),
+            content: tokio::sync::Mutex::new(content),
+            size: AtomicU64::new(size),
+            new: AtomicBool::new(new),
+            preexisting: !new,
+            handles: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            unlinked: AtomicBool::new(false),
+            settled: watch::channel(false).0,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    pub fn place(&self) -> Place {
+        lock(&self.place).clone()
+    }
+
+    fn key_is(&self, key: &str) -> bool {
+        lock(&self.place).key == key
+    }
+
+    /// Whether no object exists under the key yet.
+    pub fn is_new(&self) -> bool {
+        self.new.load(Ordering::Relaxed)
+    }
+
+    /// Whether the file was an object before it was opened here (so
+    /// writing it changes an existing file).
+    pub fn preexisting(&self) -> bool {
+        self.preexisting
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    async fn wait_settled(&self) {
+        let mut rx = self.settled.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+struct Handle<S: ObjectStore> {
+    file: Arc<OpenFile<S>>,
+    access: Access,
+}
+
+impl<S: ObjectStore> Clone for Handle<S> {
+    fn clone(&self) -> Self {
+        Handle {
+            file: self.file.clone(),
+            access: self.access,
+        }
+    }
+}
+
+pub struct Writer<S: ObjectStore> {
+    uploads: Arc<Uploads<S>>,
+    reader: Arc<Reader<S>>,
+    files: Mutex<HashMap<Ino, Arc<OpenFile<S>>>>,
+    handles: Mutex<HashMap<u64, Handle<S>>>,
+    next_fh: AtomicU64,
+    /// Keys unlinked while open, deleted from S3 once nothing reads them.
+    deferred_deletes: Mutex<HashSet<String>>,
+}
+
+impl<S: ObjectStore> Writer<S> {
+    pub fn new(uploads: Arc<Uploads<S>>, reader: Arc<Reader<S>>) -> Self {
+        Writer {
+            uploads,
+            reader,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(FIRST_WRITE_HANDLE),
+            deferred_deletes: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn uploads(&self) -> &Arc<Uploads<S>> {
+        &self.uploads
+    }
+
+    /// The open file of `ino`, closing or not, unless unlinked.
+    pub fn file(&self, ino: Ino) -> Option<Arc<OpenFile<S>>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    /// The open file named `name` in `parent`, if any.
+    pub fn file_named(&self, parent: Ino, name: &str) -> Option<Arc<OpenFile<S>>> {
+        lock(&self.files)
+            .values()
+            .find(|f| {
+                let place = lock(&f.place);
+                place.parent == parent && place.name == name
+            })
+            .cloned()
+    }
+
+    /// Waits until `ino` has no closing file; returns the file still open
+    /// on it, if any.
+    pub async fn settle(&self, ino: Ino) -> Option<Arc<OpenFile<S>>> {
+        loop {
+            let file = self.file(ino)?;
+            if !file.is_closing() {
+                return Some(file);
+            }
+            file.wait_settled().await;
+        }
+    }
+
+    /// Waits for the files closing in directory `dir`, so a listing right
+    /// after `close` shows them.
+    pub async fn settle_dir(&self, dir: Ino) {
+        let closing: Vec<_> = lock(&self.files)
+            .values()
+            .filter(|f| f.is_closing() && lock(&f.place).parent == dir)
+            .cloned()
+            .collect();
+        for file in closing {
+            file.wait_settled().await;
+        }
+    }
+
+    /// Whether a file at or below key prefix `prefix` is open for writing.
+    pub fn open_under(&self, prefix: &str) -> bool {
+        lock(&self.files)
+            .values()
+            .any(|f| lock(&f.place).key.starts_with(prefix))
+    }
+
+    /// Files open for writing.
+    pub fn open_files(&self) -> usize {
+        lock(&self.files).len()
+    }
+
+    fn add_handle(&self, file: Arc<OpenFile<S>>, access: Access) -> u64 {
+        file.handles.fetch_add(1, Ordering::Relaxed);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { file, access });
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Handle<S>, FsError> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// Creates a file that is not an object yet and opens it. The caller
+    /// has settled `ino`.
+    pub fn create(&self, ino: Ino, place: Place, access: Access) -> Result<u64, FsError> {
+        self.cancel_delete(&place.key);
+        let content = if access.read {
+            Content::Staged(Box::new(Staged::new_file(
+                self.uploads.clone(),
+                self.reader.clone(),
+                &place.key,
+            )))
+        } else {
+            Content::Streaming(self.uploads.start(&place.key)?)
+        };
+        let file = OpenFile::new(ino, place, content, 0, true);
+        lock(&self.files).insert(ino, file.clone());
+        Ok(self.add_handle(file, access))
+    }
+
+    /// Opens the existing object `place.key` (version `etag`, `size` bytes)
+    /// for writing, or joins the file already open on `ino`. The caller has
+    /// settled `ino`.
+    pub async fn open(
+        &self,
+        ino: Ino,
+        place: Place,
+        etag: &str,
+        size: u64,
+        access: Access,
+    ) -> Result<u64, FsError> {
+        if let Some(file) = self.file(ino) {
+            if !self.make_shareable(&file).await {
+                return Err(FsError::Busy(
+                    "the file is being written through this mount",
+                ));
+            }
+            if access.truncate {
+                self.truncate_file(&file, 0).await?;
+            }
+            return Ok(self.add_handle(file, access));
+        }
+        let content = if !access.read && (access.truncate || size == 0) {
+            // A replacement written front to back: stream it.
+            self.cancel_delete(&place.key);
+            Content::Streaming(self.uploads.start(&place.key)?)
+        } else {
+            let mut staged = Staged::existing(
+                self.uploads.clone(),
+                self.reader.clone(),
+                &place.key,
+                etag,
+                size,
+            );
+            if access.truncate {
+                staged.truncate(0)?;
+            }
+            Content::Staged(Box::new(staged))
+        };
+        let size = if access.truncate { 0 } else { size };
+        let file = OpenFile::new(ino, place, content, size, false);
+        lock(&self.files).insert(ino, file.clone());
+        Ok(self.add_handle(file, access))
+    }
+
+    /// A read-only descriptor on the open file `file`: it reads what the
+    /// writers wrote, as on a disk. EBUSY while the file is streamed to S3.
+    pub async fn open_reader(&self, file: Arc<OpenFile<S>>) -> Result<u64, FsError> {
+        if !self.make_shareable(&file).await {
+            return Err(FsError::Busy(
+                "the file is being written through this mount",
+            ));
+        }
+        let access = Access {
+            read: true,
+            ..Access::default()
+        };
+        Ok(self.add_handle(file, access))
+    }
+
+    /// Whether another descriptor may join `file`. A streaming file can
+    /// only be shared while nothing was written to it: it then becomes a
+    /// staged new file (stored at close all the same).
+    async fn make_shareable(&self, file: &OpenFile<S>) -> bool {
+        let mut content = file.content.lock().await;
+        if let Content::Streaming(upload) = &*content {
+            if !upload.is_empty() {
+                return false;
+            }
+            let key = upload.key().to_owned();
+            upload.abort_unused().await;
+            *content = Content::Staged(Box::new(Staged::new_file(
+                self.uploads.clone(),
+                self.reader.clone(),
+                &key,
+            )));
+            file.streaming.store(false, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Stores an open file now, even empty, so it can be renamed; it then
+    /// follows its new name ([`Writer::moved`]).
+    pub async fn store_now(&self, file: &OpenFile<S>) -> Result<Option<Committed>, FsError> {
+        self.commit(file, true).await
+    }
+
+    /// An open file was renamed to `place`, where the object is now
+    /// version `etag`; its later commits go there.
+    pub async fn moved(&self, file: &OpenFile<S>, place: Place, etag: &str) {
+        let mut content = file.content.lock().await;
+        if let Content::Staged(staged) = &mut *content {
+            staged.rebase(&place.key, etag);
+        }
+        *lock(&file.place) = place;
+    }
+
+    /// A file open for writing was replaced by a rename onto its name: like
+    /// an unlinked file, it is not stored when it closes, and its key now
+    /// belongs to the file moved there.
+    pub fn orphan(&self, ino: Ino) {
+        if let Some(file) = lock(&self.files).remove(&ino) {
+            file.unlinked.store(true, Ordering::Relaxed);
+            file.settled.send_replace(true);
+        }
+    }
+
+    /// Whether writes through `fh` change a file that existed before it
+    /// was opened here.
+    pub fn changes_existing(&self, fh: u64) -> bool {
+        lock(&self.handles)
+            .get(&fh)
+            .is_some_and(|h| h.file.preexisting())
+    }
+
+    /// Whether `fh` is a handle of this table.
+    pub fn owns(fh: u64) -> bool {
+        fh >= FIRST_WRITE_HANDLE
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32, FsError> {
+        let handle = self.handle(fh)?;
+        if !handle.access.write {
+            return Err(FsError::BadHandle);
+        }
+        let file = &handle.file;
+        let mut content = file.content.lock().await;
+        let written = match &mut *content {
+            Content::Streaming(upload) => {
+                let offset = if handle.access.append {
+                    upload.len()
+                } else {
+                    offset
+                };
+                let n = upload.write(offset, data).await?;
+                file.size.store(upload.len(), Ordering::Relaxed);
+                n
+            }
+            Content::Staged(staged) => {
+                // O_APPEND writes go to the end this file has now, whatever
+                // size the kernel last saw.
+                let offset = if handle.access.append {
+                    staged.size()
+                } else {
+                    offset
+                };
+                let n = staged.write(offset, data).await?;
+                file.size.store(staged.size(), Ordering::Relaxed);
+                n
+            }
+        };
+        Ok(written)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<bytes::Bytes, FsError> {
+        let handle = self.handle(fh)?;
+        if !handle.access.read {
+            return Err(FsError::BadHandle);
+        }
+        let mut content = handle.file.content.lock().await;
+        match &mut *content {
+            Content::Staged(staged) => Ok(staged.read(offset, len).await?.into()),
+            Content::Streaming(_) => Err(FsError::BadHandle),
+        }
+    }
+
+    /// ftruncate or truncate of `ino` while it is open for writing; `None`
+    /// when it is not.
+    pub async fn truncate(&self, ino: Ino, size: u64) -> Option<Result<(), FsError>> {
+        let file = self.settle(ino).await?;
+        Some(self.truncate_file(&file, size).await)
+    }
+
+    async fn truncate_file(&self, file: &OpenFile<S>, size: u64) -> Result<(), FsError> {
+        let mut content = file.content.lock().await;
+        match &mut *content {
+            Content::Streaming(upload) => upload.truncate(size).await?,
+            Content::Staged(staged) => staged.truncate(size)?,
+        }
+        file.size.store(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// close(2) of one descriptor: stores what was written, so the object
+    /// is in S3 when close returns. A streaming file with nothing written
+    /// yet stores nothing: shells and dd open, dup2 and close the first
+    /// descriptor before writing, and an empty object must not appear in
+    /// the meantime (it is stored at release).
+    pub async fn flush(&self, fh: u64) -> Result<Option<Committed>, FsError> {
+        let handle = self.handle(fh)?;
+        if !handle.access.write {
+            return Ok(None);
+        }
+        self.commit(&handle.file, false).await
+    }
+
+    /// fsync(2): the data is durable only as an object, so this stores it,
+    /// even an empty file.
+    pub async fn fsync(&self, fh: u64) -> Result<Option<Committed>, FsError> {
+        let handle = self.handle(fh)?;
+        if !handle.access.write {
+            return Ok(None);
+        }
+        self.commit(&handle.file, true).await
+    }
+
+    async fn commit(
+        &self,
+        file: &OpenFile<S>,
+        even_empty: bool,
+    ) -> Result<Option<Committed>, FsError> {
+        if file.unlinked.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut content = file.content.lock().await;
+        let stored = match &mut *content {
+            Content::Streaming(upload) => {
+                if upload.is_empty() && !even_empty {
+                    return Ok(None);
+                }
+                let done = upload.finish().await?;
+                // Later writes through any descriptor change this object.
+                *content = Content::Staged(Box::new(Staged::existing(
+                    self.uploads.clone(),
+                    self.reader.clone(),
+                    upload.key(),
+                    &done.etag,
+                    done.size,
+                )));
+                file.streaming.store(false, Ordering::Relaxed);
+                done
+            }
+            Content::Staged(staged) => match staged.commit().await? {
+                Some(done) => done,
+                None => return Ok(None),
+            },
+        };
+        file.new.store(false, Ordering::Relaxed);
+        let place = file.place();
+        self.cancel_delete(&place.key);
+        Ok(Some(Committed {
+            place,
+            etag: stored.etag,
+            size: stored.size,
+        }))
+    }
+
+    /// The kernel's RELEASE of `fh`, noted at once on the request loop's
+    /// thread (see the module doc). Returns the file if this was its last
+    /// descriptor: the caller then stores it with [`Writer::release`].
+    pub fn releasing(&self, fh: u64) -> Option<Arc<OpenFile<S>>> {
+        let handle = lock(&self.handles).remove(&fh)?;
+        let file = handle.file;
+        if file.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            file.closing.store(true, Ordering::Release);
+            Some(file)
+        } else {
+            None
+        }
+    }
+
+    /// Stores a file whose last descriptor was released (an empty streaming
+    /// file too). An unlinked file is given up instead. The caller records
+    /// the outcome, then calls [`Writer::forget`].
+    pub async fn release(&self, file: &OpenFile<S>) -> Result<Option<Committed>, FsError> {
+        if file.unlinked.load(Ordering::Relaxed) {
+            if let Content::Streaming(upload) = &*file.content.lock().await {
+                upload.abort().await;
+            }
+            return Ok(None);
+        }
+        self.commit(file, true).await
+    }
+
+    /// Removes a released file from the table and wakes whoever waits for
+    /// it to settle.
+    pub fn forget(&self, file: &Arc<OpenFile<S>>) {
+        {
+            let mut files = lock(&self.files);
+            if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
+                files.remove(&file.ino);
+            }
+        }
+        file.settled.send_replace(true);
+    }
+
+    /// unlink(2) of a file open for writing: it leaves the namespace now
+    /// and is not stored when it closes. Returns false if `ino` is not
+    /// open for writing.
+    pub fn unlink(&self, ino: Ino) -> bool {
+        let Some(file) = lock(&self.files).remove(&ino) else {
+            return false;
+        };
+        file.unlinked.store(true, Ordering::Relaxed);
+        if !file.is_new() {
+            self.defer_delete(&file.place().key);
+        }
+        // Nobody needs to wait for it any more.
+        file.settled.send_replace(true);
+        true
+    }
+
+    /// Keeps `key` until nothing on this mount reads it, then deletes it
+    /// (see [`Writer::take_delete`]).
+    pub fn defer_delete(&self, key: &str) {
+        lock(&self.deferred_deletes).insert(key.to_owned());
+    }
+
+    /// A new file under `key` replaces the one whose delete was deferred.
+    pub fn cancel_delete(&self, key: &str) {
+        lock(&self.deferred_deletes).remove(key);
+    }
+
+    /// Whether `key`'s deferred delete is due now (nothing reads it any
+    /// more); if so, it is taken and the caller deletes the object.
+    pub fn take_delete(&self, key: &str) -> bool {
+        let mut deferred = lock(&self.deferred_deletes);
+        if !deferred.contains(key) || self.reader.is_open(key) || self.key_open(key) {
+            return false;
+        }
+        deferred.remove(key);
+        true
+    }
+
+    /// Whether a descriptor still reads or writes `key` (unlinked included).
+    fn key_open(&self, key: &str) -> bool {
+        lock(&self.handles).values().any(|h| h.file.key_is(key))
+    }
+
+    /// Aborts every streaming upload not completed yet (at shutdown);
+    /// staged changes not committed are dropped, leaving the objects as
+    /// they were.
+    pub async fn abort_all(&self) {
+        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        for file in files {
+            if let Content::Streaming(upload) = &*file.content.lock().await {
+                upload.abort().await;
+            }
+        }
+    }
+}
+
+/// Locks a table; a panic elsewhere while it was held leaves it usable
+/// (every update to these maps is a single insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
