@@ -162,10 +162,13 @@ impl<S: ObjectStore> S3Fs<S> {
             let fh = self.open_for_write(ino, flags).await?;
             return Ok((fh, PageCache::Invalidate));
         }
-        if let Some(file) = self.writer.settle(ino).await {
+        let read_only = Access {
+            read: true,
+            ..Access::default()
+        };
+        if let Some(joined) = self.writer.join(ino, read_only).await {
             // Open for writing here: read what was written, as on a disk.
-            let fh = self.writer.open_reader(file).await?;
-            return Ok((fh, PageCache::Invalidate));
+            return Ok((joined?, PageCache::Invalidate));
         }
         let key = self.catalog.file_key(ino)?;
         match self.catalog.entry(ino).await?.kind {

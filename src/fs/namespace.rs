@@ -78,10 +78,22 @@ impl<S: ObjectStore> S3Fs<S> {
         if let Some(file) = self.settled_open_file(parent, name).await {
             // Open for writing: it leaves the namespace now, is never
             // stored, and its object (if any) goes once nothing reads it.
-            self.writer.unlink(file.ino);
-            self.catalog.record(parent, name, None)?;
-            self.keep_dir(parent).await;
-            return Ok(());
+            let etag = match self.catalog.lookup(parent, name).await {
+                Ok((
+                    _,
+                    Entry {
+                        kind: EntryKind::File { etag, .. },
+                        ..
+                    },
+                )) => etag,
+                _ => String::new(),
+            };
+            if self.writer.unlink(file.ino, &etag) {
+                self.catalog.record(parent, name, None)?;
+                self.keep_dir(parent).await;
+                return Ok(());
+            }
+            // Released meanwhile: an ordinary unlink of what it stored.
         }
         let (ino, entry) = self.catalog.lookup(parent, name).await?;
         if entry.is_dir() {
@@ -91,7 +103,11 @@ impl<S: ObjectStore> S3Fs<S> {
         if self.reader.is_open(&key) {
             // Open descriptors keep reading it, as on a disk; the object is
             // deleted when the last one closes.
-            self.writer.defer_delete(&key);
+            let etag = match &entry.kind {
+                EntryKind::File { etag, .. } => etag.as_str(),
+                EntryKind::Dir => "",
+            };
+            self.writer.defer_delete(&key, etag);
         } else {
             self.store()
                 .delete(&key)

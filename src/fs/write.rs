@@ -178,19 +178,24 @@ impl<S: ObjectStore> S3Fs<S> {
     pub(super) async fn open_for_write(&self, ino: Ino, flags: i32) -> Result<u64, FsError> {
         self.writable()?;
         let access = Access::from_flags(flags);
-        let (parent, name, key) = self.catalog.location(ino)?;
-        let place = Place { parent, name, key };
-        if self.writer.settle(ino).await.is_some() {
-            return self.writer.open(ino, place, "", 0, access).await;
+        loop {
+            if let Some(joined) = self.writer.join(ino, access).await {
+                return joined;
+            }
+            let (parent, name, key) = self.catalog.location(ino)?;
+            let (etag, size) = match self.catalog.entry(ino).await?.kind {
+                EntryKind::File { size, etag } => (etag, size),
+                EntryKind::Dir => return Err(FsError::IsADirectory),
+            };
+            if access.truncate && size > 0 && self.policy.no_overwrite {
+                return Err(FsError::NotPermitted("--no-overwrite is set"));
+            }
+            let place = Place { parent, name, key };
+            if let Some(fh) = self.writer.open(ino, place, &etag, size, access)? {
+                return Ok(fh);
+            }
+            // Opened for writing by another descriptor meanwhile: join it.
         }
-        let (etag, size) = match self.catalog.entry(ino).await?.kind {
-            EntryKind::File { size, etag } => (etag, size),
-            EntryKind::Dir => return Err(FsError::IsADirectory),
-        };
-        if access.truncate && size > 0 && self.policy.no_overwrite {
-            return Err(FsError::NotPermitted("--no-overwrite is set"));
-        }
-        self.writer.open(ino, place, &etag, size, access).await
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32, FsError> {
@@ -250,10 +255,9 @@ impl<S: ObjectStore> S3Fs<S> {
             write: true,
             ..Access::default()
         };
-        let fh = self
-            .writer
-            .open(ino, place, &etag, current, write_only)
-            .await?;
+        let Some(fh) = self.writer.open(ino, place, &etag, current, write_only)? else {
+            return Err(FsError::Busy("the file was opened for writing meanwhile"));
+        };
         let result = match self.writer.truncate(ino, size).await {
             Some(Ok(())) => self.fsync(fh).await,
             Some(Err(e)) => Err(e),
@@ -343,10 +347,23 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Deletes `key` if its delete was deferred until nothing on this
     /// mount reads it any more, and nothing does now.
     pub(super) async fn delete_if_due(&self, key: &str) {
-        if self.writer.take_delete(key) {
-            if let Err(e) = self.store().delete(key).await {
-                warn!(key, error = %e, "cannot delete a file unlinked while it was open");
+        let Some(etag) = self.writer.take_delete(key) else {
+            return;
+        };
+        // Another client may have stored a new object under the name since
+        // it was unlinked here: delete only the version that was unlinked.
+        if !etag.is_empty() {
+            match self.store().head(key).await {
+                Ok(meta) if meta.etag.trim_matches('"') == etag.trim_matches('"') => {}
+                Ok(_) => return,
+                Err(e) => {
+                    warn!(key, error = %e, "not deleting a file unlinked while open: cannot check its version");
+                    return;
+                }
             }
+        }
+        if let Err(e) = self.store().delete(key).await {
+            warn!(key, error = %e, "cannot delete a file unlinked while it was open");
         }
     }
 

@@ -28,7 +28,7 @@ pub mod spool;
 pub mod staged;
 pub mod upload;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -180,8 +180,9 @@ pub struct Writer<S: ObjectStore> {
     files: Mutex<HashMap<Ino, Arc<OpenFile<S>>>>,
     handles: Mutex<HashMap<u64, Handle<S>>>,
     next_fh: AtomicU64,
-    /// Keys unlinked while open, deleted from S3 once nothing reads them.
-    deferred_deletes: Mutex<HashSet<String>>,
+    /// Keys unlinked while open, deleted from S3 once nothing reads them,
+    /// with the ETag they had (empty when not known).
+    deferred_deletes: Mutex<HashMap<String, String>>,
 }
 
 impl<S: ObjectStore> Writer<S> {
@@ -192,7 +193,7 @@ impl<S: ObjectStore> Writer<S> {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(FIRST_WRITE_HANDLE),
-            deferred_deletes: Mutex::new(HashSet::new()),
+            deferred_deletes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -267,9 +268,15 @@ impl<S: ObjectStore> Writer<S> {
             .ok_or(FsError::BadHandle)
     }
 
-    /// Creates a file that is not an object yet and opens it. The caller
-    /// has settled `ino`.
+    /// Creates a file that is not an object yet and opens it; EBUSY if
+    /// `ino` is open for writing already.
     pub fn create(&self, ino: Ino, place: Place, access: Access) -> Result<u64, FsError> {
+        let mut files = lock(&self.files);
+        if files.contains_key(&ino) {
+            return Err(FsError::Busy(
+                "the file is being written through this mount",
+            ));
+        }
         self.cancel_delete(&place.key);
         let content = if access.read {
             Content::Staged(Box::new(Staged::new_file(
@@ -281,31 +288,44 @@ impl<S: ObjectStore> Writer<S> {
             Content::Streaming(self.uploads.start(&place.key)?)
         };
         let file = OpenFile::new(ino, place, content, 0, true);
-        lock(&self.files).insert(ino, file.clone());
+        files.insert(ino, file.clone());
+        drop(files);
+        Ok(self.add_handle(file, access))
+    }
+
+    /// Opens a new descriptor on the file open for writing on `ino`, once
+    /// any closing one is stored; `None` when `ino` is not open for writing.
+    pub async fn join(&self, ino: Ino, access: Access) -> Option<Result<u64, FsError>> {
+        let file = self.settle(ino).await?;
+        Some(self.join_file(file, access).await)
+    }
+
+    async fn join_file(&self, file: Arc<OpenFile<S>>, access: Access) -> Result<u64, FsError> {
+        if !self.make_shareable(&file).await {
+            return Err(FsError::Busy(
+                "the file is being written through this mount",
+            ));
+        }
+        if access.write && access.truncate {
+            self.truncate_file(&file, 0).await?;
+        }
         Ok(self.add_handle(file, access))
     }
 
     /// Opens the existing object `place.key` (version `etag`, `size` bytes)
-    /// for writing, or joins the file already open on `ino`. The caller has
-    /// settled `ino`.
-    pub async fn open(
+    /// for writing. `None` if `ino` was opened for writing meanwhile: the
+    /// caller joins that file instead ([`Writer::join`]).
+    pub fn open(
         &self,
         ino: Ino,
         place: Place,
         etag: &str,
         size: u64,
         access: Access,
-    ) -> Result<u64, FsError> {
-        if let Some(file) = self.file(ino) {
-            if !self.make_shareable(&file).await {
-                return Err(FsError::Busy(
-                    "the file is being written through this mount",
-                ));
-            }
-            if access.truncate {
-                self.truncate_file(&file, 0).await?;
-            }
-            return Ok(self.add_handle(file, access));
+    ) -> Result<Option<u64>, FsError> {
+        let mut files = lock(&self.files);
+        if files.contains_key(&ino) {
+            return Ok(None);
         }
         let content = if !access.read && (access.truncate || size == 0) {
             // A replacement written front to back: stream it.
@@ -326,23 +346,9 @@ impl<S: ObjectStore> Writer<S> {
         };
         let size = if access.truncate { 0 } else { size };
         let file = OpenFile::new(ino, place, content, size, false);
-        lock(&self.files).insert(ino, file.clone());
-        Ok(self.add_handle(file, access))
-    }
-
-    /// A read-only descriptor on the open file `file`: it reads what the
-    /// writers wrote, as on a disk. EBUSY while the file is streamed to S3.
-    pub async fn open_reader(&self, file: Arc<OpenFile<S>>) -> Result<u64, FsError> {
-        if !self.make_shareable(&file).await {
-            return Err(FsError::Busy(
-                "the file is being written through this mount",
-            ));
-        }
-        let access = Access {
-            read: true,
-            ..Access::default()
-        };
-        Ok(self.add_handle(file, access))
+        files.insert(ino, file.clone());
+        drop(files);
+        Ok(Some(self.add_handle(file, access)))
     }
 
     /// Whether another descriptor may join `file`. A streaming file can
@@ -574,23 +580,23 @@ impl<S: ObjectStore> Writer<S> {
     /// unlink(2) of a file open for writing: it leaves the namespace now
     /// and is not stored when it closes. Returns false if `ino` is not
     /// open for writing.
-    pub fn unlink(&self, ino: Ino) -> bool {
+    pub fn unlink(&self, ino: Ino, etag: &str) -> bool {
         let Some(file) = lock(&self.files).remove(&ino) else {
             return false;
         };
         file.unlinked.store(true, Ordering::Relaxed);
         if !file.is_new() {
-            self.defer_delete(&file.place().key);
+            self.defer_delete(&file.place().key, etag);
         }
         // Nobody needs to wait for it any more.
         file.settled.send_replace(true);
         true
     }
 
-    /// Keeps `key` until nothing on this mount reads it, then deletes it
-    /// (see [`Writer::take_delete`]).
-    pub fn defer_delete(&self, key: &str) {
-        lock(&self.deferred_deletes).insert(key.to_owned());
+    /// Keeps `key` (version `etag`) until nothing on this mount reads it,
+    /// then deletes it (see [`Writer::take_delete`]).
+    pub fn defer_delete(&self, key: &str, etag: &str) {
+        lock(&self.deferred_deletes).insert(key.to_owned(), etag.to_owned());
     }
 
     /// A new file under `key` replaces the one whose delete was deferred.
@@ -598,15 +604,15 @@ impl<S: ObjectStore> Writer<S> {
         lock(&self.deferred_deletes).remove(key);
     }
 
-    /// Whether `key`'s deferred delete is due now (nothing reads it any
-    /// more); if so, it is taken and the caller deletes the object.
-    pub fn take_delete(&self, key: &str) -> bool {
+    /// If `key`'s deferred delete is due now (nothing reads it any more),
+    /// takes it and returns the ETag to delete; the caller deletes the
+    /// object if it is still that version.
+    pub fn take_delete(&self, key: &str) -> Option<String> {
         let mut deferred = lock(&self.deferred_deletes);
-        if !deferred.contains(key) || self.reader.is_open(key) || self.key_open(key) {
-            return false;
+        if !deferred.contains_key(key) || self.reader.is_open(key) || self.key_open(key) {
+            return None;
         }
-        deferred.remove(key);
-        true
+        deferred.remove(key)
     }
 
     /// Whether a descriptor still reads or writes `key` (unlinked included).
