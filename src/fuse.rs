@@ -444,7 +444,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
@@ -452,7 +452,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyAttr,
     ) {
         self.spawn(
-            move |fs| async move { fs.setattr(ino.0, size).await },
+            move |fs| async move { fs.setattr(ino.0, fh.map(|f| f.0), size).await },
             reply,
         );
     }

@@ -681,3 +681,46 @@ fn mknod_long_names_and_content_types() {
         "a renamed object follows its name"
     );
 }
+
+#[test]
+fn renamed_and_replaced_open_files_behave_as_on_a_disk() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("rotate");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+
+    // logrotate: the application keeps appending through its descriptor
+    // after the file was renamed; everything lands under the new name.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("app.log"))
+        .unwrap();
+    log.write_all(b"before rotation\n").unwrap();
+    std::fs::rename(root.join("app.log"), root.join("app.log.1")).unwrap();
+    log.write_all(b"after rotation\n").unwrap();
+    close(log).unwrap();
+    assert_eq!(b.get("app.log.1"), b"before rotation\nafter rotation\n");
+    assert!(!b.keys().contains(&"app.log".to_string()));
+
+    // A file open for writing replaced by a rename onto its name: what its
+    // descriptor does afterwards never reaches the new file.
+    let mut old = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(root.join("target.txt"))
+        .unwrap();
+    old.write_all(b"old contents").unwrap();
+    std::fs::write(root.join("new.txt"), b"new contents").unwrap();
+    std::fs::rename(root.join("new.txt"), root.join("target.txt")).unwrap();
+    old.write_all(b" and more").unwrap();
+    old.set_len(3).unwrap();
+    close(old).unwrap();
+    assert_eq!(b.get("target.txt"), b"new contents");
+    assert_eq!(
+        std::fs::read(root.join("target.txt")).unwrap(),
+        b"new contents"
+    );
+}

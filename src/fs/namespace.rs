@@ -23,7 +23,7 @@ use crate::catalog::{Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, ObjectStore, StoreError};
-use crate::write::{OpenFile, Place};
+use crate::write::{Committed, OpenFile, Place};
 
 /// Objects copied at once by a directory rename.
 const MOVE_CONCURRENCY: usize = 16;
@@ -59,6 +59,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Whether S3 holds any object under directory prefix `prefix` other
     /// than its marker. Asks S3, since other clients may have added some.
     async fn has_children(&self, prefix: &str) -> Result<bool, FsError> {
+        self.writer.settle_under(prefix).await;
         if self.writer.open_under(prefix) {
             return Ok(true);
         }
@@ -88,12 +89,13 @@ impl<S: ObjectStore> S3Fs<S> {
                 )) => etag,
                 _ => String::new(),
             };
-            if self.writer.unlink(file.ino, &etag) {
-                self.catalog.record(parent, name, None)?;
-                self.keep_dir(parent).await;
-                return Ok(());
-            }
-            // Released meanwhile: an ordinary unlink of what it stored.
+            self.writer.unlink(&file, &etag).await;
+            self.catalog.record(parent, name, None)?;
+            // Deleted now if no descriptor is left (it may have closed
+            // while the unlink waited for it), else at the last close.
+            self.delete_if_due(&file.place().key).await;
+            self.keep_dir(parent).await;
+            return Ok(());
         }
         let (ino, entry) = self.catalog.lookup(parent, name).await?;
         if entry.is_dir() {
@@ -189,28 +191,33 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         let new_parent_prefix = self.catalog.dir_prefix(new_parent)?;
         self.check_new_name(&new_parent_prefix, new_name)?;
-        // A source open for writing is stored first (even empty), then
-        // moved, and its descriptors follow it to the new name.
+        // Files closing under either name are stored first; one still open
+        // is handled below.
         let open_source = self.settled_open_file(parent, name).await;
-        if let Some(file) = &open_source {
-            let stored = self.writer.store_now(file).await?;
-            self.record_commit(stored)?;
-        }
         let open_target = self.settled_open_file(new_parent, new_name).await;
-        let (ino, src) = self.catalog.lookup(parent, name).await?;
         if parent == new_parent && name == new_name {
             return Ok(());
         }
-        let dst = match self.catalog.lookup(new_parent, new_name).await {
-            Ok((_, d)) => Some(d),
-            Err(FsError::NotFound) => None,
+        // A source open for writing may not be in the catalog yet (nothing
+        // stored so far); it is a file.
+        let (ino, src) = match &open_source {
+            Some(file) => (file.ino, None),
+            None => {
+                let (ino, entry) = self.catalog.lookup(parent, name).await?;
+                (ino, Some(entry))
+            }
+        };
+        let src_is_dir = src.as_ref().is_some_and(|e| e.is_dir());
+        let dst_is_dir = match self.catalog.lookup(new_parent, new_name).await {
+            Ok((_, d)) => Some(d.is_dir()),
+            Err(FsError::NotFound) => open_target.as_ref().map(|_| false),
             Err(e) => return Err(e),
         };
-        if let Some(d) = &dst {
+        if let Some(dst_is_dir) = dst_is_dir {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 return Err(FsError::Exists);
             }
-            match (src.is_dir(), d.is_dir()) {
+            match (src_is_dir, dst_is_dir) {
                 (false, true) => return Err(FsError::IsADirectory),
                 (true, false) => return Err(FsError::NotADirectory),
                 (false, false) if self.policy.no_overwrite => return Err(FsError::Exists),
@@ -223,57 +230,65 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
             }
         }
-        match &src.kind {
-            EntryKind::File { size, etag } => {
-                let key = self.catalog.file_key(ino)?;
-                let new_key = names::child_key(&new_parent_prefix, new_name);
-                self.writer.cancel_delete(&new_key);
-                let new_etag = move_object(&**self.store(), &key, etag, *size, &new_key).await?;
-                if let Some(target) = &open_target {
-                    // Replaced, as on a disk: its descriptors write to
-                    // nothing that will be stored.
-                    self.writer.orphan(target.ino);
-                }
-                if let Some(file) = &open_source {
+        let moved = if src_is_dir {
+            let from = self.catalog.dir_prefix(ino)?;
+            let to = names::child_dir_prefix(&new_parent_prefix, new_name);
+            if to.starts_with(&from) {
+                return Err(FsError::Invalid("a directory cannot move into itself"));
+            }
+            self.writer.settle_under(&from).await;
+            if self.writer.open_under(&from) {
+                return Err(FsError::Busy("a file below it is being written"));
+            }
+            self.move_tree(&from, &to).await?;
+            self.catalog.forget_tree(&from);
+            self.catalog.forget_tree(&to);
+            Entry {
+                name: new_name.to_owned(),
+                kind: EntryKind::Dir,
+                mtime: SystemTime::now(),
+            }
+        } else {
+            let key = self.catalog.file_key(ino)?;
+            let new_key = names::child_key(&new_parent_prefix, new_name);
+            self.writer.cancel_delete(&new_key);
+            if let Some(target) = &open_target {
+                // Replaced, as on a disk: from now on nothing its
+                // descriptors write is stored over what moves there.
+                self.writer.orphan(target).await;
+            }
+            let store = self.store().clone();
+            let (etag, size) = match (&open_source, src.map(|e| e.kind)) {
+                (Some(file), _) => {
+                    // Stored first (even empty) and moved under its lock;
+                    // its descriptors follow it to the new name.
                     let place = Place {
                         parent: new_parent,
                         name: new_name.to_owned(),
                         key: new_key.clone(),
                     };
-                    self.writer.moved(file, place, &new_etag).await;
+                    let record = |c: &Committed| self.record_commit(c);
+                    let (from, to) = (key.clone(), new_key.clone());
+                    self.writer
+                        .move_open(file, place, &record, |etag, size| async move {
+                            move_object(&*store, &from, &etag, size, &to).await
+                        })
+                        .await?
                 }
-                let moved = Entry {
-                    name: new_name.to_owned(),
-                    kind: EntryKind::File {
-                        size: *size,
-                        etag: new_etag,
-                    },
-                    mtime: SystemTime::now(),
-                };
-                self.catalog.record(parent, name, None)?;
-                self.catalog.record(new_parent, new_name, Some(moved))?;
+                (None, Some(EntryKind::File { size, etag })) => (
+                    move_object(&*store, &key, &etag, size, &new_key).await?,
+                    size,
+                ),
+                (None, _) => return Err(FsError::NotFound),
+            };
+            Entry {
+                name: new_name.to_owned(),
+                kind: EntryKind::File { size, etag },
+                mtime: SystemTime::now(),
             }
-            EntryKind::Dir => {
-                let from = self.catalog.dir_prefix(ino)?;
-                let to = names::child_dir_prefix(&new_parent_prefix, new_name);
-                if to.starts_with(&from) {
-                    return Err(FsError::Invalid("a directory cannot move into itself"));
-                }
-                if self.writer.open_under(&from) {
-                    return Err(FsError::Busy("a file below it is being written"));
-                }
-                self.move_tree(&from, &to).await?;
-                self.catalog.forget_tree(&from);
-                self.catalog.forget_tree(&to);
-                let moved = Entry {
-                    name: new_name.to_owned(),
-                    kind: EntryKind::Dir,
-                    mtime: SystemTime::now(),
-                };
-                self.catalog.record(parent, name, None)?;
-                self.catalog.record(new_parent, new_name, Some(moved))?;
-            }
-        }
+        };
+        self.catalog.record(parent, name, None)?;
+        self.catalog.record(new_parent, new_name, Some(moved))?;
         self.catalog.moved(ino, new_parent, new_name)?;
         if parent != new_parent {
             self.keep_dir(parent).await;

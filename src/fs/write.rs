@@ -211,10 +211,25 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Changes the size of `ino` (truncate, ftruncate), then answers its
     /// attributes. Mode, owner and times are accepted and not stored (see
     /// docs/SEMANTICS.md).
-    pub async fn setattr(&self, ino: Ino, size: Option<u64>) -> Result<Attr, FsError> {
+    pub async fn setattr(
+        &self,
+        ino: Ino,
+        fh: Option<u64>,
+        size: Option<u64>,
+    ) -> Result<Attr, FsError> {
         if let Some(size) = size {
             self.writable()?;
-            self.set_size(ino, size).await?;
+            match fh.filter(|&fh| Writer::<S>::owns(fh)) {
+                // ftruncate: that descriptor's file, whatever is now under
+                // its name (it may have been unlinked or replaced).
+                Some(fh) => {
+                    if self.policy.no_overwrite && self.writer.changes_existing(fh) {
+                        return Err(FsError::NotPermitted("--no-overwrite is set"));
+                    }
+                    self.writer.truncate_handle(fh, size).await?
+                }
+                None => self.set_size(ino, size).await?,
+            }
         }
         self.getattr(ino).await
     }
@@ -268,7 +283,13 @@ impl<S: ObjectStore> S3Fs<S> {
         result
     }
 
-    fn record_file(&self, parent: Ino, name: &str, size: u64, etag: String) -> Result<(), FsError> {
+    pub(super) fn record_file(
+        &self,
+        parent: Ino,
+        name: &str,
+        size: u64,
+        etag: String,
+    ) -> Result<(), FsError> {
         let entry = Entry {
             name: name.to_owned(),
             kind: EntryKind::File { size, etag },
@@ -277,11 +298,9 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.record(parent, name, Some(entry))
     }
 
-    pub(super) fn record_commit(&self, stored: Option<Committed>) -> Result<(), FsError> {
-        match stored {
-            Some(c) => self.record_file(c.place.parent, &c.place.name, c.size, c.etag),
-            None => Ok(()),
-        }
+    /// Notes a version the write path stored in the catalog.
+    pub(super) fn record_commit(&self, c: &Committed) -> Result<(), FsError> {
+        self.record_file(c.place.parent, &c.place.name, c.size, c.etag.clone())
     }
 
     /// close(2) of one descriptor: what was written is stored (the object
@@ -290,8 +309,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if !Writer::<S>::owns(fh) {
             return Ok(()); // a read handle
         }
-        let stored = self.writer.flush(fh).await?;
-        self.record_commit(stored)
+        self.writer.flush(fh, &|c| self.record_commit(c)).await
     }
 
     /// fsync(2): the data is durable only as an object, so this stores it.
@@ -299,8 +317,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if !Writer::<S>::owns(fh) {
             return Ok(());
         }
-        let stored = self.writer.fsync(fh).await?;
-        self.record_commit(stored)
+        self.writer.fsync(fh, &|c| self.record_commit(c)).await
     }
 
     /// The kernel's RELEASE of `fh`, noted at once on the request loop's
@@ -326,15 +343,14 @@ impl<S: ObjectStore> S3Fs<S> {
             Release::Read(Some(key)) => key,
             Release::LastWrite(file) => {
                 let place = file.place();
-                match self.writer.release(&file).await {
-                    Ok(stored) => {
-                        if let Err(e) = self.record_commit(stored) {
-                            warn!(key = %place.key, error = %e, "stored, but the listing could not be updated");
-                        }
+                let record = |c: &Committed| {
+                    if let Err(e) = self.record_commit(c) {
+                        warn!(key = %c.place.key, error = %e, "stored, but the listing could not be updated");
                     }
-                    Err(e) => {
-                        warn!(key = %place.key, error = %e, "storing the file failed when it was released")
-                    }
+                    Ok(())
+                };
+                if let Err(e) = self.writer.release(&file, &record).await {
+                    warn!(key = %place.key, error = %e, "storing the file failed when it was released")
                 }
                 // Only now: until it is stored, lookups find the file here.
                 self.writer.forget(&file);

@@ -41,6 +41,9 @@ use crate::store::ObjectStore;
 use staged::Staged;
 pub use upload::{part_size, Upload, UploadConfig, UploadStats, Uploaded, Uploads};
 
+/// Notes a stored version in the catalog; see [`Writer::flush`].
+pub type Record<'a> = dyn Fn(&Committed) -> Result<(), FsError> + Send + Sync + 'a;
+
 /// Write handles are numbered from here, apart from read handles.
 pub const FIRST_WRITE_HANDLE: u64 = 1 << 62;
 
@@ -242,6 +245,18 @@ impl<S: ObjectStore> Writer<S> {
         }
     }
 
+    /// Waits for the files closing at or below key prefix `prefix`.
+    pub async fn settle_under(&self, prefix: &str) {
+        let closing: Vec<_> = lock(&self.files)
+            .values()
+            .filter(|f| f.is_closing() && lock(&f.place).key.starts_with(prefix))
+            .cloned()
+            .collect();
+        for file in closing {
+            file.wait_settled().await;
+        }
+    }
+
     /// Whether a file at or below key prefix `prefix` is open for writing.
     pub fn open_under(&self, prefix: &str) -> bool {
         lock(&self.files)
@@ -254,11 +269,32 @@ impl<S: ObjectStore> Writer<S> {
         lock(&self.files).len()
     }
 
-    fn add_handle(&self, file: Arc<OpenFile<S>>, access: Access) -> u64 {
+    /// A new descriptor on `file`; `None` if the file is closing (its last
+    /// descriptor was released meanwhile). Under the handles lock, as
+    /// [`Writer::releasing`], so a file never gains a descriptor after it
+    /// started closing.
+    fn add_handle(&self, file: &Arc<OpenFile<S>>, access: Access) -> Option<u64> {
+        let mut handles = lock(&self.handles);
+        if file.is_closing() {
+            return None;
+        }
         file.handles.fetch_add(1, Ordering::Relaxed);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Handle { file, access });
-        fh
+        handles.insert(
+            fh,
+            Handle {
+                file: file.clone(),
+                access,
+            },
+        );
+        Some(fh)
+    }
+
+    /// The first descriptor of a file just put in the table (nobody can
+    /// have closed it yet).
+    fn first_handle(&self, file: &Arc<OpenFile<S>>, access: Access) -> u64 {
+        self.add_handle(file, access)
+            .expect("a new file is not closing")
     }
 
     fn handle(&self, fh: u64) -> Result<Handle<S>, FsError> {
@@ -290,26 +326,33 @@ impl<S: ObjectStore> Writer<S> {
         let file = OpenFile::new(ino, place, content, 0, true);
         files.insert(ino, file.clone());
         drop(files);
-        Ok(self.add_handle(file, access))
+        Ok(self.first_handle(&file, access))
     }
 
     /// Opens a new descriptor on the file open for writing on `ino`, once
     /// any closing one is stored; `None` when `ino` is not open for writing.
     pub async fn join(&self, ino: Ino, access: Access) -> Option<Result<u64, FsError>> {
-        let file = self.settle(ino).await?;
-        Some(self.join_file(file, access).await)
-    }
-
-    async fn join_file(&self, file: Arc<OpenFile<S>>, access: Access) -> Result<u64, FsError> {
-        if !self.make_shareable(&file).await {
-            return Err(FsError::Busy(
-                "the file is being written through this mount",
-            ));
+        loop {
+            let file = self.settle(ino).await?;
+            if !self.make_shareable(&file).await {
+                return Some(Err(FsError::Busy(
+                    "the file is being written through this mount",
+                )));
+            }
+            if access.write && access.truncate {
+                // Before the descriptor exists: if the file closes meanwhile,
+                // this open simply came first, and the retry below
+                // truncates what was stored.
+                if let Err(e) = self.truncate_file(&file, 0).await {
+                    return Some(Err(e));
+                }
+            }
+            if let Some(fh) = self.add_handle(&file, access) {
+                return Some(Ok(fh));
+            }
+            // Its last descriptor closed meanwhile: wait for it, then
+            // open what it stored.
         }
-        if access.write && access.truncate {
-            self.truncate_file(&file, 0).await?;
-        }
-        Ok(self.add_handle(file, access))
     }
 
     /// Opens the existing object `place.key` (version `etag`, `size` bytes)
@@ -327,7 +370,7 @@ impl<S: ObjectStore> Writer<S> {
         if files.contains_key(&ino) {
             return Ok(None);
         }
-        let content = if !access.read && (access.truncate || size == 0) {
+        let content = if !access.read && access.truncate {
             // A replacement written front to back: stream it.
             self.cancel_delete(&place.key);
             Content::Streaming(self.uploads.start(&place.key)?)
@@ -348,7 +391,7 @@ impl<S: ObjectStore> Writer<S> {
         let file = OpenFile::new(ino, place, content, size, false);
         files.insert(ino, file.clone());
         drop(files);
-        Ok(Some(self.add_handle(file, access)))
+        Ok(Some(self.first_handle(&file, access)))
     }
 
     /// Whether another descriptor may join `file`. A streaming file can
@@ -372,30 +415,55 @@ impl<S: ObjectStore> Writer<S> {
         true
     }
 
-    /// Stores an open file now, even empty, so it can be renamed; it then
-    /// follows its new name ([`Writer::moved`]).
-    pub async fn store_now(&self, file: &OpenFile<S>) -> Result<Option<Committed>, FsError> {
-        self.commit(file, true).await
-    }
-
-    /// An open file was renamed to `place`, where the object is now
-    /// version `etag`; its later commits go there.
-    pub async fn moved(&self, file: &OpenFile<S>, place: Place, etag: &str) {
+    /// Renames an open file: under its lock, so no commit slips in
+    /// between, it is stored now (even empty), `mv(etag, size)` moves that
+    /// version to `place` and returns the moved object's ETag, and the file
+    /// follows its new name (later commits go there). Returns the moved
+    /// object's ETag and size.
+    pub async fn move_open<F, Fut>(
+        &self,
+        file: &OpenFile<S>,
+        place: Place,
+        record: &Record<'_>,
+        mv: F,
+    ) -> Result<(String, u64), FsError>
+    where
+        F: FnOnce(String, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<String, FsError>>,
+    {
         let mut content = file.content.lock().await;
-        if let Content::Staged(staged) = &mut *content {
-            staged.rebase(&place.key, etag);
-        }
+        self.commit_locked(file, &mut content, true, record).await?;
+        let Content::Staged(staged) = &mut *content else {
+            unreachable!("a stored file is staged")
+        };
+        let (etag, size) = staged
+            .base_version()
+            .ok_or_else(|| FsError::Spool("a stored file has no version".into()))?;
+        let moved = mv(etag, size).await?;
+        staged.rebase(&place.key, &moved);
+        self.cancel_delete(&place.key);
         *lock(&file.place) = place;
+        Ok((moved, size))
     }
 
-    /// A file open for writing was replaced by a rename onto its name: like
-    /// an unlinked file, it is not stored when it closes, and its key now
-    /// belongs to the file moved there.
-    pub fn orphan(&self, ino: Ino) {
-        if let Some(file) = lock(&self.files).remove(&ino) {
-            file.unlinked.store(true, Ordering::Relaxed);
-            file.settled.send_replace(true);
+    /// A file open for writing is about to be replaced by a rename onto its
+    /// name: like an unlinked file, it is no longer stored when it closes
+    /// (even if the rename then fails), since its key will belong to the
+    /// file moved there. Waits for a commit in flight to end first.
+    pub async fn orphan(&self, file: &Arc<OpenFile<S>>) {
+        let _content = file.content.lock().await;
+        file.unlinked.store(true, Ordering::Relaxed);
+        self.remove_file(file);
+    }
+
+    fn remove_file(&self, file: &Arc<OpenFile<S>>) {
+        {
+            let mut files = lock(&self.files);
+            if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
+                files.remove(&file.ino);
+            }
         }
+        file.settled.send_replace(true);
     }
 
     /// Whether writes through `fh` change a file that existed before it
@@ -457,8 +525,15 @@ impl<S: ObjectStore> Writer<S> {
         }
     }
 
-    /// ftruncate or truncate of `ino` while it is open for writing; `None`
-    /// when it is not.
+    /// ftruncate through write handle `fh`: that handle's file, even if it
+    /// was unlinked or replaced meanwhile.
+    pub async fn truncate_handle(&self, fh: u64, size: u64) -> Result<(), FsError> {
+        let handle = self.handle(fh)?;
+        self.truncate_file(&handle.file, size).await
+    }
+
+    /// truncate(2) of `ino` while it is open for writing; `None` when it
+    /// is not.
     pub async fn truncate(&self, ino: Ino, size: u64) -> Option<Result<(), FsError>> {
         let file = self.settle(ino).await?;
         Some(self.truncate_file(&file, size).await)
@@ -479,37 +554,52 @@ impl<S: ObjectStore> Writer<S> {
     /// yet stores nothing: shells and dd open, dup2 and close the first
     /// descriptor before writing, and an empty object must not appear in
     /// the meantime (it is stored at release).
-    pub async fn flush(&self, fh: u64) -> Result<Option<Committed>, FsError> {
+    pub async fn flush(&self, fh: u64, record: &Record<'_>) -> Result<(), FsError> {
         let handle = self.handle(fh)?;
         if !handle.access.write {
-            return Ok(None);
+            return Ok(());
         }
-        self.commit(&handle.file, false).await
+        self.commit(&handle.file, false, record).await
     }
 
     /// fsync(2): the data is durable only as an object, so this stores it,
     /// even an empty file.
-    pub async fn fsync(&self, fh: u64) -> Result<Option<Committed>, FsError> {
+    pub async fn fsync(&self, fh: u64, record: &Record<'_>) -> Result<(), FsError> {
         let handle = self.handle(fh)?;
         if !handle.access.write {
-            return Ok(None);
+            return Ok(());
         }
-        self.commit(&handle.file, true).await
+        self.commit(&handle.file, true, record).await
     }
 
     async fn commit(
         &self,
         file: &OpenFile<S>,
         even_empty: bool,
-    ) -> Result<Option<Committed>, FsError> {
-        if file.unlinked.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
+        record: &Record<'_>,
+    ) -> Result<(), FsError> {
         let mut content = file.content.lock().await;
-        let stored = match &mut *content {
+        self.commit_locked(file, &mut content, even_empty, record)
+            .await
+    }
+
+    /// Stores what changed, and has `record` note it in the catalog while
+    /// the file is still locked, so commits are recorded in the order they
+    /// were stored.
+    async fn commit_locked(
+        &self,
+        file: &OpenFile<S>,
+        content: &mut Content<S>,
+        even_empty: bool,
+        record: &Record<'_>,
+    ) -> Result<(), FsError> {
+        if file.unlinked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let stored = match content {
             Content::Streaming(upload) => {
                 if upload.is_empty() && !even_empty {
-                    return Ok(None);
+                    return Ok(());
                 }
                 let done = upload.finish().await?;
                 // Later writes through any descriptor change this object.
@@ -525,25 +615,25 @@ impl<S: ObjectStore> Writer<S> {
             }
             Content::Staged(staged) => match staged.commit().await? {
                 Some(done) => done,
-                None => return Ok(None),
+                None => return Ok(()),
             },
         };
         file.new.store(false, Ordering::Relaxed);
         let place = file.place();
         self.cancel_delete(&place.key);
-        Ok(Some(Committed {
+        record(&Committed {
             place,
             etag: stored.etag,
             size: stored.size,
-        }))
+        })
     }
 
     /// The kernel's RELEASE of `fh`, noted at once on the request loop's
     /// thread (see the module doc). Returns the file if this was its last
     /// descriptor: the caller then stores it with [`Writer::release`].
     pub fn releasing(&self, fh: u64) -> Option<Arc<OpenFile<S>>> {
-        let handle = lock(&self.handles).remove(&fh)?;
-        let file = handle.file;
+        let mut handles = lock(&self.handles);
+        let file = handles.remove(&fh)?.file;
         if file.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             file.closing.store(true, Ordering::Release);
             Some(file)
@@ -555,42 +645,40 @@ impl<S: ObjectStore> Writer<S> {
     /// Stores a file whose last descriptor was released (an empty streaming
     /// file too). An unlinked file is given up instead. The caller records
     /// the outcome, then calls [`Writer::forget`].
-    pub async fn release(&self, file: &OpenFile<S>) -> Result<Option<Committed>, FsError> {
+    pub async fn release(&self, file: &OpenFile<S>, record: &Record<'_>) -> Result<(), FsError> {
+        let content = file.content.lock().await;
         if file.unlinked.load(Ordering::Relaxed) {
-            if let Content::Streaming(upload) = &*file.content.lock().await {
+            if let Content::Streaming(upload) = &*content {
                 upload.abort().await;
             }
-            return Ok(None);
+            return Ok(());
         }
-        self.commit(file, true).await
+        drop(content);
+        self.commit(file, true, record).await
     }
 
     /// Removes a released file from the table and wakes whoever waits for
     /// it to settle.
     pub fn forget(&self, file: &Arc<OpenFile<S>>) {
-        {
-            let mut files = lock(&self.files);
-            if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
-                files.remove(&file.ino);
-            }
-        }
-        file.settled.send_replace(true);
+        self.remove_file(file);
     }
 
-    /// unlink(2) of a file open for writing: it leaves the namespace now
-    /// and is not stored when it closes. Returns false if `ino` is not
-    /// open for writing.
-    pub fn unlink(&self, ino: Ino, etag: &str) -> bool {
-        let Some(file) = lock(&self.files).remove(&ino) else {
-            return false;
-        };
+    /// unlink(2) of `file`, open for writing: once a commit in flight has
+    /// ended, it leaves the namespace and is not stored when it closes; its
+    /// object (if any) is deleted once nothing reads it. `listed_etag` is
+    /// the version the catalog lists, for a file not yet stored here.
+    pub async fn unlink(&self, file: &Arc<OpenFile<S>>, listed_etag: &str) {
+        let content = file.content.lock().await;
         file.unlinked.store(true, Ordering::Relaxed);
         if !file.is_new() {
-            self.defer_delete(&file.place().key, etag);
+            let etag = match &*content {
+                Content::Staged(staged) => staged.base_version().map(|(e, _)| e),
+                Content::Streaming(_) => None,
+            };
+            self.defer_delete(&file.place().key, etag.as_deref().unwrap_or(listed_etag));
         }
-        // Nobody needs to wait for it any more.
-        file.settled.send_replace(true);
-        true
+        drop(content);
+        self.remove_file(file);
     }
 
     /// Keeps `key` (version `etag`) until nothing on this mount reads it,

@@ -157,7 +157,8 @@ impl<S: ObjectStore> Staged<S> {
         if size == self.size {
             return Ok(());
         }
-        if size < self.size {
+        if size < self.size && size > 0 {
+            // Truncating to zero keeps nothing of the base: no in-place cost.
             self.check_in_place(size)?;
         }
         if let Some(spool) = &self.spool {
@@ -241,10 +242,7 @@ impl<S: ObjectStore> Staged<S> {
         }
         let result = self.store_new_version().await;
         if let Err(e @ FsError::Store { source, .. }) = &result {
-            if matches!(
-                source,
-                StoreError::PreconditionFailed | StoreError::NotFound
-            ) {
+            if matches!(source, StoreError::PreconditionFailed) {
                 self.conflict = Some(e.clone());
             }
         }
@@ -302,10 +300,15 @@ impl<S: ObjectStore> Staged<S> {
         Ok(Uploaded { etag, size })
     }
 
-    /// The file was renamed to `key`, where the same bytes are now version
-    /// `etag`. Only a file with nothing uncommitted is renamed.
+    /// The version the file was last stored as (or opened at): its ETag
+    /// and size, if it is an object.
+    pub fn base_version(&self) -> Option<(String, u64)> {
+        self.base.as_ref().map(|b| (b.etag.clone(), b.object_size))
+    }
+
+    /// The file, just committed (so nothing is uncommitted), was renamed to
+    /// `key`, where the same bytes are now version `etag`.
     pub fn rebase(&mut self, key: &str, etag: &str) {
-        debug_assert!(!self.dirty, "renamed with uncommitted changes");
         self.key = key.to_owned();
         if let Some(base) = &mut self.base {
             base.etag = etag.to_owned();
@@ -363,7 +366,7 @@ impl<S: ObjectStore> Staged<S> {
                         buf.extend_from_slice(&b)
                     })
                     .await
-                    .map_err(|e| self.failed(e))?;
+                    .map_err(|e| self.failed(base_gone_is_conflict(e)))?;
                 let spool = self.spool()?;
                 spool.reserve(to - at)?;
                 if let Err(e) = spool.write_at(buf, at).await {
@@ -443,7 +446,8 @@ impl<S: ObjectStore> Staged<S> {
                         let len = r.end - r.start;
                         let out = store
                             .copy_part(&key, &etag, r, &key, &upload_id, number)
-                            .await;
+                            .await
+                            .map_err(base_gone_is_conflict);
                         if out.is_ok() {
                             stats.copied_bytes.fetch_add(len, Ordering::Relaxed);
                         }
@@ -468,6 +472,15 @@ impl<S: ObjectStore> Staged<S> {
             etags[i] = result.map_err(|e| self.failed(e))?;
         }
         Ok(etags)
+    }
+}
+
+/// The base object deleted by another client is a conflict like a
+/// replaced one (EIO), not a missing file.
+fn base_gone_is_conflict(e: StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound => StoreError::PreconditionFailed,
+        e => e,
     }
 }
 

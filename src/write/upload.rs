@@ -156,6 +156,10 @@ enum Part {
 struct State {
     /// Bytes handed to part uploads; writes before this offset are refused.
     sent: u64,
+    /// End of the furthest write: parts are sent only below it (a file
+    /// grown by ftruncate is not sent as zeros before it is written), and
+    /// the spool budget is taken up to it.
+    written: u64,
     upload_id: Option<String>,
     parts: Vec<Part>,
     /// The first failure of a part; the upload cannot succeed after it.
@@ -205,7 +209,7 @@ impl<S: ObjectStore> Upload<S> {
         }
         let n = data.len() as u32;
         let end = offset + data.len() as u64;
-        let grow = end.saturating_sub(self.len());
+        let grow = end.saturating_sub(st.written);
         if self.spool.reserve(grow).is_err() {
             // Parts in flight give their bytes back once sent: wait for
             // them before telling the writer the spool is full.
@@ -214,7 +218,11 @@ impl<S: ObjectStore> Upload<S> {
             }
             self.spool.reserve(grow)?;
         }
-        self.spool.write_at(data, offset).await?;
+        if let Err(e) = self.spool.write_at(data, offset).await {
+            self.spool.release(grow);
+            return Err(e);
+        }
+        st.written = st.written.max(end);
         self.len.fetch_max(end, Ordering::Relaxed);
         self.send_ready_parts(&mut st).await?;
         self.wait_for_room(&mut st).await?;
@@ -231,7 +239,8 @@ impl<S: ObjectStore> Upload<S> {
             ));
         }
         self.spool.set_len(size)?;
-        self.spool.release(self.len().saturating_sub(size));
+        self.spool.release(st.written.saturating_sub(size));
+        st.written = st.written.min(size);
         self.len.store(size, Ordering::Relaxed);
         self.send_ready_parts(&mut st).await
     }
@@ -280,9 +289,12 @@ impl<S: ObjectStore> Upload<S> {
     }
 
     fn check_open(&self, st: &State) -> Result<(), FsError> {
-        if st.outcome.is_some() {
-            // Closed (or synced) already: the object is final.
-            return Err(FsError::BadHandle);
+        match &st.outcome {
+            // A failed upload keeps saying why.
+            Some(Err(e)) => return Err(e.clone()),
+            // Completed already: the object is final.
+            Some(Ok(_)) => return Err(FsError::BadHandle),
+            None => {}
         }
         match &st.failed {
             Some(e) => Err(FsError::store(&self.key, e.clone())),
@@ -294,7 +306,7 @@ impl<S: ObjectStore> Upload<S> {
     async fn send_ready_parts(&self, st: &mut State) -> Result<(), FsError> {
         loop {
             let size = part_size(self.uploads.config.part_size, st.parts.len() as u32 + 1);
-            if self.len() < st.sent + 2 * size {
+            if st.written < st.sent + 2 * size {
                 return Ok(());
             }
             self.send_part(st, st.sent + size).await?;
