@@ -7,8 +7,8 @@
 //! Environment: BENCH_FILE_MIB (default 1024), BENCH_RUNS (default 3),
 //! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200),
 //! BENCH_CONN_MIBPS (bandwidth cap per connection, 0 = none; default 0),
-//! BENCH_ONLY (comma-separated sections to run: sequential, random, ttfb,
-//! parquet, reset; default all), BENCH_MOUNT_ARGS (extra s3mount options,
+//! BENCH_ONLY (comma-separated sections to run: sequential, shared, random,
+//! ttfb, parquet, reset; default all), BENCH_MOUNT_ARGS (extra s3mount options,
 //! e.g. "--memory-limit 1G --metrics-addr 127.0.0.1:9911").
 //! Figures are medians of BENCH_RUNS runs; each run mounts afresh so no
 //! cache survives from the run before.
@@ -183,7 +183,7 @@ fn main() {
     let conn_mibps = env_u64("BENCH_CONN_MIBPS", 0);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wants = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
-    let needs_big_files = ["sequential", "random", "ttfb", "reset"]
+    let needs_big_files = ["sequential", "shared", "random", "ttfb", "reset"]
         .iter()
         .any(|s| wants(s));
 
@@ -425,9 +425,186 @@ fn main() {
     if wants("reset") {
         bench_resets(&b, &mut rows);
     }
+    let shared = if wants("shared") {
+        bench_shared(&b)
+    } else {
+        Vec::new()
+    };
     print_rows(&b, &rows);
     for line in extra {
         println!("{line}");
+    }
+    print_shared(&shared);
+}
+
+/// One row of the shared-object table: throughput next to the direct
+/// client, and what it cost (medians).
+struct Shared {
+    what: String,
+    mount: f64,
+    direct: String,
+    ratio: String,
+    fetched_per_read: f64,
+    requests: f64,
+    cpu_per_gib: f64,
+    rss_mib: f64,
+}
+
+/// Reads `range` of `path` front to back in 1 MiB reads, at most `limit`
+/// bytes a second if given; returns the bytes read.
+fn read_range(path: &std::path::Path, range: std::ops::Range<u64>, limit: Option<u64>) -> u64 {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    let started = Instant::now();
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(MIB) as usize;
+        f.read_exact_at(&mut buf[..n], at).unwrap();
+        at += n as u64;
+        if let Some(rate) = limit {
+            let due = Duration::from_secs_f64((at - range.start) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    at - range.start
+}
+
+/// Several readers of ONE object, and readers slower than the network: the
+/// cases where read-ahead used to be evicted and fetched again. Each row
+/// reports the bytes fetched (at the proxy) for each byte read.
+fn bench_shared(b: &Bench) -> Vec<Shared> {
+    const SLOW: u64 = 150 * MIB;
+    let path_in = |m: &Mounted| m.path().join("seq2.bin");
+    type Work<'a> = Box<dyn Fn(&Mounted) -> u64 + 'a>;
+    let size = b.size;
+    let split = |n: u64| -> Work {
+        Box::new(move |m: &Mounted| {
+            let path = path_in(m);
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..n)
+                    .map(|i| {
+                        let p = path.clone();
+                        s.spawn(move || read_range(&p, i * size / n..(i + 1) * size / n, None))
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).sum()
+            })
+        })
+    };
+    let cases: Vec<(String, Work, Option<u64>)> = vec![
+        (
+            "4 readers, distinct quarters of one object".into(),
+            split(4),
+            None,
+        ),
+        (
+            "8 readers, distinct eighths of one object".into(),
+            split(8),
+            None,
+        ),
+        (
+            "2 readers of one object, started 1 s apart".into(),
+            Box::new(move |m: &Mounted| {
+                let path = path_in(m);
+                std::thread::scope(|s| {
+                    let first = s.spawn(|| read_range(&path, 0..size, None));
+                    std::thread::sleep(Duration::from_secs(1));
+                    let second = s.spawn(|| read_range(&path, 0..size, None));
+                    first.join().unwrap() + second.join().unwrap()
+                })
+            }),
+            None,
+        ),
+        (
+            format!("1 reader consuming {} MiB/s", SLOW / MIB),
+            Box::new(move |m: &Mounted| read_range(&path_in(m), 0..size, Some(SLOW))),
+            Some(SLOW),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (what, work, limit) in cases {
+        let (mut rate, mut direct, mut amp, mut reqs, mut cpu, mut rss) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..b.runs {
+            let m = b.mount();
+            let (bytes0, reqs0) = (b.proxy.response_bytes(), b.proxy.requests().len());
+            let cpu0 = cpu_seconds(m.pid());
+            let t = Instant::now();
+            let read = work(&m);
+            let secs = t.elapsed().as_secs_f64();
+            rate.push(read as f64 / MIB as f64 / secs);
+            amp.push((b.proxy.response_bytes() - bytes0) as f64 / read as f64);
+            reqs.push((b.proxy.requests().len() - reqs0) as f64);
+            cpu.push((cpu_seconds(m.pid()) - cpu0) / (read as f64 / (1u64 << 30) as f64));
+            rss.push(peak_rss_kib(m.pid()) as f64 / 1024.0);
+            drop(m);
+            if limit.is_none() {
+                // The best direct client: 8 MiB ranged GETs, 16 in flight,
+                // reading the same number of bytes of the same object.
+                let t = Instant::now();
+                let mut n = 0;
+                while n < read {
+                    n += block_on(direct_read(
+                        &b.client,
+                        &b.bucket.name,
+                        "seq2.bin",
+                        b.size,
+                        8 * MIB,
+                        16,
+                    ));
+                }
+                direct.push(n as f64 / MIB as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        let mount = median(rate);
+        let (direct, ratio) = match limit {
+            Some(l) => (
+                format!("{} (limit)", l / MIB),
+                format!("{:.2}x", mount / (l / MIB) as f64),
+            ),
+            None => {
+                let d = median(direct);
+                (format!("{d:.1}"), format!("{:.2}x", mount / d))
+            }
+        };
+        rows.push(Shared {
+            what,
+            mount,
+            direct,
+            ratio,
+            fetched_per_read: median(amp),
+            requests: median(reqs),
+            cpu_per_gib: median(cpu),
+            rss_mib: median(rss),
+        });
+    }
+    rows
+}
+
+fn print_shared(rows: &[Shared]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("one object, several or slow readers (MiB/s; ratio = s3mount / direct, higher is better; fetched/read at the proxy; daemon CPU seconds per GiB read; peak RSS)");
+    println!(
+        "{:<44} {:>9} {:>12} {:>7} {:>9} {:>6} {:>8} {:>9}",
+        "workload", "s3mount", "direct", "ratio", "fetch/rd", "reqs", "CPU/GiB", "RSS MiB"
+    );
+    for r in rows {
+        println!(
+            "{:<44} {:>9.1} {:>12} {:>7} {:>9.3} {:>6.0} {:>8.2} {:>9.0}",
+            r.what,
+            r.mount,
+            r.direct,
+            r.ratio,
+            r.fetched_per_read,
+            r.requests,
+            r.cpu_per_gib,
+            r.rss_mib
+        );
     }
 }
 

@@ -201,3 +201,75 @@ fn mmap_reads_the_same_bytes_as_read() {
     assert_eq!(code, 0, "mmap through the mount failed: {err}");
     assert_eq!(out.trim(), sha256_of(&local), "mmap gave other bytes");
 }
+
+/// Reads `range` of `path` front to back in 1 MiB reads, pausing `pause`
+/// after each; checks every byte against `data`.
+fn read_region(
+    path: &std::path::Path,
+    data: &[u8],
+    range: std::ops::Range<usize>,
+    pause: std::time::Duration,
+) {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = range.start;
+    while at < range.end {
+        let n = buf.len().min(range.end - at);
+        f.read_exact_at(&mut buf[..n], at as u64).unwrap();
+        assert!(buf[..n] == data[at..at + n], "bytes at {at}");
+        at += n;
+        std::thread::sleep(pause);
+    }
+}
+
+#[test]
+fn many_and_slow_readers_of_one_object_fetch_each_byte_once() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("once");
+    let size = 256 << 20;
+    let data = random_bytes(size, 33);
+    b.put("one.bin", data.clone());
+    let (proxy, endpoint) = s3.proxied();
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+
+    let path = m.path().join("one.bin");
+    let before = proxy.response_bytes();
+    std::thread::scope(|s| {
+        for q in 0..4 {
+            let (path, data) = (&path, &data);
+            s.spawn(move || {
+                let quarter = size / 4;
+                read_region(
+                    path,
+                    data,
+                    q * quarter..(q + 1) * quarter,
+                    std::time::Duration::ZERO,
+                )
+            });
+        }
+    });
+    let fetched = proxy.response_bytes() - before;
+    assert!(
+        fetched as f64 <= 1.05 * size as f64,
+        "4 readers of distinct quarters fetched {fetched} bytes for {size} ({:.2}x)",
+        fetched as f64 / size as f64
+    );
+
+    // A consumer slower than the network (about 100 MiB/s), on a fresh
+    // mount so nothing is cached.
+    drop(m);
+    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    let before = proxy.response_bytes();
+    read_region(
+        &m.path().join("one.bin"),
+        &data,
+        0..size,
+        std::time::Duration::from_millis(10),
+    );
+    let fetched = proxy.response_bytes() - before;
+    assert!(
+        fetched as f64 <= 1.05 * size as f64,
+        "a slow reader fetched {fetched} bytes for {size} ({:.2}x)",
+        fetched as f64 / size as f64
+    );
+}

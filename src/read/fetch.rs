@@ -13,9 +13,18 @@
 //! of `part_size` that run in parallel). While it is in flight its units are
 //! *pending*; each unit enters the cache the moment its last byte arrives,
 //! and readers waiting for it wake then, not when the whole part is done.
-//! The cache is weighted by bytes and evicts least recently used units, so
-//! data fetched ahead of a reader is not dropped in favour of units that
-//! were read long ago.
+//! The cache is weighted by bytes and evicts least recently used units.
+//!
+//! Units fetched *ahead* of a reader are not put in that cache until they
+//! are read: an LRU cache would evict them first (what a reader consumed a
+//! moment ago is more recently used than what was fetched for it a while
+//! before), and a reader slower than the network, or several readers of one
+//! object, would then fetch the same bytes again. They are *held* instead,
+//! outside the LRU order, until a reader reads them (then they move into the
+//! cache) or no reader's window covers them any more
+//! ([`Fetcher::release_ahead`]). What is held is bounded by the read-ahead
+//! budget: windows shrink when it is spent, instead of fetched data being
+//! thrown away.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -65,6 +74,16 @@ struct Pending {
     progress: watch::Receiver<PartProgress>,
     /// Position of the unit among the part's units.
     index: usize,
+    /// The part's task, to cancel read-ahead no reader wants any more.
+    part: Arc<PartTask>,
+}
+
+/// A running ranged GET.
+struct PartTask {
+    /// Set right after the task is spawned.
+    abort: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// Fetched ahead of a reader (may be cancelled when unwanted).
+    ahead: bool,
 }
 
 /// Counters of the read path, for logs, benchmarks and metrics.
@@ -79,6 +98,8 @@ pub struct ReadStats {
     pub gets_queued: AtomicU64,
     /// Ranged GETs holding a slot (in flight, or backing off to retry).
     pub gets_running: AtomicU64,
+    /// Read-ahead GETs stopped because no reader wanted their data any more.
+    pub cancelled_gets: AtomicU64,
 }
 
 /// Counts itself in a gauge while it lives.
@@ -109,6 +130,11 @@ pub struct Fetcher<S> {
     unevicted: AtomicU64,
     evict_every: u64,
     pending: Mutex<HashMap<UnitKey, Pending>>,
+    /// Units fetched ahead of a reader and not read yet (see the module doc).
+    held: Mutex<HashMap<UnitKey, Bytes>>,
+    held_bytes: AtomicU64,
+    /// Beyond this, units fetched ahead go straight into the cache.
+    held_limit: u64,
     permits: Arc<Semaphore>,
     pub stats: ReadStats,
 }
@@ -119,6 +145,7 @@ impl<S: ObjectStore> Fetcher<S> {
         block: u64,
         part_size: u64,
         cache_bytes: u64,
+        held_limit: u64,
         max_requests: usize,
     ) -> Arc<Self> {
         let cache = moka::sync::Cache::builder()
@@ -134,6 +161,9 @@ impl<S: ObjectStore> Fetcher<S> {
             unevicted: AtomicU64::new(0),
             evict_every: (cache_bytes / 32).max(1),
             pending: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            held_bytes: AtomicU64::new(0),
+            held_limit,
             permits: Arc::new(Semaphore::new(max_requests.max(1))),
             stats: ReadStats::default(),
         })
@@ -149,9 +179,117 @@ impl<S: ObjectStore> Fetcher<S> {
         }
     }
 
+    /// Keeps a unit fetched ahead of a reader until it is read; into the
+    /// cache at once if the held units already fill their budget.
+    fn hold(&self, key: UnitKey, data: Bytes) {
+        let len = data.len() as u64;
+        let fits = self
+            .held_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held + len <= self.held_limit).then_some(held + len)
+            })
+            .is_ok();
+        if !fits {
+            self.insert(key, data);
+            return;
+        }
+        if let Some(old) = lock(&self.held).insert(key, data) {
+            self.held_bytes
+                .fetch_sub(old.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The unit under `key` if cached or held. A held unit that a read
+    /// ending at `until` consumes to its end moves into the cache; one read
+    /// only partly (the kernel reads a segment in several pieces) stays
+    /// held for the rest.
+    fn lookup(&self, key: &UnitKey, until: u64) -> Option<Bytes> {
+        if let Some(data) = self.cache.get(key) {
+            return Some(data);
+        }
+        let mut held = lock(&self.held);
+        if until < self.unit_range(key.2).end {
+            return held.get(key).cloned();
+        }
+        let data = held.remove(key)?;
+        drop(held);
+        self.held_bytes
+            .fetch_sub(data.len() as u64, Ordering::Relaxed);
+        self.insert(key.clone(), data.clone());
+        Some(data)
+    }
+
+    /// Moves the held units that `wanted` (given the unit's object key, ETag
+    /// and byte range) no longer wants into the cache: their reader seeked
+    /// away, went idle or closed.
+    pub fn release_ahead(&self, wanted: impl Fn(&str, &str, Range<u64>) -> bool) {
+        let released: Vec<(UnitKey, Bytes)> = {
+            let mut held = lock(&self.held);
+            let gone: Vec<UnitKey> = held
+                .keys()
+                .filter(|k| {
+                    let range = self.unit_range(k.2);
+                    !wanted(&k.0, &k.1, range)
+                })
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|k| held.remove(&k).map(|d| (k, d)))
+                .collect()
+        };
+        for (key, data) in released {
+            self.held_bytes
+                .fetch_sub(data.len() as u64, Ordering::Relaxed);
+            self.insert(key, data);
+        }
+        // Read-ahead still in flight that nobody wants: stop fetching it.
+        // Its units stop being pending at once (a reader that looks for one
+        // fetches it anew; one already waiting is woken and looks again).
+        let mut pending = self.pending.lock().unwrap();
+        let mut parts: HashMap<*const PartTask, (Arc<PartTask>, bool)> = HashMap::new();
+        for (k, p) in pending.iter() {
+            if p.part.ahead {
+                let wanted_now = wanted(&k.0, &k.1, self.unit_range(k.2));
+                let entry = parts
+                    .entry(Arc::as_ptr(&p.part))
+                    .or_insert_with(|| (p.part.clone(), false));
+                entry.1 |= wanted_now;
+            }
+        }
+        let cancel: Vec<Arc<PartTask>> = parts
+            .into_values()
+            .filter(|(_, wanted_now)| !wanted_now)
+            .map(|(part, _)| part)
+            .collect();
+        if cancel.is_empty() {
+            return;
+        }
+        pending.retain(|_, p| !cancel.iter().any(|c| Arc::ptr_eq(c, &p.part)));
+        drop(pending);
+        for part in cancel {
+            if let Some(abort) = part.abort.get() {
+                abort.abort();
+            }
+            self.stats.cancelled_gets.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes held for readers ahead of them now.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes.load(Ordering::Relaxed)
+    }
+
     /// Bytes the block cache holds now.
     pub fn cached_bytes(&self) -> u64 {
         self.cache.weighted_size()
+    }
+
+    /// The bytes a unit covers, without clipping to an object's size.
+    fn unit_range(&self, unit: Unit) -> Range<u64> {
+        match unit {
+            Unit::Block(b) => b * self.block..(b + 1) * self.block,
+            Unit::Segment(s) => s * self.segment()..(s + 1) * self.segment(),
+        }
     }
 
     fn segment(&self) -> u64 {
@@ -172,7 +310,9 @@ impl<S: ObjectStore> Fetcher<S> {
     }
 
     fn present(&self, key: &UnitKey, pending: &HashMap<UnitKey, Pending>) -> bool {
-        pending.contains_key(key) || self.cache.contains_key(key)
+        pending.contains_key(key)
+            || self.cache.contains_key(key)
+            || lock(&self.held).contains_key(key)
     }
 
     /// Starts fetches for the parts of `range` that are neither cached nor
@@ -181,6 +321,16 @@ impl<S: ObjectStore> Fetcher<S> {
     /// Whole segments the range covers are fetched as segments (unless a
     /// block of them is cached or pending already); the rest as blocks.
     pub fn request(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>) {
+        self.request_units(obj, range, false);
+    }
+
+    /// Like [`Fetcher::request`], for data a reader will want later: what
+    /// arrives is held until it is read (see the module doc).
+    pub fn request_ahead(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>) {
+        self.request_units(obj, range, true);
+    }
+
+    fn request_units(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>, ahead: bool) {
         let range = range.start..range.end.min(obj.size);
         if range.is_empty() {
             return;
@@ -197,7 +347,7 @@ impl<S: ObjectStore> Fetcher<S> {
             let seg_start = seg * SEGMENT_BLOCKS;
             let seg_end = (seg_start + SEGMENT_BLOCKS).min(blocks_total);
             if self.present(&Self::key(obj, Unit::Segment(seg)), &pending) {
-                self.spawn_run(obj, std::mem::take(&mut run), &mut pending);
+                self.spawn_run(obj, std::mem::take(&mut run), ahead, &mut pending);
                 b = seg_end;
                 continue;
             }
@@ -212,13 +362,13 @@ impl<S: ObjectStore> Fetcher<S> {
                 continue;
             }
             if self.present(&Self::key(obj, Unit::Block(b)), &pending) {
-                self.spawn_run(obj, std::mem::take(&mut run), &mut pending);
+                self.spawn_run(obj, std::mem::take(&mut run), ahead, &mut pending);
             } else {
                 run.push(Unit::Block(b));
             }
             b += 1;
         }
-        self.spawn_run(obj, run, &mut pending);
+        self.spawn_run(obj, run, ahead, &mut pending);
     }
 
     /// Fetches a run of consecutive units, in parts of up to `part_size`.
@@ -226,6 +376,7 @@ impl<S: ObjectStore> Fetcher<S> {
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
         run: Vec<Unit>,
+        ahead: bool,
         pending: &mut HashMap<UnitKey, Pending>,
     ) {
         let mut units = run.into_iter().peekable();
@@ -242,7 +393,7 @@ impl<S: ObjectStore> Fetcher<S> {
                 bytes += len;
                 units.next();
             }
-            self.spawn_part(obj, part, pending);
+            self.spawn_part(obj, part, ahead, pending);
         }
     }
 
@@ -250,24 +401,25 @@ impl<S: ObjectStore> Fetcher<S> {
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
         units: Vec<Unit>,
+        ahead: bool,
         pending: &mut HashMap<UnitKey, Pending>,
     ) {
         let (tx, rx) = watch::channel(PartProgress::default());
-        for (index, &unit) in units.iter().enumerate() {
-            pending.insert(
-                Self::key(obj, unit),
-                Pending {
-                    progress: rx.clone(),
-                    index,
-                },
-            );
-        }
         let ranges: Vec<Range<u64>> = units.iter().map(|&u| self.bytes_of(obj, u)).collect();
         let bytes = ranges[0].start..ranges[ranges.len() - 1].end;
         let pieces: Vec<u64> = ranges.iter().map(|r| r.end - r.start).collect();
         let me = self.clone();
-        let obj = obj.clone();
-        tokio::spawn(async move {
+        let task_obj = obj.clone();
+        let task_units = units.clone();
+        let part = Arc::new(PartTask {
+            abort: std::sync::OnceLock::new(),
+            ahead,
+        });
+        let task_part = part.clone();
+        // Spawned while `pending` is locked: the task cannot unregister its
+        // units (which needs that lock) before they are registered below.
+        let task = tokio::spawn(async move {
+            let (obj, units, part) = (task_obj, task_units, task_part);
             // Unregisters the pending units however the task ends, so a
             // failed or panicked fetch is retried by the next reader
             // instead of being waited on forever.
@@ -276,6 +428,7 @@ impl<S: ObjectStore> Fetcher<S> {
                 fetcher: &me,
                 obj: &obj,
                 units: &units,
+                part: &part,
                 delivered: &delivered,
             };
             let result = {
@@ -293,8 +446,13 @@ impl<S: ObjectStore> Fetcher<S> {
                     // before the waiters wake: a reader always finds it in
                     // one place or the other. Once it is no longer pending,
                     // a reader that finds it evicted fetches it again.
-                    me.insert(Self::key(&obj, units[next]), data);
-                    me.unregister(&obj, &units[next..next + 1]);
+                    let key = Self::key(&obj, units[next]);
+                    if ahead {
+                        me.hold(key, data);
+                    } else {
+                        me.insert(key, data);
+                    }
+                    me.unregister(&obj, &units[next..next + 1], &part);
                     delivered.store(next + 1, Ordering::Relaxed);
                     tx.send_modify(|p| p.arrived += 1);
                 };
@@ -308,30 +466,58 @@ impl<S: ObjectStore> Fetcher<S> {
                 p.error = result.err();
             });
         });
+        let _ = part.abort.set(task.abort_handle());
+        for (index, &unit) in units.iter().enumerate() {
+            pending.insert(
+                Self::key(obj, unit),
+                Pending {
+                    progress: rx.clone(),
+                    index,
+                    part: part.clone(),
+                },
+            );
+        }
     }
 
-    fn unregister(&self, obj: &ObjectVersion, units: &[Unit]) {
+    /// Unregisters `units` as pending in `part` (not in a later part that
+    /// fetches them again).
+    fn unregister(&self, obj: &ObjectVersion, units: &[Unit], part: &Arc<PartTask>) {
         // Also runs while a panic unwinds: a poisoned lock must not abort.
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for &unit in units {
-            pending.remove(&Self::key(obj, unit));
+            let key = Self::key(obj, unit);
+            if pending
+                .get(&key)
+                .is_some_and(|p| Arc::ptr_eq(&p.part, part))
+            {
+                pending.remove(&key);
+            }
         }
     }
 
     /// The cached or pending unit holding byte `at` of `obj`, if any:
     /// its segment if that is there, else its block.
-    fn find(&self, obj: &ObjectVersion, at: u64) -> Found {
+    fn find(&self, obj: &ObjectVersion, at: u64, until: u64) -> Found {
         let seg = Unit::Segment(at / self.segment());
         let block = Unit::Block(at / self.block);
         for unit in [seg, block] {
-            if let Some(data) = self.cache.get(&Self::key(obj, unit)) {
+            if let Some(data) = self.lookup(&Self::key(obj, unit), until) {
                 return Found::Cached(unit, data);
             }
         }
-        let pending = self.pending.lock().unwrap();
+        {
+            let pending = self.pending.lock().unwrap();
+            for unit in [seg, block] {
+                if let Some(p) = pending.get(&Self::key(obj, unit)) {
+                    return Found::Pending(unit, p.clone());
+                }
+            }
+        }
+        // A unit may have arrived between the two looks (it enters the
+        // cache or the held units before it stops being pending).
         for unit in [seg, block] {
-            if let Some(p) = pending.get(&Self::key(obj, unit)) {
-                return Found::Pending(unit, p.clone());
+            if let Some(data) = self.lookup(&Self::key(obj, unit), until) {
+                return Found::Cached(unit, data);
             }
         }
         Found::Missing
@@ -344,10 +530,15 @@ impl<S: ObjectStore> Fetcher<S> {
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
         at: u64,
+        until: u64,
     ) -> Result<(u64, Bytes), StoreError> {
         let mut counted = false;
+        // Parts that vanished under this reader (cancelled read-ahead, or a
+        // task that died); a few are looked for or fetched anew, then it is
+        // an error.
+        let mut vanished = 0;
         loop {
-            let found = self.find(obj, at);
+            let found = self.find(obj, at, until);
             if let Found::Cached(unit, data) = found {
                 if !counted {
                     self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
@@ -364,6 +555,7 @@ impl<S: ObjectStore> Fetcher<S> {
                     Pending {
                         mut progress,
                         index,
+                        ..
                     },
                 ) => {
                     let outcome = progress.wait_for(|p| p.arrived > index || p.ended).await;
@@ -375,21 +567,26 @@ impl<S: ObjectStore> Fetcher<S> {
                                 .clone()
                                 .unwrap_or_else(|| StoreError::Other("fetch ended short".into())))
                         }
+                        Err(_) if vanished < 8 => {
+                            vanished += 1;
+                            continue;
+                        }
                         Err(_) => {
                             return Err(StoreError::Other("fetch ended without a result".into()))
                         }
                     }
                     // Arrived: it is in the cache now, unless evicted again
                     // already (then it is looked for, or fetched, anew).
-                    if let Some(data) = self.cache.get(&Self::key(obj, unit)) {
+                    if let Some(data) = self.lookup(&Self::key(obj, unit), until) {
                         return Ok((self.bytes_of(obj, unit).start, data));
                     }
                 }
-                // Neither cached nor pending (never requested, or evicted
-                // already): fetch its block, then wait for that fetch.
+                // Neither cached nor pending (never requested, evicted, or
+                // its read-ahead cancelled): fetch it, then wait for that.
                 _ => {
+                    // The rest of the read in one GET, not block by block.
                     let b = at / self.block;
-                    self.request(obj, b * self.block..(b + 1) * self.block)
+                    self.request(obj, b * self.block..until.max((b + 1) * self.block))
                 }
             }
         }
@@ -406,7 +603,7 @@ impl<S: ObjectStore> Fetcher<S> {
         let mut pieces: Vec<Bytes> = Vec::new();
         let mut at = range.start;
         while at < range.end {
-            let (start, data) = self.unit_at(obj, at).await?;
+            let (start, data) = self.unit_at(obj, at, range.end).await?;
             let from = (at - start) as usize;
             let to = ((range.end - start) as usize).min(data.len());
             if from >= to {
@@ -433,6 +630,12 @@ impl<S: ObjectStore> Fetcher<S> {
     }
 }
 
+/// Locks a map; a panic elsewhere while it was held leaves it usable (every
+/// update is a single insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 enum Found {
     Cached(Unit, Bytes),
     Pending(Unit, Pending),
@@ -443,6 +646,7 @@ struct ClearPending<'a, S: ObjectStore> {
     fetcher: &'a Fetcher<S>,
     obj: &'a ObjectVersion,
     units: &'a [Unit],
+    part: &'a Arc<PartTask>,
     /// Units delivered (and unregistered) already.
     delivered: &'a AtomicUsize,
 }
@@ -450,6 +654,7 @@ struct ClearPending<'a, S: ObjectStore> {
 impl<S: ObjectStore> Drop for ClearPending<'_, S> {
     fn drop(&mut self) {
         let delivered = self.delivered.load(Ordering::Relaxed);
-        self.fetcher.unregister(self.obj, &self.units[delivered..]);
+        self.fetcher
+            .unregister(self.obj, &self.units[delivered..], self.part);
     }
 }

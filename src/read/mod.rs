@@ -60,14 +60,14 @@ impl ReadConfig {
         self.memory_limit / 4
     }
 
-    /// The share of the budget the block cache may use. Data fetched ahead
-    /// enters the cache unit by unit as it arrives, so the cache holds it
-    /// too; the cache is large enough to keep all of it next to what was
-    /// read last. The rest of the budget is for what the cache cannot see:
-    /// GETs in flight (a quarter), listings (a sixteenth), the buffer pool
-    /// (an eighth), and replies being assembled and allocator slack.
+    /// The share of the budget the block cache may use: what was read
+    /// (and random reads' blocks). Data fetched ahead of readers is held
+    /// outside it until read, within [`ReadConfig::ahead_budget`]; the two
+    /// together take three eighths. The rest of the budget is for GETs in
+    /// flight (a quarter), listings (a sixteenth), the buffer pool (an
+    /// eighth), and replies being assembled and allocator slack.
     fn cache_budget(&self) -> u64 {
-        self.memory_limit / 8 * 3
+        self.memory_limit / 8
     }
 
     /// Ranged GETs allowed in flight at once: `max_requests`, or fewer when
@@ -97,9 +97,34 @@ struct OpenFile {
     ahead: AtomicU64,
     /// When this handle last read, in milliseconds since `Reader::born`.
     last_read_ms: AtomicU64,
+    /// Reads of this handle in progress: a handle waiting for its data is
+    /// not idle, however long the data takes.
+    reading: AtomicU64,
     /// Set once any byte has been returned; from then on the version may not
     /// change under this handle.
     served: AtomicBool,
+    /// Where this handle's current run of sequential reads began, and how
+    /// far it has read (0 and 0 while it is not sequential), for the other
+    /// readers of the object (see [`ReadWindow::limit_ahead`]).
+    run_start: AtomicU64,
+    position: AtomicU64,
+}
+
+impl OpenFile {
+    /// Not read for [`IDLE_AFTER`] and not waiting for a read now.
+    fn is_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        self.reading.load(Ordering::Relaxed) == 0
+            && self.last_read_ms.load(Ordering::Relaxed) + idle_ms <= now_ms
+    }
+}
+
+/// Counts a read as finished however it ends.
+struct ReadDone<'a>(&'a AtomicU64);
+
+impl Drop for ReadDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How an open file may use the kernel's page cache.
@@ -128,7 +153,14 @@ pub struct Reader<S> {
     /// The ETag each key had at its last open: an unchanged object may keep
     /// its pages in the kernel's cache across opens.
     last_opened: moka::sync::Cache<Arc<str>, Arc<str>>,
+    /// Where sequential readers that have closed began, per object version,
+    /// while other handles of that version are still open: their ranges
+    /// were read, so read-ahead of the others stops there too.
+    closed_runs: Mutex<Vec<ClosedRun>>,
 }
+
+/// Key, ETag and start of a closed reader's run (see `Reader::closed_runs`).
+type ClosedRun = (Arc<str>, Arc<str>, u64);
 
 impl<S: ObjectStore> Reader<S> {
     pub fn new(store: Arc<S>, config: ReadConfig) -> Self {
@@ -143,6 +175,7 @@ impl<S: ObjectStore> Reader<S> {
                 config.window.block,
                 config.part_size,
                 config.cache_budget(),
+                config.ahead_budget(),
                 config.gets_in_flight(),
             ),
             store,
@@ -153,6 +186,7 @@ impl<S: ObjectStore> Reader<S> {
             born: Instant::now(),
             last_idle_sweep_ms: AtomicU64::new(0),
             last_opened: moka::sync::Cache::new(100_000),
+            closed_runs: Mutex::new(Vec::new()),
         }
     }
 
@@ -204,8 +238,11 @@ impl<S: ObjectStore> Reader<S> {
             window: Mutex::new(ReadWindow::new(self.config.window, size)),
             ahead: AtomicU64::new(0),
             last_read_ms: AtomicU64::new(self.now_ms()),
+            reading: AtomicU64::new(0),
             // "Served" from the start: the version may never change.
             served: AtomicBool::new(exact),
+            run_start: AtomicU64::new(0),
+            position: AtomicU64::new(0),
         })
     }
 
@@ -214,8 +251,58 @@ impl<S: ObjectStore> Reader<S> {
         let file = self.handles.lock().unwrap().remove(&fh)?;
         let mine = file.ahead.swap(0, Ordering::Relaxed);
         self.ahead_total.fetch_sub(mine as i64, Ordering::Relaxed);
-        let key = file.version.lock().unwrap().key.clone();
-        Some(key)
+        let version = file.version.lock().unwrap().clone();
+        self.note_closed_run(&file, &version);
+        if mine > 0 {
+            self.release_unwanted_ahead();
+        }
+        Some(version.key.clone())
+    }
+
+    /// Remembers where a closing sequential reader began while other
+    /// handles of the same version are open; forgets the version's runs
+    /// once none is.
+    fn note_closed_run(&self, file: &OpenFile, version: &ObjectVersion) {
+        let same = |v: &ObjectVersion| v.key == version.key && v.etag == version.etag;
+        let still_open = self
+            .handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|f| same(&f.version.lock().unwrap()));
+        let mut runs = self.closed_runs.lock().unwrap();
+        if !still_open {
+            runs.retain(|(k, e, _)| !(*k == version.key && *e == version.etag));
+        } else if file.position.load(Ordering::Relaxed) > 0 && runs.len() < 1024 {
+            runs.push((
+                version.key.clone(),
+                version.etag.clone(),
+                file.run_start.load(Ordering::Relaxed),
+            ));
+        }
+    }
+
+    /// Data held ahead of readers that no open handle's window wants any
+    /// more (it seeked, went idle or closed) goes to the ordinary cache.
+    fn release_unwanted_ahead(&self) {
+        // Not under the handles lock: a reader locks its window first.
+        let files: Vec<Arc<OpenFile>> = self.handles.lock().unwrap().values().cloned().collect();
+        let now = self.now_ms();
+        let idle_ms = IDLE_AFTER.as_millis() as u64;
+        let windows: Vec<(Arc<str>, Arc<str>, std::ops::Range<u64>)> = files
+            .iter()
+            .filter(|f| !f.is_idle(now, idle_ms))
+            .filter_map(|f| {
+                let wanted = f.window.lock().unwrap().wanted()?;
+                let v = f.version.lock().unwrap();
+                Some((v.key.clone(), v.etag.clone(), wanted))
+            })
+            .collect();
+        self.fetcher.release_ahead(|key, etag, range| {
+            windows.iter().any(|(k, e, w)| {
+                &**k == key && &**e == etag && range.start < w.end && range.end > w.start
+            })
+        });
     }
 
     /// Whether any handle reads `key` now.
@@ -255,6 +342,8 @@ impl<S: ObjectStore> Reader<S> {
             .cloned()
             .ok_or(FsError::BadHandle)?;
         let mut retried_version = false;
+        file.reading.fetch_add(1, Ordering::Relaxed);
+        let _done = ReadDone(&file.reading);
         loop {
             let version = file.version.lock().unwrap().clone();
             let end = offset.saturating_add(len as u64).min(version.size);
@@ -327,10 +416,15 @@ impl<S: ObjectStore> Reader<S> {
     ) {
         let now = self.now_ms();
         file.last_read_ms.store(now, Ordering::Relaxed);
+        let mut swept = false;
+        let limit = self.other_readers_start(file, version);
         let plan = {
             let mut window = file.window.lock().unwrap();
-            if self.ahead_total() > self.config.ahead_budget() / 2 {
-                self.reclaim_idle(now);
+            window.limit_ahead(limit);
+            if self.ahead_total() > self.config.ahead_budget() / 2
+                || self.fetcher.held_bytes() > self.config.ahead_budget() / 2
+            {
+                swept = self.reclaim_idle(now);
             }
             // This handle's own read-ahead does not count against its room.
             let others = self
@@ -341,6 +435,12 @@ impl<S: ObjectStore> Reader<S> {
                 .ahead_budget()
                 .saturating_sub(others + window.ahead_bytes());
             let plan = window.plan(offset, len, room);
+            let (start, position) = match window.is_sequential() {
+                true => (window.run_start(), offset + len),
+                false => (0, 0),
+            };
+            file.run_start.store(start, Ordering::Relaxed);
+            file.position.store(position, Ordering::Relaxed);
             // Account this handle's read-ahead in the global total.
             let mine = window.ahead_bytes();
             let before = file.ahead.swap(mine, Ordering::Relaxed);
@@ -348,10 +448,48 @@ impl<S: ObjectStore> Reader<S> {
                 .fetch_add(mine as i64 - before as i64, Ordering::Relaxed);
             plan
         };
+        if swept {
+            // With no window locked: it locks every handle's window.
+            self.release_unwanted_ahead();
+        }
         self.fetcher.request(version, plan.demand);
         if let Some(ahead) = plan.ahead {
-            self.fetcher.request(version, ahead);
+            self.fetcher.request_ahead(version, ahead);
         }
+    }
+
+    /// Where the nearest other sequential reader of the same object
+    /// version ahead of this one started: this handle's read-ahead stops
+    /// there (readers splitting an object into ranges each stop at the next
+    /// one's start). Only for sequential readers; read from atomics, so no
+    /// other handle's window is locked.
+    fn other_readers_start(&self, me: &OpenFile, version: &ObjectVersion) -> u64 {
+        let position = me.position.load(Ordering::Relaxed);
+        if position == 0 {
+            return u64::MAX;
+        }
+        let files: Vec<Arc<OpenFile>> = self.handles.lock().unwrap().values().cloned().collect();
+        let open = files
+            .iter()
+            .filter(|f| !std::ptr::eq(Arc::as_ptr(f), me))
+            .filter(|f| f.position.load(Ordering::Relaxed) > 0)
+            .filter(|f| {
+                let v = f.version.lock().unwrap();
+                v.key == version.key && v.etag == version.etag
+            })
+            .map(|f| f.run_start.load(Ordering::Relaxed));
+        let closed: Vec<u64> = self
+            .closed_runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, e, _)| *k == version.key && *e == version.etag)
+            .map(|r| r.2)
+            .collect();
+        open.chain(closed)
+            .filter(|&start| start > position)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     fn ahead_total(&self) -> u64 {
@@ -363,9 +501,9 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     /// Takes back the read-ahead share of handles idle for [`IDLE_AFTER`];
-    /// looks at most every 100 ms. A handle that reads again re-claims its
-    /// share in `plan_and_request`.
-    fn reclaim_idle(&self, now: u64) {
+    /// looks at most every 100 ms, and says whether it looked. A handle that
+    /// reads again re-claims its share in `plan_and_request`.
+    fn reclaim_idle(&self, now: u64) -> bool {
         let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
         if now < last + 100
             || self
@@ -373,15 +511,16 @@ impl<S: ObjectStore> Reader<S> {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return;
+            return false;
         }
         let idle_ms = IDLE_AFTER.as_millis() as u64;
         let handles: Vec<Arc<OpenFile>> = self.handles.lock().unwrap().values().cloned().collect();
         for file in handles {
-            if file.last_read_ms.load(Ordering::Relaxed) + idle_ms <= now {
+            if file.is_idle(now, idle_ms) {
                 let held = file.ahead.swap(0, Ordering::Relaxed);
                 self.ahead_total.fetch_sub(held as i64, Ordering::Relaxed);
             }
         }
+        true
     }
 }

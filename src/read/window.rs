@@ -60,7 +60,12 @@ pub struct Plan {
 
 /// Backward distance a read may jump and still count as continuing the
 /// stream: the kernel issues readahead requests slightly out of order.
-const BACKWARD_SLACK: u64 = 1024 * 1024;
+const BACKWARD_SLACK: u64 = 8 * 1024 * 1024;
+
+/// How far behind the furthest read a stream may still have reads in
+/// flight (the kernel keeps several readahead requests going at once); read-
+/// ahead there is still wanted.
+const REORDER_SLACK: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ReadWindow {
@@ -73,6 +78,8 @@ pub struct ReadWindow {
     window: u64,
     /// End of what has been requested ahead of the reader.
     ahead_to: u64,
+    /// Read-ahead does not go past this (see [`ReadWindow::limit_ahead`]).
+    ahead_limit: u64,
 }
 
 impl ReadWindow {
@@ -84,7 +91,22 @@ impl ReadWindow {
             run_start: 0,
             window: cfg.initial_window,
             ahead_to: 0,
+            ahead_limit: u64::MAX,
         }
+    }
+
+    /// Where the current run of contiguous reads began.
+    pub fn run_start(&self) -> u64 {
+        self.run_start
+    }
+
+    /// Keeps read-ahead from going past `end`: another reader of the same
+    /// object started there, so the bytes after it are that reader's (it
+    /// has read them already, or will), and fetching them for this one
+    /// would fetch them twice when this reader stops at the boundary, as
+    /// readers of one object split into ranges do.
+    pub fn limit_ahead(&mut self, end: u64) {
+        self.ahead_limit = end;
     }
 
     pub fn is_sequential(&self) -> bool {
@@ -95,6 +117,17 @@ impl ReadWindow {
     /// Bytes requested ahead of the reader's furthest position.
     pub fn ahead_bytes(&self) -> u64 {
         self.ahead_to.saturating_sub(self.next.unwrap_or(0))
+    }
+
+    /// The bytes this stream still wants of what it requested ahead: from
+    /// the reader's position to the end of its read-ahead.
+    pub fn wanted(&self) -> Option<Range<u64>> {
+        let next = self.next?;
+        // Reads reach the daemon out of order (the kernel's readahead has
+        // several in flight), so bytes a little behind the furthest read may
+        // still be waited for.
+        let from = self.align_down(next.saturating_sub(REORDER_SLACK));
+        Some(from..self.ahead_to.max(next))
     }
 
     /// Halves the window (not below the initial one): memory is short.
@@ -150,17 +183,18 @@ impl ReadWindow {
         // Sequential: keep the next window in flight before the reader gets there.
         self.ahead_to = self.ahead_to.max(demand.end);
         let mut ahead = None;
-        if end + self.window > self.ahead_to && self.ahead_to < self.size {
+        let limit = self.size.min(self.ahead_limit.max(demand.end));
+        if end + self.window > self.ahead_to && self.ahead_to < limit {
             let start = self.ahead_to;
             let room = ahead_room - ahead_room % self.cfg.block;
-            let mut stop = (start + self.window.min(room)).min(self.size);
+            let mut stop = (start + self.window.min(room)).min(limit);
             // End windows on segment boundaries, so later windows fetch
             // whole segments (which kernel reads are aligned to). Round up
             // when the budget allows: cutting a first window back would cost
             // one more round trip before the stream is ahead of the reader.
             let segment = self.cfg.block * SEGMENT_BLOCKS;
-            if stop < self.size && !stop.is_multiple_of(segment) {
-                let up = (stop - stop % segment + segment).min(self.size);
+            if stop < limit && !stop.is_multiple_of(segment) {
+                let up = (stop - stop % segment + segment).min(limit);
                 if up - start <= room {
                     stop = up;
                 } else if stop - stop % segment > start {
@@ -212,6 +246,27 @@ mod tests {
         fn plan_all(&mut self, offset: u64, len: u64) -> Plan {
             self.plan(offset, len, u64::MAX)
         }
+    }
+
+    #[test]
+    fn read_ahead_stops_where_another_reader_of_the_object_started() {
+        let mut w = ReadWindow::new(WindowConfig::default(), 1 << 30);
+        w.limit_ahead(40 * M);
+        let mut furthest = 0;
+        let mut off = 32 * M;
+        // A reader of the range [32M, 40M) and on past it.
+        while off < 48 * M {
+            let p = w.plan_all(off, 128 * K);
+            if let Some(a) = p.ahead {
+                furthest = furthest.max(a.end);
+            }
+            off += 128 * K;
+        }
+        assert_eq!(
+            furthest,
+            40 * M,
+            "no read-ahead past the other reader's start"
+        );
     }
 
     #[test]
