@@ -122,17 +122,7 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
-        self.writable()?;
-        let prefix = self.catalog.dir_prefix(parent)?;
-        self.check_new_name(&prefix, name)?;
-        if self.open_file_attr_named(parent, name).is_some() {
-            return Err(FsError::Exists);
-        }
-        match self.catalog.lookup(parent, name).await {
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
+        let prefix = self.free_name(parent, name).await?;
         let dir_prefix = names::child_dir_prefix(&prefix, name);
         self.store()
             .put(&dir_prefix, Body::Empty, None)

@@ -146,8 +146,10 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok((attr, fh))
     }
 
-    /// mknod(S_IFREG): an empty file, stored at once.
-    pub async fn mknod(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+    /// Checks that `name` may be created in `parent` by mknod or mkdir (a
+    /// writable mount, a valid name, nothing there yet); returns the
+    /// parent's key prefix.
+    pub(super) async fn free_name(&self, parent: Ino, name: &str) -> Result<String, FsError> {
         self.writable()?;
         let prefix = self.catalog.dir_prefix(parent)?;
         self.check_new_name(&prefix, name)?;
@@ -155,10 +157,15 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::Exists);
         }
         match self.catalog.lookup(parent, name).await {
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
+            Ok(_) => Err(FsError::Exists),
+            Err(FsError::NotFound) => Ok(prefix),
+            Err(e) => Err(e),
         }
+    }
+
+    /// mknod(S_IFREG): an empty file, stored at once.
+    pub async fn mknod(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        let prefix = self.free_name(parent, name).await?;
         let key = names::child_key(&prefix, name);
         self.writer.cancel_delete(&key);
         let etag = self
