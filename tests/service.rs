@@ -424,6 +424,49 @@ fn sigterm_with_an_upload_in_flight_leaves_nothing_half_written() {
 }
 
 #[test]
+fn doctor_answers_quickly_on_every_kind_of_prefix() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("doctor-kinds");
+    bucket.put("tiny/one.txt", "twenty bytes of text");
+    bucket.put("markers/a/", Vec::new());
+    bucket.put("markers/b/", Vec::new());
+    bucket.put_many(
+        (0..env_u64("S3MOUNT_TEST_DOCTOR_OBJECTS", 10_000))
+            .map(|i| format!("many/{i:05}.bin"))
+            .collect(),
+        |i| random_bytes(4096, i as u64),
+    );
+    for (prefix, objects, read) in [
+        ("empty", 0, None),
+        ("tiny", 1, Some(true)),
+        ("markers", 0, None),
+        (
+            "many",
+            env_u64("S3MOUNT_TEST_DOCTOR_OBJECTS", 10_000),
+            Some(true),
+        ),
+    ] {
+        let mut cmd = s3mount_command(&s3.endpoint);
+        cmd.arg("doctor")
+            .arg(format!("{}/{prefix}", bucket.name))
+            .args(endpoint_args(&s3.endpoint))
+            .arg("--json")
+            .stdin(Stdio::null());
+        // It used to spin on prefixes of small objects: a bound, not a
+        // performance figure.
+        let out = run_with_timeout(cmd, Duration::from_secs(90));
+        assert!(
+            out.status.success(),
+            "doctor on {prefix}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["objects"]["count"], objects, "{prefix}");
+        assert_eq!(report["permissions"]["read"].as_bool(), read, "{prefix}");
+    }
+}
+
+#[test]
 fn doctor_measures_and_advises() {
     let s3 = TestS3::start();
     let bucket = s3.bucket("doctor");

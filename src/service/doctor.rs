@@ -225,8 +225,12 @@ async fn examine(args: &DoctorArgs) -> Result<Report, String> {
     Ok(report)
 }
 
+/// GETs one throughput measurement sends at most.
+const MAX_REQUESTS: usize = 64;
+
 /// Reads ranges of `object` with `connections` parallel GETs until about
-/// `budget` bytes (at least one part per connection) have arrived.
+/// `budget` bytes (at least one part per connection, at most
+/// [`MAX_REQUESTS`] in all) have arrived.
 async fn measure_throughput(
     store: &Arc<S3Store>,
     object: &ObjectMeta,
@@ -238,7 +242,10 @@ async fn measure_throughput(
         .min(object.size)
         .min((budget / connections as u64).max(1 << 20));
     let parts_in_object = object.size.div_ceil(part);
-    let rounds = (budget / (part * connections as u64)).max(1);
+    // On a tiny object the byte budget would mean millions of requests;
+    // a few dozen measure it as well.
+    let rounds =
+        (budget / (part * connections as u64)).clamp(1, (MAX_REQUESTS / connections).max(1) as u64);
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..connections as u64 {
