@@ -58,6 +58,23 @@ impl<S: ObjectStore> FuseAdapter<S> {
     }
 }
 
+/// Runs a handler on the request loop's own thread. A panic there would end
+/// the loop, and with it the mount; it is caught and logged instead, and the
+/// request answered EIO (a reply dropped unsent says EIO). Handlers on the
+/// runtime are tasks: a panic ends only that task, and its reply says EIO.
+fn contained<T>(request: &'static str, handler: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            tracing::error!(
+                request,
+                "a request handler panicked; answered EIO, the mount goes on"
+            );
+            None
+        }
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -296,7 +313,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         // Noted here, on the request loop's thread, so a request sent after
         // close(2) returned finds the file closing (see S3Fs::begin_release).
-        let release = self.fs.begin_release(fh.0);
+        let Some(release) = contained("release", || self.fs.begin_release(fh.0)) else {
+            return reply.error(Errno::EIO);
+        };
         self.spawn(
             move |fs| async move {
                 fs.release(release).await;
@@ -361,7 +380,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     // BATCH_FORGET comes here too (fuser's default splits it).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        contained("forget", || self.fs.forget(ino.0, nlookup));
     }
 
     fn releasedir(
@@ -372,8 +391,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
+        match contained("releasedir", || self.fs.releasedir(fh.0)) {
+            Some(()) => reply.ok(),
+            None => reply.error(Errno::EIO),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

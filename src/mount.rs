@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{MountOption, SessionACL};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::catalog::{Catalog, CatalogDb, Freshness, IN_MEMORY_LIMIT};
 use crate::cli::{Args, Target};
@@ -56,64 +56,10 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let upload_config = upload_config(&args)?;
     let store = Arc::new(rt.block_on(preflight(&settings, &target))?);
 
-    let owner = Ownership {
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
-        gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
-        file_mode: args.file_mode,
-        dir_mode: args.dir_mode,
-    };
-    let freshness = Freshness {
-        ttl: Duration::from_secs(args.metadata_ttl),
-        serve_stale: args.stale_while_revalidate,
-    };
-    let db = cache_dir(&args).and_then(|dir| {
-        let identity = format!("{}|{}|{}", store.endpoint(), target.bucket, target.prefix);
-        CatalogDb::open(&dir, &identity)
-    });
-    // Listings in memory get a sixteenth of the budget (about 160 bytes an
-    // entry), out of the quarter the read path leaves for other memory.
-    let listing_entries = (args.memory_limit / 16 / 160).max(IN_MEMORY_LIMIT as u64 * 2);
-    let catalog = Catalog::new(
-        store.clone(),
-        &target.prefix,
-        freshness,
-        db,
-        listing_entries,
-    );
-    let policy = WritePolicy {
-        read_only: args.read_only,
-        no_delete: args.no_delete,
-        no_overwrite: args.no_overwrite,
-    };
-    let fs = Arc::new(S3Fs::new(
-        catalog,
-        Reader::new(store.clone(), read_config),
-        Uploads::new(store.clone(), upload_config),
-        policy,
-        owner,
-    ));
+    let fs = build_layers(&args, &target, &store, read_config, upload_config);
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
 
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(format!("{}/{}", target.bucket, target.prefix)),
-        MountOption::Subtype("s3mount".into()),
-        if args.read_only {
-            MountOption::RO
-        } else {
-            MountOption::RW
-        },
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-    ];
-    config.acl = if args.allow_other {
-        SessionACL::All
-    } else if args.allow_root {
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
-    };
+    let config = session_config(&args, &target);
 
     // Install signal handlers before the mount goes live, so a signal that
     // arrives right after it still unmounts cleanly.
@@ -187,11 +133,16 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
             unmounter.unmount()
         }
     };
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("fuse-loop".into())
         .spawn(move || {
-            let _ = done_tx.send(session.run());
+            // A panic here would otherwise end the loop silently; it is an
+            // abnormal end like an error, reported below.
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run()))
+                .map_err(|_| "the request loop panicked".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let _ = done_tx.send(ended);
         })
         .map_err(|e| {
             let _ = kernel_mount::detach(&mountpoint, true);
@@ -254,43 +205,21 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     notify::ready(&format!("Mounted {source} at {}", mountpoint.display()));
     on_ready();
 
-    rt.block_on(async {
-        let reason = tokio::select! {
-            finished = &mut done_rx => {
-                if let Ok(Err(e)) = finished {
-                    warn!(error = %e, "request loop ended with an error");
-                }
-                info!("unmounted externally; exiting");
-                log_read_stats(&fs, &store);
-                return;
-            }
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        };
-        info!(signal = reason, open_files = fs.open_files(), "unmounting");
-        notify::stopping(&format!("Unmounting after {reason}"));
-        // No new writes from here on. Uploads whose file is closed finish
-        // completing; those still open cannot complete once the mount is
-        // gone and are aborted, so nothing is left half-done in the bucket.
-        fs.stop_writes();
-        if tokio::time::timeout(UNMOUNT_GRACE, fs.abort_uploads())
-            .await
-            .is_err()
-        {
-            warn!("aborting uploads in flight took too long; lifecycle rules will clean up");
-        }
-        log_read_stats(&fs, &store);
-        if let Err(e) = unmount(false) {
-            warn!(error = %e, "unmount failed (busy?); detaching lazily");
-            if let Err(e) = unmount(true) {
-                warn!(error = %e, "lazy unmount failed");
-            }
-            return;
-        }
-        if tokio::time::timeout(UNMOUNT_GRACE, done_rx).await.is_err() {
-            warn!("request loop did not finish after unmount; exiting anyway");
-        }
-    });
+    let abnormal_end = rt.block_on(serve_until_end(
+        &fs,
+        &store,
+        done_rx,
+        (&mut sigterm, &mut sigint),
+        &mut unmount,
+    ));
+    if let Some(why) = abnormal_end {
+        // The watchdog stays armed: it detaches the mount if the lazy
+        // unmount above did not.
+        rt.shutdown_timeout(Duration::from_secs(1));
+        return Err(MountError(format!(
+            "the request loop ended abnormally ({why}); the mount was detached"
+        )));
+    }
     // Every way out of here has unmounted (or lazily detached) the mount:
     // the watchdog must not touch the path again, whatever is there now.
     if let Some(watchdog) = watchdog {
@@ -298,6 +227,143 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     }
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The FUSE session's options: source name, subtype, read-only or not,
+/// and who besides the mounting user may enter.
+fn session_config(args: &Args, target: &Target) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("{}/{}", target.bucket, target.prefix)),
+        MountOption::Subtype("s3mount".into()),
+        if args.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else if args.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config
+}
+
+/// Serves until the mount ends: unmounted from outside (`None`), a signal
+/// (writes refused, uploads settled, unmounted: `None`), or an abnormal end
+/// of the request loop (detached: `Some(why)`).
+async fn serve_until_end(
+    fs: &S3Fs<S3Store>,
+    store: &S3Store,
+    mut done_rx: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    (sigterm, sigint): (
+        &mut tokio::signal::unix::Signal,
+        &mut tokio::signal::unix::Signal,
+    ),
+    unmount: &mut impl FnMut(bool) -> std::io::Result<()>,
+) -> Option<String> {
+    let reason = tokio::select! {
+        finished = &mut done_rx => {
+            log_read_stats(fs, store);
+            let why = match finished {
+                Ok(Ok(())) => {
+                    info!("unmounted externally; exiting");
+                    return None;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => "the request loop ended without a word".to_owned(),
+            };
+            // The mount is still there but nobody answers it: detach
+            // it, and leave the watchdog armed in case that fails.
+            error!(error = %why, "the request loop ended abnormally; unmounting");
+            fs.stop_writes();
+            let _ = tokio::time::timeout(UNMOUNT_GRACE, fs.abort_uploads()).await;
+            if let Err(e) = unmount(true) {
+                warn!(error = %e, "lazy unmount failed");
+            }
+            return Some(why);
+        }
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    info!(signal = reason, open_files = fs.open_files(), "unmounting");
+    notify::stopping(&format!("Unmounting after {reason}"));
+    // No new writes from here on. Uploads whose file is closed finish
+    // completing; those still open cannot complete once the mount is
+    // gone and are aborted, so nothing is left half-done in the bucket.
+    fs.stop_writes();
+    if tokio::time::timeout(UNMOUNT_GRACE, fs.abort_uploads())
+        .await
+        .is_err()
+    {
+        warn!("aborting uploads in flight took too long; lifecycle rules will clean up");
+    }
+    log_read_stats(fs, store);
+    if let Err(e) = unmount(false) {
+        warn!(error = %e, "unmount failed (busy?); detaching lazily");
+        if let Err(e) = unmount(true) {
+            warn!(error = %e, "lazy unmount failed");
+        }
+        return None;
+    }
+    if tokio::time::timeout(UNMOUNT_GRACE, done_rx).await.is_err() {
+        warn!("request loop did not finish after unmount; exiting anyway");
+    }
+    None
+}
+
+/// The filesystem's layers over `store`: catalog (with its on-disk
+/// database), read path and write path, with the ownership and write policy
+/// the options ask for.
+fn build_layers(
+    args: &Args,
+    target: &Target,
+    store: &Arc<S3Store>,
+    read_config: ReadConfig,
+    upload_config: UploadConfig,
+) -> Arc<S3Fs<S3Store>> {
+    let owner = Ownership {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
+        gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
+        file_mode: args.file_mode,
+        dir_mode: args.dir_mode,
+    };
+    let freshness = Freshness {
+        ttl: Duration::from_secs(args.metadata_ttl),
+        serve_stale: args.stale_while_revalidate,
+    };
+    let db = cache_dir(args).and_then(|dir| {
+        let identity = format!("{}|{}|{}", store.endpoint(), target.bucket, target.prefix);
+        CatalogDb::open(&dir, &identity)
+    });
+    // Listings in memory get a sixteenth of the budget (about 160 bytes an
+    // entry), out of the quarter the read path leaves for other memory.
+    let listing_entries = (args.memory_limit / 16 / 160).max(IN_MEMORY_LIMIT as u64 * 2);
+    let catalog = Catalog::new(
+        store.clone(),
+        &target.prefix,
+        freshness,
+        db,
+        listing_entries,
+    );
+    let policy = WritePolicy {
+        read_only: args.read_only,
+        no_delete: args.no_delete,
+        no_overwrite: args.no_overwrite,
+    };
+    Arc::new(S3Fs::new(
+        catalog,
+        Reader::new(store.clone(), read_config),
+        Uploads::new(store.clone(), upload_config),
+        policy,
+        owner,
+    ))
 }
 
 /// The read path's settings, checked for combinations that cannot work.
@@ -485,7 +551,7 @@ fn snapshot<S: ObjectStore>(
 /// and changes made through the mount show at once).
 struct CountDirs {
     /// (path below the mount root, as given; last count).
-    dirs: Vec<(String, String, std::sync::Mutex<Option<u64>>)>,
+    dirs: Vec<(String, String, parking_lot::Mutex<Option<u64>>)>,
 }
 
 impl CountDirs {
@@ -503,7 +569,7 @@ impl CountDirs {
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| given.clone());
                 let relative = relative.trim_matches('/').to_owned();
-                (given.clone(), relative, std::sync::Mutex::new(None))
+                (given.clone(), relative, parking_lot::Mutex::new(None))
             })
             .collect();
         CountDirs { dirs }
@@ -512,7 +578,7 @@ impl CountDirs {
     fn current(&self) -> Vec<(String, Option<u64>)> {
         self.dirs
             .iter()
-            .map(|(given, _, count)| (given.clone(), *count.lock().unwrap()))
+            .map(|(given, _, count)| (given.clone(), *count.lock()))
             .collect()
     }
 
@@ -522,10 +588,10 @@ impl CountDirs {
             ticks.tick().await;
             for (given, relative, count) in &self.dirs {
                 match fs.count_files(relative).await {
-                    Ok(n) => *count.lock().unwrap() = Some(n),
+                    Ok(n) => *count.lock() = Some(n),
                     Err(e) => {
                         debug!(path = %given, error = %e, "cannot count --count-dir");
-                        *count.lock().unwrap() = None;
+                        *count.lock() = None;
                     }
                 }
             }

@@ -80,3 +80,31 @@ fn latency_is_injected_before_each_response() {
     );
     assert!(proxy.response_bytes() > 0);
 }
+
+#[test]
+fn a_panicking_handler_answers_eio_and_the_mount_goes_on() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("panic");
+    b.put("ok.txt", b"still here".to_vec());
+    b.put("boom", b"x".to_vec());
+    let m = Mounted::start_with_env(
+        &s3.endpoint,
+        &b.name,
+        &[],
+        &[("S3MOUNT_TEST_PANIC_ON_LOOKUP", "boom")],
+    );
+    let root = m.path();
+    for _ in 0..3 {
+        let e = std::fs::metadata(root.join("boom")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+        assert_eq!(std::fs::read(root.join("ok.txt")).unwrap(), b"still here");
+    }
+    std::fs::write(root.join("new.txt"), b"written after").unwrap();
+    assert_eq!(b.get("new.txt"), b"written after");
+    assert!(is_mounted(&root), "the mount is still there");
+    assert!(
+        m.log_text().contains("panicked"),
+        "the panic is logged:\n{}",
+        m.log_text()
+    );
+}

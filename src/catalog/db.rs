@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -97,7 +99,7 @@ impl Drop for StoredEntries {
         if !self.current.load(Ordering::Acquire) {
             // Not deleted here: a drop may happen while the connection is
             // locked. The next write collects it.
-            self.db.garbage.lock().unwrap().push(self.lid);
+            self.db.garbage.lock().push(self.lid);
         }
     }
 }
@@ -254,7 +256,7 @@ impl CatalogDb {
     /// whole when it has at most `in_memory` entries, else left in SQLite.
     pub fn load(self: &Arc<Self>, prefix: &str, in_memory: usize) -> Option<StoredListing> {
         let result = (|| -> rusqlite::Result<Option<StoredListing>> {
-            let conn = self.conn.lock().unwrap();
+            let conn = self.conn.lock();
             let row: Option<(i64, i64, i64)> = conn
                 .query_row(
                     "SELECT lid, listed_at_ms, len FROM dirs WHERE prefix = ?1",
@@ -295,7 +297,7 @@ impl CatalogDb {
 
     /// The holder of listing `lid`: the one already held, or a new one.
     fn hold(self: &Arc<Self>, lid: i64, current: bool) -> Arc<StoredEntries> {
-        let mut held = self.held.lock().unwrap();
+        let mut held = self.held.lock();
         held.retain(|_, w| w.strong_count() > 0);
         if let Some(h) = held.get(&lid).and_then(Weak::upgrade) {
             return h;
@@ -320,7 +322,7 @@ impl CatalogDb {
     /// Makes `stored` the listing of `prefix`, listed at `listed_at`; the
     /// listing it replaces is deleted (once nobody reads it).
     pub fn commit(&self, prefix: &str, stored: &StoredEntries, listed_at: SystemTime) {
-        let mut conn = self.conn.lock().unwrap();
+        let mut conn = self.conn.lock();
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             let len: i64 = tx.query_row(
@@ -362,21 +364,21 @@ impl CatalogDb {
     /// A listing no longer in `dirs` is deleted now, or by its last holder.
     fn release_retired(&self, lid: Option<i64>) {
         let Some(lid) = lid else { return };
-        let holder = self.held.lock().unwrap().get(&lid).and_then(Weak::upgrade);
+        let holder = self.held.lock().get(&lid).and_then(Weak::upgrade);
         match holder {
             // Its drop (maybe right here) queues it as garbage.
             Some(h) => h.current.store(false, Ordering::Release),
-            None => self.garbage.lock().unwrap().push(lid),
+            None => self.garbage.lock().push(lid),
         }
     }
 
     /// Deletes the rows of listings nobody needs any more.
     fn collect_garbage(&self) {
-        let lids: Vec<i64> = std::mem::take(&mut *self.garbage.lock().unwrap());
+        let lids: Vec<i64> = std::mem::take(&mut *self.garbage.lock());
         if lids.is_empty() {
             return;
         }
-        let conn = self.conn.lock().unwrap();
+        let conn = self.conn.lock();
         for lid in lids {
             if let Err(e) = conn.execute("DELETE FROM entries WHERE lid = ?1", [lid]) {
                 warn!(error = %e, "cannot tidy the catalog database");
@@ -394,7 +396,7 @@ impl CatalogDb {
     }
 
     fn append(&self, lid: i64, first: u64, entries: &[Entry]) -> bool {
-        let mut conn = self.conn.lock().unwrap();
+        let mut conn = self.conn.lock();
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             {
@@ -417,7 +419,7 @@ impl CatalogDb {
     }
 
     fn page(&self, lid: i64, after: u64, limit: usize) -> Vec<(u64, Entry)> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.conn.lock();
         let result = (|| -> rusqlite::Result<Vec<(u64, Entry)>> {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS}, seq FROM entries WHERE lid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
@@ -436,7 +438,7 @@ impl CatalogDb {
     }
 
     fn get(&self, lid: i64, name: &str) -> Option<Entry> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.conn.lock();
         let result = conn
             .prepare_cached(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM entries WHERE lid = ?1 AND name = ?2"
@@ -452,7 +454,7 @@ impl CatalogDb {
     }
 
     fn count_files(&self, lid: i64) -> u64 {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.conn.lock();
         conn.query_row(
             "SELECT count(*) FROM entries WHERE lid = ?1 AND is_dir = 0",
             [lid],
@@ -464,7 +466,7 @@ impl CatalogDb {
 
     /// When the stored listing of `prefix` was made, if there is one.
     pub fn listed_at(&self, prefix: &str) -> Option<SystemTime> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.conn.lock();
         conn.query_row(
             "SELECT listed_at_ms FROM dirs WHERE prefix = ?1",
             [prefix],
@@ -479,7 +481,7 @@ impl CatalogDb {
     /// Sets (or, with `None`, removes) one entry of listing `lid`. A new
     /// name goes last, so streams reading the listing keep their places.
     fn apply(&self, lid: i64, name: &str, entry: Option<&Entry>) {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.conn.lock();
         let result = (|| -> rusqlite::Result<()> {
             let delta: i64 = match entry {
                 Some(e) => {
@@ -537,7 +539,7 @@ impl CatalogDb {
     }
 
     fn current_lid(&self, prefix: &str) -> Option<i64> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.conn.lock();
         conn.query_row("SELECT lid FROM dirs WHERE prefix = ?1", [prefix], |r| {
             r.get(0)
         })
@@ -550,7 +552,7 @@ impl CatalogDb {
     pub fn forget_tree(&self, prefix: &str) {
         let n = prefix.chars().count() as i64;
         let result = (|| -> rusqlite::Result<Vec<i64>> {
-            let mut conn = self.conn.lock().unwrap();
+            let mut conn = self.conn.lock();
             let tx = conn.transaction()?;
             let lids = {
                 let mut stmt =
@@ -581,7 +583,7 @@ impl CatalogDb {
     /// Forgets the stored listing of `prefix` (a forced refresh).
     pub fn forget(&self, prefix: &str) {
         let result = (|| -> rusqlite::Result<Option<i64>> {
-            let mut conn = self.conn.lock().unwrap();
+            let mut conn = self.conn.lock();
             let tx = conn.transaction()?;
             let old = self.retire(&tx, prefix)?;
             tx.commit()?;
@@ -710,7 +712,6 @@ mod tests {
         db.save("p/", &entries(), SystemTime::now());
         db.conn
             .lock()
-            .unwrap()
             .execute("UPDATE meta SET value = '999' WHERE key = 'schema'", [])
             .unwrap();
         drop(db);
@@ -782,7 +783,6 @@ mod tests {
         let rows = |db: &CatalogDb| -> i64 {
             db.conn
                 .lock()
-                .unwrap()
                 .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
                 .unwrap()
         };

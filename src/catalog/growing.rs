@@ -15,7 +15,9 @@
 //! page, so a file is held back until the listing has moved past `a/`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::SystemTime;
 
 use tokio::sync::watch;
@@ -75,11 +77,11 @@ impl GrowingListing {
     /// A listing that could not be written whole is not committed. Blocks
     /// on SQLite.
     pub fn complete(&self, prefix: &str, listed_at: SystemTime) -> Result<Listing, FsError> {
-        let rest: Vec<Entry> = std::mem::take(&mut *self.held.lock().unwrap())
+        let rest: Vec<Entry> = std::mem::take(&mut *self.held.lock())
             .into_values()
             .collect();
         self.append(rest);
-        let released = self.released.lock().unwrap();
+        let released = self.released.lock();
         match &*released {
             Released::Memory(entries) => {
                 let mut entries = entries.clone();
@@ -111,7 +113,7 @@ impl GrowingListing {
         files: Vec<(String, Entry)>,
         page_end: &str,
     ) {
-        let mut held = self.held.lock().unwrap();
+        let mut held = self.held.lock();
         let mut released = Vec::with_capacity(dirs.len() + files.len());
         // Files first: a directory on the same page must still win.
         for (key, file) in files {
@@ -137,7 +139,7 @@ impl GrowingListing {
 
     /// Ends the listing with `outcome`, releasing whatever is still held.
     pub fn finish(&self, outcome: Result<(), FsError>) {
-        let rest: Vec<Entry> = std::mem::take(&mut *self.held.lock().unwrap())
+        let rest: Vec<Entry> = std::mem::take(&mut *self.held.lock())
             .into_values()
             .collect();
         if outcome.is_ok() {
@@ -152,7 +154,7 @@ impl GrowingListing {
             return;
         }
         let len = {
-            let mut released = self.released.lock().unwrap();
+            let mut released = self.released.lock();
             match &mut *released {
                 Released::Memory(entries) => match &self.db {
                     Some(db) if entries.len() + new.len() > IN_MEMORY_LIMIT => {
@@ -204,7 +206,7 @@ impl GrowingListing {
                 return Err(e);
             }
         }
-        let stored = match &*self.released.lock().unwrap() {
+        let stored = match &*self.released.lock() {
             Released::Memory(entries) => {
                 return Ok(entries
                     .iter()

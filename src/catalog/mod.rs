@@ -34,7 +34,9 @@ mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -285,7 +287,7 @@ impl<S: ObjectStore> Listings<S> {
     /// [`Listings::record`], so a change and a landing listing cannot
     /// overwrite each other.
     fn install(&self, prefix: &str, listing: Arc<Listing>) -> Arc<Listing> {
-        let mut changes = self.changes.lock().unwrap();
+        let mut changes = self.changes.lock();
         // A listing that started earlier than the one in memory (a load from
         // disk racing a refresh, say) does not replace it.
         if let Some(current) = self.memory.get(prefix) {
@@ -330,7 +332,7 @@ impl<S: ObjectStore> Listings<S> {
     /// in memory and on disk, and remembers it for listings in flight.
     fn record(&self, prefix: &str, name: &str, entry: Option<Entry>) {
         let now = SystemTime::now();
-        let mut changes = self.changes.lock().unwrap();
+        let mut changes = self.changes.lock();
         let list = changes.entry(prefix.to_owned()).or_default();
         list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
         list.push(Change {
@@ -425,7 +427,7 @@ impl<S: ObjectStore> Listings<S> {
                 .map(DirSource::Complete);
         }
         drop(self.refresh(prefix)); // starts the listing, or joins it
-        let growing = self.growing.lock().unwrap().get(prefix).cloned();
+        let growing = self.growing.lock().get(prefix).cloned();
         match growing {
             Some(g) => Ok(DirSource::Growing(g)),
             // A tree walk is listing it, or the listing has just ended.
@@ -490,7 +492,7 @@ impl<S: ObjectStore> Listings<S> {
     /// Starts listing `prefix` from S3 unless that is already under way;
     /// either way returns a receiver of the outcome.
     fn refresh(self: &Arc<Self>, prefix: &str) -> watch::Receiver<RefreshResult> {
-        let mut refreshing = self.refreshing.lock().unwrap();
+        let mut refreshing = self.refreshing.lock();
         if let Some(rx) = refreshing.get(prefix) {
             return rx.clone();
         }
@@ -499,10 +501,7 @@ impl<S: ObjectStore> Listings<S> {
         let me = self.clone();
         let prefix = prefix.to_owned();
         let growing = Arc::new(GrowingListing::new(self.db.clone()));
-        self.growing
-            .lock()
-            .unwrap()
-            .insert(prefix.clone(), growing.clone());
+        self.growing.lock().insert(prefix.clone(), growing.clone());
         tokio::spawn(async move {
             let mut guard = RefreshGuard {
                 listings: &me,
@@ -515,12 +514,12 @@ impl<S: ObjectStore> Listings<S> {
             guard.done = true;
             drop(guard);
             growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
-            me.growing.lock().unwrap().remove(&prefix);
+            me.growing.lock().remove(&prefix);
             let result = result.map(|listing| {
                 me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
                 me.install(&prefix, listing)
             });
-            me.refreshing.lock().unwrap().remove(&prefix);
+            me.refreshing.lock().remove(&prefix);
             // A listing left on disk was stored page by page already.
             let saved = result
                 .as_ref()
@@ -555,10 +554,7 @@ impl<S: ObjectStore> Listings<S> {
         for k in below {
             self.memory.invalidate(&k);
         }
-        self.changes
-            .lock()
-            .unwrap()
-            .retain(|k, _| !k.starts_with(prefix));
+        self.changes.lock().retain(|k, _| !k.starts_with(prefix));
         if let Some(db) = &self.db {
             db.forget_tree(prefix);
         }
@@ -581,15 +577,9 @@ impl<S> Drop for RefreshGuard<'_, S> {
             // Runs while a panic unwinds: a poisoned lock must not abort.
             self.growing.finish(Err(FsError::Abandoned));
             let growing = &self.listings.growing;
-            growing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(self.prefix);
+            growing.lock().remove(self.prefix);
             let refreshing = &self.listings.refreshing;
-            refreshing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(self.prefix);
+            refreshing.lock().remove(self.prefix);
         }
     }
 }
@@ -677,7 +667,6 @@ impl<S: ObjectStore> Catalog<S> {
     fn node(&self, ino: Ino) -> Result<Node, FsError> {
         self.inodes
             .lock()
-            .unwrap()
             .get(ino)
             .cloned()
             .ok_or(FsError::NotFound)
@@ -745,7 +734,7 @@ impl<S: ObjectStore> Catalog<S> {
         entries: impl Iterator<Item = &'e Entry>,
     ) -> Result<Vec<Ino>, FsError> {
         let parent_prefix = self.node(parent)?.key;
-        let mut table = self.inodes.lock().unwrap();
+        let mut table = self.inodes.lock();
         Ok(entries
             .map(|e| table.resolve(parent, &parent_prefix, e))
             .collect())
@@ -754,11 +743,7 @@ impl<S: ObjectStore> Catalog<S> {
     /// The inode of `entry` in directory `parent`, numbered on first sight.
     pub fn resolve(&self, parent: Ino, entry: &Entry) -> Result<Ino, FsError> {
         let parent_prefix = self.node(parent)?.key;
-        Ok(self
-            .inodes
-            .lock()
-            .unwrap()
-            .resolve(parent, &parent_prefix, entry))
+        Ok(self.inodes.lock().resolve(parent, &parent_prefix, entry))
     }
 
     /// Counts a lookup of `entry` (numbered `ino`) in `parent` that the
@@ -769,18 +754,17 @@ impl<S: ObjectStore> Catalog<S> {
         };
         self.inodes
             .lock()
-            .unwrap()
             .remember(parent, &parent_prefix, entry, ino);
     }
 
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes.lock().unwrap().forget(ino, n);
+        self.inodes.lock().forget(ino, n);
     }
 
     /// Inodes the table holds now.
     pub fn inode_count(&self) -> usize {
-        self.inodes.lock().unwrap().len()
+        self.inodes.lock().len()
     }
 
     /// The current entry of inode `ino`, answered from its parent's listing.
@@ -820,7 +804,7 @@ impl<S: ObjectStore> Catalog<S> {
     pub fn record(&self, parent: Ino, name: &str, entry: Option<Entry>) -> Result<(), FsError> {
         let prefix = self.dir_prefix(parent)?;
         if entry.is_none() {
-            self.inodes.lock().unwrap().unlink(parent, name);
+            self.inodes.lock().unlink(parent, name);
         }
         self.listings.record(&prefix, name, entry);
         Ok(())
@@ -855,7 +839,7 @@ impl<S: ObjectStore> Catalog<S> {
     /// kernel's cached inodes keep working under the new name.
     pub fn moved(&self, ino: Ino, new_parent: Ino, new_name: &str) -> Result<(), FsError> {
         let parent_prefix = self.dir_prefix(new_parent)?;
-        let mut table = self.inodes.lock().unwrap();
+        let mut table = self.inodes.lock();
         let is_dir = table.get(ino).ok_or(FsError::NotFound)?.is_dir;
         let key = if is_dir {
             names::child_dir_prefix(&parent_prefix, new_name)

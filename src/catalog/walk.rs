@@ -47,10 +47,10 @@ impl<S: ObjectStore> Listings<S> {
             return;
         };
         let walk = {
-            let mut opened = self.opened.lock().unwrap();
+            let mut opened = self.opened.lock();
             opened.retain(|_, at| now.duration_since(*at) < WALK_WINDOW);
             opened.insert(prefix.to_owned(), now);
-            let mut walked = self.walked.lock().unwrap();
+            let mut walked = self.walked.lock();
             walked.retain(|_, at| now.duration_since(*at) < self.freshness.ttl.max(WALK_WINDOW));
             let walk = opened.contains_key(parent) && !walked.contains_key(parent);
             if walk {
@@ -81,7 +81,7 @@ impl<S: ObjectStore> Listings<S> {
         }
         let mut waiting = HashMap::new();
         {
-            let mut refreshing = self.refreshing.lock().unwrap();
+            let mut refreshing = self.refreshing.lock();
             for sub in subdirs {
                 let known = refreshing.contains_key(&sub)
                     || self.memory.get(&sub).is_some_and(|l| self.is_fresh(&l))
@@ -106,7 +106,7 @@ impl<S: ObjectStore> Listings<S> {
     /// Hands registered directories back to ordinary listing: their readers
     /// see the channel close and list on their own.
     fn release(&self, waiting: HashMap<String, watch::Sender<RefreshResult>>) {
-        let mut refreshing = self.refreshing.lock().unwrap();
+        let mut refreshing = self.refreshing.lock();
         for prefix in waiting.keys() {
             refreshing.remove(prefix);
         }
@@ -151,7 +151,7 @@ impl<S: ObjectStore> Listings<S> {
             let built = self.built(&prefix, builder.finish(&prefix), listed_at);
             let listing = self.install(&prefix, built);
             if let Some(tx) = waiting.remove(&prefix) {
-                self.refreshing.lock().unwrap().remove(&prefix);
+                self.refreshing.lock().remove(&prefix);
                 let _ = tx.send(Some(Ok(listing.clone())));
             }
             published.push((prefix, listing));

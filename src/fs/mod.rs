@@ -11,7 +11,9 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -62,6 +64,10 @@ pub struct S3Fs<S: ObjectStore> {
     next_dir_handle: AtomicU64,
     /// Set at shutdown: new writes are refused from then on.
     stopping: std::sync::atomic::AtomicBool,
+    /// Fault injection for tests: a lookup of this name panics
+    /// (`S3MOUNT_TEST_PANIC_ON_LOOKUP`), to show that a panicking handler
+    /// answers EIO and the mount goes on.
+    panic_on_lookup: Option<String>,
 }
 
 impl<S: ObjectStore> S3Fs<S> {
@@ -82,6 +88,7 @@ impl<S: ObjectStore> S3Fs<S> {
             dir_handles: Mutex::new(HashMap::new()),
             next_dir_handle: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            panic_on_lookup: std::env::var("S3MOUNT_TEST_PANIC_ON_LOOKUP").ok(),
         }
     }
 
@@ -104,6 +111,9 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Answers a kernel LOOKUP; the kernel then holds the inode (see
     /// [`S3Fs::sent_entry`]).
     pub async fn lookup(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+        if self.panic_on_lookup.as_deref() == Some(name) {
+            panic!("test fault: lookup of {name}");
+        }
         let attr = match self.open_file_attr_named(parent, name) {
             Some(attr) => attr,
             None => {
@@ -229,12 +239,12 @@ impl<S: ObjectStore> S3Fs<S> {
         let source = self.catalog.open_dir(ino).await?;
         self.catalog.note_opendir(ino);
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
-        self.dir_handles.lock().unwrap().insert(fh, source);
+        self.dir_handles.lock().insert(fh, source);
         Ok(fh)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dir_handles.lock().unwrap().remove(&fh);
+        self.dir_handles.lock().remove(&fh);
     }
 
     /// Rows of directory handle `fh` from `offset` on, `.` and `..` first.
@@ -250,7 +260,6 @@ impl<S: ObjectStore> S3Fs<S> {
         let source = self
             .dir_handles
             .lock()
-            .unwrap()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;

@@ -29,7 +29,9 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
@@ -193,7 +195,7 @@ impl<S: ObjectStore> Fetcher<S> {
             self.insert(key, data);
             return;
         }
-        if let Some(old) = lock(&self.held).insert(key, data) {
+        if let Some(old) = self.held.lock().insert(key, data) {
             self.held_bytes
                 .fetch_sub(old.len() as u64, Ordering::Relaxed);
         }
@@ -207,7 +209,7 @@ impl<S: ObjectStore> Fetcher<S> {
         if let Some(data) = self.cache.get(key) {
             return Some(data);
         }
-        let mut held = lock(&self.held);
+        let mut held = self.held.lock();
         if until < self.unit_range(key.2).end {
             return held.get(key).cloned();
         }
@@ -224,7 +226,7 @@ impl<S: ObjectStore> Fetcher<S> {
     /// away, went idle or closed.
     pub fn release_ahead(&self, wanted: impl Fn(&str, &str, Range<u64>) -> bool) {
         let released: Vec<(UnitKey, Bytes)> = {
-            let mut held = lock(&self.held);
+            let mut held = self.held.lock();
             let gone: Vec<UnitKey> = held
                 .keys()
                 .filter(|k| {
@@ -245,7 +247,7 @@ impl<S: ObjectStore> Fetcher<S> {
         // Read-ahead still in flight that nobody wants: stop fetching it.
         // Its units stop being pending at once (a reader that looks for one
         // fetches it anew; one already waiting is woken and looks again).
-        let mut pending = self.pending.lock().unwrap();
+        let mut pending = self.pending.lock();
         let mut parts: HashMap<*const PartTask, (Arc<PartTask>, bool)> = HashMap::new();
         for (k, p) in pending.iter() {
             if p.part.ahead {
@@ -312,7 +314,7 @@ impl<S: ObjectStore> Fetcher<S> {
     fn present(&self, key: &UnitKey, pending: &HashMap<UnitKey, Pending>) -> bool {
         pending.contains_key(key)
             || self.cache.contains_key(key)
-            || lock(&self.held).contains_key(key)
+            || self.held.lock().contains_key(key)
     }
 
     /// Starts fetches for the parts of `range` that are neither cached nor
@@ -339,7 +341,7 @@ impl<S: ObjectStore> Fetcher<S> {
         let end = range.end.div_ceil(self.block);
         // Segments only pay off when a part can hold one.
         let segments = self.part_size >= self.segment();
-        let mut pending = self.pending.lock().unwrap();
+        let mut pending = self.pending.lock();
         let mut run: Vec<Unit> = Vec::new();
         let mut b = range.start / self.block;
         while b < end {
@@ -483,7 +485,7 @@ impl<S: ObjectStore> Fetcher<S> {
     /// fetches them again).
     fn unregister(&self, obj: &ObjectVersion, units: &[Unit], part: &Arc<PartTask>) {
         // Also runs while a panic unwinds: a poisoned lock must not abort.
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending.lock();
         for &unit in units {
             let key = Self::key(obj, unit);
             if pending
@@ -506,7 +508,7 @@ impl<S: ObjectStore> Fetcher<S> {
             }
         }
         {
-            let pending = self.pending.lock().unwrap();
+            let pending = self.pending.lock();
             for unit in [seg, block] {
                 if let Some(p) = pending.get(&Self::key(obj, unit)) {
                     return Found::Pending(unit, p.clone());
@@ -628,12 +630,6 @@ impl<S: ObjectStore> Fetcher<S> {
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
-}
-
-/// Locks a map; a panic elsewhere while it was held leaves it usable (every
-/// update is a single insert or remove).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum Found {

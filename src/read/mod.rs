@@ -15,7 +15,9 @@ mod window;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -197,12 +199,12 @@ impl<S: ObjectStore> Reader<S> {
         let etag: Arc<str> = etag.into();
         let file = self.new_handle(&key, &etag, size, false);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let mut handles = self.handles.lock().unwrap();
+        let mut handles = self.handles.lock();
         // The page cache belongs to the inode, not the handle: while another
         // handle reads another version of this object, pages cached for one
         // would be served to the other. Such a handle bypasses the cache.
         let other_version_open = handles.values().any(|f| {
-            let v = f.version.lock().unwrap();
+            let v = f.version.lock();
             v.key == key && v.etag != etag
         });
         handles.insert(fh, file);
@@ -224,7 +226,7 @@ impl<S: ObjectStore> Reader<S> {
     pub fn open_exact(&self, key: &str, etag: &str, size: u64) -> u64 {
         let file = self.new_handle(&key.into(), &etag.into(), size, true);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, file);
+        self.handles.lock().insert(fh, file);
         fh
     }
 
@@ -248,10 +250,10 @@ impl<S: ObjectStore> Reader<S> {
 
     /// Closes handle `fh`; returns the key it read.
     pub fn release(&self, fh: u64) -> Option<Arc<str>> {
-        let file = self.handles.lock().unwrap().remove(&fh)?;
+        let file = self.handles.lock().remove(&fh)?;
         let mine = file.ahead.swap(0, Ordering::Relaxed);
         self.ahead_total.fetch_sub(mine as i64, Ordering::Relaxed);
-        let version = file.version.lock().unwrap().clone();
+        let version = file.version.lock().clone();
         self.note_closed_run(&file, &version);
         if mine > 0 {
             self.release_unwanted_ahead();
@@ -267,10 +269,9 @@ impl<S: ObjectStore> Reader<S> {
         let still_open = self
             .handles
             .lock()
-            .unwrap()
             .values()
-            .any(|f| same(&f.version.lock().unwrap()));
-        let mut runs = self.closed_runs.lock().unwrap();
+            .any(|f| same(&f.version.lock()));
+        let mut runs = self.closed_runs.lock();
         if !still_open {
             runs.retain(|(k, e, _)| !(*k == version.key && *e == version.etag));
         } else if file.position.load(Ordering::Relaxed) > 0 && runs.len() < 1024 {
@@ -286,15 +287,15 @@ impl<S: ObjectStore> Reader<S> {
     /// more (it seeked, went idle or closed) goes to the ordinary cache.
     fn release_unwanted_ahead(&self) {
         // Not under the handles lock: a reader locks its window first.
-        let files: Vec<Arc<OpenFile>> = self.handles.lock().unwrap().values().cloned().collect();
+        let files: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
         let now = self.now_ms();
         let idle_ms = IDLE_AFTER.as_millis() as u64;
         let windows: Vec<(Arc<str>, Arc<str>, std::ops::Range<u64>)> = files
             .iter()
             .filter(|f| !f.is_idle(now, idle_ms))
             .filter_map(|f| {
-                let wanted = f.window.lock().unwrap().wanted()?;
-                let v = f.version.lock().unwrap();
+                let wanted = f.window.lock().wanted()?;
+                let v = f.version.lock();
                 Some((v.key.clone(), v.etag.clone(), wanted))
             })
             .collect();
@@ -309,13 +310,12 @@ impl<S: ObjectStore> Reader<S> {
     pub fn is_open(&self, key: &str) -> bool {
         self.handles
             .lock()
-            .unwrap()
             .values()
-            .any(|f| &*f.version.lock().unwrap().key == key)
+            .any(|f| &*f.version.lock().key == key)
     }
 
     pub fn open_handles(&self) -> usize {
-        self.handles.lock().unwrap().len()
+        self.handles.lock().len()
     }
 
     pub fn stats(&self) -> &ReadStats {
@@ -337,7 +337,6 @@ impl<S: ObjectStore> Reader<S> {
         let file = self
             .handles
             .lock()
-            .unwrap()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)?;
@@ -345,7 +344,7 @@ impl<S: ObjectStore> Reader<S> {
         file.reading.fetch_add(1, Ordering::Relaxed);
         let _done = ReadDone(&file.reading);
         loop {
-            let version = file.version.lock().unwrap().clone();
+            let version = file.version.lock().clone();
             let end = offset.saturating_add(len as u64).min(version.size);
             if offset >= end {
                 return Ok(Bytes::new());
@@ -357,7 +356,7 @@ impl<S: ObjectStore> Reader<S> {
                     // to now; marking it served under the lock keeps a
                     // concurrent re-pin (below) from switching versions
                     // after any byte went out.
-                    let current = file.version.lock().unwrap();
+                    let current = file.version.lock();
                     if Arc::ptr_eq(&current, &version) {
                         file.served.store(true, Ordering::Relaxed);
                         return Ok(bytes);
@@ -381,7 +380,7 @@ impl<S: ObjectStore> Reader<S> {
                         warn!(key = %version.key, "object replaced with a different size since it was listed; refresh and reopen it");
                         return Err(FsError::store(&version.key, StoreError::PreconditionFailed));
                     }
-                    let mut current = file.version.lock().unwrap();
+                    let mut current = file.version.lock();
                     if Arc::ptr_eq(&current, &version) && !file.served.load(Ordering::Relaxed) {
                         debug!(key = %version.key, etag = %meta.etag, "object replaced before first read; pinning new version");
                         *current = Arc::new(ObjectVersion {
@@ -419,7 +418,7 @@ impl<S: ObjectStore> Reader<S> {
         let mut swept = false;
         let limit = self.other_readers_start(file, version);
         let plan = {
-            let mut window = file.window.lock().unwrap();
+            let mut window = file.window.lock();
             window.limit_ahead(limit);
             if self.ahead_total() > self.config.ahead_budget() / 2
                 || self.fetcher.held_bytes() > self.config.ahead_budget() / 2
@@ -468,20 +467,19 @@ impl<S: ObjectStore> Reader<S> {
         if position == 0 {
             return u64::MAX;
         }
-        let files: Vec<Arc<OpenFile>> = self.handles.lock().unwrap().values().cloned().collect();
+        let files: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
         let open = files
             .iter()
             .filter(|f| !std::ptr::eq(Arc::as_ptr(f), me))
             .filter(|f| f.position.load(Ordering::Relaxed) > 0)
             .filter(|f| {
-                let v = f.version.lock().unwrap();
+                let v = f.version.lock();
                 v.key == version.key && v.etag == version.etag
             })
             .map(|f| f.run_start.load(Ordering::Relaxed));
         let closed: Vec<u64> = self
             .closed_runs
             .lock()
-            .unwrap()
             .iter()
             .filter(|(k, e, _)| *k == version.key && *e == version.etag)
             .map(|r| r.2)
@@ -514,7 +512,7 @@ impl<S: ObjectStore> Reader<S> {
             return false;
         }
         let idle_ms = IDLE_AFTER.as_millis() as u64;
-        let handles: Vec<Arc<OpenFile>> = self.handles.lock().unwrap().values().cloned().collect();
+        let handles: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
         for file in handles {
             if file.is_idle(now, idle_ms) {
                 let held = file.ahead.swap(0, Ordering::Relaxed);

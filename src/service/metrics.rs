@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,7 +57,7 @@ static REQUESTS: LazyLock<Mutex<RequestCounts>> = LazyLock::new(Default::default
 /// `None` when no response arrived (connect failure, timeout).
 pub fn record_request(operation: &str, status: Option<u16>, latency: Duration, retry: bool) {
     let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
-    let mut counts = REQUESTS.lock().unwrap();
+    let mut counts = REQUESTS.lock();
     *counts
         .by_status
         .entry((operation.to_owned(), status))
@@ -72,7 +74,7 @@ pub fn record_request(operation: &str, status: Option<u16>, latency: Duration, r
 
 /// S3 requests sent so far (all operations, all outcomes).
 pub fn total_requests() -> u64 {
-    REQUESTS.lock().unwrap().by_status.values().sum()
+    REQUESTS.lock().by_status.values().sum()
 }
 
 /// Gauges and counters read from the layers at scrape time.
@@ -121,7 +123,7 @@ pub struct Snapshot {
 pub fn render(snap: &Snapshot) -> String {
     let mut out = String::with_capacity(8192);
     {
-        let counts = REQUESTS.lock().unwrap();
+        let counts = REQUESTS.lock();
         header(&mut out, "s3mount_s3_requests_total", "counter", "S3 HTTP requests (attempts) by operation and response status; status \"error\" means no response arrived.");
         for ((op, status), n) in &counts.by_status {
             let _ = writeln!(
@@ -388,7 +390,7 @@ pub fn summary(snap: &Snapshot) -> String {
     let mut line = format!(
         "requests={} retries={} resumes={} received={} sent={} read={} cache_hit_ratio={:.2} memory={}/{} open_read={} open_write={} uploads_in_flight={} listings={} list_requests={}",
         total_requests(),
-        REQUESTS.lock().unwrap().retries,
+        REQUESTS.lock().retries,
         snap.resumed_streams,
         human_bytes(snap.bytes_received),
         human_bytes(snap.bytes_sent),

@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 
@@ -47,7 +49,7 @@ impl Pool {
     /// An empty buffer with room for exactly `len` bytes.
     fn take(&self, len: usize) -> Vec<u8> {
         if poolable(len) {
-            let reused = self.free.lock().unwrap().get_mut(&len).and_then(Vec::pop);
+            let reused = self.free.lock().get_mut(&len).and_then(Vec::pop);
             if let Some(buf) = reused {
                 self.free_bytes.fetch_sub(len, Ordering::Relaxed);
                 return buf;
@@ -68,7 +70,7 @@ impl Pool {
         }
         buf.clear();
         // A panic elsewhere must not stop memory from being freed.
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = self.free.lock();
         free.entry(capacity).or_default().push(buf);
     }
 }

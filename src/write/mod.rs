@@ -30,7 +30,9 @@ pub mod upload;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::watch;
 
@@ -135,11 +137,11 @@ impl<S: ObjectStore> OpenFile<S> {
     }
 
     pub fn place(&self) -> Place {
-        lock(&self.place).clone()
+        self.place.lock().clone()
     }
 
     fn key_is(&self, key: &str) -> bool {
-        lock(&self.place).key == key
+        self.place.lock().key == key
     }
 
     /// Whether no object exists under the key yet.
@@ -206,15 +208,16 @@ impl<S: ObjectStore> Writer<S> {
 
     /// The open file of `ino`, closing or not, unless unlinked.
     pub fn file(&self, ino: Ino) -> Option<Arc<OpenFile<S>>> {
-        lock(&self.files).get(&ino).cloned()
+        self.files.lock().get(&ino).cloned()
     }
 
     /// The open file named `name` in `parent`, if any.
     pub fn file_named(&self, parent: Ino, name: &str) -> Option<Arc<OpenFile<S>>> {
-        lock(&self.files)
+        self.files
+            .lock()
             .values()
             .find(|f| {
-                let place = lock(&f.place);
+                let place = f.place.lock();
                 place.parent == parent && place.name == name
             })
             .cloned()
@@ -235,9 +238,11 @@ impl<S: ObjectStore> Writer<S> {
     /// Waits for the files closing in directory `dir`, so a listing right
     /// after `close` shows them.
     pub async fn settle_dir(&self, dir: Ino) {
-        let closing: Vec<_> = lock(&self.files)
+        let closing: Vec<_> = self
+            .files
+            .lock()
             .values()
-            .filter(|f| f.is_closing() && lock(&f.place).parent == dir)
+            .filter(|f| f.is_closing() && f.place.lock().parent == dir)
             .cloned()
             .collect();
         for file in closing {
@@ -247,9 +252,11 @@ impl<S: ObjectStore> Writer<S> {
 
     /// Waits for the files closing at or below key prefix `prefix`.
     pub async fn settle_under(&self, prefix: &str) {
-        let closing: Vec<_> = lock(&self.files)
+        let closing: Vec<_> = self
+            .files
+            .lock()
             .values()
-            .filter(|f| f.is_closing() && lock(&f.place).key.starts_with(prefix))
+            .filter(|f| f.is_closing() && f.place.lock().key.starts_with(prefix))
             .cloned()
             .collect();
         for file in closing {
@@ -259,14 +266,15 @@ impl<S: ObjectStore> Writer<S> {
 
     /// Whether a file at or below key prefix `prefix` is open for writing.
     pub fn open_under(&self, prefix: &str) -> bool {
-        lock(&self.files)
+        self.files
+            .lock()
             .values()
-            .any(|f| lock(&f.place).key.starts_with(prefix))
+            .any(|f| f.place.lock().key.starts_with(prefix))
     }
 
     /// Files open for writing.
     pub fn open_files(&self) -> usize {
-        lock(&self.files).len()
+        self.files.lock().len()
     }
 
     /// A new descriptor on `file`; `None` if the file is closing (its last
@@ -274,7 +282,7 @@ impl<S: ObjectStore> Writer<S> {
     /// [`Writer::releasing`], so a file never gains a descriptor after it
     /// started closing.
     fn add_handle(&self, file: &Arc<OpenFile<S>>, access: Access) -> Option<u64> {
-        let mut handles = lock(&self.handles);
+        let mut handles = self.handles.lock();
         if file.is_closing() {
             return None;
         }
@@ -298,7 +306,8 @@ impl<S: ObjectStore> Writer<S> {
     }
 
     fn handle(&self, fh: u64) -> Result<Handle<S>, FsError> {
-        lock(&self.handles)
+        self.handles
+            .lock()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle)
@@ -307,7 +316,7 @@ impl<S: ObjectStore> Writer<S> {
     /// Creates a file that is not an object yet and opens it; EBUSY if
     /// `ino` is open for writing already.
     pub fn create(&self, ino: Ino, place: Place, access: Access) -> Result<u64, FsError> {
-        let mut files = lock(&self.files);
+        let mut files = self.files.lock();
         if files.contains_key(&ino) {
             return Err(FsError::Busy(
                 "the file is being written through this mount",
@@ -366,7 +375,7 @@ impl<S: ObjectStore> Writer<S> {
         size: u64,
         access: Access,
     ) -> Result<Option<u64>, FsError> {
-        let mut files = lock(&self.files);
+        let mut files = self.files.lock();
         if files.contains_key(&ino) {
             return Ok(None);
         }
@@ -442,7 +451,7 @@ impl<S: ObjectStore> Writer<S> {
         let moved = mv(etag, size).await?;
         staged.rebase(&place.key, &moved);
         self.cancel_delete(&place.key);
-        *lock(&file.place) = place;
+        *file.place.lock() = place;
         Ok((moved, size))
     }
 
@@ -458,7 +467,7 @@ impl<S: ObjectStore> Writer<S> {
 
     fn remove_file(&self, file: &Arc<OpenFile<S>>) {
         {
-            let mut files = lock(&self.files);
+            let mut files = self.files.lock();
             if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
                 files.remove(&file.ino);
             }
@@ -469,7 +478,8 @@ impl<S: ObjectStore> Writer<S> {
     /// Whether writes through `fh` change a file that existed before it
     /// was opened here.
     pub fn changes_existing(&self, fh: u64) -> bool {
-        lock(&self.handles)
+        self.handles
+            .lock()
             .get(&fh)
             .is_some_and(|h| h.file.preexisting())
     }
@@ -632,7 +642,7 @@ impl<S: ObjectStore> Writer<S> {
     /// thread (see the module doc). Returns the file if this was its last
     /// descriptor: the caller then stores it with [`Writer::release`].
     pub fn releasing(&self, fh: u64) -> Option<Arc<OpenFile<S>>> {
-        let mut handles = lock(&self.handles);
+        let mut handles = self.handles.lock();
         let file = handles.remove(&fh)?.file;
         if file.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             file.closing.store(true, Ordering::Release);
@@ -684,19 +694,21 @@ impl<S: ObjectStore> Writer<S> {
     /// Keeps `key` (version `etag`) until nothing on this mount reads it,
     /// then deletes it (see [`Writer::take_delete`]).
     pub fn defer_delete(&self, key: &str, etag: &str) {
-        lock(&self.deferred_deletes).insert(key.to_owned(), etag.to_owned());
+        self.deferred_deletes
+            .lock()
+            .insert(key.to_owned(), etag.to_owned());
     }
 
     /// A new file under `key` replaces the one whose delete was deferred.
     pub fn cancel_delete(&self, key: &str) {
-        lock(&self.deferred_deletes).remove(key);
+        self.deferred_deletes.lock().remove(key);
     }
 
     /// If `key`'s deferred delete is due now (nothing reads it any more),
     /// takes it and returns the ETag to delete; the caller deletes the
     /// object if it is still that version.
     pub fn take_delete(&self, key: &str) -> Option<String> {
-        let mut deferred = lock(&self.deferred_deletes);
+        let mut deferred = self.deferred_deletes.lock();
         if !deferred.contains_key(key) || self.reader.is_open(key) || self.key_open(key) {
             return None;
         }
@@ -705,24 +717,18 @@ impl<S: ObjectStore> Writer<S> {
 
     /// Whether a descriptor still reads or writes `key` (unlinked included).
     fn key_open(&self, key: &str) -> bool {
-        lock(&self.handles).values().any(|h| h.file.key_is(key))
+        self.handles.lock().values().any(|h| h.file.key_is(key))
     }
 
     /// Aborts every streaming upload not completed yet (at shutdown);
     /// staged changes not committed are dropped, leaving the objects as
     /// they were.
     pub async fn abort_all(&self) {
-        let files: Vec<_> = lock(&self.files).values().cloned().collect();
+        let files: Vec<_> = self.files.lock().values().cloned().collect();
         for file in files {
             if let Content::Streaming(upload) = &*file.content.lock().await {
                 upload.abort().await;
             }
         }
     }
-}
-
-/// Locks a table; a panic elsewhere while it was held leaves it usable
-/// (every update to these maps is a single insert or remove).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -405,11 +405,23 @@ impl Mounted {
 
     /// Like [`Mounted::start`], through another endpoint (e.g. a [`proxy::FaultProxy`]).
     pub fn start_at(endpoint: &Endpoint, target: &str, extra: &[&str]) -> Mounted {
+        Mounted::start_with_env(endpoint, target, extra, &[])
+    }
+
+    /// Like [`Mounted::start_at`], with extra environment for the daemon
+    /// (fault injection).
+    pub fn start_with_env(
+        endpoint: &Endpoint,
+        target: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
         let dir = TempDir::new("mnt");
         let mountpoint = dir.path().join("m");
         std::fs::create_dir(&mountpoint).unwrap();
         let log = dir.path().join("s3mount.log");
         let mut cmd = s3mount_command(endpoint);
+        cmd.envs(env.iter().copied());
         if !extra.iter().any(|a| a.starts_with("--cache-dir")) {
             // Each mount gets its own catalog unless a test shares one on purpose.
             cmd.arg("--cache-dir").arg(dir.path().join("cache"));
