@@ -150,8 +150,11 @@ impl InodeTable {
         self.by_name.insert((new_parent, new_name.to_owned()), ino);
         if node.is_dir {
             for (other, n) in self.nodes.iter_mut() {
-                if *other != ino && *other != ROOT_INO && n.key.starts_with(&node.key) {
-                    n.key = format!("{new_key}{}", &n.key[node.key.len()..]);
+                if *other == ino || *other == ROOT_INO {
+                    continue;
+                }
+                if let Some(rest) = n.key.strip_prefix(&node.key) {
+                    n.key = format!("{new_key}{rest}");
                 }
             }
         }

@@ -125,7 +125,11 @@ impl<S: ObjectStore> Listings<S> {
         builders.insert(sub.to_owned(), fresh());
         for obj in &objects {
             let mut dir = sub.to_owned();
-            let mut rest = &obj.key[sub.len()..];
+            // A store that answers keys outside the prefix asked for is
+            // ignored for those keys, not a panic.
+            let Some(mut rest) = obj.key.strip_prefix(sub) else {
+                continue;
+            };
             while let Some((component, tail)) = rest.split_once('/') {
                 if names::check_name(component).is_err() {
                     break; // hidden, with everything below it

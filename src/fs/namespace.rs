@@ -309,8 +309,11 @@ impl<S: ObjectStore> S3Fs<S> {
                         break 'pages;
                     }
                 }
+                let Some(rest) = obj.key.strip_prefix(from) else {
+                    continue; // not under the prefix asked for: not ours to move
+                };
                 let store = self.store().clone();
-                let new_key = format!("{to}{}", &obj.key[from.len()..]);
+                let new_key = format!("{to}{rest}");
                 running.spawn(async move {
                     move_object(&*store, &obj.key, &obj.etag, obj.size, &new_key)
                         .await
