@@ -442,13 +442,22 @@ fn escape_label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Metrics connections served at once.
+const MAX_CONNECTIONS: usize = 16;
+
 /// Serves `GET /metrics` on `listener` until the runtime ends. `snapshot`
 /// is called per scrape.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
 ) {
+    // Scrapers come one at a time; a flood of connections waits here
+    // instead of growing the daemon.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (mut conn, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -459,6 +468,7 @@ pub async fn serve(
         };
         let snapshot = snapshot.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
             // Only the request line matters; read until the headers end.
