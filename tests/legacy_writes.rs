@@ -364,48 +364,60 @@ fn atomic_producers_and_a_loader_lose_nothing_and_leave_nothing() {
     let producers = 4;
     let per = env_u64("S3MOUNT_TEST_ATOMIC_FILES", 125) as usize;
     let size = |p: usize, j: usize| [0, 0, 10, 5000, 100_000][(p + j) % 5];
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let moved = std::thread::scope(|scope| {
-        for p in 0..producers {
-            let (root, done) = (&root, &done);
-            scope.spawn(move || {
-                for j in 0..per {
-                    let name = format!("p{p}-{j:04}.dat");
-                    let tmp = root.join(format!("incoming/.{name}.tmp"));
-                    std::fs::write(&tmp, random_bytes(size(p, j), (p * per + j) as u64))
-                        .unwrap_or_else(|e| panic!("write {name}: {e}"));
-                    std::fs::rename(&tmp, root.join("incoming").join(&name))
-                        .unwrap_or_else(|e| panic!("publish {name}: {e}"));
-                }
-                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            });
+    let src = TempDir::new("atomic-src");
+    for p in 0..producers {
+        std::fs::create_dir(src.path().join(format!("p{p}"))).unwrap();
+        for j in 0..per {
+            let data = random_bytes(size(p, j), (p * per + j) as u64);
+            std::fs::write(src.path().join(format!("p{p}/p{p}-{j:04}.dat")), data).unwrap();
         }
-        let loader = scope.spawn(|| {
-            let mut moved = BTreeSet::new();
-            let deadline = Instant::now() + Duration::from_secs(300);
-            loop {
-                let finished = done.load(std::sync::atomic::Ordering::SeqCst) == producers;
-                for name in names(&root.join("incoming")) {
-                    if name.starts_with('.') {
-                        continue;
-                    }
-                    std::fs::rename(
-                        root.join("incoming").join(&name),
-                        root.join("processed").join(&name),
-                    )
-                    .unwrap_or_else(|e| panic!("load {name}: {e}"));
-                    moved.insert(name);
-                }
-                if finished && moved.len() == producers * per {
-                    return moved;
-                }
-                assert!(Instant::now() < deadline, "loader timed out");
-                std::thread::sleep(Duration::from_millis(20));
+    }
+    // Four producer processes, each publishing its files the atomic way:
+    // cp to a hidden temporary name, then mv to the real one.
+    let children: Vec<std::process::Child> = (0..producers)
+        .map(|p| {
+            Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "set -e; cd '{src}/p{p}'; for f in *.dat; do cp \"$f\" '{inc}/'.\"$f\".tmp; mv '{inc}/'.\"$f\".tmp '{inc}/'\"$f\"; done",
+                    src = src.path().display(),
+                    inc = root.join("incoming").display()
+                ))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut producing = children;
+    let mut moved = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let finished = producing
+            .iter_mut()
+            .all(|c| c.try_wait().unwrap().is_some());
+        for name in names(&root.join("incoming")) {
+            if name.starts_with('.') {
+                continue;
             }
-        });
-        loader.join().unwrap()
-    });
-    assert_eq!(moved.len(), producers * per);
+            std::fs::rename(
+                root.join("incoming").join(&name),
+                root.join("processed").join(&name),
+            )
+            .unwrap_or_else(|e| panic!("load {name}: {e}"));
+            moved.insert(name);
+        }
+        if finished && moved.len() == producers * per {
+            break;
+        }
+        if finished && names(&root.join("incoming")).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "loader timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for mut c in producing {
+        assert!(c.wait().unwrap().success(), "a producer failed");
+    }
+    assert_eq!(moved.len(), producers * per, "every file loaded once");
     let keys = b.keys();
     let processed: BTreeSet<&str> = keys
         .iter()
