@@ -257,24 +257,33 @@ impl ObjectStore for S3Store {
         let expected = range.end.saturating_sub(range.start);
         debug_assert_eq!(pieces.iter().sum::<u64>(), expected);
         let mut sink = PieceSink::new(pieces, deliver);
+        // The one retry layer for ranged GETs (the SDK's is off for them):
+        // resume at the broken byte at once after progress; without
+        // progress, back off with full jitter, for at least MAX_RESUMES
+        // attempts and RETRY_WINDOW.
         let mut failures = 0u32;
+        let mut stuck_since: Option<std::time::Instant> = None;
         while sink.received < expected {
             let from = range.start + sink.received;
             let before = sink.received;
             match self.get_into(key, etag, from..range.end, &mut sink).await {
                 Ok(()) => {}
-                Err(e) if e.is_transient() && failures < MAX_RESUMES => {
-                    self.resumes.fetch_add(1, Ordering::Relaxed);
-                    debug!(key, offset = range.start + sink.received, error = %e, failures, "resuming ranged GET");
+                Err(e) if e.is_transient() => {
                     if sink.received > before {
                         // The connection broke after delivering data: resume
                         // at once, and start the failure count afresh.
                         failures = 0;
+                        stuck_since = None;
                     } else {
-                        // No progress: back off before asking again.
                         failures += 1;
+                        let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
+                        if failures > MAX_RESUMES && since.elapsed() >= RETRY_WINDOW {
+                            return Err(e);
+                        }
                         tokio::time::sleep(backoff(failures)).await;
                     }
+                    self.resumes.fetch_add(1, Ordering::Relaxed);
+                    debug!(key, offset = range.start + sink.received, error = %e, failures, "resuming ranged GET");
                 }
                 Err(e) => return Err(e),
             }
@@ -497,18 +506,20 @@ fn copy_part_size(size: u64, threshold: u64) -> u64 {
     base.max(size.div_ceil(10_000))
 }
 
-/// Consecutive failed attempts of one range before the read fails.
+/// Consecutive failed attempts of one range (at least) before the read fails.
 const MAX_RESUMES: u32 = 8;
+/// How long (at least) a range is retried without progress before the read
+/// fails: an endpoint that blinks for a few seconds is invisible to readers.
+const RETRY_WINDOW: Duration = Duration::from_secs(30);
 
-/// Exponential backoff with jitter: 50 ms, 100 ms, ... capped at 2 s, each
-/// scaled by a random factor in [0.5, 1) so retries of many readers spread out.
+/// Delay before retry `failures` of a range: exponential (50 ms, 100 ms,
+/// ... capped at 2 s) with full jitter (a random share of that, at least a
+/// tenth), so readers that failed together do not retry in lockstep.
 fn backoff(failures: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let base = Duration::from_millis(50u64 << failures.min(6)).min(Duration::from_secs(2));
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(failures);
-    let jitter = 0.5 + (h.finish() % 1000) as f64 / 2000.0;
-    base.mul_f64(jitter)
+    // Exponential with full jitter: many readers that failed together do
+    // not come back together.
+    let cap = (50u64 << failures.min(6)).min(2000);
+    Duration::from_millis(fastrand::u64(cap / 10..=cap))
 }
 
 impl S3Store {
@@ -626,6 +637,12 @@ impl S3Store {
             .key(key)
             .if_match(etag)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
+            .customize()
+            // Retried by `get_range`, which resumes at the broken byte; an
+            // SDK retry on top would multiply the attempts.
+            .config_override(
+                aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(|e| classify(e, Missing::Object))?;
