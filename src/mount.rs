@@ -520,6 +520,7 @@ fn snapshot<S: ObjectStore>(
         cache_bytes: memory.cache,
         gets_queued: read.gets_queued.load(Relaxed),
         gets_running: read.gets_running.load(Relaxed),
+        gets_cancelled: read.cancelled_gets.load(Relaxed),
         memory_budget: memory.budget,
         memory_in_use: memory.cache + memory.ahead,
         open_read_handles: fs.open_files() as u64,

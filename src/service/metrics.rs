@@ -89,6 +89,8 @@ pub struct Snapshot {
     pub cache_bytes: u64,
     pub gets_queued: u64,
     pub gets_running: u64,
+    /// Read-ahead GETs stopped because no reader wanted their data.
+    pub gets_cancelled: u64,
     pub memory_budget: u64,
     pub memory_in_use: u64,
     pub open_read_handles: u64,
@@ -170,7 +172,7 @@ pub fn render(snap: &Snapshot) -> String {
             counts.retries as f64,
         );
     }
-    let series: [(&str, &str, &str, f64); 31] = [
+    let series: [(&str, &str, &str, f64); 32] = [
         (
             "s3mount_s3_bytes_received_total",
             "counter",
@@ -272,6 +274,12 @@ pub fn render(snap: &Snapshot) -> String {
             "counter",
             "Multipart upload parts sent.",
             snap.upload_parts as f64,
+        ),
+        (
+            "s3mount_read_gets_cancelled_total",
+            "counter",
+            "Read-ahead GETs stopped because no open reader wanted their data any more.",
+            snap.gets_cancelled as f64,
         ),
         (
             "s3mount_upload_copied_bytes_total",
