@@ -114,22 +114,28 @@ trait Respond<T> {
     fn err(self, errno: Errno);
 }
 
+/// `Respond::err` for a fuser reply type: they all answer errors the same
+/// way, through their own `error` method.
+macro_rules! reply_error {
+    () => {
+        fn err(self, errno: Errno) {
+            self.error(errno);
+        }
+    };
+}
+
 impl Respond<Attr> for ReplyEntry {
     fn ok(self, a: Attr) {
         self.entry(&KERNEL_TTL, &file_attr(&a), Generation(0));
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 impl Respond<Attr> for ReplyAttr {
     fn ok(self, a: Attr) {
         self.attr(&KERNEL_TTL, &file_attr(&a));
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 /// A refresh answer.
@@ -137,9 +143,7 @@ impl Respond<()> for ReplyIoctl {
     fn ok(self, (): ()) {
         self.ioctl(0, &[]);
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 impl Respond<Vec<DirRow>> for ReplyDirectory {
@@ -156,36 +160,28 @@ impl Respond<Vec<DirRow>> for ReplyDirectory {
         }
         ReplyDirectory::ok(self);
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 impl Respond<bytes::Bytes> for ReplyData {
     fn ok(self, data: bytes::Bytes) {
         self.data(&data);
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 impl Respond<()> for ReplyEmpty {
     fn ok(self, (): ()) {
         ReplyEmpty::ok(self);
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 impl Respond<u32> for ReplyWrite {
     fn ok(self, written: u32) {
         self.written(written);
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 /// `create` result: the new file and its write handle.
@@ -199,9 +195,7 @@ impl Respond<(Attr, u64)> for ReplyCreate {
             FopenFlags::empty(),
         );
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 /// `opendir` result: the directory handle.
@@ -209,9 +203,7 @@ impl Respond<u64> for ReplyOpen {
     fn ok(self, fh: u64) {
         self.opened(FileHandle(fh), FopenFlags::empty());
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 /// `open` result: the handle and how it may use the kernel's page cache.
@@ -224,9 +216,7 @@ impl Respond<(u64, PageCache)> for ReplyOpen {
         };
         self.opened(FileHandle(fh), flags);
     }
-    fn err(self, errno: Errno) {
-        self.error(errno);
-    }
+    reply_error!();
 }
 
 fn name_str(name: &OsStr) -> Result<String, FsError> {

@@ -625,42 +625,12 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     let canonical = std::fs::canonicalize(path)
         .map_err(|e| MountError(format!("cannot resolve mountpoint {shown}: {e}")))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if mount_points(&mountinfo).any(|p| p == canonical) {
+    if kernel_mount::mount_points(&mountinfo).any(|p| p == canonical) {
         return Err(MountError(format!(
             "{shown} is already a mount point; unmount it first (`umount {shown}`) or choose another directory"
         )));
     }
     Ok(canonical)
-}
-
-/// Mount points listed in /proc/self/mountinfo (field 5, octal-escaped).
-fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_octal(field)))
-}
-
-pub(crate) fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One cheap request proves the endpoint answers, the credentials work and
@@ -722,17 +692,6 @@ fn explain(e: &StoreError, store: &S3Store, target: &Target) -> MountError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_mount_points_with_escaped_spaces() {
-        let info = "36 35 98:0 / /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
-                    37 35 98:0 / /srv rw - ext4 /dev/x rw\n";
-        let points: Vec<PathBuf> = mount_points(info).collect();
-        assert_eq!(
-            points,
-            vec![PathBuf::from("/mnt/with space"), PathBuf::from("/srv")]
-        );
-    }
 
     #[test]
     fn missing_mountpoint_names_the_fix() {

@@ -30,6 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use tracing::warn;
 
+use super::inodes::stable_hash;
 use super::{Entry, EntryKind};
 
 const SCHEMA_VERSION: &str = "2";
@@ -116,17 +117,6 @@ pub enum StoredBody {
     Entries(Vec<Entry>),
     /// A big one, left in SQLite.
     Stored(Arc<StoredEntries>),
-}
-
-/// A stable 64-bit FNV-1a hash: names database files and inode numbers, so
-/// it must not change between runs (unlike the std hasher).
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 impl CatalogDb {
@@ -797,11 +787,5 @@ mod tests {
         db.collect_garbage();
         assert_eq!(rows(&db), 20);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn stable_hash_does_not_change() {
-        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -15,8 +15,7 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::json;
 
-use crate::cli::{parse_size, Connection, Target};
-use crate::service::metrics::human_bytes;
+use crate::cli::{human_bytes, parse_size, Connection, Target};
 use crate::store::{ObjectMeta, ObjectStore, S3Store};
 
 /// Check credentials, latency, throughput and object sizes of a target.

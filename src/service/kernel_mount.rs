@@ -193,7 +193,7 @@ fn still_mounted(mountinfo: &str, mountpoint: &Path, dev: &str) -> bool {
         .find(|fields| {
             fields
                 .get(4)
-                .is_some_and(|p| Path::new(&crate::mount::unescape_octal(p)) == mountpoint)
+                .is_some_and(|p| Path::new(&unescape_octal(p)) == mountpoint)
         });
     topmost.is_some_and(|fields| {
         let fstype = fields
@@ -210,9 +210,50 @@ pub fn device_of(mountpoint: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(mountpoint)?.dev())
 }
 
+/// Mount points listed in /proc/self/mountinfo (field 5, octal-escaped).
+pub fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_octal(field)))
+}
+
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_mount_points_with_escaped_spaces() {
+        let info = "36 35 98:0 / /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
+                    37 35 98:0 / /srv rw - ext4 /dev/x rw\n";
+        let points: Vec<PathBuf> = mount_points(info).collect();
+        assert_eq!(
+            points,
+            vec![PathBuf::from("/mnt/with space"), PathBuf::from("/srv")]
+        );
+    }
 
     #[test]
     fn watchdog_only_touches_its_own_mount() {

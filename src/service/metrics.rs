@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
 
 use parking_lot::Mutex;
+
+use crate::cli::human_bytes;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -420,21 +422,6 @@ pub fn summary(snap: &Snapshot) -> String {
     line
 }
 
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
-
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -572,12 +559,5 @@ mod tests {
                 "undeclared {name}"
             );
         }
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(512), "512B");
-        assert_eq!(human_bytes(1536), "1.5KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0GiB");
     }
 }
