@@ -441,13 +441,19 @@ impl<S: ObjectStore> Writer<S> {
         Fut: std::future::Future<Output = Result<String, FsError>>,
     {
         let mut content = file.content.lock().await;
+        if file.unlinked.load(Ordering::Relaxed) {
+            // Unlinked while the rename waited for the file: nothing to move.
+            return Err(FsError::NotFound);
+        }
         self.commit_locked(file, &mut content, true, record).await?;
+        let (etag, size) = match &*content {
+            Content::Staged(staged) => staged.base_version(),
+            Content::Streaming(_) => None,
+        }
+        .ok_or_else(|| FsError::Spool("a stored file has no version".into()))?;
         let Content::Staged(staged) = &mut *content else {
-            unreachable!("a stored file is staged")
+            return Err(FsError::Spool("a stored file is not staged".into()));
         };
-        let (etag, size) = staged
-            .base_version()
-            .ok_or_else(|| FsError::Spool("a stored file has no version".into()))?;
         let moved = mv(etag, size).await?;
         staged.rebase(&place.key, &moved);
         self.cancel_delete(&place.key);
