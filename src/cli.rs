@@ -151,8 +151,9 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100;
+    /// a bare port binds to 127.0.0.1).
+    #[arg(long, value_parser = parse_metrics_addr, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Export the number of files in this directory (relative to the mount
@@ -410,6 +411,10 @@ pub fn load_env_file(args: &[OsString]) -> Result<(), String> {
             path.display()
         )
     })?;
+    // Logging is not set up yet; this goes straight to stderr.
+    if let Some(warning) = env_file_exposure(&path) {
+        eprintln!("s3mount: warning: {warning}");
+    }
     for (key, value) in parse_env_file(&text).map_err(|line| {
         format!(
             "--env-file {} line {line} is not KEY=VALUE (no `export`, as for systemd's EnvironmentFile=); fix it or comment it out with #",
@@ -420,6 +425,34 @@ pub fn load_env_file(args: &[OsString]) -> Result<(), String> {
         std::env::set_var(key, value);
     }
     Ok(())
+}
+
+/// A warning when `path`, which holds credentials, can be read by users
+/// other than its owner.
+fn env_file_exposure(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "--env-file {} can be read by other users (mode {:o}) and holds credentials; run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+/// `--metrics-addr`: `HOST:PORT`, or a bare `PORT` / `:PORT`, which binds to
+/// 127.0.0.1 only (metrics are for the local scraper unless a host says
+/// otherwise).
+pub fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let port = s.strip_prefix(':').unwrap_or(s);
+    port.parse::<u16>()
+        .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .map_err(|_| format!("'{s}' is not HOST:PORT or a port number"))
 }
 
 /// `KEY=VALUE` lines as systemd's EnvironmentFile= reads them: blank lines
@@ -576,6 +609,35 @@ mod tests {
             expand_mount_options(os(&["s3mount", "b", "/m", "-o", "bogus_thing=1"])).unwrap();
         assert!(Args::try_parse_from(args).is_err());
         assert!(expand_mount_options(os(&["s3mount", "b", "/m", "-o"])).is_err());
+    }
+
+    #[test]
+    fn a_bare_metrics_port_binds_to_loopback_only() {
+        assert_eq!(
+            parse_metrics_addr("9100").unwrap(),
+            "127.0.0.1:9100".parse().unwrap()
+        );
+        assert_eq!(
+            parse_metrics_addr(":9100").unwrap(),
+            "127.0.0.1:9100".parse().unwrap()
+        );
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:9100").unwrap(),
+            "0.0.0.0:9100".parse().unwrap()
+        );
+        assert!(parse_metrics_addr("nope").is_err());
+    }
+
+    #[test]
+    fn an_env_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("s3mount-envfile-{}", std::process::id()));
+        std::fs::write(&path, "AWS_SECRET_ACCESS_KEY=x\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(env_file_exposure(&path).unwrap().contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(env_file_exposure(&path), None);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

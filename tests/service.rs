@@ -584,3 +584,29 @@ fn auto_unmount_watchdog_leaves_a_later_mount_at_the_same_path_alone() {
         || processes_mentioning(&mnt.to_string_lossy()).is_empty(),
     );
 }
+
+#[test]
+fn the_cache_directory_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("private");
+    bucket.put("a.txt", "a");
+    let dir = TempDir::new("private-cache");
+    let cache = dir.path().join("nested/cache");
+    let arg = format!("--cache-dir={}", cache.display());
+    let m = Mounted::start(&s3, &bucket.name, &[&arg]);
+    assert_eq!(std::fs::read(m.path().join("a.txt")).unwrap(), b"a");
+    std::fs::write(m.path().join("b.txt"), "b").unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700, "the cache directory");
+    assert_eq!(mode(&cache.join("spool")), 0o700, "the spool directory");
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(!files.is_empty(), "the catalog is there");
+    for f in files {
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+    }
+}

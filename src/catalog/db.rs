@@ -119,11 +119,33 @@ pub enum StoredBody {
     Stored(Arc<StoredEntries>),
 }
 
+/// Creates `dir` (and its parents) readable by this user only, since it
+/// holds every object name of the bucket; an existing directory is left as
+/// it is.
+/// Creates (or opens) a file readable by this user only.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 impl CatalogDb {
     /// Opens (or creates) the catalog of `target` under `dir`; `None` when it
     /// cannot be used, after one warning saying why.
     pub fn open(dir: &Path, target: &str) -> Option<Arc<CatalogDb>> {
-        if let Err(e) = std::fs::create_dir_all(dir) {
+        if let Err(e) = create_private_dir(dir) {
             warn!(dir = %dir.display(), error = %e, "cannot create the cache directory; listings are kept in memory only");
             return None;
         }
@@ -131,7 +153,7 @@ impl CatalogDb {
             "catalog-{:016x}.sqlite3",
             stable_hash(target.as_bytes())
         ));
-        let lock = match File::create(path.with_extension("lock")) {
+        let lock = match private_file(&path.with_extension("lock")) {
             Ok(f) => f,
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "cannot create the catalog lock file; listings are kept in memory only");
@@ -160,6 +182,14 @@ impl CatalogDb {
                 }
             }
         };
+        // It holds every object name: this user's only (SQLite gives its
+        // -wal and -shm files the database file's mode).
+        for suffix in ["", "-wal", "-shm"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600));
+        }
         // Listings written by a mount that stopped before committing them,
         // or replaced while a stream read them, are not in `dirs`.
         let cleanup = conn.execute(
