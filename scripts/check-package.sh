@@ -67,6 +67,8 @@ AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
 AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
 AWS_REGION=${AWS_REGION:-us-east-1}
 EOT
+# Credentials are for this user only (s3mount warns otherwise).
+chmod 600 "$env_file"
 # Create the bucket through the mount's own endpoint with the AWS CLI if it
 # exists, else with python's boto3-free path: s3mount needs an existing bucket.
 python3 - "$bucket" <<'PY'
