@@ -610,3 +610,35 @@ fn the_cache_directory_and_its_files_are_private() {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
 }
+
+#[test]
+fn secrets_never_reach_the_log_even_at_trace_level() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("secrets");
+    bucket.put("a.txt", "a");
+    let m = Mounted::start_with_env(
+        &s3.endpoint,
+        &bucket.name,
+        &["-vv"],
+        &[("RUST_LOG", "trace")],
+    );
+    assert_eq!(std::fs::read(m.path().join("a.txt")).unwrap(), b"a");
+    std::fs::write(m.path().join("b.txt"), "b").unwrap();
+    let log = m.log_text();
+    assert!(
+        !log.contains(&s3.endpoint.secret_key),
+        "the secret key is in the log"
+    );
+    // Every Authorization header value printed is the SDK's redaction.
+    let mut headers = 0;
+    for (at, _) in log.match_indices("\"authorization\": ") {
+        headers += 1;
+        let value = &log[at + "\"authorization\": ".len()..];
+        assert!(
+            value.starts_with("** redacted"),
+            "an Authorization header is logged: {}",
+            &value[..value.len().min(120)]
+        );
+    }
+    assert!(headers > 0, "requests with their headers are traced");
+}
