@@ -642,3 +642,33 @@ fn secrets_never_reach_the_log_even_at_trace_level() {
     }
     assert!(headers > 0, "requests with their headers are traced");
 }
+
+#[test]
+fn without_allow_other_another_user_cannot_enter_the_mount() {
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("others");
+    bucket.put("a.txt", "a");
+    let m = Mounted::start(&s3, &bucket.name, &[]);
+    let as_nobody = |path: &std::path::Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+            .arg(path)
+            .output()
+            .expect("setpriv (util-linux) runs a command as another user")
+    };
+    let out = as_nobody(&m.path());
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "another user listed the mount: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(m);
+    let m = Mounted::start(&s3, &bucket.name, &["--allow-other"]);
+    let out = as_nobody(&m.path());
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("a.txt"),
+        "with --allow-other another user sees the files: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
