@@ -177,7 +177,10 @@ impl<S: ObjectStore> Reader<S> {
                 config.window.block,
                 config.part_size,
                 config.cache_budget(),
-                config.ahead_budget(),
+                // Slack over what windows may request: partly read segments
+                // and reads that arrive out of order stay held a little
+                // longer than their window counts them.
+                config.ahead_budget() + config.ahead_budget() / 8,
                 config.gets_in_flight(),
             ),
             store,
@@ -429,10 +432,11 @@ impl<S: ObjectStore> Reader<S> {
             let others = self
                 .ahead_total()
                 .saturating_sub(file.ahead.load(Ordering::Relaxed));
-            let room = self
-                .config
-                .ahead_budget()
-                .saturating_sub(others + window.ahead_bytes());
+            // Data fetched ahead and not read yet counts too: when it fills
+            // its share, windows shrink rather than fetch what could not be
+            // held until read.
+            let requested = (others + window.ahead_bytes()).max(self.fetcher.held_bytes());
+            let room = self.config.ahead_budget().saturating_sub(requested);
             let plan = window.plan(offset, len, room);
             let (start, position) = match window.is_sequential() {
                 true => (window.run_start(), offset + len),
