@@ -33,6 +33,12 @@ use crate::store::{ObjectStore, StoreError};
 /// read-ahead budget (what it fetched stays in the cache, subject to LRU).
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// A handle that has not read for this long no longer wants what was fetched
+/// ahead for it: that moves to the cache, and its GETs in flight stop. Much
+/// longer than [`IDLE_AFTER`]: on a loaded machine a reader may not run for
+/// a second, and dropping its data then means fetching it again.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(10);
+
 /// Settings of the read path; filled from the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadConfig {
@@ -292,10 +298,10 @@ impl<S: ObjectStore> Reader<S> {
         // Not under the handles lock: a reader locks its window first.
         let files: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
         let now = self.now_ms();
-        let idle_ms = IDLE_AFTER.as_millis() as u64;
+        let abandoned_ms = ABANDONED_AFTER.as_millis() as u64;
         let windows: Vec<(Arc<str>, Arc<str>, std::ops::Range<u64>)> = files
             .iter()
-            .filter(|f| !f.is_idle(now, idle_ms))
+            .filter(|f| !f.is_idle(now, abandoned_ms))
             .filter_map(|f| {
                 let wanted = f.window.lock().wanted()?;
                 let v = f.version.lock();
