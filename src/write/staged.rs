@@ -59,17 +59,7 @@ pub struct Staged<S: ObjectStore> {
 impl<S: ObjectStore> Staged<S> {
     /// A file that is not an object yet: empty, stored at its first commit.
     pub fn new_file(uploads: Arc<Uploads<S>>, reader: Arc<Reader<S>>, key: &str) -> Self {
-        Staged {
-            uploads,
-            reader,
-            key: key.to_owned(),
-            spool: None,
-            present: RangeSet::new(),
-            size: 0,
-            base: None,
-            dirty: true,
-            conflict: None,
-        }
+        Self::with_base(uploads, reader, key, None)
     }
 
     /// The object `key` as it is at version `etag`.
@@ -80,31 +70,38 @@ impl<S: ObjectStore> Staged<S> {
         etag: &str,
         size: u64,
     ) -> Self {
+        let base = Base {
+            etag: etag.to_owned(),
+            len: size,
+            object_size: size,
+            read_fh: None,
+        };
+        Self::with_base(uploads, reader, key, Some(base))
+    }
+
+    /// Without a base the file was never stored, so it is dirty from the
+    /// start.
+    fn with_base(
+        uploads: Arc<Uploads<S>>,
+        reader: Arc<Reader<S>>,
+        key: &str,
+        base: Option<Base>,
+    ) -> Self {
         Staged {
             uploads,
             reader,
             key: key.to_owned(),
             spool: None,
             present: RangeSet::new(),
-            size,
-            base: Some(Base {
-                etag: etag.to_owned(),
-                len: size,
-                object_size: size,
-                read_fh: None,
-            }),
-            dirty: false,
+            size: base.as_ref().map_or(0, |b| b.len),
+            dirty: base.is_none(),
+            base,
             conflict: None,
         }
     }
 
     pub fn size(&self) -> u64 {
         self.size
-    }
-
-    /// Whether a commit would store anything.
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
     }
 
     fn spool(&mut self) -> Result<&SpoolFile, FsError> {
