@@ -238,25 +238,21 @@ impl<S: ObjectStore> Writer<S> {
     /// Waits for the files closing in directory `dir`, so a listing right
     /// after `close` shows them.
     pub async fn settle_dir(&self, dir: Ino) {
-        let closing: Vec<_> = self
-            .files
-            .lock()
-            .values()
-            .filter(|f| f.is_closing() && f.place.lock().parent == dir)
-            .cloned()
-            .collect();
-        for file in closing {
-            file.wait_settled().await;
-        }
+        self.settle_closing(|place| place.parent == dir).await;
     }
 
     /// Waits for the files closing at or below key prefix `prefix`.
     pub async fn settle_under(&self, prefix: &str) {
+        self.settle_closing(|place| place.key.starts_with(prefix))
+            .await;
+    }
+
+    async fn settle_closing(&self, at: impl Fn(&Place) -> bool) {
         let closing: Vec<_> = self
             .files
             .lock()
             .values()
-            .filter(|f| f.is_closing() && f.place.lock().key.starts_with(prefix))
+            .filter(|f| f.is_closing() && at(&f.place.lock()))
             .cloned()
             .collect();
         for file in closing {
