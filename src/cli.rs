@@ -127,6 +127,11 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub read_stall_timeout: u64,
 
+    /// How long a request is retried through S3 errors, throttling or an
+    /// outage before the program gets EIO; shorter outages are invisible.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub retry_timeout: u64,
+
     /// After --metadata-ttl, serve the old listing at once while one
     /// background refresh replaces it (false: wait for the new listing).
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]

@@ -31,6 +31,8 @@ pub struct MountError(pub String);
 
 /// How long the checks before mounting may take in all.
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the first listing is retried through transient errors.
+const PREFLIGHT_RETRY: Duration = Duration::from_secs(3);
 /// How long an unmount waits for the request loop to finish.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 
@@ -50,6 +52,10 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let settings = S3Settings {
         idle_timeout: Duration::from_secs(args.read_stall_timeout.max(1)),
         multipart_copy_threshold: args.multipart_copy_threshold,
+        retry_timeout: Duration::from_secs(args.retry_timeout.max(1)),
+        // Room for every read and upload request the layers allow, plus
+        // listings, so only throttling ever makes a request wait here.
+        max_requests: args.max_concurrent_requests.max(1) * 2 + 64,
         ..args.connection.settings(&target.bucket)
     };
     let read_config = read_config(&args)?;
@@ -515,6 +521,8 @@ fn snapshot<S: ObjectStore>(
         bytes_sent: uploads.bytes.load(Relaxed),
         bytes_read: read.served_bytes.load(Relaxed),
         resumed_streams: store.resumes(),
+        request_limit: store.congestion().0 as u64,
+        throttled: store.congestion().1,
         cache_hits: read.block_hits.load(Relaxed),
         cache_misses: read.block_misses.load(Relaxed),
         cache_bytes: memory.cache,
@@ -639,7 +647,13 @@ pub async fn preflight(settings: &S3Settings, target: &Target) -> Result<S3Store
     let secs = PREFLIGHT_TIMEOUT.as_secs();
     let endpoint_hint = settings.endpoint_url.as_deref().unwrap_or("AWS S3");
     let checks = async {
-        let store = S3Store::connect(settings).await;
+        // A mount against a wrong endpoint fails in seconds with a clear
+        // message; the full --retry-timeout applies once it is mounted.
+        let quick = S3Settings {
+            retry_timeout: PREFLIGHT_RETRY,
+            ..settings.clone()
+        };
+        let store = S3Store::connect(&quick).await;
         if let Err(e) = store.check_credentials().await {
             return Err(MountError(format!(
                 "{e}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --profile NAME"
@@ -649,7 +663,10 @@ pub async fn preflight(settings: &S3Settings, target: &Target) -> Result<S3Store
             .list_page(&target.prefix, Some("/"), None, Some(1))
             .await
         {
-            Ok(_) => Ok(store),
+            Ok(_) => {
+                store.set_retry_timeout(settings.retry_timeout);
+                Ok(store)
+            }
             Err(e) => Err(explain(&e, &store, target)),
         }
     };

@@ -57,7 +57,7 @@ static REQUESTS: LazyLock<Mutex<RequestCounts>> = LazyLock::new(Default::default
 
 /// Records one HTTP attempt of `operation` (`GetObject`, ...). `status` is
 /// `None` when no response arrived (connect failure, timeout).
-pub fn record_request(operation: &str, status: Option<u16>, latency: Duration, retry: bool) {
+pub fn record_request(operation: &str, status: Option<u16>, latency: Duration) {
     let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
     let mut counts = REQUESTS.lock();
     *counts
@@ -69,9 +69,11 @@ pub fn record_request(operation: &str, status: Option<u16>, latency: Duration, r
         .entry(operation.to_owned())
         .or_default()
         .observe(latency.as_secs_f64());
-    if retry {
-        counts.retries += 1;
-    }
+}
+
+/// Records that a failed request is about to be sent again.
+pub fn record_retry() {
+    REQUESTS.lock().retries += 1;
 }
 
 /// S3 requests sent so far (all operations, all outcomes).
@@ -86,6 +88,10 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     pub bytes_read: u64,
     pub resumed_streams: u64,
+    /// Requests allowed in flight (lowered while S3 throttles).
+    pub request_limit: u64,
+    /// 503 SlowDown / 429 answers seen.
+    pub throttled: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub cache_bytes: u64,
@@ -174,7 +180,19 @@ pub fn render(snap: &Snapshot) -> String {
             counts.retries as f64,
         );
     }
-    let series: [(&str, &str, &str, f64); 32] = [
+    let series: [(&str, &str, &str, f64); 34] = [
+        (
+            "s3mount_s3_request_limit",
+            "gauge",
+            "S3 requests allowed in flight at once; lowered while S3 throttles, raised again when it stops.",
+            snap.request_limit as f64,
+        ),
+        (
+            "s3mount_s3_throttled_total",
+            "counter",
+            "S3 answers asking to slow down (503 SlowDown, 429).",
+            snap.throttled as f64,
+        ),
         (
             "s3mount_s3_bytes_received_total",
             "counter",
@@ -520,8 +538,9 @@ mod tests {
 
     #[test]
     fn renders_counters_histograms_and_gauges() {
-        record_request("TestRenderOp", Some(200), Duration::from_millis(30), false);
-        record_request("TestRenderOp", Some(503), Duration::from_millis(3), true);
+        record_request("TestRenderOp", Some(200), Duration::from_millis(30));
+        record_request("TestRenderOp", Some(503), Duration::from_millis(3));
+        record_retry();
         let snap = Snapshot {
             bytes_received: 42,
             dir_objects: vec![("incoming".into(), Some(7)), ("later".into(), None)],

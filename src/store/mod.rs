@@ -6,6 +6,7 @@
 //! act on (not found, changed, denied, unreachable).
 
 mod pieces;
+mod retry;
 mod s3;
 
 use std::future::Future;
@@ -50,6 +51,16 @@ pub enum Body {
     },
 }
 
+impl Body {
+    /// Bytes the body carries.
+    pub fn byte_len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::File { len, .. } => *len,
+        }
+    }
+}
+
 /// What went wrong talking to the store, in terms the layers above act on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +84,12 @@ pub enum StoreError {
     BodyInterrupted(String),
     #[error("server busy or failing ({0})")]
     Unavailable(String),
+    /// 503 SlowDown or 429: too many requests; with the server's Retry-After.
+    #[error("throttled by the server ({0})")]
+    Throttled(String, Option<std::time::Duration>),
+    /// A response that could not be understood (a malformed listing page).
+    #[error("malformed response ({0})")]
+    Malformed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -88,7 +105,22 @@ impl StoreError {
                 | StoreError::Timeout(_)
                 | StoreError::Unreachable(_)
                 | StoreError::Unavailable(_)
+                | StoreError::Throttled(..)
+                | StoreError::Malformed(_)
         )
+    }
+
+    /// Whether the server asked for fewer requests (503 SlowDown, 429).
+    pub fn is_throttling(&self) -> bool {
+        matches!(self, StoreError::Throttled(..))
+    }
+
+    /// How long the server asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            StoreError::Throttled(_, wait) => *wait,
+            _ => None,
+        }
     }
 }
 

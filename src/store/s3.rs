@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tracing::debug;
 
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
 
@@ -30,10 +32,10 @@ use aws_sdk_s3::config::interceptors::{
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
 use super::pieces::PieceSink;
+use super::retry::{Backoff, Congestion, RetryPolicy};
 use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// How to reach the store; filled from the command line.
@@ -53,6 +55,12 @@ pub struct S3Settings {
     /// Objects larger than this are copied in parts (UploadPartCopy); zero
     /// means S3's single-copy limit of 5 GiB.
     pub multipart_copy_threshold: u64,
+    /// How long a request is retried through transient errors before its
+    /// operation fails; zero means the default of 60 s.
+    pub retry_timeout: Duration,
+    /// Most requests in flight at once when S3 is not throttling (the
+    /// ceiling of [`Congestion`]); zero means 256.
+    pub max_requests: usize,
 }
 
 /// The largest object one CopyObject request may copy.
@@ -65,6 +73,18 @@ const COPY_CONCURRENCY: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on waiting for response headers of one attempt.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one attempt of a request with a small answer (list, head,
+/// delete, create/abort upload): a body that stalls is retried, not waited on.
+const SMALL_ATTEMPT: Option<Duration> = Some(Duration::from_secs(30));
+/// Bound on one attempt of a server-side copy or a multipart completion,
+/// which S3 may take minutes to answer for large objects.
+const SLOW_ATTEMPT: Option<Duration> = Some(Duration::from_secs(15 * 60));
+
+/// Bound on one attempt of an upload of `len` bytes: a minute plus the time
+/// to send them at 256 KiB/s, so only a stalled connection hits it.
+fn upload_attempt(len: u64) -> Option<Duration> {
+    Some(Duration::from_secs(60) + Duration::from_secs(len / (256 * 1024)))
+}
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -74,6 +94,7 @@ pub struct S3Store {
     resumes: AtomicU64,
     idle_timeout: Duration,
     copy_threshold: u64,
+    policy: Arc<RetryPolicy>,
 }
 
 impl S3Store {
@@ -114,7 +135,8 @@ impl S3Store {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .credentials_provider(credentials.clone())
-            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            // Retried by `RetryPolicy`, the one retry layer.
+            .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
@@ -157,7 +179,25 @@ impl S3Store {
                 0 => SINGLE_COPY_LIMIT,
                 n => n.min(SINGLE_COPY_LIMIT),
             },
+            policy: Arc::new(RetryPolicy::new(
+                retry_bound(settings.retry_timeout),
+                Congestion::new(match settings.max_requests {
+                    0 => 256,
+                    n => n,
+                }),
+            )),
         }
+    }
+
+    /// Sets how long requests are retried through transient errors.
+    pub fn set_retry_timeout(&self, bound: Duration) {
+        self.policy.set_bound(retry_bound(bound));
+    }
+
+    /// The current limit of requests in flight (lowered by throttling) and
+    /// the throttling answers seen so far.
+    pub fn congestion(&self) -> (usize, u64) {
+        (self.policy.gate.limit(), self.policy.gate.throttled_total())
     }
 
     /// Resolves credentials once, so "none found" is reported as such and not
@@ -188,16 +228,20 @@ impl ObjectStore for S3Store {
         max_keys: Option<i32>,
     ) -> Result<ListPage, StoreError> {
         let out = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .set_delimiter(delimiter.map(str::to_owned))
-            .set_continuation_token(continuation)
-            .set_max_keys(max_keys)
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Bucket))?;
+            .policy
+            .run("ListObjectsV2", prefix, SMALL_ATTEMPT, || {
+                let request = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .set_delimiter(delimiter.map(str::to_owned))
+                    .set_continuation_token(continuation.clone())
+                    .set_max_keys(max_keys)
+                    .send();
+                async move { check_page(prefix, sent(request, Missing::Bucket).await?) }
+            })
+            .await?;
         let objects = out
             .contents()
             .iter()
@@ -228,13 +272,18 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let out = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Object))?;
+            .policy
+            .run("HeadObject", key, SMALL_ATTEMPT, || {
+                sent(
+                    self.client
+                        .head_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .send(),
+                    Missing::Object,
+                )
+            })
+            .await?;
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -257,36 +306,33 @@ impl ObjectStore for S3Store {
         let expected = range.end.saturating_sub(range.start);
         debug_assert_eq!(pieces.iter().sum::<u64>(), expected);
         let mut sink = PieceSink::new(pieces, deliver);
-        // The one retry layer for ranged GETs (the SDK's is off for them):
-        // resume at the broken byte at once after progress; without
-        // progress, back off with full jitter, for at least MAX_RESUMES
-        // attempts and RETRY_WINDOW.
-        let mut failures = 0u32;
-        let mut stuck_since: Option<std::time::Instant> = None;
+        // Retried here rather than by `RetryPolicy::run`, because a retry
+        // resumes at the byte where the body broke: at once after progress,
+        // after the policy's backoff without.
+        let mut backoff = Backoff::new(self.policy.bound());
         while sink.received < expected {
             let from = range.start + sink.received;
             let before = sink.received;
-            match self.get_into(key, etag, from..range.end, &mut sink).await {
-                Ok(()) => {}
-                Err(e) if e.is_transient() => {
-                    if sink.received > before {
-                        // The connection broke after delivering data: resume
-                        // at once, and start the failure count afresh.
-                        failures = 0;
-                        stuck_since = None;
-                    } else {
-                        failures += 1;
-                        let since = *stuck_since.get_or_insert_with(std::time::Instant::now);
-                        if failures > MAX_RESUMES && since.elapsed() >= RETRY_WINDOW {
-                            return Err(e);
-                        }
-                        tokio::time::sleep(backoff(failures)).await;
-                    }
-                    self.resumes.fetch_add(1, Ordering::Relaxed);
-                    debug!(key, offset = range.start + sink.received, error = %e, failures, "resuming ranged GET");
-                }
-                Err(e) => return Err(e),
+            let result = {
+                let _room = self.policy.gate.enter().await;
+                self.get_into(key, etag, from..range.end, &mut sink).await
+            };
+            let Err(e) = result else {
+                self.policy.gate.succeeded();
+                continue;
+            };
+            if sink.received > before {
+                backoff.progressed();
             }
+            let wait = self.policy.failed(&mut backoff, &e, "GetObject", key);
+            let Some(wait) = wait else {
+                return Err(e);
+            };
+            if sink.received == before {
+                tokio::time::sleep(wait).await;
+            }
+            self.resumes.fetch_add(1, Ordering::Relaxed);
+            debug!(key, offset = range.start + sink.received, error = %e, "resuming ranged GET");
         }
         Ok(())
     }
@@ -298,29 +344,41 @@ impl ObjectStore for S3Store {
         if_match: Option<&str>,
     ) -> Result<String, StoreError> {
         let out = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type(key))
-            .set_if_match(if_match.map(str::to_owned))
-            .body(byte_stream(body).await?)
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Bucket))?;
+            .policy
+            .run("PutObject", key, upload_attempt(body.byte_len()), || {
+                let body = body.clone();
+                async move {
+                    self.client
+                        .put_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .content_type(content_type(key))
+                        .set_if_match(if_match.map(str::to_owned))
+                        .body(byte_stream(body).await?)
+                        .send()
+                        .await
+                        .map_err(|e| classify(e, Missing::Bucket))
+                }
+            })
+            .await?;
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }
 
     async fn start_multipart(&self, key: &str) -> Result<String, StoreError> {
         let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type(key))
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Bucket))?;
+            .policy
+            .run("CreateMultipartUpload", key, SMALL_ATTEMPT, || {
+                sent(
+                    self.client
+                        .create_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .content_type(content_type(key))
+                        .send(),
+                    Missing::Bucket,
+                )
+            })
+            .await?;
         out.upload_id()
             .map(str::to_owned)
             .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
@@ -333,17 +391,26 @@ impl ObjectStore for S3Store {
         number: u32,
         body: Body,
     ) -> Result<String, StoreError> {
+        // A failed part is sent again from the spool; the parts before it
+        // stay uploaded.
         let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number as i32)
-            .body(byte_stream(body).await?)
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Object))?;
+            .policy
+            .run("UploadPart", key, upload_attempt(body.byte_len()), || {
+                let body = body.clone();
+                async move {
+                    self.client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .part_number(number as i32)
+                        .body(byte_stream(body).await?)
+                        .send()
+                        .await
+                        .map_err(|e| classify(e, Missing::Object))
+                }
+            })
+            .await?;
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }
 
@@ -364,33 +431,44 @@ impl ObjectStore for S3Store {
                     .build()
             })
             .collect();
+        let parts: Vec<CompletedPart> = parts;
         let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .set_if_match(if_match.map(str::to_owned))
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Object))?;
+            .policy
+            .run("CompleteMultipartUpload", key, SLOW_ATTEMPT, || {
+                sent(
+                    self.client
+                        .complete_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .set_if_match(if_match.map(str::to_owned))
+                        .multipart_upload(
+                            CompletedMultipartUpload::builder()
+                                .set_parts(Some(parts.clone()))
+                                .build(),
+                        )
+                        .send(),
+                    Missing::Object,
+                )
+            })
+            .await?;
         Ok(out.e_tag().unwrap_or_default().to_owned())
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        self.client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Object))?;
+        self.policy
+            .run("AbortMultipartUpload", key, SMALL_ATTEMPT, || {
+                sent(
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(upload_id)
+                        .send(),
+                    Missing::Object,
+                )
+            })
+            .await?;
         Ok(())
     }
 
@@ -405,18 +483,23 @@ impl ObjectStore for S3Store {
             return self.copy_in_parts(from, etag, size, to).await;
         }
         let out = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(to)
-            .copy_source(copy_source(&self.bucket, from))
-            .copy_source_if_match(etag)
-            // The copy's Content-Type follows its new name, as any upload's.
-            .metadata_directive(MetadataDirective::Replace)
-            .content_type(content_type(to))
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Object))?;
+            .policy
+            .run("CopyObject", to, SLOW_ATTEMPT, || {
+                sent(
+                    self.client
+                        .copy_object()
+                        .bucket(&self.bucket)
+                        .key(to)
+                        .copy_source(copy_source(&self.bucket, from))
+                        .copy_source_if_match(etag)
+                        // The copy's Content-Type follows its new name, as any upload's.
+                        .metadata_directive(MetadataDirective::Replace)
+                        .content_type(content_type(to))
+                        .send(),
+                    Missing::Object,
+                )
+            })
+            .await?;
         Ok(out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -438,13 +521,18 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(e, Missing::Object))?;
+        self.policy
+            .run("DeleteObject", key, SMALL_ATTEMPT, || {
+                sent(
+                    self.client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .send(),
+                    Missing::Object,
+                )
+            })
+            .await?;
         Ok(())
     }
 }
@@ -504,22 +592,6 @@ fn copy_source(bucket: &str, key: &str) -> String {
 fn copy_part_size(size: u64, threshold: u64) -> u64 {
     let base = threshold.clamp(5 << 20, 512 << 20);
     base.max(size.div_ceil(10_000))
-}
-
-/// Consecutive failed attempts of one range (at least) before the read fails.
-const MAX_RESUMES: u32 = 8;
-/// How long (at least) a range is retried without progress before the read
-/// fails: an endpoint that blinks for a few seconds is invisible to readers.
-const RETRY_WINDOW: Duration = Duration::from_secs(30);
-
-/// Delay before retry `failures` of a range: exponential (50 ms, 100 ms,
-/// ... capped at 2 s) with full jitter (a random share of that, at least a
-/// tenth), so readers that failed together do not retry in lockstep.
-fn backoff(failures: u32) -> Duration {
-    // Exponential with full jitter: many readers that failed together do
-    // not come back together.
-    let cap = (50u64 << failures.min(6)).min(2000);
-    Duration::from_millis(fastrand::u64(cap / 10..=cap))
 }
 
 impl S3Store {
@@ -588,10 +660,14 @@ impl S3Store {
             .part_number(number as i32)
             .copy_source(copy_source(&self.bucket, from))
             .copy_source_if_match(etag)
-            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
-            .send();
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1));
+        let (policy, to) = (self.policy.clone(), to.to_owned());
         async move {
-            let out = request.await.map_err(|e| classify(e, Missing::Object))?;
+            let out = policy
+                .run("UploadPartCopy", &to, SLOW_ATTEMPT, || {
+                    sent(request.clone().send(), Missing::Object)
+                })
+                .await?;
             Ok(out
                 .copy_part_result()
                 .and_then(|r| r.e_tag())
@@ -637,12 +713,6 @@ impl S3Store {
             .key(key)
             .if_match(etag)
             .range(format!("bytes={}-{}", range.start, range.end - 1))
-            .customize()
-            // Retried by `get_range`, which resumes at the broken byte; an
-            // SDK retry on top would multiply the attempts.
-            .config_override(
-                aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
-            )
             .send()
             .await
             .map_err(|e| classify(e, Missing::Object))?;
@@ -754,10 +824,7 @@ fn record_attempt(cfg: &mut ConfigBag, status: Option<u16>) {
     };
     cfg.interceptor_state().unset::<AttemptStart>();
     let operation = cfg.load::<Metadata>().map_or("Unknown", |m| m.name());
-    let retry = cfg
-        .load::<RequestAttempts>()
-        .is_some_and(|a| a.attempts() > 1);
-    crate::service::metrics::record_request(operation, status, start.0.elapsed(), retry);
+    crate::service::metrics::record_request(operation, status, start.0.elapsed());
 }
 
 /// Waits for one part copy and records its ETag.
@@ -774,6 +841,42 @@ async fn join_part(
         Ok(Err(e)) => Err(e),
         Err(e) => Err(StoreError::Other(format!("part copy task failed: {e}"))),
     })
+}
+
+/// A listing page as sent, or an error if it was damaged on the way. The
+/// SDK's XML reader accepts a document cut short; S3 always sends
+/// IsTruncated, and KeyCount with the keys, so a page without IsTruncated,
+/// or whose KeyCount disagrees with what it holds, is not trusted.
+fn check_page(prefix: &str, out: ListObjectsV2Output) -> Result<ListObjectsV2Output, StoreError> {
+    let count = out.contents().len() + out.common_prefixes().len();
+    if out.is_truncated().is_none() || out.key_count().is_some_and(|n| n as usize != count) {
+        return Err(StoreError::Malformed(format!(
+            "a listing page of {prefix} is incomplete ({count} entries, KeyCount {:?}, IsTruncated {:?})",
+            out.key_count(),
+            out.is_truncated()
+        )));
+    }
+    Ok(out)
+}
+
+/// The retry bound for a `--retry-timeout` value; zero means the default.
+fn retry_bound(setting: Duration) -> Duration {
+    if setting.is_zero() {
+        Duration::from_secs(60)
+    } else {
+        setting
+    }
+}
+
+/// A sent request's outcome in the store's terms.
+async fn sent<T, E>(
+    request: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    missing: Missing,
+) -> Result<T, StoreError>
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    request.await.map_err(|e| classify(e, missing))
 }
 
 /// What a 404 means for the operation at hand.
@@ -824,13 +927,25 @@ where
                     StoreError::BadCredentials(format!("{detail}: {message}"))
                 }
                 (403, _) => StoreError::AccessDenied(detail),
-                (500..=599, _) | (_, "SlowDown" | "Throttling" | "RequestTimeout") => {
+                (503 | 429, _) | (_, "SlowDown" | "Throttling" | "ThrottlingException") => {
+                    let retry_after = se
+                        .raw()
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    StoreError::Throttled(format!("{detail}: {message}"), retry_after)
+                }
+                (500..=599, _) | (_, "RequestTimeout" | "InternalError") => {
                     StoreError::Unavailable(format!("{detail}: {message}"))
                 }
                 _ => StoreError::Other(format!("{detail}: {message}")),
             }
         }
         SdkError::TimeoutError(_) => StoreError::Timeout(root_cause(&err)),
+        // The response arrived but could not be read or parsed (a body cut
+        // short, a malformed listing page): worth another attempt.
+        SdkError::ResponseError(_) => StoreError::Malformed(root_cause(&err)),
         SdkError::DispatchFailure(df) if df.is_timeout() => StoreError::Timeout(root_cause(&err)),
         SdkError::DispatchFailure(df) if df.is_io() => StoreError::Unreachable(root_cause(&err)),
         SdkError::DispatchFailure(_) => {

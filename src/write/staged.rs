@@ -405,9 +405,7 @@ impl<S: ObjectStore> Staged<S> {
             Err(e) => Err(e),
         };
         if result.is_err() {
-            if let Err(e) = store.abort_multipart(&self.key, &upload_id).await {
-                warn!(key = %self.key, error = %e, "cannot abort a multipart upload; a lifecycle rule (AbortIncompleteMultipartUpload) will clean it up");
-            }
+            super::upload::abort_upload(&store, &self.key, upload_id).await;
         }
         result
     }

@@ -164,6 +164,9 @@ struct State {
     parts: Vec<Part>,
     /// The first failure of a part; the upload cannot succeed after it.
     failed: Option<StoreError>,
+    /// A write that could not be kept (spool full, disk error): the file
+    /// lacks bytes its writer wrote, so it is never stored.
+    lost_write: Option<FsError>,
     /// Set once the upload has completed, failed or been aborted.
     outcome: Option<Result<Uploaded, FsError>>,
 }
@@ -216,10 +219,14 @@ impl<S: ObjectStore> Upload<S> {
             for i in 0..st.parts.len() {
                 self.settle(&mut st, i).await?;
             }
-            self.spool.reserve(grow)?;
+            if let Err(e) = self.spool.reserve(grow) {
+                st.lost_write = Some(e.clone());
+                return Err(e);
+            }
         }
         if let Err(e) = self.spool.write_at(data, offset).await {
             self.spool.release(grow);
+            st.lost_write = Some(e.clone());
             return Err(e);
         }
         st.written = st.written.max(end);
@@ -295,6 +302,9 @@ impl<S: ObjectStore> Upload<S> {
             // Completed already: the object is final.
             Some(Ok(_)) => return Err(FsError::BadHandle),
             None => {}
+        }
+        if let Some(e) = &st.lost_write {
+            return Err(e.clone());
         }
         match &st.failed {
             Some(e) => Err(FsError::store(&self.key, e.clone())),
@@ -396,6 +406,9 @@ impl<S: ObjectStore> Upload<S> {
     }
 
     async fn finish_locked(&self, st: &mut State) -> Result<Uploaded, FsError> {
+        if let Some(e) = &st.lost_write {
+            return Err(e.clone());
+        }
         if let Some(e) = &st.failed {
             return Err(FsError::store(&self.key, e.clone()));
         }
@@ -446,11 +459,24 @@ impl<S: ObjectStore> Upload<S> {
             }
         }
         if let Some(id) = st.upload_id.take() {
-            if let Err(e) = self.uploads.store.abort_multipart(&self.key, &id).await {
-                warn!(key = %self.key, error = %e, "cannot abort a multipart upload; a lifecycle rule (AbortIncompleteMultipartUpload) will clean it up");
-            }
+            abort_upload(&self.uploads.store, &self.key, id).await;
         }
     }
+}
+
+/// Aborts a failed multipart upload, so its parts are freed. The caller
+/// waits a few seconds at most: when S3 is down, the abort goes on being
+/// retried in the background rather than delaying the error the program
+/// is owed.
+pub async fn abort_upload<S: ObjectStore>(store: &Arc<S>, key: &str, upload_id: String) {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    let (store, key) = (store.clone(), key.to_owned());
+    let abort = tokio::spawn(async move {
+        if let Err(e) = store.abort_multipart(&key, &upload_id).await {
+            warn!(key, error = %e, "cannot abort a multipart upload; a lifecycle rule (AbortIncompleteMultipartUpload) will clean it up");
+        }
+    });
+    let _ = tokio::time::timeout(WAIT, abort).await;
 }
 
 #[cfg(test)]
