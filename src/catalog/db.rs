@@ -46,6 +46,9 @@ pub struct CatalogDb {
     held: Mutex<HashMap<i64, Weak<StoredEntries>>>,
     /// Listings no longer needed, deleted at the next write.
     garbage: Mutex<Vec<i64>>,
+    /// Set once a write failed because the disk is full: new listings are
+    /// then kept in memory (reads of what is stored go on).
+    disk_full: AtomicBool,
 }
 
 /// A listing that stays in SQLite and is read from there a page or a name
@@ -213,6 +216,7 @@ impl CatalogDb {
             next_lid: AtomicI64::new(max_lid + 1),
             held: Mutex::new(HashMap::new()),
             garbage: Mutex::new(Vec::new()),
+            disk_full: AtomicBool::new(false),
         }))
     }
 
@@ -334,6 +338,26 @@ impl CatalogDb {
     /// A new, empty listing to be filled with [`StoredEntries::append`] and
     /// made a prefix's listing with [`CatalogDb::commit`]. Dropped before
     /// that, it is deleted.
+    /// Whether new listings should be written here: false once the disk
+    /// was found full.
+    pub fn writable(&self) -> bool {
+        !self.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// Reports a failed write; a full disk (or quota) stops further writes,
+    /// with one warning for the life of the mount.
+    fn write_failed(&self, what: &str, e: &rusqlite::Error) {
+        let full = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+        );
+        if !full {
+            warn!(error = %e, "cannot {what} in the catalog");
+        } else if !self.disk_full.swap(true, Ordering::Relaxed) {
+            warn!(path = %self.path.display(), error = %e, "the catalog's disk is full; new listings are kept in memory only from now on");
+        }
+    }
+
     pub fn begin(self: &Arc<Self>) -> Arc<StoredEntries> {
         let lid = self.next_lid.fetch_add(1, Ordering::Relaxed);
         self.hold(lid, false)
@@ -361,7 +385,7 @@ impl CatalogDb {
             Ok(())
         })();
         if let Err(e) = result {
-            warn!(prefix, error = %e, "cannot store a listing in the catalog");
+            self.write_failed(&format!("store the listing of {prefix}"), &e);
         }
         drop(conn);
         self.collect_garbage();
@@ -433,7 +457,7 @@ impl CatalogDb {
             tx.commit()
         })();
         if let Err(e) = &result {
-            warn!(error = %e, "cannot store a listing page in the catalog");
+            self.write_failed("store a listing page", e);
         }
         result.is_ok()
     }
@@ -539,7 +563,7 @@ impl CatalogDb {
             Ok(())
         })();
         if let Err(e) = result {
-            warn!(name, error = %e, "cannot update the catalog");
+            self.write_failed(&format!("update {name}"), &e);
         }
     }
 
@@ -596,7 +620,7 @@ impl CatalogDb {
                 }
                 self.collect_garbage();
             }
-            Err(e) => warn!(prefix, error = %e, "cannot update the catalog"),
+            Err(e) => self.write_failed(&format!("update {prefix}"), &e),
         }
     }
 
@@ -614,7 +638,7 @@ impl CatalogDb {
                 self.release_retired(old);
                 self.collect_garbage();
             }
-            Err(e) => warn!(prefix, error = %e, "cannot update the catalog"),
+            Err(e) => self.write_failed(&format!("update {prefix}"), &e),
         }
     }
 }

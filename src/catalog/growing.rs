@@ -82,6 +82,11 @@ impl GrowingListing {
             .collect();
         self.append(rest);
         let released = self.released.lock();
+        if self.store_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(FsError::Catalog(format!(
+                "the listing of {prefix} could not be stored whole (see the warnings above)"
+            )));
+        }
         match &*released {
             Released::Memory(entries) => {
                 let mut entries = entries.clone();
@@ -91,11 +96,6 @@ impl GrowingListing {
                 Ok(Listing::in_memory(entries, listed_at))
             }
             Released::Stored(stored, _) => {
-                if self.store_failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(FsError::Catalog(format!(
-                        "the listing of {prefix} could not be stored whole (see the warnings above)"
-                    )));
-                }
                 if let Some(db) = &self.db {
                     db.commit(prefix, stored, listed_at);
                 }
@@ -157,14 +157,20 @@ impl GrowingListing {
             let mut released = self.released.lock();
             match &mut *released {
                 Released::Memory(entries) => match &self.db {
-                    Some(db) if entries.len() + new.len() > IN_MEMORY_LIMIT => {
+                    Some(db) if db.writable() && entries.len() + new.len() > IN_MEMORY_LIMIT => {
                         let stored = db.begin();
-                        let ok = stored.append(1, entries)
-                            && stored.append(entries.len() as u64 + 1, &new);
-                        self.note_stored(ok);
-                        let len = entries.len() + new.len();
-                        *released = Released::Stored(stored, len);
-                        len
+                        if stored.append(1, entries)
+                            && stored.append(entries.len() as u64 + 1, &new)
+                        {
+                            let len = entries.len() + new.len();
+                            *released = Released::Stored(stored, len);
+                            len
+                        } else {
+                            // The disk cannot take it: the listing stays in
+                            // memory.
+                            entries.extend(new);
+                            entries.len()
+                        }
                     }
                     _ => {
                         entries.extend(new);
@@ -172,9 +178,23 @@ impl GrowingListing {
                     }
                 },
                 Released::Stored(stored, len) => {
-                    self.note_stored(stored.append(*len as u64 + 1, &new));
-                    *len += new.len();
-                    *len
+                    if stored.append(*len as u64 + 1, &new) {
+                        *len += new.len();
+                        *len
+                    } else {
+                        // The disk filled up mid-listing: carry on in memory
+                        // from what was stored (each page is one
+                        // transaction, so the stored ones are whole).
+                        let mut entries: Vec<Entry> =
+                            stored.page(0, *len).into_iter().map(|(_, e)| e).collect();
+                        if entries.len() != *len {
+                            self.note_stored(false);
+                        }
+                        entries.extend(new);
+                        let len = entries.len();
+                        *released = Released::Memory(entries);
+                        len
+                    }
                 }
             }
         };

@@ -401,7 +401,7 @@ impl<S: ObjectStore> Listings<S> {
 
     /// Writes listings to the on-disk catalog off the caller's path.
     fn save_in_background(self: &Arc<Self>, listings: Vec<(String, Arc<Listing>)>) {
-        if self.db.is_none() || listings.is_empty() {
+        if !self.db.as_ref().is_some_and(|db| db.writable()) || listings.is_empty() {
             return;
         }
         let me = self.clone();
