@@ -216,7 +216,8 @@ fn a_failing_upload_is_reported_at_close_and_leaves_nothing() {
     let s3 = TestS3::start();
     let b = s3.bucket("failput");
     let (proxy, endpoint) = s3.proxied();
-    let m = Mounted::start_at(&endpoint, &b.name, &[]);
+    // Uploads are retried for --retry-timeout before close reports EIO.
+    let m = Mounted::start_at(&endpoint, &b.name, &["--retry-timeout", "3"]);
     let src = TempDir::new("failput-src");
     let small = src.path().join("small.bin");
     let large = src.path().join("large.bin");

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod http_proxy;
 pub mod proxy;
 
 use aws_sdk_s3::config::{
@@ -162,6 +163,22 @@ impl TestS3 {
             .trim_start_matches("http://")
             .trim_end_matches('/');
         let proxy = proxy::FaultProxy::start(upstream);
+        let endpoint = Endpoint {
+            url: proxy.url(),
+            ..self.endpoint.clone()
+        };
+        (proxy, endpoint)
+    }
+
+    /// An HTTP-aware fault proxy (503s, cut bodies, outages) in front of
+    /// this server, and the endpoint that goes through it.
+    pub fn http_proxied(&self) -> (http_proxy::HttpFaultProxy, Endpoint) {
+        let upstream = self
+            .endpoint
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let proxy = http_proxy::HttpFaultProxy::start(upstream);
         let endpoint = Endpoint {
             url: proxy.url(),
             ..self.endpoint.clone()
