@@ -292,3 +292,32 @@ fn an_unwritable_log_file_is_refused_before_mounting() {
     );
     assert!(!is_mounted(dir.path()));
 }
+
+#[test]
+fn an_https_endpoint_is_accepted_and_spoken_to_with_tls() {
+    use std::io::Read;
+    let mut s3 = TestS3::start();
+    // A plain TCP listener: it records what the client sends first, then
+    // hangs up, so the TLS handshake fails after it was attempted.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    s3.endpoint.url = format!("https://{}", listener.local_addr().unwrap());
+    let first_bytes = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 3];
+        let got = conn.read_exact(&mut buf).map(|_| buf);
+        drop(conn);
+        got
+    });
+    let dir = TempDir::new("bad");
+    let f = run_failing(&s3, "any-bucket", dir.path(), &[], true);
+    let hello = first_bytes
+        .join()
+        .unwrap()
+        .expect("the client sent nothing");
+    // A TLS record of type handshake (22), protocol version 3.x.
+    assert_eq!(hello[0], 0x16, "not a TLS handshake: {hello:?}");
+    assert_eq!(hello[1], 0x03, "not a TLS handshake: {hello:?}");
+    assert!(f.stderr.contains("endpoint"), "{}", f.stderr);
+}
