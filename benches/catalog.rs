@@ -172,6 +172,8 @@ fn main() {
         direct_p as f64,
     );
 
+    let (quiet, busy) = read_latency_during_listing(&s3, &b, &endpoint, entries);
+
     println!();
     println!(
         "s3mount listing benchmark: {} ms first-byte latency, median of {runs} runs; direct = ListObjectsV2 paging of the same prefix (flat for the tree)",
@@ -184,4 +186,81 @@ fn main() {
     for (what, m, d, r) in rows {
         println!("{what:<48} {m:>20} {d:>20} {r:>8}");
     }
+    println!();
+    println!("4 KiB O_DIRECT reads of a cached file (daemon round trips): p50 / p99 / max in ms");
+    println!("{:<48} {:>30}", "quiet mount", quiet);
+    println!(
+        "{:<48} {:>30}",
+        format!("while {entries} listing entries are stored"),
+        busy
+    );
+}
+
+/// Latency of small reads answered by the daemon (from its block cache:
+/// O_DIRECT skips the kernel's page cache) on a quiet mount, and while a
+/// cold `ls -l` of the big directory stores its listing in SQLite. Catalog
+/// database work runs off the async workers, so the reads should not wait
+/// for the listing.
+fn read_latency_during_listing(
+    s3: &TestS3,
+    b: &TestBucket,
+    endpoint: &Endpoint,
+    entries: u64,
+) -> (String, String) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let size = 64u64 << 20;
+    b.put("lat/r.bin", random_bytes(size as usize, 5));
+    let _ = s3;
+    let m = Mounted::start_at(endpoint, &b.name, &[]);
+    let path = m.path().join("lat/r.bin");
+    // Into the daemon's block cache.
+    assert_eq!(std::fs::read(&path).unwrap().len() as u64, size);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .expect("O_DIRECT open");
+    let mut raw = vec![0u8; 8192];
+    let at = raw.as_ptr().align_offset(4096);
+    let sample = |until: &dyn Fn(usize) -> bool, raw: &mut Vec<u8>| {
+        let mut lat = Vec::new();
+        let mut rng = 11u64;
+        while !until(lat.len()) {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let off = ((rng >> 16) % (size / 4096)) * 4096;
+            let t = Instant::now();
+            file.read_exact_at(&mut raw[at..at + 4096], off).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        format!(
+            "{:.2} / {:.2} / {:.2} ({} reads)",
+            pct(0.5),
+            pct(0.99),
+            lat[lat.len() - 1],
+            lat.len()
+        )
+    };
+    let quiet = sample(&|n| n >= 2000, &mut raw);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let busy = std::thread::scope(|scope| {
+        let lister = scope.spawn(|| {
+            let out = sh(&format!(
+                "ls -l '{}' | wc -l",
+                m.path().join("big").display()
+            ));
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            out
+        });
+        let busy = sample(
+            &|n| n >= 200 && done.load(std::sync::atomic::Ordering::Relaxed),
+            &mut raw,
+        );
+        let (code, out, _) = lister.join().unwrap();
+        assert_eq!(code, 0);
+        assert!(out.trim().parse::<u64>().unwrap() > entries);
+        busy
+    });
+    (quiet, busy)
 }

@@ -328,7 +328,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyDirectory,
     ) {
         self.spawn(
-            move |fs| async move { fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await },
+            move |fs| async move {
+                let rows = fs.readdir(ino.0, fh.0, offset, READDIR_BATCH).await?;
+                // Plain readdir rows give the kernel no lookup to hold.
+                fs.unsent(&rows);
+                Ok(rows)
+            },
             reply,
         );
     }
@@ -347,6 +352,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
                 Ok(rows) => rows,
                 Err(e) => return reply.error(errno(&e)),
             };
+            let mut sent = 0;
             for row in &rows {
                 let attr = file_attr(&row.attr);
                 let full = reply.add(
@@ -363,8 +369,10 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
                 // Counted only once it is sure to be sent: the kernel
                 // holds what it receives, and only that.
                 fs.sent_entry(ino.0, &row.name, &row.attr);
+                sent += 1;
             }
             reply.ok();
+            fs.unsent(&rows[sent..]);
         });
     }
 

@@ -407,3 +407,37 @@ n = 1 + sum(1 for _ in it); print(first, time.time() - t, n)\" '{}'",
         "the first entry came after {first:.2}s of {total:.2}s"
     );
 }
+
+#[test]
+fn a_directory_stream_given_up_early_leaves_no_inodes_behind() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("partial");
+    b.put_many((0..2000).map(|i| format!("d/k{i:04}")).collect(), |_| {
+        b"x".to_vec()
+    });
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mounted::start(&s3, &b.name, &["--metrics-addr", &addr]);
+    // Read the first entries of several streams, then give each up (like
+    // `ls | head` or `find -quit`): rows numbered for the rest of a reply
+    // buffer were never sent, and the kernel will never forget them.
+    for _ in 0..20 {
+        let first: Vec<_> = std::fs::read_dir(m.path().join("d"))
+            .unwrap()
+            .take(5)
+            .collect();
+        assert_eq!(first.len(), 5);
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's inode cache");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = value(&scrape(&addr), "s3mount_inodes").unwrap();
+        if held < 10.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} inodes still held after the kernel dropped its caches"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -279,43 +279,45 @@ impl CatalogDb {
     /// The stored listing of `prefix`, if a complete one exists: loaded
     /// whole when it has at most `in_memory` entries, else left in SQLite.
     pub fn load(self: &Arc<Self>, prefix: &str, in_memory: usize) -> Option<StoredListing> {
-        let result = (|| -> rusqlite::Result<Option<StoredListing>> {
-            let conn = self.conn.lock();
-            let row: Option<(i64, i64, i64)> = conn
-                .query_row(
-                    "SELECT lid, listed_at_ms, len FROM dirs WHERE prefix = ?1",
-                    [prefix],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let Some((lid, listed_at, len)) = row else {
-                return Ok(None);
-            };
-            let listed_at = UNIX_EPOCH + Duration::from_millis(listed_at.max(0) as u64);
-            if len as usize > in_memory {
-                // Held before the lock goes, so a commit or forget in
-                // between cannot delete the rows under this holder.
-                let held = self.hold(lid, true);
-                drop(conn);
-                return Ok(Some(StoredListing {
-                    body: StoredBody::Stored(held),
+        super::blocking(|| {
+            let result = (|| -> rusqlite::Result<Option<StoredListing>> {
+                let conn = self.conn.lock();
+                let row: Option<(i64, i64, i64)> = conn
+                    .query_row(
+                        "SELECT lid, listed_at_ms, len FROM dirs WHERE prefix = ?1",
+                        [prefix],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let Some((lid, listed_at, len)) = row else {
+                    return Ok(None);
+                };
+                let listed_at = UNIX_EPOCH + Duration::from_millis(listed_at.max(0) as u64);
+                if len as usize > in_memory {
+                    // Held before the lock goes, so a commit or forget in
+                    // between cannot delete the rows under this holder.
+                    let held = self.hold(lid, true);
+                    drop(conn);
+                    return Ok(Some(StoredListing {
+                        body: StoredBody::Stored(held),
+                        listed_at,
+                    }));
+                }
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE lid = ?1 ORDER BY name"
+                ))?;
+                let entries = stmt
+                    .query_map([lid], entry_from_row)?
+                    .collect::<rusqlite::Result<Vec<Entry>>>()?;
+                Ok(Some(StoredListing {
+                    body: StoredBody::Entries(entries),
                     listed_at,
-                }));
-            }
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE lid = ?1 ORDER BY name"
-            ))?;
-            let entries = stmt
-                .query_map([lid], entry_from_row)?
-                .collect::<rusqlite::Result<Vec<Entry>>>()?;
-            Ok(Some(StoredListing {
-                body: StoredBody::Entries(entries),
-                listed_at,
-            }))
-        })();
-        result.unwrap_or_else(|e| {
-            warn!(prefix, error = %e, "cannot read a listing from the catalog; listing S3 instead");
-            None
+                }))
+            })();
+            result.unwrap_or_else(|e| {
+                warn!(prefix, error = %e, "cannot read a listing from the catalog; listing S3 instead");
+                None
+            })
         })
     }
 
@@ -366,29 +368,31 @@ impl CatalogDb {
     /// Makes `stored` the listing of `prefix`, listed at `listed_at`; the
     /// listing it replaces is deleted (once nobody reads it).
     pub fn commit(&self, prefix: &str, stored: &StoredEntries, listed_at: SystemTime) {
-        let mut conn = self.conn.lock();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            let len: i64 = tx.query_row(
-                "SELECT count(*) FROM entries WHERE lid = ?1",
-                [stored.lid],
-                |r| r.get(0),
-            )?;
-            let old = self.retire(&tx, prefix)?;
-            tx.execute(
-                "INSERT INTO dirs (prefix, lid, listed_at_ms, len) VALUES (?1, ?2, ?3, ?4)",
-                params![prefix, stored.lid, millis(listed_at), len],
-            )?;
-            tx.commit()?;
-            stored.current.store(true, Ordering::Release);
-            self.release_retired(old);
-            Ok(())
-        })();
-        if let Err(e) = result {
-            self.write_failed(&format!("store the listing of {prefix}"), &e);
-        }
-        drop(conn);
-        self.collect_garbage();
+        super::blocking(|| {
+            let mut conn = self.conn.lock();
+            let result = (|| -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                let len: i64 = tx.query_row(
+                    "SELECT count(*) FROM entries WHERE lid = ?1",
+                    [stored.lid],
+                    |r| r.get(0),
+                )?;
+                let old = self.retire(&tx, prefix)?;
+                tx.execute(
+                    "INSERT INTO dirs (prefix, lid, listed_at_ms, len) VALUES (?1, ?2, ?3, ?4)",
+                    params![prefix, stored.lid, millis(listed_at), len],
+                )?;
+                tx.commit()?;
+                stored.current.store(true, Ordering::Release);
+                self.release_retired(old);
+                Ok(())
+            })();
+            if let Err(e) = result {
+                self.write_failed(&format!("store the listing of {prefix}"), &e);
+            }
+            drop(conn);
+            self.collect_garbage();
+        })
     }
 
     /// Removes `prefix` from `dirs` inside `tx`; returns the listing number
@@ -440,146 +444,162 @@ impl CatalogDb {
     }
 
     fn append(&self, lid: i64, first: u64, entries: &[Entry]) -> bool {
-        let mut conn = self.conn.lock();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO entries (lid, name, seq, is_dir, size, mtime_ns, etag)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                for (i, e) in entries.iter().enumerate() {
-                    let (is_dir, size, mtime_ns, etag) = row(e);
-                    let seq = (first + i as u64) as i64;
-                    insert.execute(params![lid, e.name, seq, is_dir, size, mtime_ns, etag])?;
+        super::blocking(|| {
+            let mut conn = self.conn.lock();
+            let result = (|| -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO entries (lid, name, seq, is_dir, size, mtime_ns, etag)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    for (i, e) in entries.iter().enumerate() {
+                        let (is_dir, size, mtime_ns, etag) = row(e);
+                        let seq = (first + i as u64) as i64;
+                        insert.execute(params![lid, e.name, seq, is_dir, size, mtime_ns, etag])?;
+                    }
                 }
+                tx.commit()
+            })();
+            if let Err(e) = &result {
+                self.write_failed("store a listing page", e);
             }
-            tx.commit()
-        })();
-        if let Err(e) = &result {
-            self.write_failed("store a listing page", e);
-        }
-        result.is_ok()
+            result.is_ok()
+        })
     }
 
     fn page(&self, lid: i64, after: u64, limit: usize) -> Vec<(u64, Entry)> {
-        let conn = self.conn.lock();
-        let result = (|| -> rusqlite::Result<Vec<(u64, Entry)>> {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS}, seq FROM entries WHERE lid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-            ))?;
-            let rows = stmt
-                .query_map(params![lid, after as i64, limit as i64], |r| {
-                    Ok((r.get::<_, i64>(5)? as u64, entry_from_row(r)?))
-                })?
-                .collect();
-            rows
-        })();
-        result.unwrap_or_else(|e| {
-            warn!(error = %e, "cannot read a listing page from the catalog");
-            Vec::new()
+        super::blocking(|| {
+            let conn = self.conn.lock();
+            let result = (|| -> rusqlite::Result<Vec<(u64, Entry)>> {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS}, seq FROM entries WHERE lid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ))?;
+                let rows = stmt
+                    .query_map(params![lid, after as i64, limit as i64], |r| {
+                        Ok((r.get::<_, i64>(5)? as u64, entry_from_row(r)?))
+                    })?
+                    .collect();
+                rows
+            })();
+            result.unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read a listing page from the catalog");
+                Vec::new()
+            })
         })
     }
 
     fn get(&self, lid: i64, name: &str) -> Option<Entry> {
-        let conn = self.conn.lock();
-        let result = conn
-            .prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE lid = ?1 AND name = ?2"
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(params![lid, name], entry_from_row)
-                    .optional()
-            });
-        result.unwrap_or_else(|e| {
-            warn!(name, error = %e, "cannot read an entry from the catalog");
-            None
+        super::blocking(|| {
+            let conn = self.conn.lock();
+            let result = conn
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE lid = ?1 AND name = ?2"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![lid, name], entry_from_row)
+                        .optional()
+                });
+            result.unwrap_or_else(|e| {
+                warn!(name, error = %e, "cannot read an entry from the catalog");
+                None
+            })
         })
     }
 
     fn count_files(&self, lid: i64) -> u64 {
-        let conn = self.conn.lock();
-        conn.query_row(
-            "SELECT count(*) FROM entries WHERE lid = ?1 AND is_dir = 0",
-            [lid],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n as u64)
-        .unwrap_or(0)
+        super::blocking(|| {
+            let conn = self.conn.lock();
+            conn.query_row(
+                "SELECT count(*) FROM entries WHERE lid = ?1 AND is_dir = 0",
+                [lid],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .unwrap_or(0)
+        })
     }
 
     /// When the stored listing of `prefix` was made, if there is one.
     pub fn listed_at(&self, prefix: &str) -> Option<SystemTime> {
-        let conn = self.conn.lock();
-        conn.query_row(
-            "SELECT listed_at_ms FROM dirs WHERE prefix = ?1",
-            [prefix],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()
-        .ok()
-        .flatten()
-        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        super::blocking(|| {
+            let conn = self.conn.lock();
+            conn.query_row(
+                "SELECT listed_at_ms FROM dirs WHERE prefix = ?1",
+                [prefix],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .ok()
+            .flatten()
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        })
     }
 
     /// Sets (or, with `None`, removes) one entry of listing `lid`. A new
     /// name goes last, so streams reading the listing keep their places.
     fn apply(&self, lid: i64, name: &str, entry: Option<&Entry>) {
-        let conn = self.conn.lock();
-        let result = (|| -> rusqlite::Result<()> {
-            let delta: i64 = match entry {
-                Some(e) => {
-                    let (is_dir, size, mtime_ns, etag) = row(e);
-                    let updated = conn.execute(
-                        "UPDATE entries SET is_dir = ?3, size = ?4, mtime_ns = ?5, etag = ?6
-                         WHERE lid = ?1 AND name = ?2",
-                        params![lid, name, is_dir, size, mtime_ns, etag],
-                    )?;
-                    if updated == 0 {
-                        conn.execute(
-                            "INSERT INTO entries (lid, name, seq, is_dir, size, mtime_ns, etag)
-                             SELECT ?1, ?2, coalesce(max(seq), 0) + 1, ?3, ?4, ?5, ?6
-                             FROM entries WHERE lid = ?1",
+        super::blocking(|| {
+            let conn = self.conn.lock();
+            let result = (|| -> rusqlite::Result<()> {
+                let delta: i64 = match entry {
+                    Some(e) => {
+                        let (is_dir, size, mtime_ns, etag) = row(e);
+                        let updated = conn.execute(
+                            "UPDATE entries SET is_dir = ?3, size = ?4, mtime_ns = ?5, etag = ?6
+                             WHERE lid = ?1 AND name = ?2",
                             params![lid, name, is_dir, size, mtime_ns, etag],
                         )?;
-                        1
-                    } else {
-                        0
+                        if updated == 0 {
+                            conn.execute(
+                                "INSERT INTO entries (lid, name, seq, is_dir, size, mtime_ns, etag)
+                                 SELECT ?1, ?2, coalesce(max(seq), 0) + 1, ?3, ?4, ?5, ?6
+                                 FROM entries WHERE lid = ?1",
+                                params![lid, name, is_dir, size, mtime_ns, etag],
+                            )?;
+                            1
+                        } else {
+                            0
+                        }
                     }
+                    None => {
+                        -(conn.execute(
+                            "DELETE FROM entries WHERE lid = ?1 AND name = ?2",
+                            params![lid, name],
+                        )? as i64)
+                    }
+                };
+                if delta != 0 {
+                    conn.execute(
+                        "UPDATE dirs SET len = len + ?2 WHERE lid = ?1",
+                        params![lid, delta],
+                    )?;
                 }
-                None => {
-                    -(conn.execute(
-                        "DELETE FROM entries WHERE lid = ?1 AND name = ?2",
-                        params![lid, name],
-                    )? as i64)
-                }
-            };
-            if delta != 0 {
-                conn.execute(
-                    "UPDATE dirs SET len = len + ?2 WHERE lid = ?1",
-                    params![lid, delta],
-                )?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                self.write_failed(&format!("update {name}"), &e);
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            self.write_failed(&format!("update {name}"), &e);
-        }
+        })
     }
 
     /// Sets one entry of the stored listing of `prefix`, if there is one
     /// (a change made through the mount).
     pub fn put_entry(&self, prefix: &str, e: &Entry) {
-        if let Some(lid) = self.current_lid(prefix) {
-            self.apply(lid, &e.name, Some(e));
-        }
+        super::blocking(|| {
+            if let Some(lid) = self.current_lid(prefix) {
+                self.apply(lid, &e.name, Some(e));
+            }
+        })
     }
 
     /// Removes one entry of the stored listing of `prefix`.
     pub fn remove_entry(&self, prefix: &str, name: &str) {
-        if let Some(lid) = self.current_lid(prefix) {
-            self.apply(lid, name, None);
-        }
+        super::blocking(|| {
+            if let Some(lid) = self.current_lid(prefix) {
+                self.apply(lid, name, None);
+            }
+        })
     }
 
     fn current_lid(&self, prefix: &str) -> Option<i64> {
@@ -594,52 +614,56 @@ impl CatalogDb {
 
     /// Forgets the stored listings of `prefix` and every prefix below it.
     pub fn forget_tree(&self, prefix: &str) {
-        let n = prefix.chars().count() as i64;
-        let result = (|| -> rusqlite::Result<Vec<i64>> {
-            let mut conn = self.conn.lock();
-            let tx = conn.transaction()?;
-            let lids = {
-                let mut stmt =
-                    tx.prepare("SELECT lid FROM dirs WHERE substr(prefix, 1, ?2) = ?1")?;
-                let lids = stmt
-                    .query_map(params![prefix, n], |r| r.get(0))?
-                    .collect::<rusqlite::Result<Vec<i64>>>()?;
-                lids
-            };
-            tx.execute(
-                "DELETE FROM dirs WHERE substr(prefix, 1, ?2) = ?1",
-                params![prefix, n],
-            )?;
-            tx.commit()?;
-            Ok(lids)
-        })();
-        match result {
-            Ok(lids) => {
-                for lid in lids {
-                    self.release_retired(Some(lid));
+        super::blocking(|| {
+            let n = prefix.chars().count() as i64;
+            let result = (|| -> rusqlite::Result<Vec<i64>> {
+                let mut conn = self.conn.lock();
+                let tx = conn.transaction()?;
+                let lids = {
+                    let mut stmt =
+                        tx.prepare("SELECT lid FROM dirs WHERE substr(prefix, 1, ?2) = ?1")?;
+                    let lids = stmt
+                        .query_map(params![prefix, n], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<i64>>>()?;
+                    lids
+                };
+                tx.execute(
+                    "DELETE FROM dirs WHERE substr(prefix, 1, ?2) = ?1",
+                    params![prefix, n],
+                )?;
+                tx.commit()?;
+                Ok(lids)
+            })();
+            match result {
+                Ok(lids) => {
+                    for lid in lids {
+                        self.release_retired(Some(lid));
+                    }
+                    self.collect_garbage();
                 }
-                self.collect_garbage();
+                Err(e) => self.write_failed(&format!("update {prefix}"), &e),
             }
-            Err(e) => self.write_failed(&format!("update {prefix}"), &e),
-        }
+        })
     }
 
     /// Forgets the stored listing of `prefix` (a forced refresh).
     pub fn forget(&self, prefix: &str) {
-        let result = (|| -> rusqlite::Result<Option<i64>> {
-            let mut conn = self.conn.lock();
-            let tx = conn.transaction()?;
-            let old = self.retire(&tx, prefix)?;
-            tx.commit()?;
-            Ok(old)
-        })();
-        match result {
-            Ok(old) => {
-                self.release_retired(old);
-                self.collect_garbage();
+        super::blocking(|| {
+            let result = (|| -> rusqlite::Result<Option<i64>> {
+                let mut conn = self.conn.lock();
+                let tx = conn.transaction()?;
+                let old = self.retire(&tx, prefix)?;
+                tx.commit()?;
+                Ok(old)
+            })();
+            match result {
+                Ok(old) => {
+                    self.release_retired(old);
+                    self.collect_garbage();
+                }
+                Err(e) => self.write_failed(&format!("update {prefix}"), &e),
             }
-            Err(e) => self.write_failed(&format!("update {prefix}"), &e),
-        }
+        })
     }
 }
 

@@ -119,7 +119,12 @@ impl InodeTable {
         };
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
-            let node = self.nodes.remove(&ino).expect("found above");
+            self.forget_node(ino);
+        }
+    }
+
+    fn forget_node(&mut self, ino: Ino) {
+        if let Some(node) = self.nodes.remove(&ino) {
             let map_key = (node.parent, node.name);
             if self.by_name.get(&map_key) == Some(&ino) {
                 self.by_name.remove(&map_key);
@@ -129,6 +134,16 @@ impl InodeTable {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Drops `ino` if the kernel holds no lookup of it: it was numbered
+    /// for a readdir row that was not sent. Should another reply send it
+    /// after all, [`InodeTable::remember`] brings it back under the same
+    /// number.
+    pub fn drop_unsent(&mut self, ino: Ino) {
+        if self.nodes.get(&ino).is_some_and(|n| n.lookups == 0) {
+            self.forget_node(ino);
+        }
     }
 
     /// Forgets that `name` in `parent` has an inode (it was deleted). The

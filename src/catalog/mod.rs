@@ -48,6 +48,7 @@ use crate::store::ObjectStore;
 pub use db::CatalogDb;
 use db::{StoredBody, StoredEntries};
 pub use growing::GrowingListing;
+pub use inodes::stable_hash;
 use inodes::{InodeTable, Node};
 
 pub type Ino = u64;
@@ -249,6 +250,8 @@ struct Listings<S> {
     walked: Mutex<HashMap<String, Instant>>,
     /// Changes made through this mount, by directory prefix.
     changes: Mutex<HashMap<String, Vec<Change>>>,
+    /// Size of `changes` at which changes past [`CHANGE_MEMORY`] are swept.
+    sweep_changes_at: std::sync::atomic::AtomicUsize,
 }
 
 /// One change made through the mount: `name` in a directory became `entry`
@@ -333,6 +336,16 @@ impl<S: ObjectStore> Listings<S> {
     fn record(&self, prefix: &str, name: &str, entry: Option<Entry>) {
         let now = SystemTime::now();
         let mut changes = self.changes.lock();
+        // Directories changed once and never listed again would keep their
+        // changes forever; sweep old ones whenever the map has doubled.
+        if changes.len() >= self.sweep_changes_at.load(Ordering::Relaxed) {
+            changes.retain(|_, list| {
+                list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
+                !list.is_empty()
+            });
+            self.sweep_changes_at
+                .store((changes.len() * 2).max(1024), Ordering::Relaxed);
+        }
         let list = changes.entry(prefix.to_owned()).or_default();
         list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
         list.push(Change {
@@ -623,6 +636,7 @@ impl<S: ObjectStore> Catalog<S> {
                 opened: Mutex::new(HashMap::new()),
                 walked: Mutex::new(HashMap::new()),
                 changes: Mutex::new(HashMap::new()),
+                sweep_changes_at: std::sync::atomic::AtomicUsize::new(1024),
             }),
             inodes: Mutex::new(InodeTable::new(root_prefix)),
         }
@@ -760,6 +774,15 @@ impl<S: ObjectStore> Catalog<S> {
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
         self.inodes.lock().forget(ino, n);
+    }
+
+    /// Forgets the numbers given to readdir rows that were not sent as
+    /// entries the kernel holds.
+    pub fn drop_unsent(&self, inos: impl Iterator<Item = Ino>) {
+        let mut table = self.inodes.lock();
+        for ino in inos {
+            table.drop_unsent(ino);
+        }
     }
 
     /// Inodes the table holds now.
@@ -1009,7 +1032,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Runs `f`, which may wait for SQLite, without stalling the other tasks of
 /// a multi-threaded runtime.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -151,6 +151,17 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.forget(ino, n);
     }
 
+    /// Readdir rows that were not sent as entries the kernel holds (plain
+    /// readdir rows, and readdirplus rows that did not fit the reply):
+    /// their inode numbers need not be kept.
+    pub fn unsent(&self, rows: &[DirRow]) {
+        self.catalog.drop_unsent(
+            rows.iter()
+                .filter(|r| r.name != "." && r.name != "..")
+                .map(|r| r.attr.ino),
+        );
+    }
+
     /// Inodes known now (the kernel's working set, plus the root).
     pub fn inode_count(&self) -> usize {
         self.catalog.inode_count()
