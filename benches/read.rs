@@ -8,7 +8,7 @@
 //! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200),
 //! BENCH_CONN_MIBPS (bandwidth cap per connection, 0 = none; default 0),
 //! BENCH_ONLY (comma-separated sections to run: sequential, shared, random,
-//! ttfb, parquet, reset; default all), BENCH_MOUNT_ARGS (extra s3mount options,
+//! ttfb, parquet, reset, datacache; default all), BENCH_MOUNT_ARGS (extra s3mount options,
 //! e.g. "--memory-limit 1G --metrics-addr 127.0.0.1:9911").
 //! Figures are medians of BENCH_RUNS runs; each run mounts afresh so no
 //! cache survives from the run before.
@@ -183,9 +183,16 @@ fn main() {
     let conn_mibps = env_u64("BENCH_CONN_MIBPS", 0);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let wants = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
-    let needs_big_files = ["sequential", "shared", "random", "ttfb", "reset"]
-        .iter()
-        .any(|s| wants(s));
+    let needs_big_files = [
+        "sequential",
+        "shared",
+        "random",
+        "ttfb",
+        "reset",
+        "datacache",
+    ]
+    .iter()
+    .any(|s| wants(s));
 
     let s3 = TestS3::start();
     let bucket = s3.bucket("bench");
@@ -425,6 +432,11 @@ fn main() {
     if wants("reset") {
         bench_resets(&b, &mut rows);
     }
+    let cached = if wants("datacache") {
+        bench_data_cache(&b)
+    } else {
+        Vec::new()
+    };
     let shared = if wants("shared") {
         bench_shared(&b)
     } else {
@@ -435,6 +447,122 @@ fn main() {
         println!("{line}");
     }
     print_shared(&shared);
+    if !cached.is_empty() {
+        println!();
+        println!("--data-cache after a remount (next to the same work on local disk, page cache warm; medians)");
+        for line in cached {
+            println!("{line}");
+        }
+    }
+}
+
+/// The disk cache of object data: a pyarrow query over 8 Parquet files and
+/// random 256 KiB reads of a big file, each run after a remount that keeps
+/// the data cache, next to the same work on a local copy.
+fn bench_data_cache(b: &Bench) -> Vec<String> {
+    use std::os::unix::fs::FileExt;
+    let work = TempDir::new("bench-datacache");
+    let local = work.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let (code, _, err) = sh(&format!(
+        "python3 -c \"import sys, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq\nfor f in range(8): pq.write_table(pa.table({{f'c{{i}}': pc.random(500_000) for i in range(8)}}), f'{{sys.argv[1]}}/part{{f}}.parquet', row_group_size=125_000, compression='none')\" '{}'",
+        local.display()
+    ));
+    assert_eq!(
+        code, 0,
+        "cannot write Parquet files (pyarrow missing? run scripts/install-deps.sh): {err}"
+    );
+    for f in 0..8 {
+        let name = format!("part{f}.parquet");
+        b.bucket.put(
+            &format!("pq/{name}"),
+            std::fs::read(local.join(&name)).unwrap(),
+        );
+    }
+    let query = |dir: &std::path::Path| -> f64 {
+        let (code, out, err) = sh(&format!(
+            "python3 -c \"import sys, time, pyarrow.parquet as pq; t = time.time(); pq.read_table(sys.argv[1], columns=['c5']); print(time.time() - t)\" '{}'",
+            dir.display()
+        ));
+        assert_eq!(code, 0, "{err}");
+        out.trim().parse::<f64>().unwrap() * 1000.0
+    };
+    // The big file, locally too, for the random reads.
+    let big = work.path().join("seq0.bin");
+    let data = block_on(async {
+        let out = b
+            .client
+            .get_object()
+            .bucket(&b.bucket.name)
+            .key("seq0.bin")
+            .send()
+            .await;
+        out.expect("get seq0.bin")
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes()
+    });
+    std::fs::write(&big, &data).unwrap();
+    drop(data);
+    let reads = 2000u64;
+    let len = 256 * 1024;
+    let iops = |path: &std::path::Path| -> f64 {
+        let f = std::fs::File::open(path).unwrap();
+        let mut buf = vec![0u8; len as usize];
+        let t = Instant::now();
+        for off in offsets(reads, b.size, len, 77) {
+            f.read_exact_at(&mut buf, off).unwrap();
+        }
+        reads as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut q_mount, mut q_local, mut q_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut r_mount, mut r_local, mut r_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..b.runs {
+        let cache = work.path().join(format!("cache{run}"));
+        let args = [
+            format!("--data-cache={}", cache.join("data").display()),
+            format!("--cache-dir={}", cache.join("listings").display()),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let first = Mounted::start_at(&b.endpoint, &b.bucket.name, &args);
+        query(&first.path().join("pq"));
+        read_file(&first.path().join("seq0.bin"));
+        // Let the background writes to the disk cache finish.
+        std::thread::sleep(Duration::from_secs(3));
+        drop(first);
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+        let m = Mounted::start_at(&b.endpoint, &b.bucket.name, &args);
+        let before = b.proxy.response_bytes();
+        q_mount.push(query(&m.path().join("pq")));
+        q_bytes.push((b.proxy.response_bytes() - before) as f64);
+        q_local.push(query(&local));
+        let before = b.proxy.response_bytes();
+        r_mount.push(iops(&m.path().join("seq0.bin")));
+        r_bytes.push((b.proxy.response_bytes() - before) as f64);
+        r_local.push(iops(&big));
+    }
+    let (qm, ql) = (median(q_mount), median(q_local));
+    let (rm, rl) = (median(r_mount), median(r_local));
+    vec![
+        format!(
+            "{:<52} {:>9.0} ms {:>9.0} ms local  {:.2}x the local time; {:.0} bytes from S3",
+            "pyarrow: 1 of 8 columns of 8 Parquet files",
+            qm,
+            ql,
+            qm / ql,
+            median(q_bytes)
+        ),
+        format!(
+            "{:<52} {:>9.0} IOPS {:>7.0} IOPS local  {:.2}x local; {:.0} bytes from S3",
+            format!("random 256 KiB reads of a cached {} MiB file", b.size / MIB),
+            rm,
+            rl,
+            rm / rl,
+            median(r_bytes)
+        ),
+    ]
 }
 
 /// One row of the shared-object table: throughput next to the direct

@@ -142,6 +142,16 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Keep object data on local disk in DIR, across remounts: a second
+    /// read of the same object version is served from disk (off by default).
+    #[arg(long, value_name = "DIR")]
+    pub data_cache: Option<PathBuf>,
+
+    /// Most disk --data-cache may use (default: a tenth of the free space of
+    /// its filesystem; 5% of the disk is always left free).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub data_cache_size: Option<u64>,
+
     /// Stay in the foreground instead of returning once the mount is live.
     #[arg(short, long)]
     pub foreground: bool,

@@ -17,6 +17,7 @@ use crate::catalog::{Catalog, CatalogDb, Freshness, IN_MEMORY_LIMIT};
 use crate::cli::{Args, Target};
 use crate::fs::{Ownership, S3Fs, WritePolicy};
 use crate::fuse::FuseAdapter;
+use crate::read::disk_cache::DiskCache;
 use crate::read::{ReadConfig, Reader};
 use crate::service::kernel_mount::{self, KernelOptions};
 use crate::service::metrics::{self, Snapshot};
@@ -60,9 +61,16 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     };
     let read_config = read_config(&args)?;
     let upload_config = upload_config(&args)?;
+    let data_cache = open_data_cache(&args, &target)?;
     let store = Arc::new(rt.block_on(preflight(&settings, &target))?);
 
-    let fs = build_layers(&args, &target, &store, read_config, upload_config);
+    let fs = build_layers(
+        &args,
+        &target,
+        &store,
+        (read_config, data_cache),
+        upload_config,
+    );
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
 
     let config = session_config(&args, &target);
@@ -330,7 +338,7 @@ fn build_layers(
     args: &Args,
     target: &Target,
     store: &Arc<S3Store>,
-    read_config: ReadConfig,
+    (read_config, data_cache): (ReadConfig, Option<Arc<DiskCache>>),
     upload_config: UploadConfig,
 ) -> Arc<S3Fs<S3Store>> {
     let owner = Ownership {
@@ -365,11 +373,31 @@ fn build_layers(
     };
     Arc::new(S3Fs::new(
         catalog,
-        Reader::new(store.clone(), read_config),
+        Reader::new(store.clone(), read_config, data_cache),
         Uploads::new(store.clone(), upload_config),
         policy,
         owner,
     ))
+}
+
+/// The disk cache of object data, when `--data-cache` asks for one.
+fn open_data_cache(args: &Args, target: &Target) -> Result<Option<Arc<DiskCache>>, MountError> {
+    let Some(dir) = &args.data_cache else {
+        if args.data_cache_size.is_some() {
+            return Err(MountError(
+                "--data-cache-size needs --data-cache DIR; give the directory to cache in".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    DiskCache::open(dir, &target.bucket, args.data_cache_size.unwrap_or(0))
+        .map(Some)
+        .map_err(|e| {
+            MountError(format!(
+                "cannot use {} as the data cache: {e}; give a writable directory with --data-cache",
+                dir.display()
+            ))
+        })
 }
 
 /// The read path's settings, checked for combinations that cannot work.
@@ -521,6 +549,16 @@ fn snapshot<S: ObjectStore>(
         bytes_sent: uploads.bytes.load(Relaxed),
         bytes_read: read.served_bytes.load(Relaxed),
         resumed_streams: store.resumes(),
+        data_cache: fs.data_cache_stats().map_or([0; 6], |d| {
+            [
+                d.hits.load(Relaxed),
+                d.misses.load(Relaxed),
+                d.bytes_served.load(Relaxed),
+                d.bytes_written.load(Relaxed),
+                d.evictions.load(Relaxed),
+                d.size.load(Relaxed),
+            ]
+        }),
         request_limit: store.congestion().0 as u64,
         throttled: store.congestion().1,
         cache_hits: read.block_hits.load(Relaxed),

@@ -202,6 +202,11 @@ impl<S: ObjectStore> S3Fs<S> {
         self.reader.stats()
     }
 
+    /// Counters of the disk cache of object data, when there is one.
+    pub fn data_cache_stats(&self) -> Option<&crate::read::disk_cache::DiskCacheStats> {
+        self.reader.data_cache_stats()
+    }
+
     pub fn catalog_stats(&self) -> &crate::catalog::CatalogStats {
         self.catalog.stats()
     }

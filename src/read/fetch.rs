@@ -36,6 +36,7 @@ use parking_lot::Mutex;
 use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
+use super::disk_cache::{DiskCache, UnitId};
 use crate::store::{ObjectStore, StoreError};
 
 /// Blocks per segment. With 64 KiB blocks a segment is 1 MiB, the size of
@@ -104,6 +105,22 @@ pub struct ReadStats {
     pub cancelled_gets: AtomicU64,
 }
 
+/// The name a unit has in the disk cache.
+fn unit_name(unit: Unit) -> String {
+    match unit {
+        Unit::Block(b) => format!("b{b}"),
+        Unit::Segment(s) => format!("s{s}"),
+    }
+}
+
+fn unit_id(obj: &ObjectVersion, unit: Unit) -> UnitId<'_> {
+    UnitId {
+        key: &obj.key,
+        etag: &obj.etag,
+        unit: unit_name(unit),
+    }
+}
+
 /// Counts itself in a gauge while it lives.
 struct Counted<'a>(&'a AtomicU64);
 
@@ -138,6 +155,11 @@ pub struct Fetcher<S> {
     /// Beyond this, units fetched ahead go straight into the cache.
     held_limit: u64,
     permits: Arc<Semaphore>,
+    /// Units on local disk (`--data-cache`), consulted before S3.
+    disk: Option<Arc<DiskCache>>,
+    /// Bounds the units waiting to be written to the disk cache (each holds
+    /// memory outside the budget); beyond it a unit is not cached.
+    disk_writes: Arc<Semaphore>,
     pub stats: ReadStats,
 }
 
@@ -149,6 +171,7 @@ impl<S: ObjectStore> Fetcher<S> {
         cache_bytes: u64,
         held_limit: u64,
         max_requests: usize,
+        disk: Option<Arc<DiskCache>>,
     ) -> Arc<Self> {
         let cache = moka::sync::Cache::builder()
             .max_capacity(cache_bytes)
@@ -167,6 +190,8 @@ impl<S: ObjectStore> Fetcher<S> {
             held_bytes: AtomicU64::new(0),
             held_limit,
             permits: Arc::new(Semaphore::new(max_requests.max(1))),
+            disk,
+            disk_writes: Arc::new(Semaphore::new(16)),
             stats: ReadStats::default(),
         })
     }
@@ -274,6 +299,10 @@ impl<S: ObjectStore> Fetcher<S> {
             }
             self.stats.cancelled_gets.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn data_cache_stats(&self) -> Option<&super::disk_cache::DiskCacheStats> {
+        self.disk.as_ref().map(|d| &*d.stats)
     }
 
     /// Bytes held for readers ahead of them now.
@@ -408,7 +437,6 @@ impl<S: ObjectStore> Fetcher<S> {
     ) {
         let (tx, rx) = watch::channel(PartProgress::default());
         let ranges: Vec<Range<u64>> = units.iter().map(|&u| self.bytes_of(obj, u)).collect();
-        let bytes = ranges[0].start..ranges[ranges.len() - 1].end;
         let pieces: Vec<u64> = ranges.iter().map(|r| r.end - r.start).collect();
         let me = self.clone();
         let task_obj = obj.clone();
@@ -434,15 +462,8 @@ impl<S: ObjectStore> Fetcher<S> {
                 delivered: &delivered,
             };
             let result = {
-                let queued = Counted::new(&me.stats.gets_queued);
-                let _permit = me.permits.acquire().await;
-                drop(queued);
-                let _running = Counted::new(&me.stats.gets_running);
-                me.stats.requests.fetch_add(1, Ordering::Relaxed);
-                let mut deliver = |data: Bytes| {
-                    me.stats
-                        .fetched_bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                // Places one arrived unit (from the disk cache or S3).
+                let mut place = |data: Bytes| {
                     let next = delivered.load(Ordering::Relaxed);
                     // Into the cache before the unit stops being pending and
                     // before the waiters wake: a reader always finds it in
@@ -458,8 +479,7 @@ impl<S: ObjectStore> Fetcher<S> {
                     delivered.store(next + 1, Ordering::Relaxed);
                     tx.send_modify(|p| p.arrived += 1);
                 };
-                me.store
-                    .get_range(&obj.key, &obj.etag, bytes, &pieces, &mut deliver)
+                me.fetch_part(&obj, &units, &ranges, &pieces, &mut place)
                     .await
             };
             drop(clear);
@@ -479,6 +499,111 @@ impl<S: ObjectStore> Fetcher<S> {
                 },
             );
         }
+    }
+
+    /// Fetches `units` (of byte ranges `ranges`, lengths `pieces`) in order:
+    /// each from the disk cache if it holds it, runs of the others with one
+    /// ranged GET each (stored on disk as they arrive).
+    async fn fetch_part(
+        self: &Arc<Self>,
+        obj: &ObjectVersion,
+        units: &[Unit],
+        ranges: &[Range<u64>],
+        pieces: &[u64],
+        place: &mut (dyn FnMut(Bytes) + Send),
+    ) -> Result<(), StoreError> {
+        let mut i = 0;
+        while i < units.len() {
+            if let Some(data) = self.read_from_disk(obj, units[i], pieces[i]) {
+                place(data);
+                i += 1;
+                continue;
+            }
+            let mut end = i + 1;
+            while end < units.len() && !self.on_disk(obj, units[end]) {
+                end += 1;
+            }
+            let queued = Counted::new(&self.stats.gets_queued);
+            let _permit = self.permits.acquire().await;
+            drop(queued);
+            let _running = Counted::new(&self.stats.gets_running);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let mut at = i;
+            let mut deliver = |data: Bytes| {
+                self.stats
+                    .fetched_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.store_on_disk(obj, units[at], &data);
+                at += 1;
+                place(data);
+            };
+            self.store
+                .get_range(
+                    &obj.key,
+                    &obj.etag,
+                    ranges[i].start..ranges[end - 1].end,
+                    &pieces[i..end],
+                    &mut deliver,
+                )
+                .await?;
+            i = end;
+        }
+        Ok(())
+    }
+
+    /// A unit from the disk cache: itself, or for a block, a slice of its
+    /// segment (which then enters the memory cache whole, for the blocks
+    /// around it). Blocks on the disk.
+    fn read_from_disk(&self, obj: &ObjectVersion, unit: Unit, len: u64) -> Option<Bytes> {
+        let disk = self.disk.as_ref()?;
+        let found = crate::catalog::blocking(|| {
+            if let Some(data) = disk.read(&unit_id(obj, unit), len) {
+                return Some(data);
+            }
+            let Unit::Block(b) = unit else { return None };
+            let seg = Unit::Segment(b / SEGMENT_BLOCKS);
+            let seg_bytes = self.bytes_of(obj, seg);
+            if !disk.contains(&unit_id(obj, seg)) {
+                return None;
+            }
+            let data = disk.read(&unit_id(obj, seg), seg_bytes.end - seg_bytes.start)?;
+            let from = (b * self.block - seg_bytes.start) as usize;
+            let block = data.slice(from..from + len as usize);
+            self.insert(Self::key(obj, seg), data);
+            Some(block)
+        });
+        if found.is_none() {
+            disk.stats.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Whether the disk cache has a file for `unit` (or a block's segment).
+    fn on_disk(&self, obj: &ObjectVersion, unit: Unit) -> bool {
+        let Some(disk) = &self.disk else { return false };
+        disk.contains(&unit_id(obj, unit))
+            || matches!(unit, Unit::Block(b) if disk.contains(&unit_id(obj, Unit::Segment(b / SEGMENT_BLOCKS))))
+    }
+
+    /// Writes a unit fetched from S3 to the disk cache in the background;
+    /// skipped while too many writes are waiting (a slow disk must not
+    /// hold memory outside the budget).
+    fn store_on_disk(&self, obj: &ObjectVersion, unit: Unit, data: &Bytes) {
+        let Some(disk) = &self.disk else { return };
+        let Ok(permit) = self.disk_writes.clone().try_acquire_owned() else {
+            return;
+        };
+        let (disk, data) = (disk.clone(), data.clone());
+        let (key, etag, unit) = (obj.key.clone(), obj.etag.clone(), unit_name(unit));
+        tokio::task::spawn_blocking(move || {
+            let id = UnitId {
+                key: &key,
+                etag: &etag,
+                unit,
+            };
+            disk.write(&id, &data);
+            drop(permit);
+        });
     }
 
     /// Unregisters `units` as pending in `part` (not in a later part that

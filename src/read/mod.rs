@@ -10,6 +10,7 @@
 //! reading gives its share back after [`IDLE_AFTER`], so open but idle
 //! handles do not starve the ones still reading.
 
+pub mod disk_cache;
 mod fetch;
 mod window;
 
@@ -28,6 +29,7 @@ pub use window::{Plan, ReadWindow, WindowConfig};
 
 use crate::error::FsError;
 use crate::store::{ObjectStore, StoreError};
+use disk_cache::DiskCache;
 
 /// A handle that has not read for this long no longer holds a share of the
 /// read-ahead budget (what it fetched stays in the cache, subject to LRU).
@@ -171,7 +173,8 @@ pub struct Reader<S> {
 type ClosedRun = (Arc<str>, Arc<str>, u64);
 
 impl<S: ObjectStore> Reader<S> {
-    pub fn new(store: Arc<S>, config: ReadConfig) -> Self {
+    /// A reader of `store`; with `disk`, units are kept on local disk too.
+    pub fn new(store: Arc<S>, config: ReadConfig, disk: Option<Arc<DiskCache>>) -> Self {
         // The pool of free piece buffers comes out of the budget's headroom
         // (what the cache and read-ahead leave). Smaller, it overflows when
         // the cache evicts a batch, and buffers handed back to malloc
@@ -188,6 +191,7 @@ impl<S: ObjectStore> Reader<S> {
                 // longer than their window counts them.
                 config.ahead_budget() + config.ahead_budget() / 8,
                 config.gets_in_flight(),
+                disk,
             ),
             store,
             config,
@@ -325,6 +329,11 @@ impl<S: ObjectStore> Reader<S> {
 
     pub fn open_handles(&self) -> usize {
         self.handles.lock().len()
+    }
+
+    /// Counters of the disk cache of object data, when there is one.
+    pub fn data_cache_stats(&self) -> Option<&disk_cache::DiskCacheStats> {
+        self.fetcher.data_cache_stats()
     }
 
     pub fn stats(&self) -> &ReadStats {

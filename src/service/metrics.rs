@@ -88,6 +88,9 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     pub bytes_read: u64,
     pub resumed_streams: u64,
+    /// Disk cache of object data: hits, misses, bytes served and written,
+    /// evictions and size (all zero without `--data-cache`).
+    pub data_cache: [u64; 6],
     /// Requests allowed in flight (lowered while S3 throttles).
     pub request_limit: u64,
     /// 503 SlowDown / 429 answers seen.
@@ -180,7 +183,43 @@ pub fn render(snap: &Snapshot) -> String {
             counts.retries as f64,
         );
     }
-    let series: [(&str, &str, &str, f64); 34] = [
+    let series: [(&str, &str, &str, f64); 40] = [
+        (
+            "s3mount_data_cache_hits_total",
+            "counter",
+            "Units of object data read from the --data-cache disk cache.",
+            snap.data_cache[0] as f64,
+        ),
+        (
+            "s3mount_data_cache_misses_total",
+            "counter",
+            "Units of object data not found (or found damaged) in the disk cache.",
+            snap.data_cache[1] as f64,
+        ),
+        (
+            "s3mount_data_cache_read_bytes_total",
+            "counter",
+            "Bytes of object data served from the disk cache.",
+            snap.data_cache[2] as f64,
+        ),
+        (
+            "s3mount_data_cache_written_bytes_total",
+            "counter",
+            "Bytes of object data written to the disk cache.",
+            snap.data_cache[3] as f64,
+        ),
+        (
+            "s3mount_data_cache_evictions_total",
+            "counter",
+            "Files the disk cache evicted (least recently used first).",
+            snap.data_cache[4] as f64,
+        ),
+        (
+            "s3mount_data_cache_bytes",
+            "gauge",
+            "Bytes the disk cache holds.",
+            snap.data_cache[5] as f64,
+        ),
         (
             "s3mount_s3_request_limit",
             "gauge",
@@ -432,6 +471,15 @@ pub fn summary(snap: &Snapshot) -> String {
         snap.catalog_listings,
         snap.list_requests,
     );
+    let [hits, misses, served, _, _, size] = snap.data_cache;
+    if hits + misses + size > 0 {
+        let _ = write!(
+            line,
+            " data_cache_hits={hits} data_cache_misses={misses} data_cache_read={} data_cache_size={}",
+            human_bytes(served),
+            human_bytes(size)
+        );
+    }
     for (path, count) in &snap.dir_objects {
         if let Some(n) = count {
             let _ = write!(line, " objects[{path}]={n}");

@@ -1,0 +1,408 @@
+//! `DiskCache`: object data kept on local disk across remounts
+//! (`--data-cache DIR`).
+//!
+//! It holds the read path's units (64 KiB blocks and 1 MiB segments), one
+//! file each, named by a hash of (bucket, key, ETag, unit). A file starts
+//! with a header holding that identity in full, the data's length and its
+//! CRC32, all checked on every read: a file of another identity (a hash
+//! collision), a truncated or corrupt one is deleted and reported as a miss,
+//! never returned. Since the ETag is part of the identity, a replaced object
+//! never hits the old version's blocks; they age out.
+//!
+//! Files are written to a temporary name and renamed into place, so a
+//! reader (this mount or another sharing the directory) sees a whole file
+//! or none. A file's mtime is its last use (set on every hit), so every
+//! mount sharing the directory evicts in the same order: when the bytes
+//! written since the last sweep could have filled the cache, a background
+//! sweep lists the directory, and deletes the least recently used files
+//! until the cache is at 90% of its size and the disk keeps its minimum
+//! free space. Deleting the whole directory is always safe.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+const MAGIC: &[u8; 8] = b"S3MDC01\n";
+
+/// Counters for metrics and the summary line.
+#[derive(Debug, Default)]
+pub struct DiskCacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub bytes_served: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub evictions: AtomicU64,
+    /// Bytes in the directory at the last sweep, plus what was written since.
+    pub size: AtomicU64,
+}
+
+pub struct DiskCache {
+    dir: PathBuf,
+    bucket: String,
+    limit: u64,
+    /// Free space to leave on the disk, whatever the limit.
+    min_free: u64,
+    written_since_sweep: AtomicU64,
+    sweeping: Arc<AtomicBool>,
+    pub stats: Arc<DiskCacheStats>,
+}
+
+/// What identifies one cached unit.
+pub struct UnitId<'a> {
+    pub key: &'a str,
+    pub etag: &'a str,
+    /// `b12` (block 12) or `s3` (segment 3).
+    pub unit: String,
+}
+
+impl UnitId<'_> {
+    fn identity(&self, bucket: &str) -> String {
+        format!("{bucket}\n{}\n{}\n{}", self.key, self.etag, self.unit)
+    }
+}
+
+impl DiskCache {
+    /// Opens (creating it, mode 0700) the cache directory. `limit` zero
+    /// means a tenth of the free space of its filesystem.
+    pub fn open(dir: &Path, bucket: &str, limit: u64) -> std::io::Result<Arc<DiskCache>> {
+        crate::catalog::db::create_private_dir(dir)?;
+        let (free, total) = free_space(dir)?;
+        let limit = if limit == 0 { free / 10 } else { limit };
+        // Never fill the disk: keep 5% of it (at most 4 GiB) free.
+        let min_free = (total / 20).min(4 << 30);
+        let cache = Arc::new(DiskCache {
+            dir: dir.to_owned(),
+            bucket: bucket.to_owned(),
+            limit,
+            min_free,
+            written_since_sweep: AtomicU64::new(0),
+            sweeping: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(DiskCacheStats::default()),
+        });
+        info!(dir = %dir.display(), limit, "data cache on disk");
+        // Learn the size of what earlier mounts left (and trim it).
+        cache.sweep();
+        Ok(cache)
+    }
+
+    fn path_of(&self, identity: &str) -> PathBuf {
+        let hash = crate::catalog::stable_hash(identity.as_bytes());
+        self.dir
+            .join(format!("{:02x}", hash >> 56))
+            .join(format!("{hash:016x}"))
+    }
+
+    /// The unit's bytes if cached whole and intact (`len` is its length).
+    /// Blocks on the disk: call it off the async workers.
+    pub fn read(&self, id: &UnitId, len: u64) -> Option<Bytes> {
+        let identity = id.identity(&self.bucket);
+        let path = self.path_of(&identity);
+        let found = match read_checked(&path, &identity, len) {
+            Ok(found) => found,
+            Err(why) => {
+                warn!(path = %path.display(), why, "dropping a damaged data cache file");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        };
+        // Misses are counted by the caller, which may look for a unit under
+        // more than one name.
+        if let Some(data) = &found {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .bytes_served
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            // Its last use, for eviction in every mount sharing the cache.
+            if let Ok(f) = File::options().write(true).open(&path) {
+                let _ = f.set_modified(SystemTime::now());
+            }
+        }
+        found
+    }
+
+    /// Whether a file for the unit is there (not checked: a cheap test to
+    /// plan requests with).
+    pub fn contains(&self, id: &UnitId) -> bool {
+        self.path_of(&id.identity(&self.bucket)).exists()
+    }
+
+    /// Stores a unit (whole); best effort. Blocks on the disk.
+    pub fn write(&self, id: &UnitId, data: &[u8]) {
+        let identity = id.identity(&self.bucket);
+        let path = self.path_of(&identity);
+        if let Err(e) = write_atomically(&path, &identity, data) {
+            debug!(path = %path.display(), error = %e, "cannot write to the data cache");
+            return;
+        }
+        let len = data.len() as u64;
+        self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
+        self.stats.size.fetch_add(len, Ordering::Relaxed);
+        let since = self.written_since_sweep.fetch_add(len, Ordering::Relaxed) + len;
+        // Sweep when the cache may be over its size (other mounts sharing
+        // the directory write too), or every tenth of it.
+        if self.stats.size.load(Ordering::Relaxed) > self.limit || since > self.limit / 10 {
+            self.written_since_sweep.store(0, Ordering::Relaxed);
+            self.sweep_in_background();
+        }
+    }
+
+    fn sweep_in_background(self: &DiskCache) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let job = Sweep {
+            dir: self.dir.clone(),
+            limit: self.limit,
+            min_free: self.min_free,
+            stats: self.stats.clone(),
+            sweeping: self.sweeping.clone(),
+        };
+        std::thread::spawn(move || job.run());
+    }
+
+    fn sweep(&self) {
+        self.sweeping.store(true, Ordering::Release);
+        Sweep {
+            dir: self.dir.clone(),
+            limit: self.limit,
+            min_free: self.min_free,
+            stats: self.stats.clone(),
+            sweeping: self.sweeping.clone(),
+        }
+        .run();
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+/// One eviction pass over the directory.
+struct Sweep {
+    dir: PathBuf,
+    limit: u64,
+    min_free: u64,
+    stats: Arc<DiskCacheStats>,
+    sweeping: Arc<AtomicBool>,
+}
+
+impl Sweep {
+    fn run(self) {
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+        if let Ok(subdirs) = std::fs::read_dir(&self.dir) {
+            for sub in subdirs.flatten() {
+                let Ok(entries) = std::fs::read_dir(sub.path()) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    let Ok(meta) = e.metadata() else { continue };
+                    if !meta.is_file() {
+                        continue;
+                    }
+                    let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    files.push((used, meta.len(), e.path()));
+                }
+            }
+        }
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        let free = free_space(&self.dir).map(|(f, _)| f).unwrap_or(u64::MAX);
+        // Over the limit: down to 90% of it. Disk short of its minimum
+        // free space: give back what is missing, as far as the cache can.
+        let mut to_free = total.saturating_sub(self.limit * 9 / 10);
+        if total > self.limit || free < self.min_free {
+            to_free = to_free.max(self.min_free.saturating_sub(free));
+        } else {
+            to_free = 0;
+        }
+        if to_free > 0 {
+            files.sort_unstable_by_key(|f| f.0);
+            let mut freed = 0;
+            for (_, len, path) in &files {
+                if freed >= to_free {
+                    break;
+                }
+                match std::fs::remove_file(path) {
+                    Ok(()) => {
+                        freed += len;
+                        self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Another sweep (or mount) freed it already.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => freed += len,
+                    Err(_) => {}
+                }
+            }
+            total = total.saturating_sub(freed);
+            debug!(freed, total, "data cache swept");
+        }
+        self.stats.size.store(total, Ordering::Relaxed);
+        self.sweeping.store(false, Ordering::Release);
+    }
+}
+
+/// Reads and checks one cache file: `Ok(None)` when absent, `Err` when
+/// present but not whole and right.
+fn read_checked(path: &Path, identity: &str, len: u64) -> Result<Option<Bytes>, &'static str> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(_) => return Ok(None),
+    };
+    let mut raw = Vec::with_capacity(len as usize + identity.len() + 32);
+    if file.read_to_end(&mut raw).is_err() {
+        return Err("unreadable");
+    }
+    let header = MAGIC.len() + 4 + identity.len() + 8 + 4;
+    if raw.len() < header || &raw[..MAGIC.len()] != MAGIC {
+        return Err("no header");
+    }
+    let mut at = MAGIC.len();
+    let id_len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
+    at += 4;
+    if id_len != identity.len() || raw.get(at..at + id_len) != Some(identity.as_bytes()) {
+        // Another unit whose name hashes the same: not damaged, not ours.
+        return Ok(None);
+    }
+    at += id_len;
+    let data_len = u64::from_le_bytes(raw[at..at + 8].try_into().unwrap());
+    at += 8;
+    let crc = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
+    at += 4;
+    if data_len != len || (raw.len() - at) as u64 != data_len {
+        return Err("wrong length");
+    }
+    if crc32fast::hash(&raw[at..]) != crc {
+        return Err("checksum mismatch");
+    }
+    let mut data = Bytes::from(raw);
+    Ok(Some(data.split_off(at)))
+}
+
+fn write_atomically(path: &Path, identity: &str, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache files live in subdirectories");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), fastrand::u64(..)));
+    let result = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut header = Vec::with_capacity(MAGIC.len() + 16 + identity.len());
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&(identity.len() as u32).to_le_bytes());
+        header.extend_from_slice(identity.as_bytes());
+        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        f.write_all(&header)?;
+        f.write_all(data)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Free and total bytes of the filesystem holding `dir`.
+fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
+    // SAFETY: statvfs is plain old data, so all-zero is a valid value; `c`
+    // is a NUL-terminated path that lives across the call, and `st` is a
+    // properly sized, writable statvfs the call fills in.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        st
+    };
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(unit: &str) -> UnitId<'static> {
+        UnitId {
+            key: "dir/a.parquet",
+            etag: "\"e1\"",
+            unit: unit.to_owned(),
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("s3mount-dc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_unit_reads_back_and_damage_is_a_miss() {
+        let dir = temp_dir("rw");
+        let cache = DiskCache::open(&dir, "b", 1 << 30).unwrap();
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7) as u8).collect();
+        assert!(cache.read(&id("b1"), data.len() as u64).is_none());
+        cache.write(&id("b1"), &data);
+        assert_eq!(cache.read(&id("b1"), data.len() as u64).unwrap(), data);
+        // Another ETag of the same key is another unit.
+        let other = UnitId {
+            etag: "\"e2\"",
+            ..id("b1")
+        };
+        assert!(cache.read(&other, data.len() as u64).is_none());
+        // Flip one byte of the data: a miss, and the file is gone.
+        let path = cache.path_of(&id("b1").identity("b"));
+        let mut raw = std::fs::read(&path).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&path, &raw).unwrap();
+        assert!(cache.read(&id("b1"), data.len() as u64).is_none());
+        assert!(!path.exists());
+        // Truncated: a miss too.
+        cache.write(&id("b2"), &data);
+        let path = cache.path_of(&id("b2").identity("b"));
+        let raw = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &raw[..raw.len() - 10]).unwrap();
+        assert!(cache.read(&id("b2"), data.len() as u64).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_least_recently_used_units_go_first() {
+        let dir = temp_dir("lru");
+        let cache = DiskCache::open(&dir, "b", 1 << 20).unwrap();
+        let data = vec![7u8; 200 << 10];
+        for i in 0..4 {
+            cache.write(&id(&format!("b{i}")), &data);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Used again: now the most recent.
+        assert!(cache.read(&id("b0"), data.len() as u64).is_some());
+        for i in 4..6 {
+            cache.write(&id(&format!("b{i}")), &data);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        cache.sweep();
+        let size = cache.stats.size.load(Ordering::Relaxed);
+        assert!(size <= 1 << 20, "{size} bytes kept over a 1 MiB limit");
+        assert!(
+            cache.read(&id("b0"), data.len() as u64).is_some(),
+            "b0 was used recently"
+        );
+        assert!(
+            cache.read(&id("b1"), data.len() as u64).is_none(),
+            "b1 is the oldest"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,257 @@
+//! The disk cache of object data (`--data-cache`): reads after a remount
+//! come from disk with no GET; damaged files are dropped and fetched again;
+//! a replaced object is never served from the old version's blocks; the
+//! cache keeps to its size; two mounts share one directory.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Object GETs (not listings) the proxy has forwarded so far.
+fn object_gets(proxy: &support::proxy::FaultProxy) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET ") && !r.contains("list-type"))
+        .count()
+}
+
+/// Waits until the mount has written `bytes` to its disk cache.
+fn wait_written(addr: &str, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let written = value(&scrape(addr), "s3mount_data_cache_written_bytes_total").unwrap();
+        if written >= bytes as f64 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {written} of {bytes} bytes reached the disk cache"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for sub in std::fs::read_dir(dir).unwrap().flatten() {
+        if sub.path().is_dir() {
+            for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+                files.push(f.path());
+            }
+        }
+    }
+    files
+}
+
+/// Fields drop in order: the bucket is emptied before its server stops.
+struct Fixture {
+    b: TestBucket,
+    s3: TestS3,
+    files: Vec<(String, Vec<u8>)>,
+    dirs: TempDir,
+}
+
+fn fixture(tag: &str) -> Fixture {
+    let s3 = TestS3::start();
+    let b = s3.bucket(tag);
+    let files = vec![
+        ("big.bin".to_owned(), random_bytes(20 << 20, 1)),
+        ("mid.bin".to_owned(), random_bytes(3 << 20, 2)),
+        ("small.txt".to_owned(), random_bytes(100_000, 3)),
+    ];
+    for (k, v) in &files {
+        b.put(k, v.clone());
+    }
+    Fixture {
+        b,
+        s3,
+        files,
+        dirs: TempDir::new(&format!("dc-{tag}")),
+    }
+}
+
+impl Fixture {
+    fn total(&self) -> u64 {
+        self.files.iter().map(|f| f.1.len() as u64).sum()
+    }
+
+    fn mount(&self, endpoint: &Endpoint, addr: &str, extra: &[&str]) -> Mounted {
+        let data = format!("--data-cache={}", self.dirs.path().join("data").display());
+        let listings = format!(
+            "--cache-dir={}",
+            self.dirs.path().join("listings").display()
+        );
+        let mut args = vec![data.as_str(), listings.as_str(), "--metrics-addr", addr];
+        args.extend_from_slice(extra);
+        Mounted::start_at(endpoint, &self.b.name, &args)
+    }
+
+    fn read_all(&self, m: &Mounted) {
+        for (k, v) in &self.files {
+            let got = std::fs::read(m.path().join(k)).unwrap();
+            assert!(got == *v, "{k} read back different bytes");
+        }
+    }
+}
+
+#[test]
+fn a_remount_reads_from_the_disk_cache_with_no_get() {
+    let f = fixture("remount");
+    let (proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = f.mount(&endpoint, &addr, &[]);
+    f.read_all(&m);
+    wait_written(&addr, f.total());
+    drop(m);
+
+    let m = f.mount(&endpoint, &addr, &[]);
+    let before = object_gets(&proxy);
+    f.read_all(&m);
+    assert_eq!(
+        object_gets(&proxy) - before,
+        0,
+        "reads after a remount went to S3"
+    );
+    let metrics = scrape(&addr);
+    assert!(value(&metrics, "s3mount_data_cache_read_bytes_total").unwrap() >= f.total() as f64);
+    let cache = f.dirs.path().join("data");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the data cache holds object data: private directory"
+    );
+    for file in cache_files(&cache) {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is mode {mode:o}", file.display());
+    }
+}
+
+#[test]
+fn damaged_cache_files_are_dropped_and_fetched_again() {
+    let f = fixture("corrupt");
+    let (proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = f.mount(&endpoint, &addr, &[]);
+    f.read_all(&m);
+    wait_written(&addr, f.total());
+    drop(m);
+
+    // Flip a byte in every other file, truncate the rest.
+    for (i, file) in cache_files(&f.dirs.path().join("data")).iter().enumerate() {
+        let mut raw = std::fs::read(file).unwrap();
+        if i % 2 == 0 {
+            let at = raw.len() - 1 - i % 100;
+            raw[at] ^= 0x40;
+        } else {
+            raw.truncate(raw.len() / 2);
+        }
+        std::fs::write(file, raw).unwrap();
+    }
+    let m = f.mount(&endpoint, &addr, &[]);
+    let before = object_gets(&proxy);
+    f.read_all(&m);
+    assert!(
+        object_gets(&proxy) > before,
+        "damaged data was not fetched again"
+    );
+    assert!(
+        m.log_text().contains("dropping a damaged data cache file"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn a_replaced_object_is_never_served_from_the_old_blocks() {
+    let f = fixture("replace");
+    let (_proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = f.mount(&endpoint, &addr, &["--metadata-ttl", "3600"]);
+    f.read_all(&m);
+    wait_written(&addr, f.total());
+    let new = random_bytes(3 << 20, 99);
+    f.b.put("mid.bin", new.clone());
+    let out = std::process::Command::new(BIN)
+        .arg("refresh")
+        .arg(m.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(m.path().join("mid.bin")).unwrap() == new,
+        "old bytes served"
+    );
+    drop(m);
+    // After a remount too (the listing on disk was refreshed).
+    let m = f.mount(&endpoint, &addr, &["--metadata-ttl", "3600"]);
+    assert!(
+        std::fs::read(m.path().join("mid.bin")).unwrap() == new,
+        "old bytes after remount"
+    );
+}
+
+#[test]
+fn the_cache_keeps_to_its_size_under_a_larger_working_set() {
+    let f = fixture("size");
+    let (_proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // 8 MiB for 23 MiB of objects, read twice.
+    let m = f.mount(&endpoint, &addr, &["--data-cache-size", "8M"]);
+    f.read_all(&m);
+    f.read_all(&m);
+    let cache = f.dirs.path().join("data");
+    let limit = 8u64 << 20;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held: u64 = cache_files(&cache)
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        // One unit (1 MiB) may land while the sweep runs.
+        if held <= limit + (1 << 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache holds {held} bytes over its {limit}-byte limit"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(value(&scrape(&addr), "s3mount_data_cache_evictions_total").unwrap() > 0.0);
+}
+
+#[test]
+fn two_mounts_share_one_cache_directory() {
+    let f = fixture("shared");
+    let (proxy, endpoint) = f.s3.proxied();
+    let (addr_a, addr_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let a = f.mount(&endpoint, &addr_a, &[]);
+    let data = format!("--data-cache={}", f.dirs.path().join("data").display());
+    let b = Mounted::start_at(
+        &endpoint,
+        &f.b.name,
+        &[data.as_str(), "--metrics-addr", &addr_b],
+    );
+    f.read_all(&a);
+    wait_written(&addr_a, f.total());
+    let before = object_gets(&proxy);
+    f.read_all(&b);
+    assert_eq!(
+        object_gets(&proxy) - before,
+        0,
+        "the second mount fetched what the first had cached"
+    );
+}
