@@ -176,7 +176,7 @@ fn main() {
 
     println!();
     println!(
-        "s3mount listing benchmark: {} ms first-byte latency, median of {runs} runs; direct = ListObjectsV2 paging of the same prefix (flat for the tree)",
+        "s3mount listing benchmark: {} ms first-byte latency, median of {runs} runs; direct = ListObjectsV2 paging of the same prefix (flat for the tree); ratio = s3mount time / direct time, lower is better",
         latency.as_millis()
     );
     println!(

@@ -27,10 +27,11 @@ use support::*;
 
 const MIB: u64 = 1024 * 1024;
 
+/// Fields drop in order: the bucket is emptied before the server stops.
 struct Bench {
+    bucket: TestBucket,
     /// Keeps the server (if started here) alive for the whole run.
     _s3: TestS3,
-    bucket: TestBucket,
     proxy: FaultProxy,
     endpoint: Endpoint,
     client: aws_sdk_s3::Client,

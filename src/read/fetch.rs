@@ -43,6 +43,10 @@ use crate::store::{ObjectStore, StoreError};
 /// the kernel's largest FUSE read, and kernel reads are aligned to it.
 pub const SEGMENT_BLOCKS: u64 = 16;
 
+/// Blocks' worth of data (64 MiB with 64 KiB blocks) that may wait to be
+/// written to the disk cache.
+const DISK_WRITE_BACKLOG: u64 = 1024;
+
 /// One version of one object, as a handle reads it.
 #[derive(Debug)]
 pub struct ObjectVersion {
@@ -157,8 +161,9 @@ pub struct Fetcher<S> {
     permits: Arc<Semaphore>,
     /// Units on local disk (`--data-cache`), consulted before S3.
     disk: Option<Arc<DiskCache>>,
-    /// Bounds the units waiting to be written to the disk cache (each holds
-    /// memory outside the budget); beyond it a unit is not cached.
+    /// Bounds the bytes waiting to be written to the disk cache (in units
+    /// of a block; they may hold memory the cache has let go); beyond it a
+    /// unit is not cached.
     disk_writes: Arc<Semaphore>,
     pub stats: ReadStats,
 }
@@ -191,7 +196,7 @@ impl<S: ObjectStore> Fetcher<S> {
             held_limit,
             permits: Arc::new(Semaphore::new(max_requests.max(1))),
             disk,
-            disk_writes: Arc::new(Semaphore::new(16)),
+            disk_writes: Arc::new(Semaphore::new(DISK_WRITE_BACKLOG as usize)),
             stats: ReadStats::default(),
         })
     }
@@ -560,14 +565,21 @@ impl<S: ObjectStore> Fetcher<S> {
             if let Some(data) = disk.read(&unit_id(obj, unit), len) {
                 return Some(data);
             }
-            let Unit::Block(b) = unit else { return None };
+            let b = match unit {
+                Unit::Block(b) => b,
+                Unit::Segment(seg) => return self.segment_from_disk_blocks(disk, obj, seg),
+            };
             let seg = Unit::Segment(b / SEGMENT_BLOCKS);
             let seg_bytes = self.bytes_of(obj, seg);
+            let from = (b * self.block - seg_bytes.start) as usize;
+            // An earlier block of this part may have brought the segment in.
+            if let Some(data) = self.cache.get(&Self::key(obj, seg)) {
+                return Some(data.slice(from..from + len as usize));
+            }
             if !disk.contains(&unit_id(obj, seg)) {
                 return None;
             }
             let data = disk.read(&unit_id(obj, seg), seg_bytes.end - seg_bytes.start)?;
-            let from = (b * self.block - seg_bytes.start) as usize;
             let block = data.slice(from..from + len as usize);
             self.insert(Self::key(obj, seg), data);
             Some(block)
@@ -578,11 +590,40 @@ impl<S: ObjectStore> Fetcher<S> {
         found
     }
 
+    /// A segment put together from its blocks on disk (cached by random
+    /// reads), if every one of them is there.
+    fn segment_from_disk_blocks(
+        &self,
+        disk: &DiskCache,
+        obj: &ObjectVersion,
+        seg: u64,
+    ) -> Option<Bytes> {
+        let bytes = self.bytes_of(obj, Unit::Segment(seg));
+        let blocks = (bytes.start / self.block)..bytes.end.div_ceil(self.block);
+        if !blocks
+            .clone()
+            .all(|b| disk.contains(&unit_id(obj, Unit::Block(b))))
+        {
+            return None;
+        }
+        let mut whole = bytes::BytesMut::with_capacity((bytes.end - bytes.start) as usize);
+        for b in blocks {
+            let r = self.bytes_of(obj, Unit::Block(b));
+            whole.extend_from_slice(&disk.read(&unit_id(obj, Unit::Block(b)), r.end - r.start)?);
+        }
+        Some(whole.freeze())
+    }
+
     /// Whether the disk cache has a file for `unit` (or a block's segment).
     fn on_disk(&self, obj: &ObjectVersion, unit: Unit) -> bool {
         let Some(disk) = &self.disk else { return false };
         disk.contains(&unit_id(obj, unit))
-            || matches!(unit, Unit::Block(b) if disk.contains(&unit_id(obj, Unit::Segment(b / SEGMENT_BLOCKS))))
+            || match unit {
+                Unit::Block(b) => disk.contains(&unit_id(obj, Unit::Segment(b / SEGMENT_BLOCKS))),
+                // Whether it can be put together from blocks is found out
+                // when it is read; planning assumes not.
+                Unit::Segment(_) => false,
+            }
     }
 
     /// Writes a unit fetched from S3 to the disk cache in the background;
@@ -590,7 +631,8 @@ impl<S: ObjectStore> Fetcher<S> {
     /// hold memory outside the budget).
     fn store_on_disk(&self, obj: &ObjectVersion, unit: Unit, data: &Bytes) {
         let Some(disk) = &self.disk else { return };
-        let Ok(permit) = self.disk_writes.clone().try_acquire_owned() else {
+        let blocks = data.len().div_ceil(self.block as usize).max(1) as u32;
+        let Ok(permit) = self.disk_writes.clone().try_acquire_many_owned(blocks) else {
             return;
         };
         let (disk, data) = (disk.clone(), data.clone());
