@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use fuser::RenameFlags;
-use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::{Attr, S3Fs};
 use crate::catalog::{Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::names;
-use crate::store::{Body, ObjectStore, StoreError};
+use crate::store::{Body, FanOut, ObjectStore, StoreError};
 use crate::write::{Committed, OpenFile, Place};
 
 /// Objects copied at once by a directory rename.
@@ -292,10 +291,11 @@ impl<S: ObjectStore> S3Fs<S> {
     /// the objects not yet moved under `from`.
     async fn move_tree(&self, from: &str, to: &str) -> Result<(), FsError> {
         let started = Instant::now();
-        let mut running: JoinSet<Result<(), FsError>> = JoinSet::new();
+        let mut moves = FanOut::new(MOVE_CONCURRENCY, |e| {
+            FsError::store("", StoreError::Other(format!("move task failed: {e}")))
+        });
         let mut token = None;
         let mut moved = 0u64;
-        let mut failure = None;
         'pages: loop {
             let page = self
                 .store()
@@ -303,22 +303,21 @@ impl<S: ObjectStore> S3Fs<S> {
                 .await
                 .map_err(|e| FsError::store(from, e))?;
             for obj in page.objects {
-                while running.len() >= MOVE_CONCURRENCY {
-                    if let Some(Err(e)) = join(&mut running).await {
-                        failure = Some(e);
-                        break 'pages;
-                    }
-                }
                 let Some(rest) = obj.key.strip_prefix(from) else {
                     continue; // not under the prefix asked for: not ours to move
                 };
                 let store = self.store().clone();
                 let new_key = format!("{to}{rest}");
-                running.spawn(async move {
-                    move_object(&*store, &obj.key, &obj.etag, obj.size, &new_key)
-                        .await
-                        .map(|_| ())
-                });
+                let started = moves
+                    .spawn(async move {
+                        move_object(&*store, &obj.key, &obj.etag, obj.size, &new_key)
+                            .await
+                            .map(|_| ())
+                    })
+                    .await;
+                if started.is_err() {
+                    break 'pages;
+                }
                 moved += 1;
             }
             token = page.next;
@@ -326,12 +325,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 break;
             }
         }
-        while let Some(result) = join(&mut running).await {
-            if let Err(e) = result {
-                failure.get_or_insert(e);
-            }
-        }
-        if let Some(e) = failure {
+        if let Err(e) = moves.finish().await {
             warn!(from, to, error = %e, "directory rename stopped; objects not yet moved are still under the old name");
             return Err(e);
         }
@@ -352,16 +346,6 @@ impl<S: ObjectStore> S3Fs<S> {
         );
         Ok(())
     }
-}
-
-async fn join(running: &mut JoinSet<Result<(), FsError>>) -> Option<Result<(), FsError>> {
-    Some(match running.join_next().await? {
-        Ok(result) => result,
-        Err(e) => Err(FsError::store(
-            "",
-            StoreError::Other(format!("move task failed: {e}")),
-        )),
-    })
 }
 
 /// Copies version `etag` of `from` to `to`, then deletes `from`; returns

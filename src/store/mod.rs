@@ -5,6 +5,7 @@
 //! plain values or a [`StoreError`] that says what went wrong in terms they can
 //! act on (not found, changed, denied, unreachable).
 
+mod fan_out;
 mod pieces;
 mod retry;
 mod s3;
@@ -16,6 +17,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+pub use fan_out::FanOut;
 pub use pieces::limit_pool;
 pub use s3::{S3Settings, S3Store};
 

@@ -34,6 +34,7 @@ use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
+use super::fan_out::FanOut;
 use super::pieces::PieceSink;
 use super::retry::{Backoff, Congestion, RetryPolicy};
 use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError};
@@ -607,32 +608,30 @@ impl S3Store {
     ) -> Result<String, StoreError> {
         let part = copy_part_size(size, self.copy_threshold);
         let upload_id = self.start_multipart(to).await?;
-        let mut etags = vec![String::new(); size.div_ceil(part) as usize];
-        let mut running = tokio::task::JoinSet::new();
-        let mut failure = None;
+        let mut copies = FanOut::new(COPY_CONCURRENCY, |e| {
+            StoreError::Other(format!("part copy task failed: {e}"))
+        });
         for (i, start) in (0..size).step_by(part as usize).enumerate() {
-            if running.len() >= COPY_CONCURRENCY {
-                if let Some(Err(e)) = join_part(&mut running, &mut etags).await {
-                    failure = Some(e);
-                    break;
-                }
-            }
             let end = (start + part).min(size);
             let request =
                 self.part_copy_request(from, etag, start..end, to, &upload_id, i as u32 + 1);
-            running.spawn(async move { Ok((i, request.await?)) });
-        }
-        while failure.is_none() && !running.is_empty() {
-            if let Some(Err(e)) = join_part(&mut running, &mut etags).await {
-                failure = Some(e);
+            if copies
+                .spawn(async move { Ok((i, request.await?)) })
+                .await
+                .is_err()
+            {
+                break;
             }
         }
-        let result = match failure {
-            Some(e) => Err(e),
-            None => self.complete_multipart(to, &upload_id, etags, None).await,
+        let result = match copies.finish().await {
+            Ok(mut parts) => {
+                parts.sort_unstable_by_key(|p| p.0);
+                let etags = parts.into_iter().map(|p| p.1).collect();
+                self.complete_multipart(to, &upload_id, etags, None).await
+            }
+            Err(e) => Err(e),
         };
         if result.is_err() {
-            running.abort_all();
             if let Err(e) = self.abort_multipart(to, &upload_id).await {
                 debug!(key = to, error = %e, "cannot abort a failed multipart copy");
             }
@@ -825,22 +824,6 @@ fn record_attempt(cfg: &mut ConfigBag, status: Option<u16>) {
     cfg.interceptor_state().unset::<AttemptStart>();
     let operation = cfg.load::<Metadata>().map_or("Unknown", |m| m.name());
     crate::service::metrics::record_request(operation, status, start.0.elapsed());
-}
-
-/// Waits for one part copy and records its ETag.
-async fn join_part(
-    running: &mut tokio::task::JoinSet<Result<(usize, String), StoreError>>,
-    etags: &mut [String],
-) -> Option<Result<(), StoreError>> {
-    let joined = running.join_next().await?;
-    Some(match joined {
-        Ok(Ok((i, etag))) => {
-            etags[i] = etag;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        Err(e) => Err(StoreError::Other(format!("part copy task failed: {e}"))),
-    })
 }
 
 /// A listing page as sent, or an error if it was damaged on the way. The
