@@ -467,6 +467,58 @@ fn doctor_answers_quickly_on_every_kind_of_prefix() {
 }
 
 #[test]
+fn doctor_on_a_huge_object_and_on_a_key_it_may_not_read() {
+    use support::http_proxy::{Fault, Kind, Rule};
+    let s3 = TestS3::start();
+    let bucket = s3.bucket("doctor-edge");
+    bucket.put("huge/one.bin", random_bytes(1 << 30, 9));
+    bucket.put("secret/key.txt", "not for you");
+    let doctor = |endpoint: &Endpoint, prefix: &str| {
+        let mut cmd = s3mount_command(endpoint);
+        cmd.arg("doctor")
+            .arg(format!("{}/{prefix}", bucket.name))
+            .args(endpoint_args(endpoint))
+            .arg("--json")
+            .stdin(Stdio::null());
+        let out = run_with_timeout(cmd, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "doctor on {prefix}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let report = doctor(&s3.endpoint, "huge");
+    assert_eq!(report["objects"]["count"], 1);
+    assert_eq!(report["permissions"]["read"].as_bool(), Some(true));
+
+    // Listing allowed, reading denied (as with a policy that grants
+    // s3:ListBucket but not s3:GetObject on the key).
+    let (proxy, endpoint) = s3.http_proxied();
+    proxy.set_rules(vec![Rule::new(
+        Fault::Denied,
+        1.0,
+        &[Kind::Head, Kind::Get],
+    )]);
+    let started = std::time::Instant::now();
+    let report = doctor(&endpoint, "secret");
+    assert_eq!(
+        report["permissions"]["read"].as_bool(),
+        Some(false),
+        "{report}"
+    );
+    assert!(
+        report.to_string().contains("s3:GetObject"),
+        "the advice names the permission: {report}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a denied read was retried: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn doctor_measures_and_advises() {
     let s3 = TestS3::start();
     let bucket = s3.bucket("doctor");

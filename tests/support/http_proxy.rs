@@ -2,7 +2,7 @@
 //! operation it is (object GET, listing, PUT, multipart part, copy, ...), and
 //! answers a chosen share of them with what S3 does under load instead of
 //! forwarding them: 503 SlowDown (with or without Retry-After), 500
-//! InternalError, 429, a body cut short of its Content-Length, a body that
+//! InternalError, 429, 403 AccessDenied, a body cut short of its Content-Length, a body that
 //! stalls, or a malformed listing page. It can also play "server down": the
 //! port refuses connections for a while and open connections are cut.
 //!
@@ -44,6 +44,8 @@ pub enum Fault {
     Internal,
     /// 429 Too Many Requests.
     TooMany,
+    /// 403 AccessDenied (a permanent error: not to be retried).
+    Denied,
     /// Forward the response but close the connection halfway through its body.
     CutBody,
     /// Forward the response head and half the body, then send nothing more
@@ -422,6 +424,7 @@ fn error_reply(fault: Fault) -> Option<Vec<u8>> {
         ),
         Fault::Internal => ("500 Internal Server Error", "InternalError", String::new()),
         Fault::TooMany => ("429 Too Many Requests", "TooManyRequests", String::new()),
+        Fault::Denied => ("403 Forbidden", "AccessDenied", String::new()),
         _ => return None,
     };
     let body = format!(
