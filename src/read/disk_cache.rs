@@ -3,10 +3,11 @@
 //!
 //! It holds the read path's units (64 KiB blocks and 1 MiB segments), one
 //! file each, named by a hash of (bucket, key, ETag, unit). A file starts
-//! with a header holding that identity in full, the data's length and its
-//! CRC32, all checked on every read: a file of another identity (a hash
-//! collision), a truncated or corrupt one is deleted and reported as a miss,
-//! never returned. Since the ETag is part of the identity, a replaced object
+//! with a header holding that identity in full, the data's length and a
+//! CRC32 of each 64 KiB chunk of it; what is read is checked every time: a
+//! file of another identity (a hash collision), a truncated or corrupt one
+//! is deleted and reported as a miss, never returned. A part of a file (a
+//! block of a cached segment) is read and checked on its own. Since the ETag is part of the identity, a replaced object
 //! never hits the old version's blocks; they age out.
 //!
 //! Files are written to a temporary name and renamed into place, so a
@@ -19,7 +20,8 @@
 //! free space. Deleting the whole directory is always safe.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +30,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-const MAGIC: &[u8; 8] = b"S3MDC01\n";
+const MAGIC: &[u8; 8] = b"S3MDC02\n";
+/// Data is checksummed in chunks of this size, so a part of a file (a
+/// block of a cached segment) can be read and checked on its own.
+const CHUNK: u64 = 64 * 1024;
 
 /// Counters for metrics and the summary line.
 #[derive(Debug, Default)]
@@ -101,9 +106,15 @@ impl DiskCache {
     /// The unit's bytes if cached whole and intact (`len` is its length).
     /// Blocks on the disk: call it off the async workers.
     pub fn read(&self, id: &UnitId, len: u64) -> Option<Bytes> {
+        self.read_range(id, len, 0..len)
+    }
+
+    /// Bytes `range` of the unit (of length `len`), if cached and intact.
+    /// Blocks on the disk.
+    pub fn read_range(&self, id: &UnitId, len: u64, range: Range<u64>) -> Option<Bytes> {
         let identity = id.identity(&self.bucket);
         let path = self.path_of(&identity);
-        let found = match read_checked(&path, &identity, len) {
+        let found = match read_checked(&path, &identity, len, range) {
             Ok(found) => found,
             Err(why) => {
                 warn!(path = %path.display(), why, "dropping a damaged data cache file");
@@ -118,10 +129,6 @@ impl DiskCache {
             self.stats
                 .bytes_served
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
-            // Its last use, for eviction in every mount sharing the cache.
-            if let Ok(f) = File::options().write(true).open(&path) {
-                let _ = f.set_modified(SystemTime::now());
-            }
         }
         found
     }
@@ -245,41 +252,69 @@ impl Sweep {
     }
 }
 
-/// Reads and checks one cache file: `Ok(None)` when absent, `Err` when
-/// present but not whole and right.
-fn read_checked(path: &Path, identity: &str, len: u64) -> Result<Option<Bytes>, &'static str> {
-    let mut file = match File::open(path) {
+/// Reads and checks `range` of one cache file holding `len` bytes of
+/// data: `Ok(None)` when absent (or another unit's), `Err` when present but
+/// not whole and right. Marks the file used (its mtime) at most once a
+/// minute.
+fn read_checked(
+    path: &Path,
+    identity: &str,
+    len: u64,
+    range: Range<u64>,
+) -> Result<Option<Bytes>, &'static str> {
+    use std::os::unix::fs::FileExt;
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(_) => return Ok(None),
     };
-    let mut raw = Vec::with_capacity(len as usize + identity.len() + 32);
-    if file.read_to_end(&mut raw).is_err() {
-        return Err("unreadable");
-    }
-    let header = MAGIC.len() + 4 + identity.len() + 8 + 4;
-    if raw.len() < header || &raw[..MAGIC.len()] != MAGIC {
+    let read_at = |at: u64, n: usize| -> Result<Vec<u8>, &'static str> {
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, at).map_err(|_| "truncated")?;
+        Ok(buf)
+    };
+    let chunks = len.div_ceil(CHUNK) as usize;
+    let head = read_at(0, MAGIC.len() + 4)?;
+    if &head[..MAGIC.len()] != MAGIC {
         return Err("no header");
     }
-    let mut at = MAGIC.len();
-    let id_len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
-    at += 4;
-    if id_len != identity.len() || raw.get(at..at + id_len) != Some(identity.as_bytes()) {
+    let id_len = u32::from_le_bytes(head[MAGIC.len()..].try_into().unwrap()) as usize;
+    if id_len != identity.len() {
         // Another unit whose name hashes the same: not damaged, not ours.
         return Ok(None);
     }
-    at += id_len;
-    let data_len = u64::from_le_bytes(raw[at..at + 8].try_into().unwrap());
-    at += 8;
-    let crc = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
-    at += 4;
-    if data_len != len || (raw.len() - at) as u64 != data_len {
+    let rest = read_at(head.len() as u64, id_len + 8 + 4 * chunks)?;
+    if &rest[..id_len] != identity.as_bytes() {
+        return Ok(None);
+    }
+    let data_len = u64::from_le_bytes(rest[id_len..id_len + 8].try_into().unwrap());
+    let data_at = (head.len() + rest.len()) as u64;
+    let file_len = file.metadata().map_err(|_| "unreadable")?.len();
+    if data_len != len || file_len != data_at + len {
         return Err("wrong length");
     }
-    if crc32fast::hash(&raw[at..]) != crc {
-        return Err("checksum mismatch");
+    let crcs = &rest[id_len + 8..];
+    // The chunks covering the range, read and checked.
+    let first = (range.start / CHUNK) as usize;
+    let last = (range.end.div_ceil(CHUNK) as usize).min(chunks);
+    let from = first as u64 * CHUNK;
+    let to = (last as u64 * CHUNK).min(len);
+    let data = read_at(data_at + from, (to - from) as usize)?;
+    for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
+        let c = first + i;
+        let want = u32::from_le_bytes(crcs[4 * c..4 * c + 4].try_into().unwrap());
+        if crc32fast::hash(chunk) != want {
+            return Err("checksum mismatch");
+        }
     }
-    let mut data = Bytes::from(raw);
-    Ok(Some(data.split_off(at)))
+    if let Ok(used) = file.metadata().and_then(|m| m.modified()) {
+        if used.elapsed().unwrap_or_default() > std::time::Duration::from_secs(60) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+    let data = Bytes::from(data);
+    Ok(Some(data.slice(
+        (range.start - from) as usize..(range.end - from) as usize,
+    )))
 }
 
 fn write_atomically(path: &Path, identity: &str, data: &[u8]) -> std::io::Result<()> {
@@ -298,7 +333,9 @@ fn write_atomically(path: &Path, identity: &str, data: &[u8]) -> std::io::Result
         header.extend_from_slice(&(identity.len() as u32).to_le_bytes());
         header.extend_from_slice(identity.as_bytes());
         header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        header.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        for chunk in data.chunks(CHUNK as usize) {
+            header.extend_from_slice(&crc32fast::hash(chunk).to_le_bytes());
+        }
         f.write_all(&header)?;
         f.write_all(data)?;
         std::fs::rename(&tmp, path)
@@ -368,6 +405,14 @@ mod tests {
         std::fs::write(&path, &raw).unwrap();
         assert!(cache.read(&id("b1"), data.len() as u64).is_none());
         assert!(!path.exists());
+        // A part is read and checked on its own.
+        cache.write(&id("b3"), &data);
+        assert_eq!(
+            cache
+                .read_range(&id("b3"), data.len() as u64, 65_536..65_600)
+                .unwrap(),
+            data[65_536..65_600]
+        );
         // Truncated: a miss too.
         cache.write(&id("b2"), &data);
         let path = cache.path_of(&id("b2").identity("b"));
@@ -382,15 +427,23 @@ mod tests {
         let dir = temp_dir("lru");
         let cache = DiskCache::open(&dir, "b", 1 << 20).unwrap();
         let data = vec![7u8; 200 << 10];
+        let long_ago = SystemTime::now() - std::time::Duration::from_secs(600);
         for i in 0..4 {
             cache.write(&id(&format!("b{i}")), &data);
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            // Last used minutes ago, in order (a use marks a file at most
+            // once a minute).
+            let path = cache.path_of(&id(&format!("b{i}")).identity("b"));
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(long_ago + std::time::Duration::from_secs(i))
+                .unwrap();
         }
         // Used again: now the most recent.
         assert!(cache.read(&id("b0"), data.len() as u64).is_some());
         for i in 4..6 {
             cache.write(&id(&format!("b{i}")), &data);
-            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         cache.sweep();
         let size = cache.stats.size.load(Ordering::Relaxed);

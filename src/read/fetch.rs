@@ -556,9 +556,9 @@ impl<S: ObjectStore> Fetcher<S> {
         Ok(())
     }
 
-    /// A unit from the disk cache: itself, or for a block, a slice of its
-    /// segment (which then enters the memory cache whole, for the blocks
-    /// around it). Blocks on the disk.
+    /// A unit from the disk cache: itself, or for a block, its part of a
+    /// cached segment; for a segment, its cached blocks put together.
+    /// Blocks on the disk.
     fn read_from_disk(&self, obj: &ObjectVersion, unit: Unit, len: u64) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let found = crate::catalog::blocking(|| {
@@ -579,10 +579,13 @@ impl<S: ObjectStore> Fetcher<S> {
             if !disk.contains(&unit_id(obj, seg)) {
                 return None;
             }
-            let data = disk.read(&unit_id(obj, seg), seg_bytes.end - seg_bytes.start)?;
-            let block = data.slice(from..from + len as usize);
-            self.insert(Self::key(obj, seg), data);
-            Some(block)
+            // Only the block is read (and checked) from the segment's file.
+            let from = from as u64;
+            disk.read_range(
+                &unit_id(obj, seg),
+                seg_bytes.end - seg_bytes.start,
+                from..from + len,
+            )
         });
         if found.is_none() {
             disk.stats.misses.fetch_add(1, Ordering::Relaxed);
