@@ -519,6 +519,12 @@ impl<S: ObjectStore> Fetcher<S> {
     ) -> Result<(), StoreError> {
         let mut i = 0;
         while i < units.len() {
+            let from_segment = self.blocks_from_disk_segment(obj, &units[i..], &ranges[i..]);
+            if !from_segment.is_empty() {
+                i += from_segment.len();
+                from_segment.into_iter().for_each(&mut *place);
+                continue;
+            }
             if let Some(data) = self.read_from_disk(obj, units[i], pieces[i]) {
                 place(data);
                 i += 1;
@@ -591,6 +597,45 @@ impl<S: ObjectStore> Fetcher<S> {
             disk.stats.misses.fetch_add(1, Ordering::Relaxed);
         }
         found
+    }
+
+    /// The leading blocks of `units` that lie in one segment cached on disk
+    /// (and are not cached alone), read from its file in one go; empty if
+    /// the first unit is not such a block.
+    fn blocks_from_disk_segment(
+        &self,
+        obj: &ObjectVersion,
+        units: &[Unit],
+        ranges: &[Range<u64>],
+    ) -> Vec<Bytes> {
+        let (Some(disk), Some(&Unit::Block(first))) = (&self.disk, units.first()) else {
+            return Vec::new();
+        };
+        let seg = first / SEGMENT_BLOCKS;
+        let seg_id = unit_id(obj, Unit::Segment(seg));
+        if disk.contains(&unit_id(obj, Unit::Block(first))) || !disk.contains(&seg_id) {
+            return Vec::new();
+        }
+        let run = units
+            .iter()
+            .take_while(|u| matches!(u, Unit::Block(b) if b / SEGMENT_BLOCKS == seg))
+            .count();
+        let seg_bytes = self.bytes_of(obj, Unit::Segment(seg));
+        let (start, end) = (ranges[0].start, ranges[run - 1].end);
+        let Some(data) = crate::catalog::blocking(|| {
+            disk.read_range(
+                &seg_id,
+                seg_bytes.end - seg_bytes.start,
+                start - seg_bytes.start..end - seg_bytes.start,
+            )
+        }) else {
+            disk.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        };
+        ranges[..run]
+            .iter()
+            .map(|r| data.slice((r.start - start) as usize..(r.end - start) as usize))
+            .collect()
     }
 
     /// A segment put together from its blocks on disk (cached by random
