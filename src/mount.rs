@@ -342,9 +342,8 @@ fn build_layers(
     upload_config: UploadConfig,
 ) -> Arc<S3Fs<S3Store>> {
     let owner = Ownership {
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        uid: args.uid.unwrap_or_else(|| unsafe { libc::getuid() }),
-        gid: args.gid.unwrap_or_else(|| unsafe { libc::getgid() }),
+        uid: args.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
+        gid: args.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw()),
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
     };

@@ -348,21 +348,12 @@ fn write_atomically(path: &Path, identity: &str, data: &[u8]) -> std::io::Result
 
 /// Free and total bytes of the filesystem holding `dir`.
 fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path holds a NUL byte"))?;
-    // SAFETY: statvfs is plain old data, so all-zero is a valid value; `c`
-    // is a NUL-terminated path that lives across the call, and `st` is a
-    // properly sized, writable statvfs the call fills in.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        st
-    };
-    let frsize = st.f_frsize as u64;
-    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+    let st = nix::sys::statvfs::statvfs(dir)?;
+    let frsize = st.fragment_size() as u64;
+    Ok((
+        st.blocks_available() as u64 * frsize,
+        st.blocks() as u64 * frsize,
+    ))
 }
 
 #[cfg(test)]

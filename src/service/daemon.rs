@@ -6,7 +6,6 @@
 //! exits with the child's status, so `s3mount ... && ls /mnt` never races.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 
@@ -69,10 +68,7 @@ pub fn notify_ready() {
     let _ = writeln!(out, "{READY}");
     let _ = out.flush();
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-            // SAFETY: both descriptors are open; dup2 atomically points fd at
-            // /dev/null, and no Rust object owns fds 1 and 2 exclusively.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
 }

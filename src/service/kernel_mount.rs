@@ -11,11 +11,9 @@
 //! and the watchdog detaches the mount, so no "Transport endpoint is not
 //! connected" directory is left behind.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,8 +33,7 @@ pub struct KernelOptions<'a> {
 
 /// Whether this process may call mount(2) itself.
 pub fn can_mount_directly() -> bool {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// Opens /dev/fuse and mounts it at `mountpoint` as `fuse.s3mount`; returns
@@ -47,8 +44,7 @@ pub fn attach(mountpoint: &Path, options: &KernelOptions) -> std::io::Result<Own
         .write(true)
         .open("/dev/fuse")?;
     let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
-    // SAFETY: getuid/getgid cannot fail and touch no memory.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
     let mut data = format!(
         "fd={},rootmode={:o},user_id={uid},group_id={gid},default_permissions",
         device.as_raw_fd(),
@@ -57,28 +53,18 @@ pub fn attach(mountpoint: &Path, options: &KernelOptions) -> std::io::Result<Own
     if options.allow_other {
         data.push_str(",allow_other");
     }
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
     if options.read_only {
-        flags |= libc::MS_RDONLY;
+        flags |= MsFlags::MS_RDONLY;
     }
-    let source = c_string(options.source.as_bytes())?;
-    let target = c_string(mountpoint.as_os_str().as_bytes())?;
-    let fstype = c_string(FSTYPE.as_bytes())?;
-    let data = c_string(data.as_bytes())?;
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives
-    // the call; mount(2) only reads them.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    nix::mount::mount(
+        Some(options.source),
+        mountpoint,
+        Some(FSTYPE),
+        flags,
+        Some(data.as_str()),
+    )?;
     Ok(device.into())
 }
 
@@ -97,17 +83,14 @@ pub fn detach(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
             Err(std::io::Error::other("fusermount3 -u failed"))
         };
     }
-    let target = c_string(mountpoint.as_os_str().as_bytes())?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    // SAFETY: `target` is a valid NUL-terminated string that outlives the call.
-    if unsafe { libc::umount2(target.as_ptr(), flags) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    use nix::mount::MntFlags;
+    let flags = if lazy {
+        MntFlags::MNT_DETACH
+    } else {
+        MntFlags::empty()
+    };
+    nix::mount::umount2(mountpoint, flags)?;
     Ok(())
-}
-
-fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
-    CString::new(bytes).map_err(|_| std::io::Error::other("path contains a NUL byte"))
 }
 
 /// The watchdog process. If this handle is dropped without [`disarm`]

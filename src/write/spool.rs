@@ -180,18 +180,15 @@ impl SpoolFile {
     /// hole punching keeps the blocks until the file closes.
     pub fn punch(&self, range: Range<u64>) {
         let len = range.end - range.start;
-        // SAFETY: fallocate only reads its integer arguments; the descriptor
-        // is valid for the life of `self.file`. KEEP_SIZE leaves the length.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                range.start as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            debug!(error = %std::io::Error::last_os_error(), "cannot free spooled bytes early");
+        use nix::fcntl::{fallocate, FallocateFlags};
+        // KEEP_SIZE leaves the file's length as it is.
+        if let Err(e) = fallocate(
+            &*self.file,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            range.start as libc::off_t,
+            len as libc::off_t,
+        ) {
+            debug!(error = %e, "cannot free spooled bytes early");
         }
         self.release(len);
     }
