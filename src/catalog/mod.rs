@@ -73,6 +73,28 @@ impl Entry {
     pub fn is_dir(&self) -> bool {
         self.kind == EntryKind::Dir
     }
+
+    /// The entry named `name` for an object in a listing.
+    pub fn of_object(name: &str, obj: &crate::store::ObjectMeta) -> Entry {
+        Entry {
+            name: name.to_owned(),
+            kind: EntryKind::File {
+                size: obj.size,
+                etag: obj.etag.clone(),
+            },
+            mtime: obj.last_modified,
+        }
+    }
+
+    /// The entry named `name` for a common prefix (S3 gives prefixes no
+    /// time: `mtime` is the mount's).
+    pub fn of_prefix(name: &str, mtime: SystemTime) -> Entry {
+        Entry {
+            name: name.to_owned(),
+            kind: EntryKind::Dir,
+            mtime,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -899,25 +921,14 @@ impl ListingBuilder {
 
     fn add_dir(&mut self, name: &str) {
         if !self.dirs.contains_key(name) {
-            let entry = Entry {
-                name: name.to_owned(),
-                kind: EntryKind::Dir,
-                mtime: self.dir_mtime,
-            };
-            self.dirs.insert(name.to_owned(), entry);
+            self.dirs
+                .insert(name.to_owned(), Entry::of_prefix(name, self.dir_mtime));
         }
     }
 
     fn add_file(&mut self, name: &str, obj: &crate::store::ObjectMeta) {
-        let entry = Entry {
-            name: name.to_owned(),
-            kind: EntryKind::File {
-                size: obj.size,
-                etag: obj.etag.clone(),
-            },
-            mtime: obj.last_modified,
-        };
-        self.files.insert(name.to_owned(), entry);
+        self.files
+            .insert(name.to_owned(), Entry::of_object(name, obj));
     }
 
     fn finish(mut self, prefix: &str) -> Vec<Entry> {
@@ -972,14 +983,7 @@ async fn fetch_listing<S: ObjectStore>(
                 continue;
             };
             match names::check_name(name) {
-                Ok(()) => page_dirs.push((
-                    cp.clone(),
-                    Entry {
-                        name: name.to_owned(),
-                        kind: EntryKind::Dir,
-                        mtime: dir_mtime,
-                    },
-                )),
+                Ok(()) => page_dirs.push((cp.clone(), Entry::of_prefix(name, dir_mtime))),
                 Err(why) => {
                     debug!(prefix = %cp, ?why, "hiding prefix that cannot be a directory name")
                 }
@@ -990,17 +994,7 @@ async fn fetch_listing<S: ObjectStore>(
                 continue; // this directory's own marker object
             };
             match names::check_name(name) {
-                Ok(()) => page_files.push((
-                    obj.key.clone(),
-                    Entry {
-                        name: name.to_owned(),
-                        kind: EntryKind::File {
-                            size: obj.size,
-                            etag: obj.etag.clone(),
-                        },
-                        mtime: obj.last_modified,
-                    },
-                )),
+                Ok(()) => page_files.push((obj.key.clone(), Entry::of_object(name, obj))),
                 Err(why) => debug!(key = %obj.key, ?why, "hiding key that cannot be a file name"),
             }
         }
