@@ -60,8 +60,10 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         ..args.connection.settings(&target.bucket)
     };
     let read_config = read_config(&args)?;
-    let upload_config = upload_config(&args)?;
+    let mut upload_config = upload_config(&args)?;
     let data_cache = open_data_cache(&args, &target)?;
+    upload_config.data_cache = data_cache.clone();
+    upload_config.cache_segment = read_config.window.block * crate::read::SEGMENT_BLOCKS;
     let store = Arc::new(rt.block_on(preflight(&settings, &target))?);
 
     let fs = build_layers(
@@ -452,6 +454,8 @@ fn upload_config(args: &Args) -> Result<UploadConfig, MountError> {
         max_concurrent_parts: (args.max_concurrent_requests / 2).max(4),
         spool_limit: args.spool_limit,
         max_modify_size: args.max_modify_size,
+        data_cache: None,
+        cache_segment: 0,
     })
 }
 

@@ -255,3 +255,37 @@ fn two_mounts_share_one_cache_directory() {
         "the second mount fetched what the first had cached"
     );
 }
+
+#[test]
+fn a_file_just_written_reads_back_from_the_disk_cache() {
+    let f = fixture("written");
+    let (proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = f.mount(&endpoint, &addr, &[]);
+    let written: Vec<(String, Vec<u8>)> = [("new/a.csv", 70_000), ("new/b.bin", 3 << 20)]
+        .iter()
+        .enumerate()
+        .map(|(i, (k, len))| (k.to_string(), random_bytes(*len, 50 + i as u64)))
+        .collect();
+    std::fs::create_dir(m.path().join("new")).unwrap();
+    let total: u64 = written.iter().map(|w| w.1.len() as u64).sum();
+    for (k, v) in &written {
+        std::fs::write(m.path().join(k), v).unwrap();
+    }
+    wait_written(&addr, total);
+    drop(m);
+
+    let m = f.mount(&endpoint, &addr, &[]);
+    let before = object_gets(&proxy);
+    for (k, v) in &written {
+        assert!(
+            std::fs::read(m.path().join(k)).unwrap() == *v,
+            "{k} read back different bytes"
+        );
+    }
+    assert_eq!(
+        object_gets(&proxy) - before,
+        0,
+        "files written through the mount were fetched from S3 again"
+    );
+}

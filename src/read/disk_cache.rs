@@ -47,6 +47,7 @@ pub struct DiskCacheStats {
     pub size: AtomicU64,
 }
 
+#[derive(Debug)]
 pub struct DiskCache {
     dir: PathBuf,
     bucket: String,

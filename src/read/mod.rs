@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-pub use fetch::{Fetcher, ObjectVersion, ReadStats};
+pub use fetch::{Fetcher, ObjectVersion, ReadStats, SEGMENT_BLOCKS};
 pub use window::{Plan, ReadWindow, WindowConfig};
 
 use crate::error::FsError;

@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 
 use super::spool::{SpoolBudget, SpoolFile};
 use crate::error::FsError;
+use crate::read::disk_cache::DiskCache;
 use crate::store::{Body, ObjectStore, StoreError};
 
 /// S3's limit on the number of parts of one upload.
@@ -49,6 +50,11 @@ pub struct UploadConfig {
     pub spool_limit: u64,
     /// Largest object that may be changed in place (not only appended to).
     pub max_modify_size: u64,
+    /// The disk cache of object data, filled with files stored in one
+    /// request, in units of `cache_segment` bytes (the read path's
+    /// segments), so a file just written reads back from disk.
+    pub data_cache: Option<Arc<DiskCache>>,
+    pub cache_segment: u64,
 }
 
 /// Size of part `number` (from 1): the configured size for the first 1,000
@@ -426,6 +432,7 @@ impl<S: ObjectStore> Upload<S> {
                 .await
                 .map_err(|e| FsError::store(&self.key, e))?;
             self.uploads.stats.bytes.fetch_add(size, Ordering::Relaxed);
+            self.fill_data_cache(&etag, size);
             return Ok(Uploaded { etag, size });
         };
         while st.sent < size {
@@ -450,6 +457,35 @@ impl<S: ObjectStore> Upload<S> {
             .await
             .map_err(|e| FsError::store(&self.key, e))?;
         Ok(Uploaded { etag, size })
+    }
+
+    /// Copies a file stored in one request from its spool into the disk
+    /// cache under its new ETag, in the background (the spool stays open
+    /// until then).
+    fn fill_data_cache(&self, etag: &str, size: u64) {
+        let Some(cache) = self.uploads.config.data_cache.clone() else {
+            return;
+        };
+        let segment = self.uploads.config.cache_segment;
+        if size == 0 || segment == 0 {
+            return;
+        }
+        let (spool, key, etag) = (self.spool.clone(), self.key.clone(), etag.to_owned());
+        tokio::spawn(async move {
+            for (n, start) in (0..size).step_by(segment as usize).enumerate() {
+                let len = segment.min(size - start);
+                let Ok(data) = spool.read_at(start, len as usize).await else {
+                    return;
+                };
+                let id = crate::read::disk_cache::UnitId {
+                    key: &key,
+                    etag: &etag,
+                    unit: format!("s{n}"),
+                };
+                let cache = cache.clone();
+                crate::catalog::blocking(move || cache.write(&id, &data));
+            }
+        });
     }
 
     async fn abort_locked(&self, st: &mut State) {
