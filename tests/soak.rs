@@ -67,17 +67,6 @@ fn set_phase(proxy: &HttpFaultProxy, phase: usize) -> &'static str {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn soak_pipeline_reads_and_listings_under_rotating_faults() {
     let secs = env_u64("S3MOUNT_SOAK_SECS", 120);

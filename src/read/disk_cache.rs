@@ -92,8 +92,9 @@ impl DiskCache {
             stats: Arc::new(DiskCacheStats::default()),
         });
         info!(dir = %dir.display(), limit, "data cache on disk");
-        // Learn the size of what earlier mounts left (and trim it).
-        cache.sweep();
+        // Learn the size of what earlier mounts left (and trim it), without
+        // making the mount wait for a walk of a big directory.
+        cache.sweep_in_background();
         Ok(cache)
     }
 
@@ -174,6 +175,8 @@ impl DiskCache {
         std::thread::spawn(move || job.run());
     }
 
+    /// A sweep now, on this thread.
+    #[cfg(test)]
     fn sweep(&self) {
         self.sweeping.store(true, Ordering::Release);
         Sweep {
@@ -184,10 +187,6 @@ impl DiskCache {
             sweeping: self.sweeping.clone(),
         }
         .run();
-    }
-
-    pub fn limit(&self) -> u64 {
-        self.limit
     }
 }
 
@@ -289,8 +288,8 @@ fn read_checked(
     }
     let data_len = u64::from_le_bytes(rest[id_len..id_len + 8].try_into().unwrap());
     let data_at = (head.len() + rest.len()) as u64;
-    let file_len = file.metadata().map_err(|_| "unreadable")?.len();
-    if data_len != len || file_len != data_at + len {
+    let meta = file.metadata().map_err(|_| "unreadable")?;
+    if data_len != len || meta.len() != data_at + len {
         return Err("wrong length");
     }
     let crcs = &rest[id_len + 8..];
@@ -307,7 +306,7 @@ fn read_checked(
             return Err("checksum mismatch");
         }
     }
-    if let Ok(used) = file.metadata().and_then(|m| m.modified()) {
+    if let Ok(used) = meta.modified() {
         if used.elapsed().unwrap_or_default() > std::time::Duration::from_secs(60) {
             let _ = file.set_modified(SystemTime::now());
         }

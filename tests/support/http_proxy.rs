@@ -107,7 +107,6 @@ struct Shared {
     down_until: Mutex<Option<Instant>>,
     /// Clones of the open client connections, to cut them when going down.
     open: Mutex<Vec<TcpStream>>,
-    refused_while_down: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -199,9 +198,8 @@ fn accept_loop(listener: TcpListener, addr: SocketAddr, upstream: SocketAddr, sh
     let mut listener = Some(listener);
     while !shared.stop.load(Ordering::Relaxed) {
         if is_down(&shared) {
-            if listener.take().is_some() {
-                shared.refused_while_down.fetch_add(1, Ordering::Relaxed);
-            }
+            // Closed: connections are refused until it is back.
+            drop(listener.take());
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
