@@ -250,7 +250,7 @@ fn many_and_slow_readers_of_one_object_fetch_each_byte_once() {
     });
     let fetched = proxy.response_bytes() - before;
     assert!(
-        fetched as f64 <= 1.05 * size as f64,
+        fetched as f64 <= 1.03 * size as f64,
         "4 readers of distinct quarters fetched {fetched} bytes for {size} ({:.2}x)",
         fetched as f64 / size as f64
     );
@@ -268,7 +268,7 @@ fn many_and_slow_readers_of_one_object_fetch_each_byte_once() {
     );
     let fetched = proxy.response_bytes() - before;
     assert!(
-        fetched as f64 <= 1.05 * size as f64,
+        fetched as f64 <= 1.03 * size as f64,
         "a slow reader fetched {fetched} bytes for {size} ({:.2}x)",
         fetched as f64 / size as f64
     );

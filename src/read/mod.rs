@@ -434,7 +434,7 @@ impl<S: ObjectStore> Reader<S> {
         let now = self.now_ms();
         file.last_read_ms.store(now, Ordering::Relaxed);
         let mut swept = false;
-        let limit = self.other_readers_start(file, version);
+        let limit = self.other_readers_limit(file, version);
         let plan = {
             let mut window = file.window.lock();
             window.limit_ahead(limit);
@@ -476,18 +476,17 @@ impl<S: ObjectStore> Reader<S> {
         }
     }
 
-    /// Where the nearest other sequential reader of the same object
-    /// version ahead of this one started: this handle's read-ahead stops
-    /// there (readers splitting an object into ranges each stop at the next
-    /// one's start). Only for sequential readers; read from atomics, so no
-    /// other handle's window is locked.
-    fn other_readers_start(&self, me: &OpenFile, version: &ObjectVersion) -> u64 {
+    /// How far this handle's read-ahead may go, given where the other
+    /// sequential readers of the same object version began (see
+    /// [`window::ahead_limit`]). Only for sequential readers; read from
+    /// atomics, so no other handle's window is locked.
+    fn other_readers_limit(&self, me: &OpenFile, version: &ObjectVersion) -> u64 {
         let position = me.position.load(Ordering::Relaxed);
         if position == 0 {
             return u64::MAX;
         }
         let files: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
-        let open = files
+        let mut starts: Vec<u64> = files
             .iter()
             .filter(|f| !std::ptr::eq(Arc::as_ptr(f), me))
             .filter(|f| f.position.load(Ordering::Relaxed) > 0)
@@ -495,18 +494,16 @@ impl<S: ObjectStore> Reader<S> {
                 let v = f.version.lock();
                 v.key == version.key && v.etag == version.etag
             })
-            .map(|f| f.run_start.load(Ordering::Relaxed));
-        let closed: Vec<u64> = self
-            .closed_runs
-            .lock()
-            .iter()
-            .filter(|(k, e, _)| *k == version.key && *e == version.etag)
-            .map(|r| r.2)
+            .map(|f| f.run_start.load(Ordering::Relaxed))
             .collect();
-        open.chain(closed)
-            .filter(|&start| start > position)
-            .min()
-            .unwrap_or(u64::MAX)
+        starts.extend(
+            self.closed_runs
+                .lock()
+                .iter()
+                .filter(|(k, e, _)| *k == version.key && *e == version.etag)
+                .map(|r| r.2),
+        );
+        window::ahead_limit(me.run_start.load(Ordering::Relaxed), position, &starts)
     }
 
     fn ahead_total(&self) -> u64 {

@@ -67,6 +67,39 @@ const BACKWARD_SLACK: u64 = 8 * 1024 * 1024;
 /// ahead there is still wanted.
 const REORDER_SLACK: u64 = 8 * 1024 * 1024;
 
+/// How far past another reader's start a stream that ran into it goes
+/// without read-ahead (see [`ahead_limit`]).
+const CROSSING_GRACE: u64 = 4 * 1024 * 1024;
+
+/// Where read-ahead of a sequential stream that began at `start` and has
+/// read up to `position` must stop, given where the other sequential
+/// readers of the same object began (`others`, open or closed).
+///
+/// Readers splitting an object into ranges each stop at the next one's
+/// start, so read-ahead stops there: the bytes after it are that reader's
+/// (read already, or about to be), and fetching them again for this one is
+/// waste when it stops at the boundary. The kernel's own readahead still
+/// carries a stream a little past its boundary; a stream that has just run
+/// into another's range therefore gets no read-ahead at all until it is
+/// [`CROSSING_GRACE`] past that start, which only a reader that really goes
+/// on reaches. Readers that began at or after another's start (the same
+/// region read twice, a reader that trails another) are not limited.
+pub fn ahead_limit(start: u64, position: u64, others: &[u64]) -> u64 {
+    others
+        .iter()
+        .filter_map(|&other| {
+            if other > position {
+                Some(other)
+            } else if start < other && position < other + CROSSING_GRACE {
+                Some(position)
+            } else {
+                None
+            }
+        })
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
 #[derive(Debug, Clone)]
 pub struct ReadWindow {
     cfg: WindowConfig,
@@ -267,6 +300,21 @@ mod tests {
             40 * M,
             "no read-ahead past the other reader's start"
         );
+    }
+
+    #[test]
+    fn a_stream_that_runs_into_another_readers_range_reads_ahead_only_once_well_past_it() {
+        // Readers of [0, 64M) and [64M, 128M); the first is near its end.
+        assert_eq!(ahead_limit(0, 60 * M, &[64 * M]), 64 * M);
+        // The kernel's readahead carries it 1 MiB past: no read-ahead there.
+        assert_eq!(ahead_limit(0, 65 * M, &[64 * M]), 65 * M);
+        // Well past the other's start, it is a reader that goes on.
+        assert_eq!(ahead_limit(0, 70 * M, &[64 * M]), u64::MAX);
+        assert_eq!(ahead_limit(0, 70 * M, &[64 * M, 128 * M]), 128 * M);
+        // A reader of the same region, or one trailing another, is free.
+        assert_eq!(ahead_limit(64 * M, 65 * M, &[64 * M]), u64::MAX);
+        assert_eq!(ahead_limit(80 * M, 81 * M, &[64 * M]), u64::MAX);
+        assert_eq!(ahead_limit(0, 10 * M, &[]), u64::MAX);
     }
 
     #[test]

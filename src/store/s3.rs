@@ -314,6 +314,7 @@ impl ObjectStore for S3Store {
         while sink.received < expected {
             let from = range.start + sink.received;
             let before = sink.received;
+            tracing::trace!(key, from, to = range.end, "ranged GET");
             let result = {
                 let _room = self.policy.gate.enter().await;
                 self.get_into(key, etag, from..range.end, &mut sink).await
