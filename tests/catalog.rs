@@ -261,6 +261,8 @@ fn a_tree_walk_lists_flat_instead_of_once_per_directory() {
         .collect();
     b.put_many(keys, |_| vec![b'x'; 3]);
     b.put("tree/d05/deeper/leaf", b"leaf".to_vec());
+    // A key shadowed by a prefix of the same name: the directory wins.
+    b.put("tree/d05/deeper", b"shadowed".to_vec());
     b.put("tree/d07/empty-marker/", Vec::new());
     expected.push("./d05/deeper/leaf".into());
     expected.push("./d05/deeper".into());
@@ -289,6 +291,7 @@ fn a_tree_walk_lists_flat_instead_of_once_per_directory() {
         "find over 30 directories made {lists} listings: {:?}",
         proxy.requests()
     );
+    assert!(m.path().join("tree/d05/deeper").is_dir());
     // Sizes come through the walk too.
     assert_eq!(
         std::fs::metadata(m.path().join("tree/d29/f39"))

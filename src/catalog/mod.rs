@@ -32,7 +32,7 @@ mod growing;
 mod inodes;
 mod walk;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -404,23 +404,6 @@ impl<S: ObjectStore> Listings<S> {
         // Not in memory: a later load from disk or S3 gets the change
         // through `install`.
         drop(changes);
-    }
-
-    /// A listing built in memory (by a tree walk): kept there, or moved to
-    /// the on-disk catalog when it is big. Blocks on SQLite.
-    fn built(&self, prefix: &str, entries: Vec<Entry>, listed_at: SystemTime) -> Arc<Listing> {
-        match &self.db {
-            Some(db) if entries.len() > IN_MEMORY_LIMIT => {
-                let stored = db.begin();
-                if !stored.append(1, &entries) {
-                    // Not stored whole: served from memory this time.
-                    return Arc::new(Listing::in_memory(entries, listed_at));
-                }
-                db.commit(prefix, &stored, listed_at);
-                Arc::new(Listing::stored(stored, listed_at))
-            }
-            _ => Arc::new(Listing::in_memory(entries, listed_at)),
-        }
     }
 
     fn is_fresh(&self, listing: &Listing) -> bool {
@@ -898,48 +881,6 @@ impl<S: ObjectStore> Catalog<S> {
     /// The parent inode of `ino` (for `..`).
     pub fn parent(&self, ino: Ino) -> Result<Ino, FsError> {
         Ok(self.node(ino)?.parent)
-    }
-}
-
-/// Collects the names of one directory and applies the naming rules:
-/// unrepresentable names are hidden, and a directory wins over a file of the
-/// same name.
-struct ListingBuilder {
-    dirs: BTreeMap<String, Entry>,
-    files: BTreeMap<String, Entry>,
-    dir_mtime: SystemTime,
-}
-
-impl ListingBuilder {
-    fn new(dir_mtime: SystemTime) -> Self {
-        ListingBuilder {
-            dirs: BTreeMap::new(),
-            files: BTreeMap::new(),
-            dir_mtime,
-        }
-    }
-
-    fn add_dir(&mut self, name: &str) {
-        if !self.dirs.contains_key(name) {
-            self.dirs
-                .insert(name.to_owned(), Entry::of_prefix(name, self.dir_mtime));
-        }
-    }
-
-    fn add_file(&mut self, name: &str, obj: &crate::store::ObjectMeta) {
-        self.files
-            .insert(name.to_owned(), Entry::of_object(name, obj));
-    }
-
-    fn finish(mut self, prefix: &str) -> Vec<Entry> {
-        for (name, file) in std::mem::take(&mut self.files) {
-            if self.dirs.contains_key(&name) {
-                debug!(prefix = %prefix, name = %name, "key shadowed by a prefix of the same name; the directory wins");
-                continue;
-            }
-            self.dirs.insert(name, file);
-        }
-        self.dirs.into_values().collect()
     }
 }
 

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::{ListingBuilder, Listings, RefreshResult};
+use super::growing::GrowingListing;
+use super::{Entry, Listing, Listings, RefreshResult};
+use crate::error::FsError;
 use crate::names;
 use crate::store::{ObjectMeta, ObjectStore};
 
@@ -120,8 +122,8 @@ impl<S: ObjectStore> Listings<S> {
         listed_at: SystemTime,
         waiting: &mut HashMap<String, watch::Sender<RefreshResult>>,
     ) {
-        let mut builders: BTreeMap<String, ListingBuilder> = BTreeMap::new();
-        let fresh = || ListingBuilder::new(self.mounted_at);
+        let mut builders: BTreeMap<String, WalkedDirectory> = BTreeMap::new();
+        let fresh = || WalkedDirectory::new(self.mounted_at);
         builders.insert(sub.to_owned(), fresh());
         for obj in &objects {
             let mut dir = sub.to_owned();
@@ -134,11 +136,12 @@ impl<S: ObjectStore> Listings<S> {
                 if names::check_name(component).is_err() {
                     break; // hidden, with everything below it
                 }
+                let child = names::child_dir_prefix(&dir, component);
                 builders
                     .entry(dir.clone())
                     .or_insert_with(fresh)
-                    .add_dir(component);
-                dir = names::child_dir_prefix(&dir, component);
+                    .add_dir(&child, component);
+                dir = child;
                 builders.entry(dir.clone()).or_insert_with(fresh);
                 rest = tail;
             }
@@ -152,7 +155,15 @@ impl<S: ObjectStore> Listings<S> {
         }
         let mut published = Vec::with_capacity(builders.len());
         for (prefix, builder) in builders {
-            let built = self.built(&prefix, builder.finish(&prefix), listed_at);
+            let finished = super::blocking(|| builder.finish(&prefix, self.db.clone(), listed_at));
+            let built = match finished {
+                Ok(built) => Arc::new(built),
+                Err(e) => {
+                    // Its readers list it on their own.
+                    debug!(prefix = %prefix, error = %e, "walked directory not published");
+                    continue;
+                }
+            };
             let listing = self.install(&prefix, built);
             if let Some(tx) = waiting.remove(&prefix) {
                 self.refreshing.lock().remove(&prefix);
@@ -161,6 +172,53 @@ impl<S: ObjectStore> Listings<S> {
             published.push((prefix, listing));
         }
         self.save_in_background(published);
+    }
+}
+
+/// The names of one directory found by a walk. The naming rules (a
+/// directory wins over a file of the same name) are applied by
+/// [`GrowingListing`], as for a listing fetched directory by directory.
+struct WalkedDirectory {
+    /// Subdirectories by full prefix (each is seen once per key below it).
+    dirs: BTreeMap<String, Entry>,
+    /// Files with their full keys.
+    files: Vec<(String, Entry)>,
+    dir_mtime: SystemTime,
+}
+
+impl WalkedDirectory {
+    fn new(dir_mtime: SystemTime) -> Self {
+        WalkedDirectory {
+            dirs: BTreeMap::new(),
+            files: Vec::new(),
+            dir_mtime,
+        }
+    }
+
+    fn add_dir(&mut self, prefix: &str, name: &str) {
+        if !self.dirs.contains_key(prefix) {
+            self.dirs
+                .insert(prefix.to_owned(), Entry::of_prefix(name, self.dir_mtime));
+        }
+    }
+
+    fn add_file(&mut self, name: &str, obj: &ObjectMeta) {
+        self.files
+            .push((obj.key.clone(), Entry::of_object(name, obj)));
+    }
+
+    /// The listing of `prefix`: in memory, or stored in `db` when large.
+    /// Blocks on SQLite.
+    fn finish(
+        self,
+        prefix: &str,
+        db: Option<Arc<super::db::CatalogDb>>,
+        listed_at: SystemTime,
+    ) -> Result<Listing, FsError> {
+        let growing = GrowingListing::new(db);
+        // One page holding everything, past every key.
+        growing.add_page(self.dirs.into_iter().collect(), self.files, "\u{10FFFF}");
+        growing.complete(prefix, listed_at)
     }
 }
 
