@@ -42,7 +42,6 @@ const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let target = Target::parse(&args.target).map_err(MountError)?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
-    let mountpoint_for_unmount = mountpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("s3mount-io")
@@ -73,98 +72,19 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         (read_config, data_cache),
         upload_config,
     );
-    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
-
-    let config = session_config(&args, &target);
-
-    // Install signal handlers before the mount goes live, so a signal that
-    // arrives right after it still unmounts cleanly.
-    let (mut sigterm, mut sigint) = {
-        let _guard = rt.enter();
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(MountError(format!("cannot install signal handlers: {e}")))
-            }
-        }
-    };
-
-    // The metrics port is taken before mounting, so a port in use is a
-    // clear error and not a mount without metrics.
+    // Signal handlers go in before the mount goes live, so a signal that
+    // arrives right after it still unmounts cleanly; the metrics port is
+    // taken before mounting, so a port in use is a clear error and not a
+    // mount without metrics.
+    let (mut sigterm, mut sigint) = signal_handlers(&rt)?;
     let metrics_listener = match args.metrics_addr {
-        Some(addr) => {
-            let _guard = rt.enter();
-            let listener = std::net::TcpListener::bind(addr)
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    tokio::net::TcpListener::from_std(l)
-                })
-                .map_err(|e| {
-                    MountError(format!(
-                        "cannot serve metrics on {addr}: {e}; choose a free address with --metrics-addr"
-                    ))
-                })?;
-            Some(listener)
-        }
+        Some(addr) => Some(bind_metrics(&rt, addr)?),
         None => None,
     };
 
-    let mount_failed = |e: std::io::Error| {
-        MountError(format!(
-            "cannot mount at {}: {e}; check that /dev/fuse exists and that you may mount (root, or fusermount3 installed)",
-            mountpoint.display()
-        ))
-    };
-    let source = format!("{}/{}", target.bucket, target.prefix);
-    let (mut session, direct) = if kernel_mount::can_mount_directly() {
-        let kernel = KernelOptions {
-            source: &source,
-            read_only: args.read_only,
-            allow_other: config.acl != SessionACL::Owner,
-        };
-        let device = kernel_mount::attach(&mountpoint, &kernel).map_err(mount_failed)?;
-        let acl = config.acl;
-        match fuser::Session::from_fd(adapter, device, acl, config) {
-            Ok(session) => (session, true),
-            Err(e) => {
-                let _ = kernel_mount::detach(&mountpoint, true);
-                return Err(mount_failed(e));
-            }
-        }
-    } else {
-        (
-            fuser::Session::new(adapter, &mountpoint, &config).map_err(mount_failed)?,
-            false,
-        )
-    };
-    let mut unmounter = session.unmount_callable();
-    // fuser unmounts what it mounted; a direct mount, or a lazy detach of
-    // either kind, is ours to undo.
-    let mut unmount = move |lazy: bool| -> std::io::Result<()> {
-        if direct || lazy {
-            kernel_mount::detach(&mountpoint_for_unmount, lazy)
-        } else {
-            unmounter.unmount()
-        }
-    };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("fuse-loop".into())
-        .spawn(move || {
-            // A panic here would otherwise end the loop silently; it is an
-            // abnormal end like an error, reported below.
-            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run()))
-                .map_err(|_| "the request loop panicked".to_owned())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            let _ = done_tx.send(ended);
-        })
-        .map_err(|e| {
-            let _ = kernel_mount::detach(&mountpoint, true);
-            MountError(format!("cannot start the request loop: {e}"))
-        })?;
-
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let (session, mut unmount) = mount_session(adapter, &args, &target, &mountpoint)?;
+    let done_rx = spawn_request_loop(session, &mountpoint)?;
     if args.kernel_readahead > 0 {
         set_kernel_readahead(&mountpoint, args.kernel_readahead);
     }
@@ -184,41 +104,14 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     } else {
         None
     };
-    let live_since = Instant::now();
-    let count_dirs = Arc::new(CountDirs::new(&args.count_dir, &mountpoint));
-    let snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync> = {
-        let (fs, store, count_dirs) = (fs.clone(), store.clone(), count_dirs.clone());
-        Arc::new(move || snapshot(&fs, &store, &count_dirs, live_since))
-    };
-    {
-        let _guard = rt.enter();
-        if let Some(listener) = metrics_listener {
-            tokio::spawn(metrics::serve(listener, snapshot.clone()));
-        }
-        if !count_dirs.dirs.is_empty() {
-            // Local changes show in the catalog at once; S3's changes come
-            // with the TTL. With TTL 0 every count would be a new listing.
-            let every = match args.metadata_ttl {
-                0 => Duration::from_secs(5),
-                ttl => Duration::from_secs(ttl.min(5)),
-            };
-            tokio::spawn(count_dirs.clone().keep_counting(fs.clone(), every));
-        }
-        if args.summary_interval > 0 {
-            let every = Duration::from_secs(args.summary_interval);
-            let snapshot = snapshot.clone();
-            tokio::spawn(async move {
-                let mut ticks =
-                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    ticks.tick().await;
-                    info!("summary: {}", metrics::summary(&snapshot()));
-                }
-            });
-        }
-    }
+    start_reporting(&rt, &args, &fs, &store, &mountpoint, metrics_listener);
     info!(target = %store.describe(), prefix = %target.prefix, mountpoint = %mountpoint.display(), "mounted");
-    notify::ready(&format!("Mounted {source} at {}", mountpoint.display()));
+    notify::ready(&format!(
+        "Mounted {}/{} at {}",
+        target.bucket,
+        target.prefix,
+        mountpoint.display()
+    ));
     on_ready();
 
     let abnormal_end = rt.block_on(serve_until_end(
@@ -243,6 +136,160 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     }
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// SIGTERM and SIGINT, to be awaited by [`serve_until_end`].
+fn signal_handlers(rt: &tokio::runtime::Runtime) -> Result<Signals, MountError> {
+    let _guard = rt.enter();
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(t), Ok(i)) => Ok((t, i)),
+        (Err(e), _) | (_, Err(e)) => {
+            Err(MountError(format!("cannot install signal handlers: {e}")))
+        }
+    }
+}
+
+fn bind_metrics(
+    rt: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, MountError> {
+    let _guard = rt.enter();
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
+        .map_err(|e| {
+            MountError(format!(
+                "cannot serve metrics on {addr}: {e}; choose a free address with --metrics-addr"
+            ))
+        })
+}
+
+/// Undoes the mount; `true` detaches lazily.
+type Unmount = Box<dyn FnMut(bool) -> std::io::Result<()> + Send>;
+
+/// Mounts the filesystem: mount(2) of /dev/fuse directly when root (so the
+/// mount says `fuse.s3mount`), through fuser and fusermount3 otherwise.
+/// Returns the session and how to undo the mount.
+fn mount_session<S: ObjectStore>(
+    adapter: FuseAdapter<S>,
+    args: &Args,
+    target: &Target,
+    mountpoint: &Path,
+) -> Result<(fuser::Session<FuseAdapter<S>>, Unmount), MountError> {
+    let config = session_config(args, target);
+    let mount_failed = |e: std::io::Error| {
+        MountError(format!(
+            "cannot mount at {}: {e}; check that /dev/fuse exists and that you may mount (root, or fusermount3 installed)",
+            mountpoint.display()
+        ))
+    };
+    let source = format!("{}/{}", target.bucket, target.prefix);
+    let (mut session, direct) = if kernel_mount::can_mount_directly() {
+        let kernel = KernelOptions {
+            source: &source,
+            read_only: args.read_only,
+            allow_other: config.acl != SessionACL::Owner,
+        };
+        let device = kernel_mount::attach(mountpoint, &kernel).map_err(mount_failed)?;
+        let acl = config.acl;
+        match fuser::Session::from_fd(adapter, device, acl, config) {
+            Ok(session) => (session, true),
+            Err(e) => {
+                let _ = kernel_mount::detach(mountpoint, true);
+                return Err(mount_failed(e));
+            }
+        }
+    } else {
+        (
+            fuser::Session::new(adapter, mountpoint, &config).map_err(mount_failed)?,
+            false,
+        )
+    };
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = mountpoint.to_path_buf();
+    // fuser unmounts what it mounted; a direct mount, or a lazy detach of
+    // either kind, is ours to undo.
+    let unmount = move |lazy: bool| -> std::io::Result<()> {
+        if direct || lazy {
+            kernel_mount::detach(&mountpoint, lazy)
+        } else {
+            unmounter.unmount()
+        }
+    };
+    Ok((session, Box::new(unmount)))
+}
+
+/// How the request loop ended: `Ok` when the kernel closed the session.
+type LoopEnd = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+/// Runs the kernel request loop on its own thread.
+fn spawn_request_loop<S: ObjectStore>(
+    session: fuser::Session<FuseAdapter<S>>,
+    mountpoint: &Path,
+) -> Result<LoopEnd, MountError> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fuse-loop".into())
+        .spawn(move || {
+            // A panic here would otherwise end the loop silently; it is an
+            // abnormal end like an error, reported by `serve_until_end`.
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run()))
+                .map_err(|_| "the request loop panicked".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let _ = done_tx.send(ended);
+        })
+        .map_err(|e| {
+            let _ = kernel_mount::detach(mountpoint, true);
+            MountError(format!("cannot start the request loop: {e}"))
+        })?;
+    Ok(done_rx)
+}
+
+/// Starts what reports on the mount: the metrics endpoint, the
+/// `--count-dir` counters and the periodic summary line.
+fn start_reporting(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    fs: &Arc<S3Fs<S3Store>>,
+    store: &Arc<S3Store>,
+    mountpoint: &Path,
+    metrics_listener: Option<tokio::net::TcpListener>,
+) {
+    let live_since = Instant::now();
+    let count_dirs = Arc::new(CountDirs::new(&args.count_dir, mountpoint));
+    let snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync> = {
+        let (fs, store, count_dirs) = (fs.clone(), store.clone(), count_dirs.clone());
+        Arc::new(move || snapshot(&fs, &store, &count_dirs, live_since))
+    };
+    let _guard = rt.enter();
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, snapshot.clone()));
+    }
+    if !count_dirs.dirs.is_empty() {
+        // Local changes show in the catalog at once; S3's changes come
+        // with the TTL. With TTL 0 every count would be a new listing.
+        let every = match args.metadata_ttl {
+            0 => Duration::from_secs(5),
+            ttl => Duration::from_secs(ttl.min(5)),
+        };
+        tokio::spawn(count_dirs.clone().keep_counting(fs.clone(), every));
+    }
+    if args.summary_interval > 0 {
+        let every = Duration::from_secs(args.summary_interval);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                info!("summary: {}", metrics::summary(&snapshot()));
+            }
+        });
+    }
 }
 
 /// The FUSE session's options: source name, subtype, read-only or not,

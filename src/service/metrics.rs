@@ -135,9 +135,19 @@ pub struct Snapshot {
 /// The Prometheus text exposition of `snap` plus the request counters.
 pub fn render(snap: &Snapshot) -> String {
     let mut out = String::with_capacity(8192);
+    render_requests(&mut out);
+    for (name, kind, help, value) in series(snap) {
+        sample(&mut out, name, kind, help, value);
+    }
+    render_dir_objects(&mut out, &snap.dir_objects);
+    out
+}
+
+/// The S3 request counters: attempts by status, latency histograms, retries.
+fn render_requests(out: &mut String) {
     {
         let counts = REQUESTS.lock();
-        header(&mut out, "s3mount_s3_requests_total", "counter", "S3 HTTP requests (attempts) by operation and response status; status \"error\" means no response arrived.");
+        header(out, "s3mount_s3_requests_total", "counter", "S3 HTTP requests (attempts) by operation and response status; status \"error\" means no response arrived.");
         for ((op, status), n) in &counts.by_status {
             let _ = writeln!(
                 out,
@@ -145,7 +155,7 @@ pub fn render(snap: &Snapshot) -> String {
             );
         }
         header(
-            &mut out,
+            out,
             "s3mount_s3_request_duration_seconds",
             "histogram",
             "Time from sending an S3 request to its response headers, by operation.",
@@ -176,14 +186,18 @@ pub fn render(snap: &Snapshot) -> String {
             );
         }
         sample(
-            &mut out,
+            out,
             "s3mount_s3_retries_total",
             "counter",
             "S3 request attempts that repeated a failed attempt.",
             counts.retries as f64,
         );
     }
-    let series: [(&str, &str, &str, f64); 40] = [
+}
+
+/// Every single-valued series of `snap`: name, type, help, value.
+fn series(snap: &Snapshot) -> [(&'static str, &'static str, &'static str, f64); 40] {
+    [
         (
             "s3mount_data_cache_hits_total",
             "counter",
@@ -424,28 +438,29 @@ pub fn render(snap: &Snapshot) -> String {
             "Seconds since the mount went live.",
             snap.uptime,
         ),
-    ];
-    for (name, kind, help, value) in series {
-        sample(&mut out, name, kind, help, value);
+    ]
+}
+
+/// The `--count-dir` gauges, one per directory whose count is known.
+fn render_dir_objects(out: &mut String, dirs: &[(String, Option<u64>)]) {
+    if dirs.is_empty() {
+        return;
     }
-    if !snap.dir_objects.is_empty() {
-        header(
-            &mut out,
-            "s3mount_dir_objects",
-            "gauge",
-            "Objects (files) in each --count-dir directory, as of its listing.",
-        );
-        for (path, count) in &snap.dir_objects {
-            if let Some(n) = count {
-                let _ = writeln!(
-                    out,
-                    "s3mount_dir_objects{{path=\"{}\"}} {n}",
-                    escape_label(path)
-                );
-            }
+    header(
+        out,
+        "s3mount_dir_objects",
+        "gauge",
+        "Objects (files) in each --count-dir directory, as of its listing.",
+    );
+    for (path, count) in dirs {
+        if let Some(n) = count {
+            let _ = writeln!(
+                out,
+                "s3mount_dir_objects{{path=\"{}\"}} {n}",
+                escape_label(path)
+            );
         }
     }
-    out
 }
 
 /// The periodic one-line summary for the log.
