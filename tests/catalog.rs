@@ -444,3 +444,82 @@ fn a_directory_stream_given_up_early_leaves_no_inodes_behind() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Lists each directory `dirs` of the mount and makes a subdirectory in it
+/// (a listing, a marker PUT and a catalog change each), 4 at a time.
+fn list_and_change(root: &Path, dirs: std::ops::Range<usize>) {
+    let (code, _, err) = sh(&format!(
+        "python3 - '{}' {} {} <<'PY'
+import os, sys
+from concurrent.futures import ThreadPoolExecutor
+root, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def one(i):
+    d = os.path.join(root, 'd%05d' % i)
+    assert os.listdir(d) == ['f'], d
+    os.mkdir(os.path.join(d, 'sub'))
+with ThreadPoolExecutor(4) as pool:
+    list(pool.map(one, range(lo, hi)))
+PY",
+        root.display(),
+        dirs.start,
+        dirs.end
+    ));
+    assert_eq!(code, 0, "listing and changing {dirs:?} failed: {err}");
+}
+
+/// Drops the kernel's dentries and inodes and waits until the daemon holds
+/// (almost) none; returns its RSS then, in KiB.
+fn settled_rss_kib(m: &Mounted, addr: &str) -> u64 {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's inode cache");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = value(&scrape(addr), "s3mount_inodes").unwrap();
+        if held < 50.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} inodes still held after the kernel dropped its caches"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rss_kib(m.pid())
+}
+
+#[test]
+fn listing_and_changing_many_directories_leaves_inodes_and_memory_flat() {
+    // The warm-up fills the listing cache (a sixteenth of the 64 MiB
+    // budget); from then on memory must stay flat.
+    const WARM: usize = 6_000;
+    const DIRS: usize = 16_000;
+    let s3 = TestS3::start();
+    let b = s3.bucket("manydirs");
+    b.put_many((0..DIRS).map(|i| format!("d{i:05}/f")).collect(), |_| {
+        b"x".to_vec()
+    });
+    let addr = format!("127.0.0.1:{}", free_port());
+    let m = Mounted::start(
+        &s3,
+        &b.name,
+        &["--metrics-addr", &addr, "--memory-limit", "64M"],
+    );
+    list_and_change(&m.path(), 0..WARM);
+    let warm = settled_rss_kib(&m, &addr);
+    list_and_change(&m.path(), WARM..DIRS);
+    let after = settled_rss_kib(&m, &addr);
+    // Each directory left a listing, a change and an inode behind; none of
+    // them may stay for good.
+    assert!(
+        after <= warm + 16 * 1024,
+        "RSS grew from {} MiB after {WARM} directories to {} MiB after {DIRS}",
+        warm / 1024,
+        after / 1024
+    );
+    let markers = b.keys().iter().filter(|k| k.ends_with("/sub/")).count();
+    assert_eq!(markers, DIRS, "every mkdir is a marker object in S3");
+    eprintln!(
+        "RSS {} MiB after {WARM} directories, {} MiB after {DIRS}",
+        warm / 1024,
+        after / 1024
+    );
+}

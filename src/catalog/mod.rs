@@ -32,7 +32,7 @@ mod growing;
 mod inodes;
 mod walk;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -202,11 +202,14 @@ impl Listing {
         }
     }
 
-    /// Weight in the memory layer, in entries.
+    /// Weight in the memory layer, in entries. A listing's own overhead
+    /// (its key, the cache's bookkeeping, the vector) costs about as much as
+    /// four entries: without it, thousands of small listings held several
+    /// times the share of the budget they were counted as.
     fn weight(&self) -> u32 {
         self.entries()
-            .map_or(0, |e| e.len().min(u32::MAX as usize - 1) as u32)
-            + 1
+            .map_or(0, |e| e.len().min(u32::MAX as usize - 8) as u32)
+            + 4
     }
 }
 
@@ -270,9 +273,13 @@ struct Listings<S> {
     opened: Mutex<HashMap<String, Instant>>,
     /// Parents walked recently, so each is walked once per TTL.
     walked: Mutex<HashMap<String, Instant>>,
-    /// Changes made through this mount, by directory prefix.
+    /// Changes made through this mount, by directory prefix, kept while a
+    /// listing operation that began before them is in flight.
     changes: Mutex<HashMap<String, Vec<Change>>>,
-    /// Size of `changes` at which changes past [`CHANGE_MEMORY`] are swept.
+    /// Listing operations in flight: fetches, tree walks, loads from disk
+    /// and background saves.
+    in_flight: Arc<InFlight>,
+    /// Size of `changes` at which changes no listing in flight needs are swept.
     sweep_changes_at: std::sync::atomic::AtomicUsize,
 }
 
@@ -284,10 +291,54 @@ struct Change {
     entry: Option<Entry>,
 }
 
-/// How long a change is re-applied to listings that land after it. Any
-/// listing that started after the change already contains it (S3 listings
-/// are strongly consistent); this only has to outlast listings in flight.
-const CHANGE_MEMORY: Duration = Duration::from_secs(600);
+/// Listing operations in flight, by when they began. A change made through
+/// the mount is applied to the listing in memory and on disk at once; it
+/// only has to be remembered (and re-applied when a listing lands) while an
+/// operation that began before it may still land an older listing: a fetch
+/// that began earlier, a tree walk, a load from disk, a background save.
+/// Any listing that starts later contains the change already (S3 listings
+/// are strongly consistent), so with nothing in flight nothing is kept.
+#[derive(Default)]
+struct InFlight {
+    started: Mutex<BTreeMap<u64, SystemTime>>,
+    next: AtomicU64,
+}
+
+impl InFlight {
+    /// Registers an operation until the returned guard is dropped.
+    fn begin(self: &Arc<Self>) -> ListingOp {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.started.lock().insert(id, SystemTime::now());
+        ListingOp {
+            ops: self.clone(),
+            id,
+        }
+    }
+
+    /// Changes older than this are in every listing that may still land;
+    /// `None` when nothing is in flight.
+    fn horizon(&self) -> Option<SystemTime> {
+        let oldest = self.started.lock().values().min().copied()?;
+        // Wall-clock times: allow for small steps of the clock.
+        Some(oldest - CLOCK_SLACK)
+    }
+}
+
+/// How far the wall clock may step back without a change being forgotten
+/// too early (see [`InFlight::horizon`]).
+const CLOCK_SLACK: Duration = Duration::from_secs(2);
+
+/// One listing operation in flight (see [`InFlight`]).
+struct ListingOp {
+    ops: Arc<InFlight>,
+    id: u64,
+}
+
+impl Drop for ListingOp {
+    fn drop(&mut self) {
+        self.ops.started.lock().remove(&self.id);
+    }
+}
 
 /// Sets `name` to `entry` (or removes it) in sorted `entries`.
 fn apply_change(entries: &mut Vec<Entry>, name: &str, entry: Option<Entry>) {
@@ -358,23 +409,31 @@ impl<S: ObjectStore> Listings<S> {
     fn record(&self, prefix: &str, name: &str, entry: Option<Entry>) {
         let now = SystemTime::now();
         let mut changes = self.changes.lock();
+        let horizon = self.in_flight.horizon();
+        let needed = |c: &Change| horizon.is_some_and(|h| c.at >= h);
         // Directories changed once and never listed again would keep their
-        // changes forever; sweep old ones whenever the map has doubled.
+        // changes until the next change there; sweep the map whenever it has
+        // doubled.
         if changes.len() >= self.sweep_changes_at.load(Ordering::Relaxed) {
             changes.retain(|_, list| {
-                list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
+                list.retain(needed);
                 !list.is_empty()
             });
             self.sweep_changes_at
                 .store((changes.len() * 2).max(1024), Ordering::Relaxed);
         }
-        let list = changes.entry(prefix.to_owned()).or_default();
-        list.retain(|c| now.duration_since(c.at).unwrap_or_default() < CHANGE_MEMORY);
-        list.push(Change {
-            at: now,
-            name: name.to_owned(),
-            entry: entry.clone(),
-        });
+        if let Some(list) = changes.get_mut(prefix) {
+            list.retain(needed);
+        }
+        if horizon.is_some() {
+            changes.entry(prefix.to_owned()).or_default().push(Change {
+                at: now,
+                name: name.to_owned(),
+                entry: entry.clone(),
+            });
+        } else {
+            changes.remove(prefix);
+        }
         let listing = self.memory.get(prefix);
         // A stored listing in memory gets the change directly; the current
         // stored listing too, unless it is that very one.
@@ -423,16 +482,33 @@ impl<S: ObjectStore> Listings<S> {
             return;
         }
         let me = self.clone();
+        let op = self.in_flight.begin();
         tokio::task::spawn_blocking(move || {
+            let _op = op;
             if let Some(db) = &me.db {
                 for (prefix, listing) in listings {
                     // A listing left on disk is stored already.
                     if let Some(entries) = listing.entries() {
                         db.save(&prefix, entries, listing.listed_at);
+                        me.reapply_to_disk(db, &prefix, listing.listed_at);
                     }
                 }
             }
         });
+    }
+
+    /// Writes again the changes to `prefix` made since `listed_at`: a
+    /// listing saved while they were made may have overwritten them.
+    fn reapply_to_disk(&self, db: &CatalogDb, prefix: &str, listed_at: SystemTime) {
+        let changes = self.changes.lock();
+        for c in changes.get(prefix).into_iter().flatten() {
+            if c.at >= listed_at {
+                match &c.entry {
+                    Some(e) => db.put_entry(prefix, e),
+                    None => db.remove_entry(prefix, &c.name),
+                }
+            }
+        }
     }
 
     /// For a directory stream: a known listing (as `get` serves it), or the
@@ -456,6 +532,7 @@ impl<S: ObjectStore> Listings<S> {
     /// The listing of `prefix` from memory or disk, whatever its age.
     fn known(&self, prefix: &str) -> Option<Arc<Listing>> {
         self.memory.get(prefix).or_else(|| {
+            let _op = self.in_flight.begin();
             let stored = self.db.as_ref()?.load(prefix, IN_MEMORY_LIMIT)?;
             self.stats.disk_loads.fetch_add(1, Ordering::Relaxed);
             let listing = Arc::new(match stored.body {
@@ -520,7 +597,9 @@ impl<S: ObjectStore> Listings<S> {
         let prefix = prefix.to_owned();
         let growing = Arc::new(GrowingListing::new(self.db.clone()));
         self.growing.lock().insert(prefix.clone(), growing.clone());
+        let op = self.in_flight.begin();
         tokio::spawn(async move {
+            let op = op;
             let mut guard = RefreshGuard {
                 listings: &me,
                 prefix: &prefix,
@@ -537,6 +616,7 @@ impl<S: ObjectStore> Listings<S> {
                 me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
                 me.install(&prefix, listing)
             });
+            drop(op);
             me.refreshing.lock().remove(&prefix);
             // A listing left on disk was stored page by page already.
             let saved = result
@@ -642,6 +722,7 @@ impl<S: ObjectStore> Catalog<S> {
                 walked: Mutex::new(HashMap::new()),
                 changes: Mutex::new(HashMap::new()),
                 sweep_changes_at: std::sync::atomic::AtomicUsize::new(1024),
+                in_flight: Arc::default(),
             }),
             inodes: Mutex::new(InodeTable::new(root_prefix)),
         }

@@ -102,7 +102,14 @@ impl<S: ObjectStore> Listings<S> {
             return;
         }
         self.stats.walks.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(walk(self.clone(), parent.to_owned(), waiting));
+        // Registered for as long as the walk may land listings.
+        let op = self.in_flight.begin();
+        let me = self.clone();
+        let parent = parent.to_owned();
+        tokio::spawn(async move {
+            let _op = op;
+            walk(me, parent, waiting).await
+        });
     }
 
     /// Hands registered directories back to ordinary listing: their readers
