@@ -15,7 +15,9 @@
 //! listing has moved past it (keys arrive sorted, so a subtree's keys are
 //! contiguous). Readers of a registered directory wait for the walk instead
 //! of listing it themselves. A walk gives up (and readers list on their own)
-//! after `MAX_PAGES` pages or a subtree of more than `MAX_SUBTREE_KEYS` keys.
+//! after `MAX_PAGES` pages or a subtree of more than `MAX_SUBTREE_KEYS` keys,
+//! and stops once nobody waits for it and no directory below the parent
+//! has been opened for `WALK_WINDOW` (the walker has gone).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -110,6 +112,15 @@ impl<S: ObjectStore> Listings<S> {
             let _op = op;
             walk(me, parent, waiting).await
         });
+    }
+
+    /// Whether a directory below `parent` was opened within [`WALK_WINDOW`].
+    fn walked_recently(&self, parent: &str) -> bool {
+        let now = Instant::now();
+        self.opened
+            .lock()
+            .iter()
+            .any(|(k, at)| k.starts_with(parent) && now.duration_since(*at) < WALK_WINDOW)
     }
 
     /// Hands registered directories back to ordinary listing: their readers
@@ -242,6 +253,11 @@ async fn walk<S: ObjectStore>(
     let outcome = loop {
         if pages == MAX_PAGES {
             break "too many keys";
+        }
+        if waiting.is_empty() && !me.walked_recently(&parent) {
+            // Whoever walked the tree has stopped (`find` was interrupted,
+            // `ls -R` ended): the rest would be listed for nobody.
+            break "nobody is walking any more";
         }
         pages += 1;
         me.stats.list_requests.fetch_add(1, Ordering::Relaxed);
