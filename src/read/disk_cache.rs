@@ -273,6 +273,20 @@ fn read_checked(
         Ok(buf)
     };
     let chunks = len.div_ceil(CHUNK) as usize;
+    let first = (range.start / CHUNK) as usize;
+    let last = (range.end.div_ceil(CHUNK) as usize).min(chunks);
+    let from = first as u64 * CHUNK;
+    let to = (last as u64 * CHUNK).min(len);
+    // Where the data starts follows from the identity and the length, so
+    // its read can start now, alongside the header's: one disk round trip
+    // instead of two when the file is not in the page cache.
+    let expected_at = (MAGIC.len() + 4 + identity.len() + 8 + 4 * chunks) as u64;
+    let _ = nix::fcntl::posix_fadvise(
+        &file,
+        (expected_at + from) as i64,
+        (to - from) as i64,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+    );
     let head = read_at(0, MAGIC.len() + 4)?;
     if &head[..MAGIC.len()] != MAGIC {
         return Err("no header");
@@ -294,10 +308,6 @@ fn read_checked(
     }
     let crcs = &rest[id_len + 8..];
     // The chunks covering the range, read and checked.
-    let first = (range.start / CHUNK) as usize;
-    let last = (range.end.div_ceil(CHUNK) as usize).min(chunks);
-    let from = first as u64 * CHUNK;
-    let to = (last as u64 * CHUNK).min(len);
     let data = read_at(data_at + from, (to - from) as usize)?;
     for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
         let c = first + i;

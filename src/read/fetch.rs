@@ -368,6 +368,10 @@ impl<S: ObjectStore> Fetcher<S> {
 
     fn request_units(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>, ahead: bool) {
         let range = range.start..range.end.min(obj.size);
+        let range = match ahead {
+            true => self.ahead_from_disk(obj, range),
+            false => range,
+        };
         if range.is_empty() {
             return;
         }
@@ -660,6 +664,34 @@ impl<S: ObjectStore> Fetcher<S> {
             whole.extend_from_slice(&disk.read(&unit_id(obj, Unit::Block(b)), r.end - r.start)?);
         }
         Some(whole.freeze())
+    }
+
+    /// Read-ahead that starts on data in the disk cache goes only as far as
+    /// the disk cache has it. A query run again reads what its first run
+    /// read, and that is on disk; what its first run fetched ahead and never
+    /// read (or stopped fetching) need not come from S3 this time either. A
+    /// reader that goes on past the cached data fetches on demand, and the
+    /// read-ahead starting there goes to S3 as usual.
+    fn ahead_from_disk(&self, obj: &ObjectVersion, range: Range<u64>) -> Range<u64> {
+        if self.disk.is_none() {
+            return range;
+        }
+        let mut end = range.start;
+        while end < range.end {
+            let seg = end / self.segment();
+            let next = if self.on_disk(obj, Unit::Segment(seg)) {
+                (seg + 1) * self.segment()
+            } else if self.on_disk(obj, Unit::Block(end / self.block)) {
+                (end / self.block + 1) * self.block
+            } else {
+                break;
+            };
+            end = next;
+        }
+        match end > range.start {
+            true => range.start..end.min(range.end),
+            false => range,
+        }
     }
 
     /// Whether the disk cache has a file for `unit` (or a block's segment).
