@@ -289,3 +289,58 @@ fn a_file_just_written_reads_back_from_the_disk_cache() {
         "files written through the mount were fetched from S3 again"
     );
 }
+
+/// Reads `len` bytes at `offset` with O_DIRECT, so the kernel's page cache
+/// and its readahead add no read of their own: the mount sees exactly this.
+fn read_direct(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .expect("O_DIRECT open through the mount");
+    // O_DIRECT wants an aligned buffer: a page-aligned slice of a bigger one.
+    let mut raw = vec![0u8; len + 4096];
+    let skip = raw.as_ptr().align_offset(4096);
+    let buf = &mut raw[skip..skip + len];
+    f.read_exact_at(buf, offset).unwrap();
+    buf.to_vec()
+}
+
+#[test]
+fn a_query_run_again_after_a_remount_fetches_nothing_it_did_not_read() {
+    let f = fixture("rerun");
+    let (proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let path = |m: &Mounted| m.path().join("big.bin");
+    let data = &f.files[0].1;
+    const M: u64 = 1 << 20;
+    // A first run reads [4 MiB, 5 MiB) in random 64 KiB pieces: fetched on
+    // demand, block by block, nothing ahead.
+    let m = f.mount(&endpoint, &addr, &[]);
+    for i in (0..16u64).rev() {
+        let at = 4 * M + i * 64 * 1024;
+        let got = read_direct(&path(&m), at, 64 * 1024);
+        assert!(got[..] == data[at as usize..at as usize + 64 * 1024]);
+    }
+    wait_written(&addr, M);
+    drop(m);
+    // The second run reads the same bytes in one go, which reads ahead: the
+    // read-ahead past the cached bytes would be a guess the first run never
+    // needed, and goes nowhere.
+    let m = f.mount(&endpoint, &addr, &[]);
+    let before = object_gets(&proxy);
+    let got = read_direct(&path(&m), 4 * M, M as usize);
+    assert!(got[..] == data[4 * M as usize..5 * M as usize]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        object_gets(&proxy) - before,
+        0,
+        "the same read after a remount went to S3: {:?}",
+        proxy.requests()
+    );
+    // A reader going on past the cached bytes gets them from S3.
+    let got = read_direct(&path(&m), 5 * M, 3 * M as usize);
+    assert!(got[..] == data[5 * M as usize..8 * M as usize]);
+    assert!(object_gets(&proxy) > before);
+}

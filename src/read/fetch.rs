@@ -666,32 +666,29 @@ impl<S: ObjectStore> Fetcher<S> {
         Some(whole.freeze())
     }
 
-    /// Read-ahead that starts on data in the disk cache goes only as far as
-    /// the disk cache has it. A query run again reads what its first run
-    /// read, and that is on disk; what its first run fetched ahead and never
-    /// read (or stopped fetching) need not come from S3 this time either. A
-    /// reader that goes on past the cached data fetches on demand, and the
-    /// read-ahead starting there goes to S3 as usual.
+    /// Read-ahead of a reader that is reading data from the disk cache
+    /// goes only as far as the disk cache has the data. A query run again
+    /// reads what its first run read, and that is on disk; what its first
+    /// run fetched ahead and never read (or stopped fetching) need not come
+    /// from S3 this time either. A reader that goes on past the cached data
+    /// fetches on demand for one window, and the read-ahead after that goes
+    /// to S3 as usual (the bytes before it are not cached then).
     fn ahead_from_disk(&self, obj: &ObjectVersion, range: Range<u64>) -> Range<u64> {
-        if self.disk.is_none() {
+        let cached = |at: u64| {
+            self.on_disk(obj, Unit::Segment(at / self.segment()))
+                || self.on_disk(obj, Unit::Block(at / self.block))
+        };
+        if self.disk.is_none() || range.start == 0 || !cached(range.start - 1) {
             return range;
         }
         let mut end = range.start;
-        while end < range.end {
-            let seg = end / self.segment();
-            let next = if self.on_disk(obj, Unit::Segment(seg)) {
-                (seg + 1) * self.segment()
-            } else if self.on_disk(obj, Unit::Block(end / self.block)) {
-                (end / self.block + 1) * self.block
-            } else {
-                break;
+        while end < range.end && cached(end) {
+            end = match self.on_disk(obj, Unit::Segment(end / self.segment())) {
+                true => (end / self.segment() + 1) * self.segment(),
+                false => (end / self.block + 1) * self.block,
             };
-            end = next;
         }
-        match end > range.start {
-            true => range.start..end.min(range.end),
-            false => range,
-        }
+        range.start..end.min(range.end)
     }
 
     /// Whether the disk cache has a file for `unit` (or a block's segment).
