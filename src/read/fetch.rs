@@ -603,9 +603,11 @@ impl<S: ObjectStore> Fetcher<S> {
         found
     }
 
-    /// The leading blocks of `units` that lie in one segment cached on disk
-    /// (and are not cached alone), read from its file in one go; empty if
-    /// the first unit is not such a block.
+    /// The leading blocks of `units` that lie in one segment cached on disk,
+    /// read from its file in one go; empty if the first unit is not a block
+    /// or its segment is not on disk. Tried first: a file read sequentially
+    /// once is cached as segments, and every file looked for costs a disk
+    /// lookup when the directory is not in the page cache.
     fn blocks_from_disk_segment(
         &self,
         obj: &ObjectVersion,
@@ -617,9 +619,6 @@ impl<S: ObjectStore> Fetcher<S> {
         };
         let seg = first / SEGMENT_BLOCKS;
         let seg_id = unit_id(obj, Unit::Segment(seg));
-        if disk.contains(&unit_id(obj, Unit::Block(first))) || !disk.contains(&seg_id) {
-            return Vec::new();
-        }
         let run = units
             .iter()
             .take_while(|u| matches!(u, Unit::Block(b) if b / SEGMENT_BLOCKS == seg))
@@ -633,7 +632,7 @@ impl<S: ObjectStore> Fetcher<S> {
                 start - seg_bytes.start..end - seg_bytes.start,
             )
         }) else {
-            disk.stats.misses.fetch_add(1, Ordering::Relaxed);
+            // Not a miss yet: the blocks may be cached on their own.
             return Vec::new();
         };
         ranges[..run]
