@@ -281,6 +281,14 @@ fn read_checked(
     // its read can start now, alongside the header's: one disk round trip
     // instead of two when the file is not in the page cache.
     let expected_at = (MAGIC.len() + 4 + identity.len() + 8 + 4 * chunks) as u64;
+    // No readahead: reading the header must not pull in data nobody asked
+    // for (a random read wants a few chunks of the file, not its start).
+    let _ = nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+    );
     let _ = nix::fcntl::posix_fadvise(
         &file,
         (expected_at + from) as i64,

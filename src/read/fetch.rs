@@ -352,12 +352,76 @@ impl<S: ObjectStore> Fetcher<S> {
     }
 
     /// Starts fetches for the parts of `range` that are neither cached nor
-    /// pending. Returns at once; the bytes arrive in the cache.
+    /// pending. Returns at once; the bytes arrive in the cache. Units the
+    /// disk cache holds are read from it right here, which for a reader
+    /// waiting on them is quicker than a task of their own.
     ///
     /// Whole segments the range covers are fetched as segments (unless a
     /// block of them is cached or pending already); the rest as blocks.
     pub fn request(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>) {
+        self.read_in_place_from_disk(obj, range.start..range.end.min(obj.size));
         self.request_units(obj, range, false);
+    }
+
+    /// Moves the units of `range` that are on disk (and neither in memory
+    /// nor being fetched) into the memory cache, reading them now.
+    fn read_in_place_from_disk(&self, obj: &ObjectVersion, range: Range<u64>) {
+        if self.disk.is_none() {
+            return;
+        }
+        let mut at = range.start - range.start % self.block;
+        while at < range.end {
+            let seg = at / self.segment();
+            let seg_bytes = self.bytes_of(obj, Unit::Segment(seg));
+            let b = at / self.block;
+            let present = |unit| self.present(&Self::key(obj, unit), &self.pending.lock());
+            if present(Unit::Segment(seg)) {
+                at = seg_bytes.end;
+                continue;
+            }
+            if present(Unit::Block(b)) {
+                at += self.block;
+                continue;
+            }
+            let whole = at == seg_bytes.start && range.end >= seg_bytes.end;
+            if whole && self.on_disk(obj, Unit::Segment(seg)) {
+                let len = seg_bytes.end - seg_bytes.start;
+                if let Some(data) = self.read_from_disk(obj, Unit::Segment(seg), len, false) {
+                    self.insert(Self::key(obj, Unit::Segment(seg)), data);
+                }
+                at = seg_bytes.end;
+                continue;
+            }
+            if !self.on_disk(obj, Unit::Block(b)) {
+                at += self.block;
+                continue;
+            }
+            // The blocks of this segment the range needs, in one read.
+            let last = range.end.min(seg_bytes.end).div_ceil(self.block);
+            let units: Vec<Unit> = (b..last)
+                .take_while(|&x| !present(Unit::Block(x)))
+                .map(Unit::Block)
+                .collect();
+            let ranges: Vec<Range<u64>> = units.iter().map(|&u| self.bytes_of(obj, u)).collect();
+            let mut got = self.blocks_from_disk_segment(obj, &units, &ranges, false);
+            if got.is_empty() {
+                // Cached on its own, not as part of its segment.
+                got.extend(self.read_from_disk(
+                    obj,
+                    units[0],
+                    ranges[0].end - ranges[0].start,
+                    false,
+                ));
+            }
+            if got.is_empty() {
+                at += self.block;
+                continue;
+            }
+            for (unit, data) in units.iter().zip(got) {
+                at = self.bytes_of(obj, *unit).end;
+                self.insert(Self::key(obj, *unit), data);
+            }
+        }
     }
 
     /// Like [`Fetcher::request`], for data a reader will want later: what
@@ -488,7 +552,7 @@ impl<S: ObjectStore> Fetcher<S> {
                     delivered.store(next + 1, Ordering::Relaxed);
                     tx.send_modify(|p| p.arrived += 1);
                 };
-                me.fetch_part(&obj, &units, &ranges, &pieces, &mut place)
+                me.fetch_part(&obj, &units, &ranges, &pieces, ahead, &mut place)
                     .await
             };
             drop(clear);
@@ -519,17 +583,18 @@ impl<S: ObjectStore> Fetcher<S> {
         units: &[Unit],
         ranges: &[Range<u64>],
         pieces: &[u64],
+        ahead: bool,
         place: &mut (dyn FnMut(Bytes) + Send),
     ) -> Result<(), StoreError> {
         let mut i = 0;
         while i < units.len() {
-            let from_segment = self.blocks_from_disk_segment(obj, &units[i..], &ranges[i..]);
+            let from_segment = self.blocks_from_disk_segment(obj, &units[i..], &ranges[i..], ahead);
             if !from_segment.is_empty() {
                 i += from_segment.len();
                 from_segment.into_iter().for_each(&mut *place);
                 continue;
             }
-            if let Some(data) = self.read_from_disk(obj, units[i], pieces[i]) {
+            if let Some(data) = self.read_from_disk(obj, units[i], pieces[i], ahead) {
                 place(data);
                 i += 1;
                 continue;
@@ -569,9 +634,15 @@ impl<S: ObjectStore> Fetcher<S> {
     /// A unit from the disk cache: itself, or for a block, its part of a
     /// cached segment; for a segment, its cached blocks put together.
     /// Blocks on the disk.
-    fn read_from_disk(&self, obj: &ObjectVersion, unit: Unit, len: u64) -> Option<Bytes> {
+    fn read_from_disk(
+        &self,
+        obj: &ObjectVersion,
+        unit: Unit,
+        len: u64,
+        ahead: bool,
+    ) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
-        let found = crate::catalog::blocking(|| {
+        let found = disk_io(ahead, || {
             if let Some(data) = disk.read(&unit_id(obj, unit), len) {
                 return Some(data);
             }
@@ -613,6 +684,7 @@ impl<S: ObjectStore> Fetcher<S> {
         obj: &ObjectVersion,
         units: &[Unit],
         ranges: &[Range<u64>],
+        ahead: bool,
     ) -> Vec<Bytes> {
         let (Some(disk), Some(&Unit::Block(first))) = (&self.disk, units.first()) else {
             return Vec::new();
@@ -625,7 +697,7 @@ impl<S: ObjectStore> Fetcher<S> {
             .count();
         let seg_bytes = self.bytes_of(obj, Unit::Segment(seg));
         let (start, end) = (ranges[0].start, ranges[run - 1].end);
-        let Some(data) = crate::catalog::blocking(|| {
+        let Some(data) = disk_io(ahead, || {
             disk.read_range(
                 &seg_id,
                 seg_bytes.end - seg_bytes.start,
@@ -895,5 +967,17 @@ impl<S: ObjectStore> Drop for ClearPending<'_, S> {
         let delivered = self.delivered.load(Ordering::Relaxed);
         self.fetcher
             .unregister(self.obj, &self.units[delivered..], self.part);
+    }
+}
+
+/// Runs `f`, which reads the disk cache. Read-ahead (which may read many
+/// units in a row) steps aside from the async worker first; a read a caller
+/// is waiting for runs in place: handing the worker's other tasks to another
+/// thread costs more than a read from a local disk does (random 256 KiB
+/// reads from the cache went from about 1,300 to 1,550 a second).
+fn disk_io<R>(ahead: bool, f: impl FnOnce() -> R) -> R {
+    match ahead {
+        true => crate::catalog::blocking(f),
+        false => f(),
     }
 }
