@@ -8,6 +8,7 @@ pub mod fs;
 pub mod fuse;
 pub mod mount;
 pub mod names;
+pub mod preflight;
 pub mod read;
 pub mod service;
 pub mod store;

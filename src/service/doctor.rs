@@ -119,7 +119,7 @@ async fn examine(args: &DoctorArgs) -> Result<Report, String> {
     progress.say("checking credentials and listing permission");
     // The same checks and messages as a mount: credentials, bucket, ListBucket.
     let store = Arc::new(
-        crate::mount::preflight(&settings, &target)
+        crate::preflight::preflight(&settings, &target)
             .await
             .map_err(|e| e.0)?,
     );
