@@ -295,21 +295,36 @@ fn read_checked(
         (to - from) as i64,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
     );
-    let head = read_at(0, MAGIC.len() + 4)?;
-    if &head[..MAGIC.len()] != MAGIC {
+    // The whole header in one read: its length follows from the identity.
+    // Read what is there: a file of another unit may be shorter.
+    let head_len = MAGIC.len() + 4;
+    let mut head = vec![0u8; head_len + identity.len() + 8 + 4 * chunks];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read_at(&mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err("unreadable"),
+        }
+    }
+    if got < head_len || &head[..MAGIC.len()] != MAGIC {
         return Err("no header");
     }
-    let id_len = u32::from_le_bytes(head[MAGIC.len()..].try_into().unwrap()) as usize;
+    let id_len = u32::from_le_bytes(head[MAGIC.len()..head_len].try_into().unwrap()) as usize;
     if id_len != identity.len() {
         // Another unit whose name hashes the same: not damaged, not ours.
         return Ok(None);
     }
-    let rest = read_at(head.len() as u64, id_len + 8 + 4 * chunks)?;
+    if got < head.len() {
+        return Err("truncated");
+    }
+    let rest = &head[head_len..];
     if &rest[..id_len] != identity.as_bytes() {
         return Ok(None);
     }
     let data_len = u64::from_le_bytes(rest[id_len..id_len + 8].try_into().unwrap());
-    let data_at = (head.len() + rest.len()) as u64;
+    let data_at = head.len() as u64;
     let meta = file.metadata().map_err(|_| "unreadable")?;
     if data_len != len || meta.len() != data_at + len {
         return Err("wrong length");

@@ -392,11 +392,8 @@ impl<S: ObjectStore> Fetcher<S> {
                 at = seg_bytes.end;
                 continue;
             }
-            if !self.on_disk(obj, Unit::Block(b)) {
-                at += self.block;
-                continue;
-            }
-            // The blocks of this segment the range needs, in one read.
+            // The blocks of this segment the range needs, in one read (no
+            // look first: opening the file is the look).
             let last = range.end.min(seg_bytes.end).div_ceil(self.block);
             let units: Vec<Unit> = (b..last)
                 .take_while(|&x| !present(Unit::Block(x)))
@@ -404,7 +401,7 @@ impl<S: ObjectStore> Fetcher<S> {
                 .collect();
             let ranges: Vec<Range<u64>> = units.iter().map(|&u| self.bytes_of(obj, u)).collect();
             let mut got = self.blocks_from_disk_segment(obj, &units, &ranges, false);
-            if got.is_empty() {
+            if got.is_empty() && self.on_disk(obj, units[0]) {
                 // Cached on its own, not as part of its segment.
                 got.extend(self.read_from_disk(
                     obj,
