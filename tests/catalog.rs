@@ -344,19 +344,7 @@ fn a_directory_of_100k_keys_lists_correctly_with_bounded_memory() {
     // 100k inodes that readdirplus handed out are forgotten.
     let held = value(&metrics, "s3mount_inodes").unwrap();
     assert!(held >= count as f64, "only {held} inodes after listing");
-    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's inode cache");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = value(&scrape(&addr), "s3mount_inodes").unwrap();
-        if now < 1000.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{now} inodes still held after the kernel dropped its caches"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    drop_inodes_and_wait(&addr, 1000.0);
     let peak_mib = peak_rss_kib(m.pid()) / 1024;
     assert!(peak_mib < 160, "listing 100k keys peaked at {peak_mib} MiB");
     drop(m);
@@ -430,19 +418,7 @@ fn a_directory_stream_given_up_early_leaves_no_inodes_behind() {
             .collect();
         assert_eq!(first.len(), 5);
     }
-    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's inode cache");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let held = value(&scrape(&addr), "s3mount_inodes").unwrap();
-        if held < 10.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{held} inodes still held after the kernel dropped its caches"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    drop_inodes_and_wait(&addr, 10.0);
 }
 
 /// Lists each directory `dirs` of the mount and makes a subdirectory in it
@@ -467,15 +443,15 @@ PY",
     assert_eq!(code, 0, "listing and changing {dirs:?} failed: {err}");
 }
 
-/// Drops the kernel's dentries and inodes and waits until the daemon holds
-/// (almost) none; returns its RSS then, in KiB.
-fn settled_rss_kib(m: &Mounted, addr: &str) -> u64 {
+/// Drops the kernel's dentries and inodes, and waits (up to 30 s) until the
+/// daemon holds fewer than `below` inodes: the kernel forgot what it held.
+fn drop_inodes_and_wait(addr: &str, below: f64) {
     std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's inode cache");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let held = value(&scrape(addr), "s3mount_inodes").unwrap();
-        if held < 50.0 {
-            break;
+        if held < below {
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -483,6 +459,12 @@ fn settled_rss_kib(m: &Mounted, addr: &str) -> u64 {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The daemon's RSS in KiB once the kernel has forgotten (almost) every
+/// inode.
+fn settled_rss_kib(m: &Mounted, addr: &str) -> u64 {
+    drop_inodes_and_wait(addr, 50.0);
     rss_kib(m.pid())
 }
 
