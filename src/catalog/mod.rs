@@ -616,7 +616,6 @@ impl<S: ObjectStore> Listings<S> {
                 me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
                 me.install(&prefix, listing)
             });
-            drop(op);
             me.refreshing.lock().remove(&prefix);
             // A listing left on disk was stored page by page already.
             let saved = result
@@ -629,6 +628,10 @@ impl<S: ObjectStore> Listings<S> {
             if let Some(listing) = saved {
                 me.save_in_background(vec![(prefix, listing)]);
             }
+            // Only now: the save registered itself first, so no change made
+            // after the listing landed can be forgotten before the save has
+            // written it again.
+            drop(op);
         });
         rx
     }
