@@ -90,6 +90,14 @@ impl Fixture {
         Mounted::start_at(endpoint, &self.b.name, &args)
     }
 
+    /// A first mount that reads every file and unmounts once all of it is
+    /// in the disk cache.
+    fn fill_cache(&self, endpoint: &Endpoint, addr: &str) {
+        let m = self.mount(endpoint, addr, &[]);
+        self.read_all(&m);
+        wait_written(addr, self.total());
+    }
+
     fn read_all(&self, m: &Mounted) {
         for (k, v) in &self.files {
             let got = std::fs::read(m.path().join(k)).unwrap();
@@ -103,10 +111,7 @@ fn a_remount_reads_from_the_disk_cache_with_no_get() {
     let f = fixture("remount");
     let (proxy, endpoint) = f.s3.proxied();
     let addr = format!("127.0.0.1:{}", free_port());
-    let m = f.mount(&endpoint, &addr, &[]);
-    f.read_all(&m);
-    wait_written(&addr, f.total());
-    drop(m);
+    f.fill_cache(&endpoint, &addr);
 
     let m = f.mount(&endpoint, &addr, &[]);
     let before = object_gets(&proxy);
@@ -136,10 +141,7 @@ fn damaged_cache_files_are_dropped_and_fetched_again() {
     let f = fixture("corrupt");
     let (proxy, endpoint) = f.s3.proxied();
     let addr = format!("127.0.0.1:{}", free_port());
-    let m = f.mount(&endpoint, &addr, &[]);
-    f.read_all(&m);
-    wait_written(&addr, f.total());
-    drop(m);
+    f.fill_cache(&endpoint, &addr);
 
     // Flip a byte in every other file, truncate the rest.
     for (i, file) in cache_files(&f.dirs.path().join("data")).iter().enumerate() {

@@ -419,11 +419,7 @@ fn atomic_producers_and_a_loader_lose_nothing_and_leave_nothing() {
     }
     assert_eq!(moved.len(), producers * per, "every file loaded once");
     let keys = b.keys();
-    let processed: BTreeSet<&str> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix("processed/"))
-        .filter(|k| !k.is_empty())
-        .collect();
+    let processed = b.names_under("processed");
     assert_eq!(
         processed.len(),
         producers * per,

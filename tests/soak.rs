@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -258,11 +257,7 @@ fn soak_pipeline_reads_and_listings_under_rotating_faults() {
     });
 
     let keys = b.keys();
-    let processed: BTreeSet<&str> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix("processed/"))
-        .filter(|k| !k.is_empty())
-        .collect();
+    let processed = b.names_under("processed");
     let left: Vec<&String> = keys
         .iter()
         .filter(|k| k.starts_with("incoming/f"))

@@ -292,6 +292,18 @@ impl TestBucket {
             .collect()
     }
 
+    /// Names of the objects directly or deeper under `dir/` (without the
+    /// prefix), leaving out the directory's own marker object.
+    pub fn names_under(&self, dir: &str) -> std::collections::BTreeSet<String> {
+        let prefix = format!("{dir}/");
+        self.keys()
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
         let mut token = None;
