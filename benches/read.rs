@@ -8,7 +8,7 @@
 //! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200),
 //! BENCH_CONN_MIBPS (bandwidth cap per connection, 0 = none; default 0),
 //! BENCH_ONLY (comma-separated sections to run: sequential, shared, random,
-//! ttfb, parquet, reset, datacache; default all), BENCH_MOUNT_ARGS (extra s3mount options,
+//! ttfb, parquet, reset, throttled, datacache; default all), BENCH_MOUNT_ARGS (extra s3mount options,
 //! e.g. "--memory-limit 1G --metrics-addr 127.0.0.1:9911").
 //! Figures are medians of BENCH_RUNS runs; each run mounts afresh so no
 //! cache survives from the run before.
@@ -190,6 +190,7 @@ fn main() {
         "random",
         "ttfb",
         "reset",
+        "throttled",
         "datacache",
     ]
     .iter()
@@ -432,6 +433,9 @@ fn main() {
     }
     if wants("reset") {
         bench_resets(&b, &mut rows);
+    }
+    if wants("throttled") {
+        bench_throttled(&b, &mut rows);
     }
     let cached = if wants("datacache") {
         bench_data_cache(&b)
@@ -844,4 +848,75 @@ fn bench_resets(b: &Bench, rows: &mut Vec<Row>) {
     r.direct = format!("{} (clean)", r.direct);
     r.ratio = format!("{:.2}x time", clean / reset);
     rows.push(r);
+}
+
+/// One reader of 1 GiB while 10% of the requests answer 503 SlowDown, next
+/// to the same read with no fault, both through the HTTP fault proxy in
+/// front of the latency proxy; and the direct client under the same faults.
+fn bench_throttled(b: &Bench, rows: &mut Vec<Row>) {
+    use support::http_proxy::{Fault, HttpFaultProxy, Rule};
+    let upstream = b.endpoint.url.trim_start_matches("http://").to_string();
+    let http = HttpFaultProxy::start(&upstream);
+    let endpoint = Endpoint {
+        url: http.url(),
+        ..b.endpoint.clone()
+    };
+    // The direct client retries as a careful S3 client would.
+    let direct_client = aws_sdk_s3::Client::from_conf(
+        client_for(&endpoint)
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(10))
+            .build(),
+    );
+    let slow_down = || vec![Rule::new(Fault::SlowDown { retry_after: None }, 0.10, &[])];
+    let (mut clean, mut faulty, mut direct_clean, mut direct_faulty) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..b.runs {
+        for with_faults in [false, true] {
+            let extra: Vec<&str> = b.mount_args.split_whitespace().collect();
+            let m = Mounted::start_at(&endpoint, &b.bucket.name, &extra);
+            if with_faults {
+                http.set_rules(slow_down());
+            }
+            let t = Instant::now();
+            let n = read_file(&m.path().join("seq0.bin"));
+            let took = t.elapsed().as_secs_f64();
+            assert_eq!(n, b.size, "short read through the faults");
+            if with_faults { &mut faulty } else { &mut clean }.push(took);
+            http.clear();
+            drop(m);
+            if with_faults {
+                http.set_rules(slow_down());
+            }
+            let t = Instant::now();
+            block_on(direct_read(
+                &direct_client,
+                &b.bucket.name,
+                "seq0.bin",
+                b.size,
+                8 * MIB,
+                8,
+            ));
+            let took = t.elapsed().as_secs_f64();
+            if with_faults {
+                &mut direct_faulty
+            } else {
+                &mut direct_clean
+            }
+            .push(took);
+            http.clear();
+        }
+    }
+    let (clean, faulty) = (median(clean), median(faulty));
+    let (direct_clean, direct_faulty) = (median(direct_clean), median(direct_faulty));
+    rows.push(Row {
+        what: "1 reader, 10% 503 SlowDown: time ÷ clean time".into(),
+        mount: format!("{:.2}x ({faulty:.1} s)", faulty / clean),
+        direct: format!(
+            "{:.2}x ({direct_faulty:.1} s)",
+            direct_faulty / direct_clean
+        ),
+        ratio: format!("{:.2}x", (direct_faulty / direct_clean) / (faulty / clean)),
+    });
 }
