@@ -359,16 +359,57 @@ impl<S: ObjectStore> Fetcher<S> {
     /// Whole segments the range covers are fetched as segments (unless a
     /// block of them is cached or pending already); the rest as blocks.
     pub fn request(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>) {
-        self.read_in_place_from_disk(obj, range.start..range.end.min(obj.size));
-        self.request_units(obj, range, false);
+        self.request_for_read(obj, range, 0..0);
+    }
+
+    /// [`Fetcher::request`] for a read of `read`: when one stretch read
+    /// from the disk cache in place holds all of `read`, that read is
+    /// answered with a slice of it, which is returned. That stretch is not
+    /// put in the memory cache: the kernel's page cache keeps what it read,
+    /// and putting it in would copy the units together again and spend
+    /// fresh memory on every read.
+    pub fn request_for_read(
+        self: &Arc<Self>,
+        obj: &Arc<ObjectVersion>,
+        range: Range<u64>,
+        read: Range<u64>,
+    ) -> Option<Bytes> {
+        let range = range.start..range.end.min(obj.size);
+        let Some((stretch, out)) = self.read_in_place_from_disk(obj, range.clone(), read) else {
+            self.request_units(obj, range, false);
+            return None;
+        };
+        // The stretch is in neither cache: what it holds is not fetched.
+        self.request_units(obj, range.start..stretch.start.max(range.start), false);
+        self.request_units(obj, stretch.end.min(range.end)..range.end, false);
+        self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .served_bytes
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Some(out)
     }
 
     /// Moves the units of `range` that are on disk (and neither in memory
-    /// nor being fetched) into the memory cache, reading them now.
-    fn read_in_place_from_disk(&self, obj: &ObjectVersion, range: Range<u64>) {
-        if self.disk.is_none() {
-            return;
-        }
+    /// nor being fetched) into the memory cache, reading them now; except a
+    /// stretch holding all of `read`: its place in the object and `read`'s
+    /// bytes are returned instead.
+    fn read_in_place_from_disk(
+        &self,
+        obj: &ObjectVersion,
+        range: Range<u64>,
+        read: Range<u64>,
+    ) -> Option<(Range<u64>, Bytes)> {
+        self.disk.as_ref()?;
+        let mut answer = None;
+        let mut answers = |start: u64, data: &Bytes| -> bool {
+            let end = start + data.len() as u64;
+            if answer.is_some() || read.is_empty() || read.start < start || end < read.end {
+                return false;
+            }
+            let bytes = data.slice((read.start - start) as usize..(read.end - start) as usize);
+            answer = Some((start..end, bytes));
+            true
+        };
         let mut at = range.start - range.start % self.block;
         while at < range.end {
             let seg = at / self.segment();
@@ -387,7 +428,9 @@ impl<S: ObjectStore> Fetcher<S> {
             if whole && self.on_disk(obj, Unit::Segment(seg)) {
                 let len = seg_bytes.end - seg_bytes.start;
                 if let Some(data) = self.read_from_disk(obj, Unit::Segment(seg), len, false) {
-                    self.insert(Self::key(obj, Unit::Segment(seg)), data);
+                    if !answers(seg_bytes.start, &data) {
+                        self.insert(Self::key(obj, Unit::Segment(seg)), data);
+                    }
                 }
                 at = seg_bytes.end;
                 continue;
@@ -400,25 +443,34 @@ impl<S: ObjectStore> Fetcher<S> {
                 .map(Unit::Block)
                 .collect();
             let ranges: Vec<Range<u64>> = units.iter().map(|&u| self.bytes_of(obj, u)).collect();
-            let mut got = self.blocks_from_disk_segment(obj, &units, &ranges, false);
-            if got.is_empty() && self.on_disk(obj, units[0]) {
-                // Cached on its own, not as part of its segment.
-                got.extend(self.read_from_disk(
-                    obj,
-                    units[0],
-                    ranges[0].end - ranges[0].start,
-                    false,
-                ));
-            }
-            if got.is_empty() {
-                at += self.block;
+            if let Some((start, data, run)) =
+                self.run_from_disk_segment(obj, &units, &ranges, false)
+            {
+                at = ranges[run - 1].end;
+                if !answers(start, &data) {
+                    for (unit, block) in units.iter().zip(slice_run(&data, start, &ranges[..run])) {
+                        self.insert(Self::key(obj, *unit), block);
+                    }
+                }
                 continue;
             }
-            for (unit, data) in units.iter().zip(got) {
-                at = self.bytes_of(obj, *unit).end;
-                self.insert(Self::key(obj, *unit), data);
+            // Cached on its own, not as part of its segment; so may the
+            // blocks after it be. The run of them on disk is read into one
+            // buffer, so a read within it is answered in place.
+            let (data, run) = self.block_run_from_disk(obj, &units, &ranges);
+            if run == 0 {
+                at = ranges[0].end;
+                continue;
+            }
+            at = ranges[run - 1].end;
+            if !answers(ranges[0].start, &data) {
+                let blocks = slice_run(&data, ranges[0].start, &ranges[..run]);
+                for (unit, block) in units.iter().zip(blocks) {
+                    self.insert(Self::key(obj, *unit), block);
+                }
             }
         }
+        answer
     }
 
     /// Like [`Fetcher::request`], for data a reader will want later: what
@@ -429,10 +481,14 @@ impl<S: ObjectStore> Fetcher<S> {
 
     fn request_units(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>, ahead: bool) {
         let range = range.start..range.end.min(obj.size);
-        let range = match ahead {
-            true => self.ahead_from_disk(obj, range),
-            false => range,
-        };
+        if ahead && self.continues_on_disk(obj, range.start) {
+            // Read-ahead over cached data only asks the disk to start
+            // reading it: the reads that follow take it from the page cache
+            // in place, and no memory is spent holding it meanwhile.
+            let cached = self.cached_prefix(obj, range);
+            self.will_need(obj, &self.disk_units(obj, cached));
+            return;
+        }
         if range.is_empty() {
             return;
         }
@@ -584,6 +640,7 @@ impl<S: ObjectStore> Fetcher<S> {
         place: &mut (dyn FnMut(Bytes) + Send),
     ) -> Result<(), StoreError> {
         let mut i = 0;
+        let mut hinted = false;
         while i < units.len() {
             let from_segment = self.blocks_from_disk_segment(obj, &units[i..], &ranges[i..], ahead);
             if !from_segment.is_empty() {
@@ -592,6 +649,11 @@ impl<S: ObjectStore> Fetcher<S> {
                 continue;
             }
             if let Some(data) = self.read_from_disk(obj, units[i], pieces[i], ahead) {
+                // Blocks cached on their own: the next ones likely are too.
+                if !hinted && matches!(units[i], Unit::Block(_)) {
+                    hinted = true;
+                    disk_io(ahead, || self.will_need(obj, &units[i + 1..]));
+                }
                 place(data);
                 i += 1;
                 continue;
@@ -683,8 +745,24 @@ impl<S: ObjectStore> Fetcher<S> {
         ranges: &[Range<u64>],
         ahead: bool,
     ) -> Vec<Bytes> {
+        match self.run_from_disk_segment(obj, units, ranges, ahead) {
+            Some((start, data, run)) => slice_run(&data, start, &ranges[..run]),
+            None => Vec::new(),
+        }
+    }
+
+    /// What [`Fetcher::blocks_from_disk_segment`] reads: the bytes of the
+    /// leading run of blocks in one buffer, where they start in the object,
+    /// and how many blocks the run is.
+    fn run_from_disk_segment(
+        &self,
+        obj: &ObjectVersion,
+        units: &[Unit],
+        ranges: &[Range<u64>],
+        ahead: bool,
+    ) -> Option<(u64, Bytes, usize)> {
         let (Some(disk), Some(&Unit::Block(first))) = (&self.disk, units.first()) else {
-            return Vec::new();
+            return None;
         };
         let seg = first / SEGMENT_BLOCKS;
         let seg_id = unit_id(obj, Unit::Segment(seg));
@@ -694,20 +772,15 @@ impl<S: ObjectStore> Fetcher<S> {
             .count();
         let seg_bytes = self.bytes_of(obj, Unit::Segment(seg));
         let (start, end) = (ranges[0].start, ranges[run - 1].end);
-        let Some(data) = disk_io(ahead, || {
+        // None is not a miss yet: the blocks may be cached on their own.
+        let data = disk_io(ahead, || {
             disk.read_range(
                 &seg_id,
                 seg_bytes.end - seg_bytes.start,
                 start - seg_bytes.start..end - seg_bytes.start,
             )
-        }) else {
-            // Not a miss yet: the blocks may be cached on their own.
-            return Vec::new();
-        };
-        ranges[..run]
-            .iter()
-            .map(|r| data.slice((r.start - start) as usize..(r.end - start) as usize))
-            .collect()
+        })?;
+        Some((start, data, run))
     }
 
     /// A segment put together from its blocks on disk (cached by random
@@ -734,29 +807,85 @@ impl<S: ObjectStore> Fetcher<S> {
         Some(whole.freeze())
     }
 
-    /// Read-ahead of a reader that is reading data from the disk cache
-    /// goes only as far as the disk cache has the data. A query run again
-    /// reads what its first run read, and that is on disk; what its first
-    /// run fetched ahead and never read (or stopped fetching) need not come
-    /// from S3 this time either. A reader that goes on past the cached data
+    /// Whether a reader whose read-ahead starts at `at` is reading data
+    /// from the disk cache (the byte before is cached). Its read-ahead goes
+    /// only as far as the disk cache has the data. A query run again reads
+    /// what its first run read, and that is on disk; what its first run
+    /// fetched ahead and never read (or stopped fetching) need not come from
+    /// S3 this time either. A reader that goes on past the cached data
     /// fetches on demand for one window, and the read-ahead after that goes
     /// to S3 as usual (the bytes before it are not cached then).
-    fn ahead_from_disk(&self, obj: &ObjectVersion, range: Range<u64>) -> Range<u64> {
-        let cached = |at: u64| {
-            self.on_disk(obj, Unit::Segment(at / self.segment()))
-                || self.on_disk(obj, Unit::Block(at / self.block))
-        };
-        if self.disk.is_none() || range.start == 0 || !cached(range.start - 1) {
-            return range;
-        }
+    fn continues_on_disk(&self, obj: &ObjectVersion, at: u64) -> bool {
+        self.disk.is_some() && at > 0 && self.cached_at(obj, at - 1)
+    }
+
+    fn cached_at(&self, obj: &ObjectVersion, at: u64) -> bool {
+        self.on_disk(obj, Unit::Segment(at / self.segment()))
+            || self.on_disk(obj, Unit::Block(at / self.block))
+    }
+
+    /// The part of `range` from its start on that the disk cache holds.
+    fn cached_prefix(&self, obj: &ObjectVersion, range: Range<u64>) -> Range<u64> {
         let mut end = range.start;
-        while end < range.end && cached(end) {
+        while end < range.end && self.cached_at(obj, end) {
             end = match self.on_disk(obj, Unit::Segment(end / self.segment())) {
                 true => (end / self.segment() + 1) * self.segment(),
                 false => (end / self.block + 1) * self.block,
             };
         }
         range.start..end.min(range.end)
+    }
+
+    /// The units holding `range` on disk: whole segments where their file
+    /// is there, blocks elsewhere.
+    fn disk_units(&self, obj: &ObjectVersion, range: Range<u64>) -> Vec<Unit> {
+        let mut units = Vec::new();
+        let mut at = range.start - range.start % self.block;
+        while at < range.end {
+            let seg = Unit::Segment(at / self.segment());
+            if self.on_disk(obj, seg) {
+                units.push(seg);
+                at = self.bytes_of(obj, seg).end;
+            } else {
+                units.push(Unit::Block(at / self.block));
+                at += self.block;
+            }
+        }
+        units
+    }
+
+    /// The leading run of `units` (blocks, of byte ranges `ranges`) cached
+    /// on disk each in a file of its own, read into one buffer, and how
+    /// many blocks that is. Their files are asked of the disk all at once.
+    fn block_run_from_disk(
+        &self,
+        obj: &ObjectVersion,
+        units: &[Unit],
+        ranges: &[Range<u64>],
+    ) -> (Bytes, usize) {
+        let Some(disk) = &self.disk else {
+            return (Bytes::new(), 0);
+        };
+        let total = ranges.last().map_or(0, |l| l.end) - ranges.first().map_or(0, |f| f.start);
+        let mut out = Vec::with_capacity(total as usize);
+        let mut run = 0;
+        for (&unit, r) in units.iter().zip(ranges) {
+            if !disk.read_appending(&unit_id(obj, unit), r.end - r.start, &mut out) {
+                break;
+            }
+            if run == 0 {
+                self.will_need(obj, &units[1..]);
+            }
+            run += 1;
+        }
+        (Bytes::from(out), run)
+    }
+
+    /// See [`DiskCache::will_need`].
+    fn will_need(&self, obj: &ObjectVersion, units: &[Unit]) {
+        if let Some(disk) = &self.disk {
+            disk.will_need(units.iter().map(|&u| unit_id(obj, u)));
+        }
     }
 
     /// Whether the disk cache has a file for `unit` (or a block's segment).
@@ -900,7 +1029,7 @@ impl<S: ObjectStore> Fetcher<S> {
                 _ => {
                     // The rest of the read in one GET, not block by block.
                     let b = at / self.block;
-                    self.request(obj, b * self.block..until.max((b + 1) * self.block))
+                    self.request(obj, b * self.block..until.max((b + 1) * self.block));
                 }
             }
         }
@@ -942,6 +1071,15 @@ impl<S: ObjectStore> Fetcher<S> {
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
+}
+
+/// The blocks of `ranges` (in the object) as slices of `data`, which holds
+/// the object's bytes from `start` on.
+fn slice_run(data: &Bytes, start: u64, ranges: &[Range<u64>]) -> Vec<Bytes> {
+    ranges
+        .iter()
+        .map(|r| data.slice((r.start - start) as usize..(r.end - start) as usize))
+        .collect()
 }
 
 enum Found {

@@ -367,8 +367,12 @@ impl<S: ObjectStore> Reader<S> {
             if offset >= end {
                 return Ok(Bytes::new());
             }
-            self.plan_and_request(&file, &version, offset, end - offset);
-            match self.fetcher.read(&version, offset..end).await {
+            let answered = self.plan_and_request(&file, &version, offset, end - offset);
+            let read = match answered {
+                Some(bytes) => Ok(bytes),
+                None => self.fetcher.read(&version, offset..end).await,
+            };
+            match read {
                 Ok(bytes) => {
                     // Return bytes only of the version the handle is pinned
                     // to now; marking it served under the lock keeps a
@@ -423,14 +427,15 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     /// Asks the window what to fetch, keeps read-ahead within the budget,
-    /// and starts the fetches (without waiting for them).
+    /// and starts the fetches (without waiting for them). Returns the
+    /// read's bytes when the disk cache answered it in place.
     fn plan_and_request(
         &self,
         file: &OpenFile,
         version: &Arc<ObjectVersion>,
         offset: u64,
         len: u64,
-    ) {
+    ) -> Option<Bytes> {
         let now = self.now_ms();
         file.last_read_ms.store(now, Ordering::Relaxed);
         let mut swept = false;
@@ -470,10 +475,13 @@ impl<S: ObjectStore> Reader<S> {
             // With no window locked: it locks every handle's window.
             self.release_unwanted_ahead();
         }
-        self.fetcher.request(version, plan.demand);
+        let answered = self
+            .fetcher
+            .request_for_read(version, plan.demand, offset..offset + len);
         if let Some(ahead) = plan.ahead {
             self.fetcher.request_ahead(version, ahead);
         }
+        answered
     }
 
     /// How far this handle's read-ahead may go, given where the other
