@@ -119,10 +119,18 @@ impl DiskCache {
         Some(Bytes::from(out).slice(found))
     }
 
-    /// The whole unit (of length `len`), appended to `out`, if cached and
-    /// intact; several units read so lie in one buffer. Blocks on the disk.
-    pub fn read_appending(&self, id: &UnitId, len: u64, out: &mut Vec<u8>) -> bool {
-        self.read_into(id, len, 0..len, out).is_some()
+    /// Bytes `range` of the unit (of length `len`) appended to `out`, if
+    /// cached and intact, together with the rest of the checksummed chunks
+    /// they lie in (none when `range` is on chunk boundaries, as blocks
+    /// are); several units read so lie in one buffer. Blocks on the disk.
+    pub fn read_appending(
+        &self,
+        id: &UnitId,
+        range: Range<u64>,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.read_into(id, len, range, out).is_some()
     }
 
     fn read_into(

@@ -389,27 +389,90 @@ impl<S: ObjectStore> Fetcher<S> {
         Some(out)
     }
 
-    /// Moves the units of `range` that are on disk (and neither in memory
-    /// nor being fetched) into the memory cache, reading them now; except a
-    /// stretch holding all of `read`: its place in the object and `read`'s
-    /// bytes are returned instead.
+    /// For a read of `read` (within `range`): when the disk cache holds all
+    /// of `range` and memory none of it, `range` read into one buffer, where
+    /// it lies in the object, and `read`'s bytes. Otherwise the units of
+    /// `range` that are on disk (and neither in memory nor being fetched)
+    /// are moved into the memory cache, read now.
     fn read_in_place_from_disk(
         &self,
         obj: &ObjectVersion,
         range: Range<u64>,
         read: Range<u64>,
     ) -> Option<(Range<u64>, Bytes)> {
-        self.disk.as_ref()?;
-        let mut answer = None;
-        let mut answers = |start: u64, data: &Bytes| -> bool {
-            let end = start + data.len() as u64;
-            if answer.is_some() || read.is_empty() || read.start < start || end < read.end {
-                return false;
+        let disk = self.disk.as_ref()?;
+        if !read.is_empty() {
+            if let Some((stretch, data)) = self.range_from_disk(disk, obj, range.clone()) {
+                if stretch.start <= read.start && read.end <= stretch.end {
+                    let from = (read.start - stretch.start) as usize;
+                    let bytes = data.slice(from..from + (read.end - read.start) as usize);
+                    return Some((stretch, bytes));
+                }
             }
-            let bytes = data.slice((read.start - start) as usize..(read.end - start) as usize);
-            answer = Some((start..end, bytes));
-            true
-        };
+        }
+        self.units_from_disk(obj, range);
+        None
+    }
+
+    /// `range` (from the block it starts in) read from the disk cache into
+    /// one buffer, if the disk holds all of it and memory none of it.
+    fn range_from_disk(
+        &self,
+        disk: &DiskCache,
+        obj: &ObjectVersion,
+        range: Range<u64>,
+    ) -> Option<(Range<u64>, Bytes)> {
+        let start = range.start - range.start % self.block;
+        let mut out = Vec::with_capacity((range.end - start) as usize);
+        let mut at = start;
+        let mut hinted = false;
+        while at < range.end {
+            let seg = Unit::Segment(at / self.segment());
+            let seg_bytes = self.bytes_of(obj, seg);
+            let block = Unit::Block(at / self.block);
+            {
+                let pending = self.pending.lock();
+                if self.present(&Self::key(obj, seg), &pending)
+                    || self.present(&Self::key(obj, block), &pending)
+                {
+                    return None;
+                }
+            }
+            let until = range.end.min(seg_bytes.end);
+            let want = at - seg_bytes.start..until - seg_bytes.start;
+            let seg_len = seg_bytes.end - seg_bytes.start;
+            let found = disk_io(false, || {
+                disk.read_appending(&unit_id(obj, seg), want, seg_len, &mut out)
+            });
+            if found {
+                at = until;
+            } else {
+                let r = self.bytes_of(obj, block);
+                let len = r.end - r.start;
+                if !disk.read_appending(&unit_id(obj, block), 0..len, len, &mut out) {
+                    return None;
+                }
+                at = r.end;
+                // A block cached in a file of its own: the next ones likely
+                // are too, and are asked of the disk together.
+                if !hinted {
+                    hinted = true;
+                    let next = (at / self.block..range.end.div_ceil(self.block)).map(Unit::Block);
+                    self.will_need(obj, &next.collect::<Vec<_>>());
+                }
+            }
+            // The chunks a cache file gives are whole; they must be exactly
+            // the bytes asked for, or the offsets below would be wrong.
+            if out.len() as u64 != at - start {
+                return None;
+            }
+        }
+        Some((start..at, Bytes::from(out)))
+    }
+
+    /// Moves the units of `range` that are on disk (and neither in memory
+    /// nor being fetched) into the memory cache, reading them now.
+    fn units_from_disk(&self, obj: &ObjectVersion, range: Range<u64>) {
         let mut at = range.start - range.start % self.block;
         while at < range.end {
             let seg = at / self.segment();
@@ -428,9 +491,7 @@ impl<S: ObjectStore> Fetcher<S> {
             if whole && self.on_disk(obj, Unit::Segment(seg)) {
                 let len = seg_bytes.end - seg_bytes.start;
                 if let Some(data) = self.read_from_disk(obj, Unit::Segment(seg), len, false) {
-                    if !answers(seg_bytes.start, &data) {
-                        self.insert(Self::key(obj, Unit::Segment(seg)), data);
-                    }
+                    self.insert(Self::key(obj, Unit::Segment(seg)), data);
                 }
                 at = seg_bytes.end;
                 continue;
@@ -443,34 +504,20 @@ impl<S: ObjectStore> Fetcher<S> {
                 .map(Unit::Block)
                 .collect();
             let ranges: Vec<Range<u64>> = units.iter().map(|&u| self.bytes_of(obj, u)).collect();
-            if let Some((start, data, run)) =
-                self.run_from_disk_segment(obj, &units, &ranges, false)
-            {
-                at = ranges[run - 1].end;
-                if !answers(start, &data) {
-                    for (unit, block) in units.iter().zip(slice_run(&data, start, &ranges[..run])) {
-                        self.insert(Self::key(obj, *unit), block);
-                    }
-                }
-                continue;
+            let mut got = self.blocks_from_disk_segment(obj, &units, &ranges, false);
+            if got.is_empty() {
+                // Cached each in a file of their own, if at all.
+                got = self.block_run_from_disk(obj, &units, &ranges);
             }
-            // Cached on its own, not as part of its segment; so may the
-            // blocks after it be. The run of them on disk is read into one
-            // buffer, so a read within it is answered in place.
-            let (data, run) = self.block_run_from_disk(obj, &units, &ranges);
-            if run == 0 {
+            if got.is_empty() {
                 at = ranges[0].end;
                 continue;
             }
-            at = ranges[run - 1].end;
-            if !answers(ranges[0].start, &data) {
-                let blocks = slice_run(&data, ranges[0].start, &ranges[..run]);
-                for (unit, block) in units.iter().zip(blocks) {
-                    self.insert(Self::key(obj, *unit), block);
-                }
+            for (unit, data) in units.iter().zip(got) {
+                at = self.bytes_of(obj, *unit).end;
+                self.insert(Self::key(obj, *unit), data);
             }
         }
-        answer
     }
 
     /// Like [`Fetcher::request`], for data a reader will want later: what
@@ -855,22 +902,23 @@ impl<S: ObjectStore> Fetcher<S> {
     }
 
     /// The leading run of `units` (blocks, of byte ranges `ranges`) cached
-    /// on disk each in a file of its own, read into one buffer, and how
-    /// many blocks that is. Their files are asked of the disk all at once.
+    /// on disk each in a file of its own, read into one buffer (their files
+    /// asked of the disk all at once) and sliced into blocks.
     fn block_run_from_disk(
         &self,
         obj: &ObjectVersion,
         units: &[Unit],
         ranges: &[Range<u64>],
-    ) -> (Bytes, usize) {
+    ) -> Vec<Bytes> {
         let Some(disk) = &self.disk else {
-            return (Bytes::new(), 0);
+            return Vec::new();
         };
         let total = ranges.last().map_or(0, |l| l.end) - ranges.first().map_or(0, |f| f.start);
         let mut out = Vec::with_capacity(total as usize);
         let mut run = 0;
         for (&unit, r) in units.iter().zip(ranges) {
-            if !disk.read_appending(&unit_id(obj, unit), r.end - r.start, &mut out) {
+            let len = r.end - r.start;
+            if !disk.read_appending(&unit_id(obj, unit), 0..len, len, &mut out) {
                 break;
             }
             if run == 0 {
@@ -878,7 +926,7 @@ impl<S: ObjectStore> Fetcher<S> {
             }
             run += 1;
         }
-        (Bytes::from(out), run)
+        slice_run(&Bytes::from(out), ranges[0].start, &ranges[..run])
     }
 
     /// See [`DiskCache::will_need`].
