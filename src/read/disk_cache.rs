@@ -178,6 +178,17 @@ impl DiskCache {
         }
     }
 
+    /// Starts reading the header and the chunks covering `range` of the
+    /// unit (of length `len`) into the page cache without waiting, for a
+    /// read of them that comes after a read of another file.
+    pub fn will_need_range(&self, id: &UnitId, len: u64, range: Range<u64>) {
+        let identity = id.identity(&self.bucket);
+        if let Ok(file) = File::open(self.path_of(&identity)) {
+            let layout = Layout::of(&identity, len, range);
+            ask_disk(&file, layout.header, layout.from..layout.to, true);
+        }
+    }
+
     /// Whether a file for the unit is there (not checked: a cheap test to
     /// plan requests with).
     pub fn contains(&self, id: &UnitId) -> bool {
@@ -295,6 +306,54 @@ impl Sweep {
     }
 }
 
+/// Where things are in a cache file of a unit of `len` bytes, for a read of
+/// `range` of its data.
+struct Layout {
+    /// The first checksummed chunk covering the range.
+    first: usize,
+    /// The data bytes to read: the whole chunks covering the range.
+    from: u64,
+    to: u64,
+    /// The header's length, which is where the data starts: it follows from
+    /// the identity and the length, so the data's read can start before the
+    /// header is read.
+    header: u64,
+}
+
+impl Layout {
+    fn of(identity: &str, len: u64, range: Range<u64>) -> Layout {
+        let chunks = len.div_ceil(CHUNK) as usize;
+        let first = (range.start / CHUNK) as usize;
+        let last = (range.end.div_ceil(CHUNK) as usize).min(chunks);
+        Layout {
+            first,
+            from: first as u64 * CHUNK,
+            to: (last as u64 * CHUNK).min(len),
+            header: (MAGIC.len() + 4 + identity.len() + 8 + 4 * chunks) as u64,
+        }
+    }
+}
+
+/// Starts the disk reading the data bytes `data` of a cache file whose
+/// header is `header` bytes long (and the header too, if asked), without
+/// waiting: then the header's read and the data's take one disk round trip,
+/// not two. No readahead beyond: reading the header must not pull in data
+/// nobody asked for (a random read wants a few chunks of the file).
+fn ask_disk(file: &File, header: u64, data: Range<u64>, with_header: bool) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
+    let (start, len) = ((header + data.start) as i64, (data.end - data.start) as i64);
+    let _ = posix_fadvise(file, start, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+    if with_header {
+        let _ = posix_fadvise(
+            file,
+            0,
+            header as i64,
+            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
 /// Reads and checks `range` of one cache file holding `len` bytes of
 /// data, appending the checksummed chunks that cover it to `out`: returns
 /// where `range`'s bytes are in `out`, `Ok(None)` when absent (or another
@@ -327,33 +386,17 @@ fn read_checked_into(
         Ok(f) => f,
         Err(_) => return Ok(None),
     };
-    let chunks = len.div_ceil(CHUNK) as usize;
-    let first = (range.start / CHUNK) as usize;
-    let last = (range.end.div_ceil(CHUNK) as usize).min(chunks);
-    let from = first as u64 * CHUNK;
-    let to = (last as u64 * CHUNK).min(len);
-    // Where the data starts follows from the identity and the length, so
-    // its read can start now, alongside the header's: one disk round trip
-    // instead of two when the file is not in the page cache.
-    let expected_at = (MAGIC.len() + 4 + identity.len() + 8 + 4 * chunks) as u64;
-    // No readahead: reading the header must not pull in data nobody asked
-    // for (a random read wants a few chunks of the file, not its start).
-    let _ = nix::fcntl::posix_fadvise(
-        &file,
-        0,
-        0,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
-    );
-    let _ = nix::fcntl::posix_fadvise(
-        &file,
-        (expected_at + from) as i64,
-        (to - from) as i64,
-        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-    );
+    let Layout {
+        first,
+        from,
+        to,
+        header,
+    } = Layout::of(identity, len, range.clone());
+    ask_disk(&file, header, from..to, false);
     // The whole header in one read: its length follows from the identity.
     // Read what is there: a file of another unit may be shorter.
     let head_len = MAGIC.len() + 4;
-    let mut head = vec![0u8; head_len + identity.len() + 8 + 4 * chunks];
+    let mut head = vec![0u8; header as usize];
     let mut got = 0;
     while got < head.len() {
         match file.read_at(&mut head[got..], got as u64) {
