@@ -362,12 +362,12 @@ impl<S: ObjectStore> Fetcher<S> {
         self.request_for_read(obj, range, 0..0);
     }
 
-    /// [`Fetcher::request`] for a read of `read`: when one stretch read
-    /// from the disk cache in place holds all of `read`, that read is
-    /// answered with a slice of it, which is returned. That stretch is not
-    /// put in the memory cache: the kernel's page cache keeps what it read,
-    /// and putting it in would copy the units together again and spend
-    /// fresh memory on every read.
+    /// [`Fetcher::request`] for a read of `read` (within `range`): when the
+    /// disk cache holds all of `range` and memory none of it, `range` is
+    /// read from disk into one buffer now and the read answered with a
+    /// slice of it, which is returned. That buffer is not put in the memory
+    /// cache: the kernel's page cache keeps what it read, and keeping it
+    /// would spend fresh memory on every read.
     pub fn request_for_read(
         self: &Arc<Self>,
         obj: &Arc<ObjectVersion>,
@@ -375,38 +375,33 @@ impl<S: ObjectStore> Fetcher<S> {
         read: Range<u64>,
     ) -> Option<Bytes> {
         let range = range.start..range.end.min(obj.size);
-        let Some((stretch, out)) = self.read_in_place_from_disk(obj, range.clone(), read) else {
-            self.request_units(obj, range, false);
-            return None;
-        };
-        // The stretch is in neither cache: what it holds is not fetched.
-        self.request_units(obj, range.start..stretch.start.max(range.start), false);
-        self.request_units(obj, stretch.end.min(range.end)..range.end, false);
-        self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .served_bytes
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        Some(out)
+        if let Some(out) = self.read_in_place_from_disk(obj, range.clone(), read) {
+            self.stats.block_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .served_bytes
+                .fetch_add(out.len() as u64, Ordering::Relaxed);
+            return Some(out);
+        }
+        self.request_units(obj, range, false);
+        None
     }
 
-    /// For a read of `read` (within `range`): when the disk cache holds all
-    /// of `range` and memory none of it, `range` read into one buffer, where
-    /// it lies in the object, and `read`'s bytes. Otherwise the units of
-    /// `range` that are on disk (and neither in memory nor being fetched)
-    /// are moved into the memory cache, read now.
+    /// `read`'s bytes, when all of `range` (which holds it) is on disk and
+    /// none of it in memory. Otherwise the units of `range` that are on
+    /// disk (and neither in memory nor being fetched) are moved into the
+    /// memory cache, read now.
     fn read_in_place_from_disk(
         &self,
         obj: &ObjectVersion,
         range: Range<u64>,
         read: Range<u64>,
-    ) -> Option<(Range<u64>, Bytes)> {
+    ) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         if !read.is_empty() {
             if let Some((stretch, data)) = self.range_from_disk(disk, obj, range.clone()) {
                 if stretch.start <= read.start && read.end <= stretch.end {
                     let from = (read.start - stretch.start) as usize;
-                    let bytes = data.slice(from..from + (read.end - read.start) as usize);
-                    return Some((stretch, bytes));
+                    return Some(data.slice(from..from + (read.end - read.start) as usize));
                 }
             }
         }
