@@ -374,6 +374,7 @@ fn read_checked(
     found
 }
 
+/// [`read_checked`], leaving whatever it appended to `out` on a failure.
 fn read_checked_into(
     path: &Path,
     identity: &str,
