@@ -796,24 +796,8 @@ impl<S: ObjectStore> Fetcher<S> {
         ranges: &[Range<u64>],
         ahead: bool,
     ) -> Vec<Bytes> {
-        match self.run_from_disk_segment(obj, units, ranges, ahead) {
-            Some((start, data, run)) => slice_run(&data, start, &ranges[..run]),
-            None => Vec::new(),
-        }
-    }
-
-    /// What [`Fetcher::blocks_from_disk_segment`] reads: the bytes of the
-    /// leading run of blocks in one buffer, where they start in the object,
-    /// and how many blocks the run is.
-    fn run_from_disk_segment(
-        &self,
-        obj: &ObjectVersion,
-        units: &[Unit],
-        ranges: &[Range<u64>],
-        ahead: bool,
-    ) -> Option<(u64, Bytes, usize)> {
         let (Some(disk), Some(&Unit::Block(first))) = (&self.disk, units.first()) else {
-            return None;
+            return Vec::new();
         };
         let seg = first / SEGMENT_BLOCKS;
         let seg_id = unit_id(obj, Unit::Segment(seg));
@@ -823,15 +807,17 @@ impl<S: ObjectStore> Fetcher<S> {
             .count();
         let seg_bytes = self.bytes_of(obj, Unit::Segment(seg));
         let (start, end) = (ranges[0].start, ranges[run - 1].end);
-        // None is not a miss yet: the blocks may be cached on their own.
-        let data = disk_io(ahead, || {
+        let Some(data) = disk_io(ahead, || {
             disk.read_range(
                 &seg_id,
                 seg_bytes.end - seg_bytes.start,
                 start - seg_bytes.start..end - seg_bytes.start,
             )
-        })?;
-        Some((start, data, run))
+        }) else {
+            // Not a miss yet: the blocks may be cached on their own.
+            return Vec::new();
+        };
+        slice_run(&data, start, &ranges[..run])
     }
 
     /// A segment put together from its blocks on disk (cached by random
@@ -914,10 +900,11 @@ impl<S: ObjectStore> Fetcher<S> {
         units: &[Unit],
         ranges: &[Range<u64>],
     ) -> Vec<Bytes> {
-        let Some(disk) = &self.disk else {
+        let (Some(disk), Some(first), Some(last)) = (&self.disk, ranges.first(), ranges.last())
+        else {
             return Vec::new();
         };
-        let total = ranges.last().map_or(0, |l| l.end) - ranges.first().map_or(0, |f| f.start);
+        let total = last.end - first.start;
         let mut out = Vec::with_capacity(total as usize);
         let mut run = 0;
         for (&unit, r) in units.iter().zip(ranges) {
@@ -930,7 +917,7 @@ impl<S: ObjectStore> Fetcher<S> {
             }
             run += 1;
         }
-        slice_run(&Bytes::from(out), ranges[0].start, &ranges[..run])
+        slice_run(&Bytes::from(out), first.start, &ranges[..run])
     }
 
     /// See [`DiskCache::will_need`].
