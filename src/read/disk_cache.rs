@@ -126,8 +126,8 @@ impl DiskCache {
     pub fn read_appending(
         &self,
         id: &UnitId,
-        range: Range<u64>,
         len: u64,
+        range: Range<u64>,
         out: &mut Vec<u8>,
     ) -> bool {
         self.read_into(id, len, range, out).is_some()

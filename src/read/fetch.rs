@@ -446,14 +446,14 @@ impl<S: ObjectStore> Fetcher<S> {
             let want = at - seg_bytes.start..until - seg_bytes.start;
             let seg_len = seg_bytes.end - seg_bytes.start;
             let found = disk_io(false, || {
-                disk.read_appending(&unit_id(obj, seg), want, seg_len, &mut out)
+                disk.read_appending(&unit_id(obj, seg), seg_len, want, &mut out)
             });
             if found {
                 at = until;
             } else {
                 let r = self.bytes_of(obj, block);
                 let len = r.end - r.start;
-                if !disk.read_appending(&unit_id(obj, block), 0..len, len, &mut out) {
+                if !disk.read_appending(&unit_id(obj, block), len, 0..len, &mut out) {
                     return None;
                 }
                 at = r.end;
@@ -909,7 +909,7 @@ impl<S: ObjectStore> Fetcher<S> {
         let mut run = 0;
         for (&unit, r) in units.iter().zip(ranges) {
             let len = r.end - r.start;
-            if !disk.read_appending(&unit_id(obj, unit), 0..len, len, &mut out) {
+            if !disk.read_appending(&unit_id(obj, unit), len, 0..len, &mut out) {
                 break;
             }
             if run == 0 {
