@@ -346,3 +346,56 @@ fn a_query_run_again_after_a_remount_fetches_nothing_it_did_not_read() {
     assert!(got[..] == data[5 * M as usize..8 * M as usize]);
     assert!(object_gets(&proxy) > before);
 }
+
+#[test]
+fn reads_across_segment_and_block_files_come_whole_from_disk() {
+    let f = fixture("across");
+    let (proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let path = |m: &Mounted| m.path().join("big.bin");
+    let data = &f.files[0].1;
+    const M: u64 = 1 << 20;
+    const K: u64 = 1 << 10;
+    // A first run caches [0, 2 MiB) as two segment files (whole aligned
+    // reads) and [2 MiB, 3 MiB) as block files (64 KiB random reads).
+    let m = f.mount(&endpoint, &addr, &[]);
+    for at in [0, M] {
+        let got = read_direct(&path(&m), at, M as usize);
+        assert!(got[..] == data[at as usize..(at + M) as usize]);
+    }
+    for i in (0..16u64).rev() {
+        let at = 2 * M + i * 64 * K;
+        let got = read_direct(&path(&m), at, 64 * K as usize);
+        assert!(got[..] == data[at as usize..(at + 64 * K) as usize]);
+    }
+    wait_written(&addr, 3 * M);
+    drop(m);
+    // After a remount, reads across those files, at offsets inside blocks
+    // and chunks, come from disk in one piece each and are right.
+    let m = f.mount(&endpoint, &addr, &[]);
+    let before = object_gets(&proxy);
+    // Nor does the read-ahead of the long read, which stays within the
+    // cached bytes: it reads what the first run read.
+    for (at, len) in [
+        (M - 12 * K, 256 * K),      // segment 0 into segment 1
+        (2 * M - 20 * K, 300 * K),  // segment 1 into block files
+        (M + 4 * K, 2 * M - 8 * K), // segment 1 through all the blocks
+        (2 * M + 100 * K, 128 * K), // block files only
+    ] {
+        let got = read_direct(&path(&m), at, len as usize);
+        assert!(
+            got[..] == data[at as usize..(at + len) as usize],
+            "{len} bytes at {at} differ from the object"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = m.log_text();
+    assert_eq!(
+        object_gets(&proxy) - before,
+        0,
+        "cached bytes were fetched again: {:?}",
+        log.lines()
+            .filter(|l| l.contains("ranged GET"))
+            .collect::<Vec<_>>()
+    );
+}

@@ -524,6 +524,18 @@ impl<S: ObjectStore> Fetcher<S> {
         }
     }
 
+    /// Read-ahead of a reader whose read was just answered from the disk
+    /// cache: only asks the disk to start reading what of `range` it holds
+    /// (from the start on); the reads that follow take it from the page
+    /// cache in place, and no memory is spent holding it meanwhile. Nothing
+    /// goes to S3: a reader reading cached data is reading what an earlier
+    /// run read, and fetches from S3 once it reads past that (see
+    /// [`Fetcher::continues_on_disk`]).
+    pub fn ask_disk_ahead(&self, obj: &ObjectVersion, range: Range<u64>) {
+        let cached = self.cached_prefix(obj, range.start..range.end.min(obj.size));
+        self.will_need(obj, &self.disk_units(obj, cached));
+    }
+
     /// Like [`Fetcher::request`], for data a reader will want later: what
     /// arrives is held until it is read (see the module doc).
     pub fn request_ahead(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>) {
@@ -533,12 +545,7 @@ impl<S: ObjectStore> Fetcher<S> {
     fn request_units(self: &Arc<Self>, obj: &Arc<ObjectVersion>, range: Range<u64>, ahead: bool) {
         let range = range.start..range.end.min(obj.size);
         if ahead && self.continues_on_disk(obj, range.start) {
-            // Read-ahead over cached data only asks the disk to start
-            // reading it: the reads that follow take it from the page cache
-            // in place, and no memory is spent holding it meanwhile.
-            let cached = self.cached_prefix(obj, range);
-            self.will_need(obj, &self.disk_units(obj, cached));
-            return;
+            return self.ask_disk_ahead(obj, range);
         }
         if range.is_empty() {
             return;

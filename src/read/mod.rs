@@ -478,8 +478,10 @@ impl<S: ObjectStore> Reader<S> {
         let answered = self
             .fetcher
             .request_for_read(version, plan.demand, offset..offset + len);
-        if let Some(ahead) = plan.ahead {
-            self.fetcher.request_ahead(version, ahead);
+        match (plan.ahead, &answered) {
+            (Some(ahead), Some(_)) => self.fetcher.ask_disk_ahead(version, ahead),
+            (Some(ahead), None) => self.fetcher.request_ahead(version, ahead),
+            (None, _) => {}
         }
         answered
     }
