@@ -29,12 +29,15 @@ fn ten_percent_faults() -> Vec<Rule> {
         Rule::new(Fault::Internal, 0.03, &[]),
         Rule::new(Fault::TooMany, 0.01, &[]),
         Rule::new(Fault::CutBody, 0.02, &[Kind::Get, Kind::List]),
-        // Rare request types get their share for sure (a listing of
-        // 20,000 keys is only some 20 requests: at 10%, one run in ten
-        // would see no fault at all).
+        // Every request type gets its share for sure (a listing of 20,000
+        // keys is only some 20 requests: at 10%, one run in ten would see
+        // no fault at all; 60 PUTs, copies or deletes one run in 150).
         Rule::every(Fault::Internal, 5, &[Kind::Post]),
         Rule::every(Fault::SlowDown { retry_after: None }, 7, &[Kind::Part]),
         Rule::every(Fault::Internal, 9, &[Kind::List]),
+        Rule::every(Fault::Internal, 11, &[Kind::Put]),
+        Rule::every(Fault::Internal, 11, &[Kind::Copy]),
+        Rule::every(Fault::Internal, 11, &[Kind::Delete]),
     ]
 }
 
