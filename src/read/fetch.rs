@@ -418,15 +418,6 @@ impl<S: ObjectStore> Fetcher<S> {
         range: Range<u64>,
     ) -> Option<(Range<u64>, Bytes)> {
         let start = range.start - range.start % self.block;
-        // A range across segments: the later segments' files are asked of
-        // the disk now, so their reads overlap the first one's.
-        let segment = self.segment();
-        for seg in (start / segment + 1)..range.end.div_ceil(segment) {
-            let seg_bytes = self.bytes_of(obj, Unit::Segment(seg));
-            let want = 0..range.end.min(seg_bytes.end) - seg_bytes.start;
-            let id = unit_id(obj, Unit::Segment(seg));
-            disk.will_need_range(&id, seg_bytes.end - seg_bytes.start, want);
-        }
         let mut out = Vec::with_capacity((range.end - start) as usize);
         let mut at = start;
         let mut hinted = false;
@@ -440,6 +431,18 @@ impl<S: ObjectStore> Fetcher<S> {
                     || self.present(&Self::key(obj, block), &pending)
                 {
                     return None;
+                }
+            }
+            if at == start {
+                // Not in memory, so read from disk: in a range across
+                // segments, the later segments' files are asked of the disk
+                // now, so their reads overlap the first one's.
+                let segment = self.segment();
+                for later in (start / segment + 1)..range.end.div_ceil(segment) {
+                    let bytes = self.bytes_of(obj, Unit::Segment(later));
+                    let want = 0..range.end.min(bytes.end) - bytes.start;
+                    let id = unit_id(obj, Unit::Segment(later));
+                    disk.will_need_range(&id, bytes.end - bytes.start, want);
                 }
             }
             let until = range.end.min(seg_bytes.end);
