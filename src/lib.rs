@@ -1,6 +1,7 @@
 //! s3mount: a FUSE filesystem that shows the objects under an S3 prefix as
 //! files and directories. See ARCHITECTURE.md for the codemap.
 
+pub mod byte_sizes;
 pub mod catalog;
 pub mod cli;
 pub mod error;
@@ -8,7 +9,6 @@ pub mod fs;
 pub mod fuse;
 pub mod mount;
 pub mod names;
-pub mod preflight;
 pub mod read;
 pub mod service;
 pub mod store;

@@ -7,7 +7,7 @@
 //! requests into these calls. docs/SEMANTICS.md says what each does on S3.
 
 mod namespace;
-mod write;
+mod write_ops;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use crate::error::FsError;
 use crate::read::{PageCache, Reader};
 use crate::store::ObjectStore;
 use crate::write::{Access, Uploads, Writer};
-pub use write::{Release, WritePolicy};
+pub use write_ops::{Release, WritePolicy};
 
 /// Ownership and permissions shown for every file and directory.
 #[derive(Debug, Clone, Copy)]

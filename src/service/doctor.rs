@@ -15,7 +15,8 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::json;
 
-use crate::cli::{human_bytes, parse_size, Connection, Target};
+use crate::byte_sizes::{human_bytes, parse_size};
+use crate::cli::{Connection, Target};
 use crate::store::{ObjectMeta, ObjectStore, S3Store};
 
 /// Check credentials, latency, throughput and object sizes of a target.
@@ -119,7 +120,7 @@ async fn examine(args: &DoctorArgs) -> Result<Report, String> {
     progress.say("checking credentials and listing permission");
     // The same checks and messages as a mount: credentials, bucket, ListBucket.
     let store = Arc::new(
-        crate::preflight::preflight(&settings, &target)
+        crate::mount::preflight::preflight(&settings, &target)
             .await
             .map_err(|e| e.0)?,
     );

@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock};
 
 use parking_lot::Mutex;
 
-use crate::cli::human_bytes;
+use crate::byte_sizes::human_bytes;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -10,10 +10,7 @@ use crate::cli::Target;
 use crate::service::kernel_mount;
 use crate::store::{ObjectStore, S3Settings, S3Store, StoreError};
 
-/// A failure before or while mounting, worded for the person at the terminal.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct MountError(pub String);
+use super::MountError;
 
 /// How long the checks before mounting may take in all.
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(20);
