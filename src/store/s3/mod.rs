@@ -1,21 +1,18 @@
-//! [`ObjectStore`] on aws-sdk-s3, for AWS and S3-compatible endpoints.
+//! [`ObjectStore`] on aws-sdk-s3, for AWS and S3-compatible endpoints: the
+//! operations. Building the client is `client`, counting requests
+//! `request_meter`, turning SDK errors into [`StoreError`] `classify`.
 
-use std::error::Error as StdError;
+mod classify;
+mod client;
+mod request_meter;
+
+use classify::{classify, root_cause, sent, Missing};
+pub use client::S3Settings;
+
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_config::default_provider::credentials::DefaultCredentialsChain;
-use aws_config::default_provider::region::DefaultRegionChain;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{
-    ProvideCredentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    SharedCredentialsProvider,
-};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -25,55 +22,15 @@ use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
 
-use aws_sdk_s3::config::interceptors::{
-    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
-    FinalizerInterceptorContextRef,
-};
-use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
-use aws_smithy_types::config_bag::{Storable, StoreReplace};
-
 use super::fan_out::FanOut;
 use super::pieces::PieceSink;
-use super::retry::{Backoff, Congestion, RetryPolicy};
+use super::retry::{Backoff, RetryPolicy};
 use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError};
-
-/// How to reach the store; filled from the command line.
-#[derive(Debug, Clone, Default)]
-pub struct S3Settings {
-    pub bucket: String,
-    pub endpoint_url: Option<String>,
-    pub region: Option<String>,
-    pub profile: Option<String>,
-    pub force_path_style: bool,
-    /// Compute request checksums only where the API requires them. Needed by
-    /// stores (Garage, older MinIO) that reject aws-chunked CRC32 uploads.
-    pub checksums_when_required: bool,
-    /// A GET body that delivers no byte for this long is abandoned and
-    /// resumed; zero means the default of 5 s.
-    pub idle_timeout: Duration,
-    /// Objects larger than this are copied in parts (UploadPartCopy); zero
-    /// means S3's single-copy limit of 5 GiB.
-    pub multipart_copy_threshold: u64,
-    /// How long a request is retried through transient errors before its
-    /// operation fails; zero means the default of 60 s.
-    pub retry_timeout: Duration,
-    /// Most requests in flight at once when S3 is not throttling (the
-    /// ceiling of [`Congestion`]); zero means 256.
-    pub max_requests: usize,
-}
-
 /// The largest object one CopyObject request may copy.
 const SINGLE_COPY_LIMIT: u64 = 5 << 30;
 /// Part copies in flight at once for one multipart copy.
 const COPY_CONCURRENCY: usize = 8;
 
-/// Connect timeout: an endpoint that does not accept a TCP connection in this
-/// time is treated as unreachable rather than left to hang the caller.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on waiting for response headers of one attempt.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one attempt of a request with a small answer (list, head,
 /// delete, create/abort upload): a body that stalls is retried, not waited on.
 const SMALL_ATTEMPT: Option<Duration> = Some(Duration::from_secs(30));
@@ -96,124 +53,6 @@ pub struct S3Store {
     idle_timeout: Duration,
     copy_threshold: u64,
     policy: Arc<RetryPolicy>,
-}
-
-impl S3Store {
-    /// Builds a client from the standard AWS configuration chain plus the
-    /// explicit settings. Makes no request.
-    pub async fn connect(settings: &S3Settings) -> Self {
-        // The instance-metadata service is the last link of the chains; keep it
-        // from stalling a mount on a machine that has none.
-        let imds = aws_config::imds::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .read_timeout(Duration::from_secs(1))
-            .max_attempts(2)
-            .build();
-        let mut creds = DefaultCredentialsChain::builder().imds_client(imds);
-        let mut region_chain = DefaultRegionChain::builder();
-        if let Some(profile) = &settings.profile {
-            creds = creds.profile_name(profile);
-            region_chain = region_chain.profile_name(profile);
-        }
-        let region = match &settings.region {
-            Some(r) => Region::new(r.clone()),
-            None => {
-                let found = if settings.endpoint_url.is_some() {
-                    // A custom endpoint rarely cares about the region; do not
-                    // ask instance metadata for one.
-                    std::env::var("AWS_REGION")
-                        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-                        .ok()
-                        .map(Region::new)
-                } else {
-                    region_chain.build().region().await
-                };
-                found.unwrap_or_else(|| Region::new("us-east-1"))
-            }
-        };
-        let credentials =
-            SharedCredentialsProvider::new(creds.region(region.clone()).build().await);
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .credentials_provider(credentials.clone())
-            // Retried by `RetryPolicy`, the one retry layer.
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .read_timeout(READ_TIMEOUT)
-                    .build(),
-            );
-        if let Some(profile) = &settings.profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(url) = &settings.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let sdk_config = loader.load().await;
-        let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config)
-            .force_path_style(settings.force_path_style);
-        if settings.checksums_when_required {
-            builder = builder
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        }
-        let config = builder.interceptor(RequestMeter).build();
-        let endpoint = settings.endpoint_url.clone().unwrap_or_else(|| {
-            format!(
-                "s3.{}.amazonaws.com",
-                config.region().map(|r| r.as_ref()).unwrap_or("us-east-1")
-            )
-        });
-        S3Store {
-            client: aws_sdk_s3::Client::from_conf(config),
-            bucket: settings.bucket.clone(),
-            endpoint,
-            credentials,
-            resumes: AtomicU64::new(0),
-            idle_timeout: if settings.idle_timeout.is_zero() {
-                Duration::from_secs(5)
-            } else {
-                settings.idle_timeout
-            },
-            copy_threshold: match settings.multipart_copy_threshold {
-                0 => SINGLE_COPY_LIMIT,
-                n => n.min(SINGLE_COPY_LIMIT),
-            },
-            policy: Arc::new(RetryPolicy::new(
-                retry_bound(settings.retry_timeout),
-                Congestion::new(match settings.max_requests {
-                    0 => 256,
-                    n => n,
-                }),
-            )),
-        }
-    }
-
-    /// Sets how long requests are retried through transient errors.
-    pub fn set_retry_timeout(&self, bound: Duration) {
-        self.policy.set_bound(retry_bound(bound));
-    }
-
-    /// The current limit of requests in flight (lowered by throttling) and
-    /// the throttling answers seen so far.
-    pub fn congestion(&self) -> (usize, u64) {
-        (self.policy.gate.limit(), self.policy.gate.throttled_total())
-    }
-
-    /// Resolves credentials once, so "none found" is reported as such and not
-    /// as an opaque request failure.
-    pub async fn check_credentials(&self) -> Result<(), StoreError> {
-        self.credentials
-            .provide_credentials()
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::NoCredentials(root_cause(&e)))
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
 }
 
 impl ObjectStore for S3Store {
@@ -762,71 +601,6 @@ impl S3Store {
     }
 }
 
-/// Counts every HTTP attempt by operation and status, with its latency to
-/// the response headers, for the metrics endpoint.
-#[derive(Debug)]
-struct RequestMeter;
-
-/// When the current attempt was handed to the HTTP client.
-#[derive(Debug, Clone)]
-struct AttemptStart(std::time::Instant);
-
-impl Storable for AttemptStart {
-    type Storer = StoreReplace<Self>;
-}
-
-impl Intercept for RequestMeter {
-    fn name(&self) -> &'static str {
-        "s3mount::RequestMeter"
-    }
-
-    fn read_before_transmit(
-        &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        cfg.interceptor_state()
-            .store_put(AttemptStart(std::time::Instant::now()));
-        Ok(())
-    }
-
-    fn read_after_transmit(
-        &self,
-        context: &BeforeDeserializationInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        // The response headers are here; bodies (listing XML, object data)
-        // are not read yet, so this is the latency to the headers.
-        record_attempt(cfg, Some(context.response().status().as_u16()));
-        Ok(())
-    }
-
-    fn read_after_attempt(
-        &self,
-        _context: &FinalizerInterceptorContextRef<'_>,
-        _runtime_components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        // Still unrecorded: the attempt was sent but no response came.
-        record_attempt(cfg, None);
-        Ok(())
-    }
-}
-
-/// Records the attempt started in `read_before_transmit`, once. An attempt
-/// that failed before transmitting (signing, endpoint resolution) never
-/// reached S3 and is not counted.
-fn record_attempt(cfg: &mut ConfigBag, status: Option<u16>) {
-    let Some(start) = cfg.load::<AttemptStart>().cloned() else {
-        return;
-    };
-    cfg.interceptor_state().unset::<AttemptStart>();
-    let operation = cfg.load::<Metadata>().map_or("Unknown", |m| m.name());
-    crate::service::metrics::record_request(operation, status, start.0.elapsed());
-}
-
 /// A listing page as sent, or an error if it was damaged on the way. The
 /// SDK's XML reader accepts a document cut short; S3 always sends
 /// IsTruncated, and KeyCount with the keys, so a page without IsTruncated,
@@ -841,122 +615,6 @@ fn check_page(prefix: &str, out: ListObjectsV2Output) -> Result<ListObjectsV2Out
         )));
     }
     Ok(out)
-}
-
-/// The retry bound for a `--retry-timeout` value; zero means the default.
-fn retry_bound(setting: Duration) -> Duration {
-    if setting.is_zero() {
-        Duration::from_secs(60)
-    } else {
-        setting
-    }
-}
-
-/// A sent request's outcome in the store's terms.
-async fn sent<T, E>(
-    request: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
-    missing: Missing,
-) -> Result<T, StoreError>
-where
-    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-{
-    request.await.map_err(|e| classify(e, missing))
-}
-
-/// What a 404 means for the operation at hand.
-#[derive(Clone, Copy)]
-enum Missing {
-    Bucket,
-    Object,
-}
-
-fn classify<E>(err: SdkError<E, HttpResponse>, missing: Missing) -> StoreError
-where
-    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-{
-    match &err {
-        SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            let code = se.err().code().unwrap_or("").to_owned();
-            let message = se.err().message().unwrap_or("").to_owned();
-            let detail = if code.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                code.clone()
-            };
-            // Some stores (Garage) answer a bad signature or an unknown key
-            // with a plain AccessDenied; the message tells them apart.
-            let lower = message.to_ascii_lowercase();
-            let credential_problem = lower.contains("signature")
-                || lower.contains("access key")
-                || lower.contains("no such key")
-                || lower.contains("invalid key");
-            match (status, code.as_str()) {
-                (_, "NoSuchBucket") => StoreError::NoSuchBucket,
-                (_, "NoSuchKey") => StoreError::NotFound,
-                (404, _) => match missing {
-                    Missing::Bucket => StoreError::NoSuchBucket,
-                    Missing::Object => StoreError::NotFound,
-                },
-                (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed,
-                (
-                    _,
-                    "InvalidAccessKeyId"
-                    | "SignatureDoesNotMatch"
-                    | "InvalidToken"
-                    | "ExpiredToken"
-                    | "AuthorizationHeaderMalformed",
-                ) => StoreError::BadCredentials(detail),
-                (403, _) if credential_problem => {
-                    StoreError::BadCredentials(format!("{detail}: {message}"))
-                }
-                (403, _) => StoreError::AccessDenied(detail),
-                (503 | 429, _) | (_, "SlowDown" | "Throttling" | "ThrottlingException") => {
-                    let retry_after = se
-                        .raw()
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    StoreError::Throttled(format!("{detail}: {message}"), retry_after)
-                }
-                (500..=599, _) | (_, "RequestTimeout" | "InternalError") => {
-                    StoreError::Unavailable(format!("{detail}: {message}"))
-                }
-                _ => StoreError::Other(format!("{detail}: {message}")),
-            }
-        }
-        SdkError::TimeoutError(_) => StoreError::Timeout(root_cause(&err)),
-        // The response arrived but could not be read or parsed (a body cut
-        // short, a malformed listing page): worth another attempt.
-        SdkError::ResponseError(_) => StoreError::Malformed(root_cause(&err)),
-        SdkError::DispatchFailure(df) if df.is_timeout() => StoreError::Timeout(root_cause(&err)),
-        SdkError::DispatchFailure(df) if df.is_io() => StoreError::Unreachable(root_cause(&err)),
-        SdkError::DispatchFailure(_) => {
-            let text = DisplayErrorContext(&err).to_string();
-            if text.contains("credentials") {
-                StoreError::NoCredentials(root_cause(&err))
-            } else {
-                StoreError::Unreachable(root_cause(&err))
-            }
-        }
-        _ => StoreError::Other(DisplayErrorContext(&err).to_string()),
-    }
-}
-
-/// The innermost error message: for network failures this is the OS error
-/// ("Connection refused"), which is what a person can act on.
-fn root_cause(err: &(dyn StdError + 'static)) -> String {
-    let mut current = err;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    // Errors are reported on one line; some providers format theirs over several.
-    current
-        .to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> SystemTime {

@@ -1,0 +1,77 @@
+//! Counting S3 requests where they happen: an aws-sdk interceptor records
+//! every HTTP attempt by operation and status, with its latency to the
+//! response headers.
+
+use aws_sdk_s3::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+    FinalizerInterceptorContextRef,
+};
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+
+/// Counts every HTTP attempt by operation and status, with its latency to
+/// the response headers, for the metrics endpoint.
+#[derive(Debug)]
+pub(super) struct RequestMeter;
+
+/// When the current attempt was handed to the HTTP client.
+#[derive(Debug, Clone)]
+struct AttemptStart(std::time::Instant);
+
+impl Storable for AttemptStart {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for RequestMeter {
+    fn name(&self) -> &'static str {
+        "s3mount::RequestMeter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(AttemptStart(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // The response headers are here; bodies (listing XML, object data)
+        // are not read yet, so this is the latency to the headers.
+        record_attempt(cfg, Some(context.response().status().as_u16()));
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        _context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        // Still unrecorded: the attempt was sent but no response came.
+        record_attempt(cfg, None);
+        Ok(())
+    }
+}
+
+/// Records the attempt started in `read_before_transmit`, once. An attempt
+/// that failed before transmitting (signing, endpoint resolution) never
+/// reached S3 and is not counted.
+fn record_attempt(cfg: &mut ConfigBag, status: Option<u16>) {
+    let Some(start) = cfg.load::<AttemptStart>().cloned() else {
+        return;
+    };
+    cfg.interceptor_state().unset::<AttemptStart>();
+    let operation = cfg.load::<Metadata>().map_or("Unknown", |m| m.name());
+    crate::service::metrics::record_request(operation, status, start.0.elapsed());
+}
