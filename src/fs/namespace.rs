@@ -22,7 +22,7 @@ use crate::catalog::{Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, FanOut, ObjectStore, StoreError};
-use crate::write::{Committed, OpenFile, Place};
+use crate::write::{Committed, Place, WritableFile};
 
 /// Objects copied at once by a directory rename.
 const MOVE_CONCURRENCY: usize = 16;
@@ -35,7 +35,7 @@ impl<S: ObjectStore> S3Fs<S> {
     /// The file open for writing under `name` in `parent`, once any that
     /// was closing is stored: a request sent after `close(2)` returned
     /// never fails because the release is still in flight.
-    async fn settled_open_file(&self, parent: Ino, name: &str) -> Option<Arc<OpenFile<S>>> {
+    async fn settled_open_file(&self, parent: Ino, name: &str) -> Option<Arc<WritableFile<S>>> {
         let file = self.writer.file_named(parent, name)?;
         self.writer.settle(file.ino).await
     }

@@ -18,7 +18,7 @@ use crate::catalog::{Entry, EntryKind, Ino};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, ObjectStore};
-use crate::write::{Access, Committed, OpenFile, Place, Writer};
+use crate::write::{Access, Committed, Place, WritableFile, Writer};
 
 /// Which modifications the mount allows.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,7 +38,7 @@ pub enum Release<S: ObjectStore> {
     /// A read handle, closed already; its key may have a delete due.
     Read(Option<Arc<str>>),
     /// The last descriptor of a file open for writing: store it.
-    LastWrite(Arc<OpenFile<S>>),
+    LastWrite(Arc<WritableFile<S>>),
     Nothing,
 }
 

@@ -116,7 +116,7 @@ struct Report {
 async fn examine(args: &DoctorArgs) -> Result<Report, String> {
     let target = Target::parse(&args.target)?;
     let settings = args.connection.settings(&target.bucket);
-    let progress = Progress::new(!args.json);
+    let progress = DoctorProgress::new(!args.json);
     progress.say("checking credentials and listing permission");
     // The same checks and messages as a mount: credentials, bucket, ListBucket.
     let store = Arc::new(
@@ -510,13 +510,13 @@ impl Report {
 }
 
 /// One progress line on stderr, rewritten in place, when it is a terminal.
-struct Progress {
+struct DoctorProgress {
     on: bool,
 }
 
-impl Progress {
+impl DoctorProgress {
     fn new(wanted: bool) -> Self {
-        Progress {
+        DoctorProgress {
             on: wanted && std::io::stderr().is_terminal(),
         }
     }

@@ -102,9 +102,9 @@ struct GateState {
 }
 
 /// A request's place in flight; given back on drop.
-pub struct InFlight<'a>(&'a Congestion);
+pub struct CongestionSlot<'a>(&'a Congestion);
 
-impl Drop for InFlight<'_> {
+impl Drop for CongestionSlot<'_> {
     fn drop(&mut self) {
         self.0.state.lock().in_flight -= 1;
         self.0.wake.notify_one();
@@ -127,7 +127,7 @@ impl Congestion {
     }
 
     /// Waits for room under the current limit.
-    pub async fn enter(&self) -> InFlight<'_> {
+    pub async fn enter(&self) -> CongestionSlot<'_> {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -137,7 +137,7 @@ impl Congestion {
                 self.raise_if_calm(&mut s);
                 if s.in_flight < s.limit {
                     s.in_flight += 1;
-                    return InFlight(self);
+                    return CongestionSlot(self);
                 }
             }
             // Woken by a finished request, or after a while to let the

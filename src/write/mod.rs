@@ -2,7 +2,7 @@
 //! become objects.
 //!
 //! [`Writer`] holds every open file that is written (or may be), one
-//! [`OpenFile`] per inode shared by all its descriptors, as on a disk. A
+//! [`WritableFile`] per inode shared by all its descriptors, as on a disk. A
 //! file is one of two kinds:
 //! - *streaming* ([`upload`]): a new or truncated file opened write-only
 //!   (`cp`, `>`, producers). It is sent to S3 while it grows, in multipart
@@ -93,7 +93,7 @@ enum Content<S: ObjectStore> {
 }
 
 /// One inode open for writing, shared by all its descriptors.
-pub struct OpenFile<S: ObjectStore> {
+pub struct WritableFile<S: ObjectStore> {
     pub ino: Ino,
     /// Changes when the open file is renamed.
     place: Mutex<Place>,
@@ -115,9 +115,9 @@ pub struct OpenFile<S: ObjectStore> {
     settled: watch::Sender<bool>,
 }
 
-impl<S: ObjectStore> OpenFile<S> {
+impl<S: ObjectStore> WritableFile<S> {
     fn new(ino: Ino, place: Place, content: Content<S>, size: u64, new: bool) -> Arc<Self> {
-        Arc::new(OpenFile {
+        Arc::new(WritableFile {
             ino,
             place: Mutex::new(place),
             streaming: AtomicBool::new(matches!(content, Content::Streaming(_))),
@@ -166,7 +166,7 @@ impl<S: ObjectStore> OpenFile<S> {
 }
 
 struct Handle<S: ObjectStore> {
-    file: Arc<OpenFile<S>>,
+    file: Arc<WritableFile<S>>,
     access: Access,
 }
 
@@ -182,7 +182,7 @@ impl<S: ObjectStore> Clone for Handle<S> {
 pub struct Writer<S: ObjectStore> {
     uploads: Arc<Uploads<S>>,
     reader: Arc<Reader<S>>,
-    files: Mutex<HashMap<Ino, Arc<OpenFile<S>>>>,
+    files: Mutex<HashMap<Ino, Arc<WritableFile<S>>>>,
     handles: Mutex<HashMap<u64, Handle<S>>>,
     next_fh: AtomicU64,
     /// Keys unlinked while open, deleted from S3 once nothing reads them,
@@ -207,12 +207,12 @@ impl<S: ObjectStore> Writer<S> {
     }
 
     /// The open file of `ino`, closing or not, unless unlinked.
-    pub fn file(&self, ino: Ino) -> Option<Arc<OpenFile<S>>> {
+    pub fn file(&self, ino: Ino) -> Option<Arc<WritableFile<S>>> {
         self.files.lock().get(&ino).cloned()
     }
 
     /// The open file named `name` in `parent`, if any.
-    pub fn file_named(&self, parent: Ino, name: &str) -> Option<Arc<OpenFile<S>>> {
+    pub fn file_named(&self, parent: Ino, name: &str) -> Option<Arc<WritableFile<S>>> {
         self.files
             .lock()
             .values()
@@ -225,7 +225,7 @@ impl<S: ObjectStore> Writer<S> {
 
     /// Waits until `ino` has no closing file; returns the file still open
     /// on it, if any.
-    pub async fn settle(&self, ino: Ino) -> Option<Arc<OpenFile<S>>> {
+    pub async fn settle(&self, ino: Ino) -> Option<Arc<WritableFile<S>>> {
         loop {
             let file = self.file(ino)?;
             if !file.is_closing() {
@@ -277,7 +277,7 @@ impl<S: ObjectStore> Writer<S> {
     /// descriptor was released meanwhile). Under the handles lock, as
     /// [`Writer::releasing`], so a file never gains a descriptor after it
     /// started closing.
-    fn add_handle(&self, file: &Arc<OpenFile<S>>, access: Access) -> Option<u64> {
+    fn add_handle(&self, file: &Arc<WritableFile<S>>, access: Access) -> Option<u64> {
         let mut handles = self.handles.lock();
         if file.is_closing() {
             return None;
@@ -296,7 +296,7 @@ impl<S: ObjectStore> Writer<S> {
 
     /// The first descriptor of a file just put in the table (nobody can
     /// have closed it yet).
-    fn first_handle(&self, file: &Arc<OpenFile<S>>, access: Access) -> u64 {
+    fn first_handle(&self, file: &Arc<WritableFile<S>>, access: Access) -> u64 {
         self.add_handle(file, access)
             .expect("a new file is not closing")
     }
@@ -328,7 +328,7 @@ impl<S: ObjectStore> Writer<S> {
         } else {
             Content::Streaming(self.uploads.start(&place.key)?)
         };
-        let file = OpenFile::new(ino, place, content, 0, true);
+        let file = WritableFile::new(ino, place, content, 0, true);
         files.insert(ino, file.clone());
         drop(files);
         Ok(self.first_handle(&file, access))
@@ -393,7 +393,7 @@ impl<S: ObjectStore> Writer<S> {
             Content::Staged(Box::new(staged))
         };
         let size = if access.truncate { 0 } else { size };
-        let file = OpenFile::new(ino, place, content, size, false);
+        let file = WritableFile::new(ino, place, content, size, false);
         files.insert(ino, file.clone());
         drop(files);
         Ok(Some(self.first_handle(&file, access)))
@@ -402,7 +402,7 @@ impl<S: ObjectStore> Writer<S> {
     /// Whether another descriptor may join `file`. A streaming file can
     /// only be shared while nothing was written to it: it then becomes a
     /// staged new file (stored at close all the same).
-    async fn make_shareable(&self, file: &OpenFile<S>) -> bool {
+    async fn make_shareable(&self, file: &WritableFile<S>) -> bool {
         let mut content = file.content.lock().await;
         if let Content::Streaming(upload) = &*content {
             if !upload.is_empty() {
@@ -427,7 +427,7 @@ impl<S: ObjectStore> Writer<S> {
     /// object's ETag and size.
     pub async fn move_open<F, Fut>(
         &self,
-        file: &OpenFile<S>,
+        file: &WritableFile<S>,
         place: Place,
         record: &Record<'_>,
         mv: F,
@@ -461,13 +461,13 @@ impl<S: ObjectStore> Writer<S> {
     /// name: like an unlinked file, it is no longer stored when it closes
     /// (even if the rename then fails), since its key will belong to the
     /// file moved there. Waits for a commit in flight to end first.
-    pub async fn orphan(&self, file: &Arc<OpenFile<S>>) {
+    pub async fn orphan(&self, file: &Arc<WritableFile<S>>) {
         let _content = file.content.lock().await;
         file.unlinked.store(true, Ordering::Relaxed);
         self.remove_file(file);
     }
 
-    fn remove_file(&self, file: &Arc<OpenFile<S>>) {
+    fn remove_file(&self, file: &Arc<WritableFile<S>>) {
         {
             let mut files = self.files.lock();
             if files.get(&file.ino).is_some_and(|f| Arc::ptr_eq(f, file)) {
@@ -551,7 +551,7 @@ impl<S: ObjectStore> Writer<S> {
         Some(self.truncate_file(&file, size).await)
     }
 
-    async fn truncate_file(&self, file: &OpenFile<S>, size: u64) -> Result<(), FsError> {
+    async fn truncate_file(&self, file: &WritableFile<S>, size: u64) -> Result<(), FsError> {
         let mut content = file.content.lock().await;
         match &mut *content {
             Content::Streaming(upload) => upload.truncate(size).await?,
@@ -586,7 +586,7 @@ impl<S: ObjectStore> Writer<S> {
 
     async fn commit(
         &self,
-        file: &OpenFile<S>,
+        file: &WritableFile<S>,
         even_empty: bool,
         record: &Record<'_>,
     ) -> Result<(), FsError> {
@@ -600,7 +600,7 @@ impl<S: ObjectStore> Writer<S> {
     /// were stored.
     async fn commit_locked(
         &self,
-        file: &OpenFile<S>,
+        file: &WritableFile<S>,
         content: &mut Content<S>,
         even_empty: bool,
         record: &Record<'_>,
@@ -643,7 +643,7 @@ impl<S: ObjectStore> Writer<S> {
     /// The kernel's RELEASE of `fh`, noted at once on the request loop's
     /// thread (see the module doc). Returns the file if this was its last
     /// descriptor: the caller then stores it with [`Writer::release`].
-    pub fn releasing(&self, fh: u64) -> Option<Arc<OpenFile<S>>> {
+    pub fn releasing(&self, fh: u64) -> Option<Arc<WritableFile<S>>> {
         let mut handles = self.handles.lock();
         let file = handles.remove(&fh)?.file;
         if file.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -657,7 +657,11 @@ impl<S: ObjectStore> Writer<S> {
     /// Stores a file whose last descriptor was released (an empty streaming
     /// file too). An unlinked file is given up instead. The caller records
     /// the outcome, then calls [`Writer::forget`].
-    pub async fn release(&self, file: &OpenFile<S>, record: &Record<'_>) -> Result<(), FsError> {
+    pub async fn release(
+        &self,
+        file: &WritableFile<S>,
+        record: &Record<'_>,
+    ) -> Result<(), FsError> {
         let content = file.content.lock().await;
         if file.unlinked.load(Ordering::Relaxed) {
             if let Content::Streaming(upload) = &*content {
@@ -671,7 +675,7 @@ impl<S: ObjectStore> Writer<S> {
 
     /// Removes a released file from the table and wakes whoever waits for
     /// it to settle.
-    pub fn forget(&self, file: &Arc<OpenFile<S>>) {
+    pub fn forget(&self, file: &Arc<WritableFile<S>>) {
         self.remove_file(file);
     }
 
@@ -679,7 +683,7 @@ impl<S: ObjectStore> Writer<S> {
     /// ended, it leaves the namespace and is not stored when it closes; its
     /// object (if any) is deleted once nothing reads it. `listed_etag` is
     /// the version the catalog lists, for a file not yet stored here.
-    pub async fn unlink(&self, file: &Arc<OpenFile<S>>, listed_etag: &str) {
+    pub async fn unlink(&self, file: &Arc<WritableFile<S>>, listed_etag: &str) {
         let content = file.content.lock().await;
         file.unlinked.store(true, Ordering::Relaxed);
         if !file.is_new() {

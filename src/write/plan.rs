@@ -20,7 +20,7 @@ const MAX_PARTS: u64 = 9_000;
 
 /// Where one part's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Part {
+pub enum PlannedPart {
     /// Copied server-side from the same range of the base version.
     Copy(Range<u64>),
     /// Sent from the spool, which must hold every byte of the range.
@@ -29,25 +29,25 @@ pub enum Part {
 
 /// How the new version is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
+pub enum CommitPlan {
     /// One PUT of the whole file from the spool.
     Single,
     /// A multipart upload of these parts, in order.
-    Multipart(Vec<Part>),
+    Multipart(Vec<PlannedPart>),
 }
 
 /// Plans the upload of a file of `size` bytes whose bytes in `unchanged`
 /// (sorted, disjoint ranges) are still those of the base version at the
 /// same offsets and not in the spool. Files under `single_below` without a
 /// copyable run are one PUT.
-pub fn plan(size: u64, unchanged: &[Range<u64>], part_size: u64, single_below: u64) -> Plan {
+pub fn plan(size: u64, unchanged: &[Range<u64>], part_size: u64, single_below: u64) -> CommitPlan {
     let copyable: Vec<Range<u64>> = unchanged
         .iter()
         .filter(|r| r.end - r.start >= MIN_PART)
         .cloned()
         .collect();
     if copyable.is_empty() && size < single_below {
-        return Plan::Single;
+        return CommitPlan::Single;
     }
     let part_size = part_size.max(MIN_PART).max(size.div_ceil(MAX_PARTS));
     let mut parts = Vec::new();
@@ -82,7 +82,7 @@ pub fn plan(size: u64, unchanged: &[Range<u64>], part_size: u64, single_below: u
     if let Some(p) = pending {
         send_parts(&mut parts, p, part_size);
     }
-    Plan::Multipart(parts)
+    CommitPlan::Multipart(parts)
 }
 
 fn extend(pending: &mut Option<Range<u64>>, more: Range<u64>) {
@@ -97,19 +97,19 @@ fn extend(pending: &mut Option<Range<u64>>, more: Range<u64>) {
 
 /// Cuts `range` into parts of `part_size`; a short remainder joins the part
 /// before it, so every part but the upload's last reaches the minimum.
-fn send_parts(parts: &mut Vec<Part>, range: Range<u64>, part_size: u64) {
+fn send_parts(parts: &mut Vec<PlannedPart>, range: Range<u64>, part_size: u64) {
     let first = parts.len();
     let mut start = range.start;
     while start < range.end {
         let end = (start + part_size).min(range.end);
-        parts.push(Part::Send(start..end));
+        parts.push(PlannedPart::Send(start..end));
         start = end;
     }
     if parts.len() - first >= 2 {
-        if let Some(Part::Send(last)) = parts.last().cloned() {
+        if let Some(PlannedPart::Send(last)) = parts.last().cloned() {
             if last.end - last.start < MIN_PART {
                 parts.pop();
-                if let Some(Part::Send(prev)) = parts.last_mut() {
+                if let Some(PlannedPart::Send(prev)) = parts.last_mut() {
                     prev.end = last.end;
                 }
             }
@@ -118,14 +118,14 @@ fn send_parts(parts: &mut Vec<Part>, range: Range<u64>, part_size: u64) {
 }
 
 /// Cuts a copyable run into equal parts of at most [`MAX_PART`].
-fn copy_parts(parts: &mut Vec<Part>, range: Range<u64>) {
+fn copy_parts(parts: &mut Vec<PlannedPart>, range: Range<u64>) {
     let len = range.end - range.start;
     let n = len.div_ceil(MAX_PART).max(1);
     let each = len.div_ceil(n);
     let mut start = range.start;
     while start < range.end {
         let end = (start + each).min(range.end);
-        parts.push(Part::Copy(start..end));
+        parts.push(PlannedPart::Copy(start..end));
         start = end;
     }
 }
@@ -138,12 +138,14 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn check_rules(size: u64, plan: &Plan) {
-        let Plan::Multipart(parts) = plan else { return };
+    fn check_rules(size: u64, plan: &CommitPlan) {
+        let CommitPlan::Multipart(parts) = plan else {
+            return;
+        };
         let mut pos = 0;
         for (i, p) in parts.iter().enumerate() {
             let r = match p {
-                Part::Copy(r) | Part::Send(r) => r,
+                PlannedPart::Copy(r) | PlannedPart::Send(r) => r,
             };
             assert_eq!(r.start, pos, "parts are contiguous: {parts:?}");
             assert!(r.end - r.start <= MAX_PART);
@@ -161,9 +163,9 @@ mod tests {
         let p = plan(size, &[0..1024 * MIB], 8 * MIB, 16 * MIB);
         assert_eq!(
             p,
-            Plan::Multipart(vec![
-                Part::Copy(0..1024 * MIB),
-                Part::Send(1024 * MIB..size)
+            CommitPlan::Multipart(vec![
+                PlannedPart::Copy(0..1024 * MIB),
+                PlannedPart::Send(1024 * MIB..size)
             ])
         );
         check_rules(size, &p);
@@ -173,9 +175,9 @@ mod tests {
     fn small_files_and_short_runs_are_one_put() {
         assert_eq!(
             plan(3 * MIB, &[0..2 * MIB], 8 * MIB, 16 * MIB),
-            Plan::Single
+            CommitPlan::Single
         );
-        assert_eq!(plan(100, &[], 8 * MIB, 16 * MIB), Plan::Single);
+        assert_eq!(plan(100, &[], 8 * MIB, 16 * MIB), CommitPlan::Single);
     }
 
     #[test]
@@ -184,7 +186,10 @@ mod tests {
         let p = plan(size, &[4096..size], 8 * MIB, 16 * MIB);
         assert_eq!(
             p,
-            Plan::Multipart(vec![Part::Send(0..MIN_PART), Part::Copy(MIN_PART..size)])
+            CommitPlan::Multipart(vec![
+                PlannedPart::Send(0..MIN_PART),
+                PlannedPart::Copy(MIN_PART..size)
+            ])
         );
         check_rules(size, &p);
     }
@@ -194,14 +199,14 @@ mod tests {
         let size = 64 * MIB;
         let p = plan(size, &[0..30 * MIB, 30 * MIB + 10..size], 8 * MIB, 16 * MIB);
         check_rules(size, &p);
-        let Plan::Multipart(parts) = &p else {
+        let CommitPlan::Multipart(parts) = &p else {
             panic!("{p:?}")
         };
         let sent: u64 = parts
             .iter()
             .map(|p| match p {
-                Part::Send(r) => r.end - r.start,
-                Part::Copy(_) => 0,
+                PlannedPart::Send(r) => r.end - r.start,
+                PlannedPart::Copy(_) => 0,
             })
             .sum();
         assert_eq!(sent, MIN_PART, "{parts:?}");
@@ -220,9 +225,14 @@ mod tests {
         let size = 12 * 1024 * MIB;
         let p = plan(size, &[0..size - MIB], 8 * MIB, 16 * MIB);
         check_rules(size, &p);
-        let Plan::Multipart(parts) = &p else { panic!() };
+        let CommitPlan::Multipart(parts) = &p else {
+            panic!()
+        };
         assert_eq!(
-            parts.iter().filter(|p| matches!(p, Part::Copy(_))).count(),
+            parts
+                .iter()
+                .filter(|p| matches!(p, PlannedPart::Copy(_)))
+                .count(),
             3
         );
     }
@@ -232,7 +242,9 @@ mod tests {
         let size = 40 * MIB + 3;
         let p = plan(size, &[], 8 * MIB, 16 * MIB);
         check_rules(size, &p);
-        let Plan::Multipart(parts) = &p else { panic!() };
+        let CommitPlan::Multipart(parts) = &p else {
+            panic!()
+        };
         assert_eq!(parts.len(), 5);
     }
 

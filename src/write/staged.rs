@@ -18,7 +18,7 @@ use rangemap::RangeSet;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::plan::{self, Part, Plan};
+use super::plan::{self, CommitPlan, PlannedPart};
 use super::spool::SpoolFile;
 use super::upload::{Uploaded, Uploads};
 use crate::error::FsError;
@@ -256,7 +256,7 @@ impl<S: ObjectStore> Staged<S> {
         let config = self.uploads.config();
         let plan = plan::plan(size, &unchanged, config.part_size, 2 * config.part_size);
         let etag = match plan {
-            Plan::Single => {
+            CommitPlan::Single => {
                 self.fill(0..size).await?;
                 let body = if size == 0 {
                     Body::Empty
@@ -277,7 +277,7 @@ impl<S: ObjectStore> Staged<S> {
                     .fetch_add(size, Ordering::Relaxed);
                 etag
             }
-            Plan::Multipart(parts) => self.multipart(parts).await?,
+            CommitPlan::Multipart(parts) => self.multipart(parts).await?,
         };
         if let Some(fh) = self.base.take().and_then(|b| b.read_fh) {
             self.reader.release(fh);
@@ -379,9 +379,9 @@ impl<S: ObjectStore> Staged<S> {
 
     /// Stores the file as a multipart upload of `parts`; aborts it on any
     /// failure, so nothing partial appears.
-    async fn multipart(&mut self, parts: Vec<Part>) -> Result<String, FsError> {
+    async fn multipart(&mut self, parts: Vec<PlannedPart>) -> Result<String, FsError> {
         for part in &parts {
-            if let Part::Send(r) = part {
+            if let PlannedPart::Send(r) = part {
                 self.fill(r.clone()).await?;
             }
         }
@@ -414,7 +414,7 @@ impl<S: ObjectStore> Staged<S> {
     async fn send_parts(
         &mut self,
         upload_id: &str,
-        parts: &[Part],
+        parts: &[PlannedPart],
     ) -> Result<Vec<String>, FsError> {
         let etag = self
             .base
@@ -429,8 +429,8 @@ impl<S: ObjectStore> Staged<S> {
             let etag = etag.clone();
             let number = i as u32 + 1;
             let work = match part {
-                Part::Send(r) => Work::Send(self.spool()?.body(r.clone()), r.end - r.start),
-                Part::Copy(r) => Work::Copy(r.clone()),
+                PlannedPart::Send(r) => Work::Send(self.spool()?.body(r.clone()), r.end - r.start),
+                PlannedPart::Copy(r) => Work::Copy(r.clone()),
             };
             running.spawn(async move {
                 let _slot = uploads.slot().await;

@@ -153,7 +153,7 @@ pub struct Uploaded {
     pub size: u64,
 }
 
-enum Part {
+enum PartUpload {
     Running(JoinHandle<Result<String, StoreError>>),
     Done(String),
 }
@@ -167,7 +167,7 @@ struct State {
     /// the spool budget is taken up to it.
     written: u64,
     upload_id: Option<String>,
-    parts: Vec<Part>,
+    parts: Vec<PartUpload>,
     /// The first failure of a part; the upload cannot succeed after it.
     failed: Option<StoreError>,
     /// A write that could not be kept (spool full, disk error): the file
@@ -364,7 +364,7 @@ impl<S: ObjectStore> Upload<S> {
             spool.punch(offset..offset + len);
             Ok(etag)
         });
-        st.parts.push(Part::Running(task));
+        st.parts.push(PartUpload::Running(task));
         st.sent = end;
         Ok(())
     }
@@ -376,7 +376,7 @@ impl<S: ObjectStore> Upload<S> {
             let running = st
                 .parts
                 .iter()
-                .filter(|p| matches!(p, Part::Running(_)))
+                .filter(|p| matches!(p, PartUpload::Running(_)))
                 .count();
             if running <= limit {
                 return Ok(());
@@ -384,7 +384,7 @@ impl<S: ObjectStore> Upload<S> {
             let i = st
                 .parts
                 .iter()
-                .position(|p| matches!(p, Part::Running(_)))
+                .position(|p| matches!(p, PartUpload::Running(_)))
                 .expect("counted above");
             self.settle(st, i).await?;
         }
@@ -392,7 +392,7 @@ impl<S: ObjectStore> Upload<S> {
 
     /// Waits for part `i` and records its ETag or the failure.
     async fn settle(&self, st: &mut State, i: usize) -> Result<(), FsError> {
-        let Part::Running(task) = &mut st.parts[i] else {
+        let PartUpload::Running(task) = &mut st.parts[i] else {
             return Ok(());
         };
         let result = match task.await {
@@ -401,7 +401,7 @@ impl<S: ObjectStore> Upload<S> {
         };
         match result {
             Ok(etag) => {
-                st.parts[i] = Part::Done(etag);
+                st.parts[i] = PartUpload::Done(etag);
                 Ok(())
             }
             Err(e) => {
@@ -446,8 +446,8 @@ impl<S: ObjectStore> Upload<S> {
             .parts
             .iter()
             .map(|p| match p {
-                Part::Done(etag) => etag.clone(),
-                Part::Running(_) => unreachable!("every part settled"),
+                PartUpload::Done(etag) => etag.clone(),
+                PartUpload::Running(_) => unreachable!("every part settled"),
             })
             .collect();
         let etag = self
@@ -490,7 +490,7 @@ impl<S: ObjectStore> Upload<S> {
 
     async fn abort_locked(&self, st: &mut State) {
         for part in &st.parts {
-            if let Part::Running(task) = part {
+            if let PartUpload::Running(task) = part {
                 task.abort();
             }
         }
