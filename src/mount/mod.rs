@@ -40,6 +40,10 @@ const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 /// `on_ready` runs once the mount answers requests.
 pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let target = Target::parse(&args.target).map_err(MountError)?;
+    if args.metrics_addr.is_some() {
+        // Before the first request, so preflight's requests are counted too.
+        crate::service::metrics::install();
+    }
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)

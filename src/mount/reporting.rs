@@ -102,7 +102,10 @@ fn snapshot<S: ObjectStore>(
     let ended = uploads.completed.load(Relaxed)
         + uploads.failed.load(Relaxed)
         + uploads.abandoned.load(Relaxed);
+    let (requests_sent, retries) = store.requests_sent();
     Snapshot {
+        requests_sent,
+        retries,
         bytes_received: read.fetched_bytes.load(Relaxed),
         bytes_sent: uploads.bytes.load(Relaxed),
         bytes_read: read.served_bytes.load(Relaxed),

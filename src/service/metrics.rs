@@ -1,89 +1,95 @@
 //! Operator-facing figures: Prometheus text on `--metrics-addr`, and the
 //! one-line summary logged periodically for people without Prometheus.
 //!
-//! S3 requests are counted where they happen (the store records each HTTP
-//! attempt here, by operation and status). Everything else is read at scrape
-//! time from the counters the layers keep anyway ([`Snapshot`]), so serving
-//! metrics costs nothing until someone asks.
+//! The layers record what happens where it happens through the `metrics`
+//! facade (the store counts each HTTP attempt by operation and status, with
+//! its latency); `metrics-exporter-prometheus` keeps and encodes them.
+//! Everything else is read at scrape time from the counters the layers keep
+//! anyway ([`Snapshot`]) and set just before encoding, so serving metrics
+//! costs nothing until someone asks. hyper answers the scrapes.
 
-use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock};
-
-use parking_lot::Mutex;
-
-use crate::byte_sizes::human_bytes;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::{debug, warn};
+
+use crate::byte_sizes::human_bytes;
 
 /// Upper bounds (seconds) of the request latency histogram buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Default, Clone)]
-struct Histogram {
-    /// Counts per bucket of [`LATENCY_BUCKETS`] (not cumulative), then +Inf.
-    buckets: [u64; LATENCY_BUCKETS.len() + 1],
-    sum: f64,
-    count: u64,
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's metrics recorder (once; later calls return the
+/// same handle). Until it is installed, what the layers record is dropped
+/// at no cost, so a mount without `--metrics-addr` never installs it.
+pub fn install() -> &'static PrometheusHandle {
+    RECORDER.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("s3mount_s3_request_duration_seconds".into()),
+                &LATENCY_BUCKETS,
+            )
+            .expect("latency buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            warn!("another metrics recorder is installed; s3mount's metrics stay empty");
+        }
+        describe_recorded();
+        handle
+    })
 }
 
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i] += 1;
-        self.sum += secs;
-        self.count += 1;
+/// Help texts of the series the layers record themselves.
+fn describe_recorded() {
+    metrics::describe_counter!(
+        "s3mount_s3_requests_total",
+        "S3 HTTP requests (attempts) by operation and response status; status \"error\" means no response arrived."
+    );
+    metrics::describe_histogram!(
+        "s3mount_s3_request_duration_seconds",
+        "Time from sending an S3 request to its response headers, by operation."
+    );
+    metrics::describe_counter!(
+        "s3mount_s3_retries_total",
+        "S3 request attempts that repeated a failed attempt."
+    );
+    // Present from the first scrape on, as a counter that has not moved.
+    metrics::counter!("s3mount_s3_retries_total").increment(0);
+    for (name, kind, help, _) in series(&Snapshot::default()) {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+        }
     }
+    metrics::describe_gauge!(
+        "s3mount_dir_objects",
+        "Objects (files) in each --count-dir directory, as of its listing."
+    );
 }
 
-#[derive(Default)]
-struct RequestCounts {
-    /// (operation, status) → attempts; status is the HTTP code or `error`.
-    by_status: BTreeMap<(String, String), u64>,
-    /// Operation → time to the response headers.
-    latency: BTreeMap<String, Histogram>,
-    /// Attempts after the first of the same request.
-    retries: u64,
-}
-
-static REQUESTS: LazyLock<Mutex<RequestCounts>> = LazyLock::new(Default::default);
-
-/// Records one HTTP attempt of `operation` (`GetObject`, ...). `status` is
-/// `None` when no response arrived (connect failure, timeout).
-pub fn record_request(operation: &str, status: Option<u16>, latency: Duration) {
-    let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
-    let mut counts = REQUESTS.lock();
-    *counts
-        .by_status
-        .entry((operation.to_owned(), status))
-        .or_default() += 1;
-    counts
-        .latency
-        .entry(operation.to_owned())
-        .or_default()
-        .observe(latency.as_secs_f64());
-}
-
-/// Records that a failed request is about to be sent again.
-pub fn record_retry() {
-    REQUESTS.lock().retries += 1;
-}
-
-/// S3 requests sent so far (all operations, all outcomes).
-pub fn total_requests() -> u64 {
-    REQUESTS.lock().by_status.values().sum()
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
 }
 
 /// Gauges and counters read from the layers at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
+    /// S3 HTTP attempts sent, and of those the retries.
+    pub requests_sent: u64,
+    pub retries: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub bytes_read: u64,
@@ -132,335 +138,267 @@ pub struct Snapshot {
     pub uptime: f64,
 }
 
-/// The Prometheus text exposition of `snap` plus the request counters.
-pub fn render(snap: &Snapshot) -> String {
-    let mut out = String::with_capacity(8192);
-    render_requests(&mut out);
-    for (name, kind, help, value) in series(snap) {
-        sample(&mut out, name, kind, help, value);
-    }
-    render_dir_objects(&mut out, &snap.dir_objects);
-    out
-}
-
-/// The S3 request counters: attempts by status, latency histograms, retries.
-fn render_requests(out: &mut String) {
-    {
-        let counts = REQUESTS.lock();
-        header(out, "s3mount_s3_requests_total", "counter", "S3 HTTP requests (attempts) by operation and response status; status \"error\" means no response arrived.");
-        for ((op, status), n) in &counts.by_status {
-            let _ = writeln!(
-                out,
-                "s3mount_s3_requests_total{{operation=\"{op}\",status=\"{status}\"}} {n}"
-            );
+/// The Prometheus text exposition: what the layers recorded, plus `snap`
+/// set just now.
+pub fn render(handle: &PrometheusHandle, snap: &Snapshot) -> String {
+    for (name, kind, _, value) in series(snap) {
+        match kind {
+            Kind::Counter => metrics::counter!(name).absolute(value as u64),
+            Kind::Gauge => metrics::gauge!(name).set(value),
         }
-        header(
-            out,
-            "s3mount_s3_request_duration_seconds",
-            "histogram",
-            "Time from sending an S3 request to its response headers, by operation.",
-        );
-        for (op, h) in &counts.latency {
-            let mut cumulative = 0;
-            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                cumulative += h.buckets[i];
-                let _ = writeln!(
-                    out,
-                    "s3mount_s3_request_duration_seconds_bucket{{operation=\"{op}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "s3mount_s3_request_duration_seconds_bucket{{operation=\"{op}\",le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "s3mount_s3_request_duration_seconds_sum{{operation=\"{op}\"}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "s3mount_s3_request_duration_seconds_count{{operation=\"{op}\"}} {}",
-                h.count
-            );
-        }
-        sample(
-            out,
-            "s3mount_s3_retries_total",
-            "counter",
-            "S3 request attempts that repeated a failed attempt.",
-            counts.retries as f64,
-        );
     }
+    for (path, count) in &snap.dir_objects {
+        if let Some(n) = count {
+            metrics::gauge!("s3mount_dir_objects", "path" => path.clone()).set(*n as f64);
+        }
+    }
+    handle.render()
 }
 
 /// Every single-valued series of `snap`: name, type, help, value.
-fn series(snap: &Snapshot) -> [(&'static str, &'static str, &'static str, f64); 40] {
+fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 40] {
     [
         (
             "s3mount_data_cache_hits_total",
-            "counter",
+            Kind::Counter,
             "Units of object data read from the --data-cache disk cache.",
             snap.data_cache[0] as f64,
         ),
         (
             "s3mount_data_cache_misses_total",
-            "counter",
+            Kind::Counter,
             "Units of object data not found (or found damaged) in the disk cache.",
             snap.data_cache[1] as f64,
         ),
         (
             "s3mount_data_cache_read_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes of object data served from the disk cache.",
             snap.data_cache[2] as f64,
         ),
         (
             "s3mount_data_cache_written_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes of object data written to the disk cache.",
             snap.data_cache[3] as f64,
         ),
         (
             "s3mount_data_cache_evictions_total",
-            "counter",
+            Kind::Counter,
             "Files the disk cache evicted (least recently used first).",
             snap.data_cache[4] as f64,
         ),
         (
             "s3mount_data_cache_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes the disk cache holds.",
             snap.data_cache[5] as f64,
         ),
         (
             "s3mount_s3_request_limit",
-            "gauge",
+            Kind::Gauge,
             "S3 requests allowed in flight at once; lowered while S3 throttles, raised again when it stops.",
             snap.request_limit as f64,
         ),
         (
             "s3mount_s3_throttled_total",
-            "counter",
+            Kind::Counter,
             "S3 answers asking to slow down (503 SlowDown, 429).",
             snap.throttled as f64,
         ),
         (
             "s3mount_s3_bytes_received_total",
-            "counter",
+            Kind::Counter,
             "Bytes of object data received from S3.",
             snap.bytes_received as f64,
         ),
         (
             "s3mount_s3_bytes_sent_total",
-            "counter",
+            Kind::Counter,
             "Bytes of object data sent to S3 by uploads.",
             snap.bytes_sent as f64,
         ),
         (
             "s3mount_read_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes returned to readers.",
             snap.bytes_read as f64,
         ),
         (
             "s3mount_read_resumed_streams_total",
-            "counter",
+            Kind::Counter,
             "Downloads resumed or retried after a broken connection, a stall or a 5xx.",
             snap.resumed_streams as f64,
         ),
         (
             "s3mount_cache_hits_total",
-            "counter",
+            Kind::Counter,
             "Block cache hits.",
             snap.cache_hits as f64,
         ),
         (
             "s3mount_cache_misses_total",
-            "counter",
+            Kind::Counter,
             "Block cache misses.",
             snap.cache_misses as f64,
         ),
         (
             "s3mount_cache_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes held in the block cache.",
             snap.cache_bytes as f64,
         ),
         (
             "s3mount_read_gets_running",
-            "gauge",
+            Kind::Gauge,
             "Ranged GETs of file data holding one of the --max-concurrent-requests slots.",
             snap.gets_running as f64,
         ),
         (
             "s3mount_read_gets_queued",
-            "gauge",
+            Kind::Gauge,
             "Ranged GETs of file data waiting for a slot.",
             snap.gets_queued as f64,
         ),
         (
             "s3mount_memory_budget_bytes",
-            "gauge",
+            Kind::Gauge,
             "The memory budget (--memory-limit).",
             snap.memory_budget as f64,
         ),
         (
             "s3mount_memory_in_use_bytes",
-            "gauge",
+            Kind::Gauge,
             "Budgeted memory in use: block cache plus read-ahead in flight.",
             snap.memory_in_use as f64,
         ),
         (
             "s3mount_open_read_handles",
-            "gauge",
+            Kind::Gauge,
             "Files open for reading.",
             snap.open_read_handles as f64,
         ),
         (
             "s3mount_open_write_handles",
-            "gauge",
+            Kind::Gauge,
             "Files open for writing.",
             snap.open_write_handles as f64,
         ),
         (
             "s3mount_uploads_in_flight",
-            "gauge",
+            Kind::Gauge,
             "Uploads started and not yet completed or abandoned.",
             snap.uploads_in_flight as f64,
         ),
         (
             "s3mount_uploads_completed_total",
-            "counter",
+            Kind::Counter,
             "Uploads completed: the object is stored.",
             snap.uploads_completed as f64,
         ),
         (
             "s3mount_uploads_failed_total",
-            "counter",
+            Kind::Counter,
             "Uploads that failed: nothing was stored under the key.",
             snap.uploads_failed as f64,
         ),
         (
             "s3mount_upload_parts_total",
-            "counter",
+            Kind::Counter,
             "Multipart upload parts sent.",
             snap.upload_parts as f64,
         ),
         (
             "s3mount_read_gets_cancelled_total",
-            "counter",
+            Kind::Counter,
             "Read-ahead GETs stopped because no open reader wanted their data any more.",
             snap.gets_cancelled as f64,
         ),
         (
             "s3mount_upload_copied_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes of changed files copied by S3 itself (UploadPartCopy) instead of being sent again.",
             snap.upload_copied_bytes as f64,
         ),
         (
             "s3mount_spool_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes held in the spool by files being written (bounded by --spool-limit).",
             snap.spool_bytes as f64,
         ),
         (
             "s3mount_catalog_hits_total",
-            "counter",
+            Kind::Counter,
             "Listings answered from memory or disk without asking S3.",
             snap.catalog_hits as f64,
         ),
         (
             "s3mount_catalog_stale_hits_total",
-            "counter",
+            Kind::Counter,
             "Of the hits, expired listings served while a refresh ran.",
             snap.catalog_stale_hits as f64,
         ),
         (
             "s3mount_catalog_misses_total",
-            "counter",
+            Kind::Counter,
             "Listings a caller had to wait for S3 for.",
             snap.catalog_misses as f64,
         ),
         (
             "s3mount_catalog_disk_loads_total",
-            "counter",
+            Kind::Counter,
             "Listings loaded from the on-disk catalog.",
             snap.catalog_disk_loads as f64,
         ),
         (
             "s3mount_catalog_refreshes_total",
-            "counter",
+            Kind::Counter,
             "Complete listings fetched from S3.",
             snap.catalog_refreshes as f64,
         ),
         (
             "s3mount_catalog_list_requests_total",
-            "counter",
+            Kind::Counter,
             "ListObjectsV2 pages requested.",
             snap.list_requests as f64,
         ),
         (
             "s3mount_catalog_listings",
-            "gauge",
+            Kind::Gauge,
             "Directory listings held in memory.",
             snap.catalog_listings as f64,
         ),
         (
             "s3mount_catalog_entries",
-            "gauge",
+            Kind::Gauge,
             "Entries of the listings held in memory.",
             snap.catalog_entries as f64,
         ),
         (
             "s3mount_inodes",
-            "gauge",
+            Kind::Gauge,
             "Inodes known to the kernel (looked up and not yet forgotten).",
             snap.inodes as f64,
         ),
         (
             "s3mount_catalog_oldest_listing_age_seconds",
-            "gauge",
+            Kind::Gauge,
             "Age of the oldest listing held in memory.",
             snap.oldest_listing_age,
         ),
         (
             "s3mount_catalog_newest_listing_age_seconds",
-            "gauge",
+            Kind::Gauge,
             "Age of the newest listing held in memory.",
             snap.newest_listing_age,
         ),
         (
             "s3mount_uptime_seconds",
-            "gauge",
+            Kind::Gauge,
             "Seconds since the mount went live.",
             snap.uptime,
         ),
     ]
-}
-
-/// The `--count-dir` gauges, one per directory whose count is known.
-fn render_dir_objects(out: &mut String, dirs: &[(String, Option<u64>)]) {
-    if dirs.is_empty() {
-        return;
-    }
-    header(
-        out,
-        "s3mount_dir_objects",
-        "gauge",
-        "Objects (files) in each --count-dir directory, as of its listing.",
-    );
-    for (path, count) in dirs {
-        if let Some(n) = count {
-            let _ = writeln!(
-                out,
-                "s3mount_dir_objects{{path=\"{}\"}} {n}",
-                escape_label(path)
-            );
-        }
-    }
 }
 
 /// The periodic one-line summary for the log.
@@ -471,8 +409,8 @@ pub fn summary(snap: &Snapshot) -> String {
     };
     let mut line = format!(
         "requests={} retries={} resumes={} received={} sent={} read={} cache_hit_ratio={:.2} memory={}/{} open_read={} open_write={} uploads_in_flight={} listings={} list_requests={}",
-        total_requests(),
-        REQUESTS.lock().retries,
+        snap.requests_sent,
+        snap.retries,
         snap.resumed_streams,
         human_bytes(snap.bytes_received),
         human_bytes(snap.bytes_sent),
@@ -503,21 +441,6 @@ pub fn summary(snap: &Snapshot) -> String {
     line
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Metrics connections served at once.
 const MAX_CONNECTIONS: usize = 16;
 
@@ -527,6 +450,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
 ) {
+    let handle = install();
     // Scrapers come one at a time; a flood of connections waits here
     // instead of growing the daemon.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -534,7 +458,7 @@ pub async fn serve(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (mut conn, peer) = match listener.accept().await {
+        let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "metrics endpoint cannot accept connections");
@@ -545,54 +469,52 @@ pub async fn serve(
         let snapshot = snapshot.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            // Only the request line matters; read until the headers end.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n")
-                    && !request.windows(2).any(|w| w == b"\n\n")
-                    && request.len() < 16384
-                {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let line = String::from_utf8_lossy(&request);
-            let target = line.split_whitespace().nth(1).unwrap_or("");
-            let target = target.split('?').next().unwrap_or("");
-            let (status, content_type, body) = match target {
-                "/metrics" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    render(&snapshot()),
-                ),
-                "/" => (
-                    "200 OK",
-                    "text/plain; charset=utf-8",
-                    "s3mount: metrics at /metrics\n".to_owned(),
-                ),
-                _ => (
-                    "404 Not Found",
-                    "text/plain; charset=utf-8",
-                    "not found; try /metrics\n".to_owned(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = conn.write_all(response.as_bytes()).await {
+            let answer = hyper::service::service_fn(move |request: Request<_>| {
+                let response = respond(request.uri().path(), handle, &*snapshot);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(conn), answer)
+                .await;
+            if let Err(e) = served {
                 debug!(%peer, error = %e, "metrics response not delivered");
             }
-            let _ = conn.shutdown().await;
         });
     }
+}
+
+fn respond(
+    path: &str,
+    handle: &PrometheusHandle,
+    snapshot: &(dyn Fn() -> Snapshot + Send + Sync),
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(handle, &snapshot()),
+        ),
+        "/" => (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "s3mount: metrics at /metrics\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; try /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 #[cfg(test)]
@@ -601,21 +523,28 @@ mod tests {
 
     #[test]
     fn renders_counters_histograms_and_gauges() {
-        record_request("TestRenderOp", Some(200), Duration::from_millis(30));
-        record_request("TestRenderOp", Some(503), Duration::from_millis(3));
-        record_retry();
+        let handle = install();
+        let op = "TestRenderOp";
+        metrics::counter!("s3mount_s3_requests_total", "operation" => op, "status" => "200")
+            .increment(1);
+        metrics::counter!("s3mount_s3_requests_total", "operation" => op, "status" => "503")
+            .increment(1);
+        metrics::histogram!("s3mount_s3_request_duration_seconds", "operation" => op).record(0.03);
+        metrics::histogram!("s3mount_s3_request_duration_seconds", "operation" => op).record(0.003);
         let snap = Snapshot {
             bytes_received: 42,
             dir_objects: vec![("incoming".into(), Some(7)), ("later".into(), None)],
             ..Snapshot::default()
         };
-        let text = render(&snap);
+        let text = render(handle, &snap);
         assert!(
-            text.contains("s3mount_s3_requests_total{operation=\"TestRenderOp\",status=\"200\"} 1")
+            text.contains("s3mount_s3_requests_total{operation=\"TestRenderOp\",status=\"200\"} 1"),
+            "{text}"
         );
         assert!(
             text.contains("s3mount_s3_requests_total{operation=\"TestRenderOp\",status=\"503\"} 1")
         );
+        assert!(text.contains("# TYPE s3mount_s3_requests_total counter"));
         // Cumulative buckets: 3 ms is in le=0.005, 30 ms from le=0.05 on.
         assert!(text.contains(
             "s3mount_s3_request_duration_seconds_bucket{operation=\"TestRenderOp\",le=\"0.005\"} 1"
@@ -623,13 +552,30 @@ mod tests {
         assert!(text.contains(
             "s3mount_s3_request_duration_seconds_bucket{operation=\"TestRenderOp\",le=\"0.05\"} 2"
         ));
+        assert!(text.contains(
+            "s3mount_s3_request_duration_seconds_bucket{operation=\"TestRenderOp\",le=\"+Inf\"} 2"
+        ));
         assert!(text
             .contains("s3mount_s3_request_duration_seconds_count{operation=\"TestRenderOp\"} 2"));
         assert!(text.contains("s3mount_s3_bytes_received_total 42"));
+        assert!(
+            text.contains("s3mount_s3_retries_total 0")
+                || text.contains("s3mount_s3_retries_total ")
+        );
         assert!(text.contains("s3mount_dir_objects{path=\"incoming\"} 7"));
         assert!(!text.contains("path=\"later\""));
+        // Every series of the snapshot is there, with its help text.
+        for (name, _, help, _) in series(&snap) {
+            assert!(
+                text.contains(&format!("# HELP {name} {help}")),
+                "no help for {name}"
+            );
+        }
         // Every sample line belongs to a declared metric.
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let name = line.split(['{', ' ']).next().unwrap();
             let base = name
                 .trim_end_matches("_bucket")
@@ -641,5 +587,20 @@ mod tests {
                 "undeclared {name}"
             );
         }
+    }
+
+    #[test]
+    fn summary_names_requests_and_sizes() {
+        let snap = Snapshot {
+            requests_sent: 12,
+            retries: 3,
+            bytes_received: 3 << 30,
+            dir_objects: vec![("incoming".into(), Some(4))],
+            ..Snapshot::default()
+        };
+        let line = summary(&snap);
+        assert!(line.starts_with("requests=12 retries=3 "), "{line}");
+        assert!(line.contains("received=3.0GiB"), "{line}");
+        assert!(line.contains("objects[incoming]=4"), "{line}");
     }
 }

@@ -102,9 +102,9 @@ struct GateState {
 }
 
 /// A request's place in flight; given back on drop.
-pub struct CongestionSlot<'a>(&'a Congestion);
+pub struct InFlight<'a>(&'a Congestion);
 
-impl Drop for CongestionSlot<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.state.lock().in_flight -= 1;
         self.0.wake.notify_one();
@@ -127,7 +127,7 @@ impl Congestion {
     }
 
     /// Waits for room under the current limit.
-    pub async fn enter(&self) -> CongestionSlot<'_> {
+    pub async fn enter(&self) -> InFlight<'_> {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -137,7 +137,7 @@ impl Congestion {
                 self.raise_if_calm(&mut s);
                 if s.in_flight < s.limit {
                     s.in_flight += 1;
-                    return CongestionSlot(self);
+                    return InFlight(self);
                 }
             }
             // Woken by a finished request, or after a while to let the
@@ -206,6 +206,8 @@ pub struct RetryPolicy {
     /// the endpoint with a short one first).
     bound_ms: AtomicU64,
     pub gate: Congestion,
+    /// Attempts that repeated a failed one, for the store's own figures.
+    pub retries: AtomicU64,
 }
 
 impl RetryPolicy {
@@ -213,6 +215,7 @@ impl RetryPolicy {
         RetryPolicy {
             bound_ms: AtomicU64::new(bound.as_millis() as u64),
             gate,
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -283,7 +286,8 @@ impl RetryPolicy {
         }
         match backoff.after(err) {
             Some(wait) => {
-                crate::service::metrics::record_retry();
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("s3mount_s3_retries_total").increment(1);
                 debug!(operation, key, error = %err, ?wait, "retrying S3 request");
                 Some(wait)
             }

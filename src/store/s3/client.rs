@@ -3,7 +3,7 @@
 //! stall a mount), connect and header timeouts, `when_required` checksums
 //! for stores that reject streaming ones, and the store's tuning settings.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,7 +114,12 @@ impl S3Store {
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
-        let config = builder.interceptor(RequestMeter).build();
+        let attempts = Arc::new(AtomicU64::new(0));
+        let config = builder
+            .interceptor(RequestMeter {
+                attempts: attempts.clone(),
+            })
+            .build();
         let endpoint = settings.endpoint_url.clone().unwrap_or_else(|| {
             format!(
                 "s3.{}.amazonaws.com",
@@ -127,6 +132,7 @@ impl S3Store {
             endpoint,
             credentials,
             resumes: AtomicU64::new(0),
+            attempts,
             idle_timeout: if settings.idle_timeout.is_zero() {
                 Duration::from_secs(5)
             } else {
@@ -165,6 +171,14 @@ impl S3Store {
             .await
             .map(|_| ())
             .map_err(|e| StoreError::NoCredentials(root_cause(&e)))
+    }
+
+    /// HTTP attempts sent so far, and of those the retries.
+    pub fn requests_sent(&self) -> (u64, u64) {
+        (
+            self.attempts.load(Ordering::Relaxed),
+            self.policy.retries.load(Ordering::Relaxed),
+        )
     }
 
     pub fn endpoint(&self) -> &str {

@@ -50,6 +50,8 @@ pub struct S3Store {
     endpoint: String,
     credentials: aws_sdk_s3::config::SharedCredentialsProvider,
     resumes: AtomicU64,
+    /// HTTP attempts sent, counted by the request meter.
+    attempts: Arc<AtomicU64>,
     idle_timeout: Duration,
     copy_threshold: u64,
     policy: Arc<RetryPolicy>,
