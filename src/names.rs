@@ -13,6 +13,10 @@ pub const NAME_MAX: usize = 1024;
 /// Longest S3 key.
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// Names of the objects s3mount writes for a moment to learn what the store
+/// enforces (see `ObjectStore::probe_conditions`); never shown.
+pub const PROBE_NAME_PREFIX: &str = ".s3mount-probe-";
+
 /// Why a listing entry cannot be shown as a file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unrepresentable {
@@ -21,6 +25,8 @@ pub enum Unrepresentable {
     DotDot,
     TooLong,
     Nul,
+    /// One of s3mount's own short-lived probe objects.
+    Probe,
 }
 
 /// Checks that `name` can be a single path component.
@@ -31,6 +37,7 @@ pub fn check_name(name: &str) -> Result<(), Unrepresentable> {
         ".." => Err(Unrepresentable::DotDot),
         _ if name.len() > NAME_MAX => Err(Unrepresentable::TooLong),
         _ if name.contains('\0') => Err(Unrepresentable::Nul),
+        _ if name.starts_with(PROBE_NAME_PREFIX) => Err(Unrepresentable::Probe),
         _ => Ok(()),
     }
 }

@@ -62,6 +62,12 @@ pub struct Args {
     #[arg(long)]
     pub no_overwrite: bool,
 
+    /// Refuse to mount read-write unless the endpoint enforces S3 conditional
+    /// writes (If-None-Match/If-Match), which make renames claims that exactly
+    /// one mount wins and O_EXCL creates create-only across mounts.
+    #[arg(long)]
+    pub require_conditional_writes: bool,
+
     /// Size of the first parts of a multipart upload (later parts grow so
     /// any file up to S3's 5 TiB limit fits); files under twice this size
     /// are sent with one PUT.

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use fuser::RenameFlags;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Attr, S3Fs};
 use crate::catalog::{Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::names;
-use crate::store::{Body, FanOut, ObjectStore, StoreError};
+use crate::store::{Body, FanOut, ObjectStore, StoreError, WriteCondition};
 use crate::write::{Committed, Place, WritableFile};
 
 /// Objects copied at once by a directory rename.
@@ -50,7 +50,11 @@ impl<S: ObjectStore> S3Fs<S> {
         let Ok(prefix) = self.catalog.dir_prefix(dir) else {
             return;
         };
-        if let Err(e) = self.store().put(&prefix, Body::Empty, None).await {
+        if let Err(e) = self
+            .store()
+            .put(&prefix, Body::Empty, WriteCondition::Always)
+            .await
+        {
             warn!(prefix, error = %e, "cannot keep an emptied directory (marker object not created)");
         }
     }
@@ -111,7 +115,7 @@ impl<S: ObjectStore> S3Fs<S> {
             self.writer.defer_delete(&key, etag);
         } else {
             self.store()
-                .delete(&key)
+                .delete(&key, None)
                 .await
                 .map_err(|e| FsError::store(&key, e))?;
         }
@@ -124,7 +128,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let prefix = self.free_name(parent, name).await?;
         let dir_prefix = names::child_dir_prefix(&prefix, name);
         self.store()
-            .put(&dir_prefix, Body::Empty, None)
+            .put(&dir_prefix, Body::Empty, WriteCondition::Always)
             .await
             .map_err(|e| FsError::store(&dir_prefix, e))?;
         let entry = Entry {
@@ -154,7 +158,7 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::NotEmpty);
         }
         self.store()
-            .delete(&prefix)
+            .delete(&prefix, None)
             .await
             .map_err(|e| FsError::store(&prefix, e))?;
         self.catalog.record(parent, name, None)?;
@@ -197,11 +201,17 @@ impl<S: ObjectStore> S3Fs<S> {
             }
         };
         let src_is_dir = src.as_ref().is_some_and(|e| e.is_dir());
-        let dst_is_dir = match self.catalog.lookup(new_parent, new_name).await {
-            Ok((_, d)) => Some(d.is_dir()),
-            Err(FsError::NotFound) => open_target.as_ref().map(|_| false),
+        let (dst_is_dir, target) = match self.catalog.lookup(new_parent, new_name).await {
+            Ok((_, d)) => match d.kind {
+                EntryKind::File { etag, .. } if !etag.is_empty() => {
+                    (Some(false), MoveTarget::Replacing(etag))
+                }
+                kind => (Some(kind == EntryKind::Dir), MoveTarget::Free),
+            },
+            Err(FsError::NotFound) => (open_target.as_ref().map(|_| false), MoveTarget::Free),
             Err(e) => return Err(e),
         };
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         if let Some(dst_is_dir) = dst_is_dir {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 return Err(FsError::Exists);
@@ -260,14 +270,19 @@ impl<S: ObjectStore> S3Fs<S> {
                     let (from, to) = (key.clone(), new_key.clone());
                     self.writer
                         .move_open(file, place, &record, |etag, size| async move {
-                            move_object(&*store, &from, &etag, size, &to).await
+                            move_object(&*store, &from, &etag, size, &to, target, no_replace).await
                         })
                         .await?
                 }
-                (None, Some(EntryKind::File { size, etag })) => (
-                    move_object(&*store, &key, &etag, size, &new_key).await?,
-                    size,
-                ),
+                (None, Some(EntryKind::File { size, etag })) => {
+                    let moved =
+                        move_object(&*store, &key, &etag, size, &new_key, target, no_replace).await;
+                    if let Err(FsError::NotFound) = moved {
+                        // Gone to another mount: so it is here too.
+                        self.catalog.record(parent, name, None)?;
+                    }
+                    (moved?, size)
+                }
                 (None, _) => return Err(FsError::NotFound),
             };
             Entry {
@@ -310,9 +325,17 @@ impl<S: ObjectStore> S3Fs<S> {
                 let new_key = format!("{to}{rest}");
                 let started = moves
                     .spawn(async move {
-                        move_object(&*store, &obj.key, &obj.etag, obj.size, &new_key)
-                            .await
-                            .map(|_| ())
+                        move_object(
+                            &*store,
+                            &obj.key,
+                            &obj.etag,
+                            obj.size,
+                            &new_key,
+                            MoveTarget::Anything,
+                            false,
+                        )
+                        .await
+                        .map(|_| ())
                     })
                     .await;
                 if started.is_err() {
@@ -333,7 +356,7 @@ impl<S: ObjectStore> S3Fs<S> {
             // A directory with no object at all (known only to this mount):
             // give the new name a marker so it exists.
             self.store()
-                .put(to, Body::Empty, None)
+                .put(to, Body::Empty, WriteCondition::Always)
                 .await
                 .map_err(|e| FsError::store(to, e))?;
         }
@@ -348,22 +371,116 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 }
 
-/// Copies version `etag` of `from` to `to`, then deletes `from`; returns
-/// the copy's ETag. The source is deleted only once the copy exists.
-async fn move_object<S: ObjectStore>(
+/// What a file's new name holds, as far as this mount knows, when the file
+/// moves there.
+#[derive(Debug, Clone)]
+pub(super) enum MoveTarget {
+    /// Nothing: the move creates the name, and fails if another client
+    /// creates it first.
+    Free,
+    /// This version of a file, which the move replaces (and no other).
+    Replacing(String),
+    /// Whatever is there (objects of a directory being moved).
+    Anything,
+}
+
+/// Moves version `etag` of `from` to `to` so that, among mounts moving the
+/// same file at once, exactly one succeeds (docs/SEMANTICS.md, "Claims"):
+/// a copy pinned to the source version and conditional on what `to` holds,
+/// then a delete of the source pinned to the version copied. Returns the
+/// copy's ETag. A loser gets [`FsError::NotFound`] (the source went to
+/// another mount) or, with `no_replace`, [`FsError::Exists`], and leaves
+/// nothing behind; a newer version written to `from` meanwhile is never
+/// deleted. On a store that ignores write conditions this is a plain copy
+/// and delete.
+pub(super) async fn move_object<S: ObjectStore>(
     store: &S,
     from: &str,
     etag: &str,
     size: u64,
     to: &str,
+    target: MoveTarget,
+    no_replace: bool,
 ) -> Result<String, FsError> {
-    let new_etag = store
-        .copy(from, etag, size, to)
-        .await
-        .map_err(|e| FsError::store(from, e))?;
-    store
-        .delete(from)
-        .await
-        .map_err(|e| FsError::store(from, e))?;
-    Ok(new_etag)
+    let new_etag = copy_for_move(store, from, etag, size, to, target, no_replace).await?;
+    match store.delete(from, Some(etag)).await {
+        Ok(()) => Ok(new_etag),
+        // A newer version was written to the old name after the copy: the
+        // version this rename moved is moved, the new one stays.
+        Err(StoreError::PreconditionFailed) => {
+            debug!(
+                from,
+                to, "the source was replaced during the rename; its new version stays"
+            );
+            Ok(new_etag)
+        }
+        // Another mount moved the source (to another name) first: the copy
+        // made here is taken back, only the version this mount wrote.
+        Err(StoreError::NotFound) => {
+            if let Err(e) = store.delete(to, Some(&new_etag)).await {
+                warn!(to, error = %e, "cannot take back the copy of a lost rename");
+            }
+            Err(FsError::NotFound)
+        }
+        Err(e) => Err(FsError::store(from, e)),
+    }
+}
+
+/// The copy step of [`move_object`], with the reading of a failed
+/// condition: which side changed, and whether the copy is then lost.
+async fn copy_for_move<S: ObjectStore>(
+    store: &S,
+    from: &str,
+    etag: &str,
+    size: u64,
+    to: &str,
+    target: MoveTarget,
+    no_replace: bool,
+) -> Result<String, FsError> {
+    let mut target = target;
+    // One more try at most: over a file that appeared at `to` meanwhile.
+    for _ in 0..2 {
+        let condition = match &target {
+            MoveTarget::Free => WriteCondition::IfAbsent,
+            MoveTarget::Replacing(etag) => WriteCondition::IfMatch(etag),
+            MoveTarget::Anything => WriteCondition::Always,
+        };
+        match store.copy(from, etag, size, to, condition).await {
+            Ok(new_etag) => return Ok(new_etag),
+            Err(StoreError::PreconditionFailed) => {}
+            Err(e) => return Err(FsError::store(from, e)),
+        }
+        // The source version is gone (moved by another mount, replaced,
+        // deleted): this rename has nothing to move.
+        match store.head(from).await {
+            Ok(now) if same_etag(&now.etag, etag) => {}
+            Ok(_) | Err(StoreError::NotFound) => return Err(FsError::NotFound),
+            Err(e) => return Err(FsError::store(from, e)),
+        }
+        // The source is still there: the target changed.
+        if no_replace {
+            return Err(FsError::Exists);
+        }
+        match store.head_marks(to).await {
+            // Another mount is moving this same version there: it won.
+            Ok((_, marks))
+                if marks
+                    .copied_from
+                    .as_deref()
+                    .is_some_and(|e| same_etag(e, etag)) =>
+            {
+                return Err(FsError::NotFound)
+            }
+            // Another file appeared there: a rename replaces it, as on a disk.
+            Ok((meta, _)) => target = MoveTarget::Replacing(meta.etag),
+            Err(StoreError::NotFound) => target = MoveTarget::Free,
+            Err(e) => return Err(FsError::store(to, e)),
+        }
+    }
+    Err(FsError::store(to, StoreError::PreconditionFailed))
+}
+
+/// ETags compare without their quotes: stores differ in quoting them.
+fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
 }

@@ -17,7 +17,7 @@ use super::{Attr, S3Fs};
 use crate::catalog::{Entry, EntryKind, Ino};
 use crate::error::FsError;
 use crate::names;
-use crate::store::{Body, ObjectStore};
+use crate::store::{Body, ObjectStore, WriteCondition};
 use crate::write::{Access, Committed, Place, WritableFile, Writer};
 
 /// Which modifications the mount allows.
@@ -170,7 +170,7 @@ impl<S: ObjectStore> S3Fs<S> {
         self.writer.cancel_delete(&key);
         let etag = self
             .store()
-            .put(&key, Body::Empty, None)
+            .put(&key, Body::Empty, WriteCondition::Always)
             .await
             .map_err(|e| FsError::store(&key, e))?;
         self.record_file(parent, name, 0, etag)?;
@@ -265,7 +265,7 @@ impl<S: ObjectStore> S3Fs<S> {
             // `truncate -s 0 FILE`: no need to stage anything.
             let etag = self
                 .store()
-                .put(&key, Body::Empty, None)
+                .put(&key, Body::Empty, WriteCondition::Always)
                 .await
                 .map_err(|e| FsError::store(&key, e))?;
             return self.record_file(parent, &name, 0, etag);
@@ -385,7 +385,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
             }
         }
-        if let Err(e) = self.store().delete(key).await {
+        if let Err(e) = self.store().delete(key, None).await {
             warn!(key, error = %e, "cannot delete a file unlinked while it was open");
         }
     }

@@ -67,6 +67,9 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     upload_config.data_cache = data_cache.clone();
     upload_config.cache_segment = read_config.window.block * crate::read::SEGMENT_BLOCKS;
     let store = Arc::new(rt.block_on(preflight(&settings, &target))?);
+    if !args.read_only {
+        rt.block_on(check_conditional_writes(&store, &target, &args))?;
+    }
 
     let fs = build_layers(
         &args,
@@ -138,6 +141,35 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         watchdog.disarm();
     }
     rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Finds out whether the endpoint enforces write conditions (what claims and
+/// create-only files across mounts rest on), says so, and refuses to mount
+/// without them when `--require-conditional-writes` asks.
+async fn check_conditional_writes(
+    store: &S3Store,
+    target: &Target,
+    args: &Args,
+) -> Result<(), MountError> {
+    let enforced = match store.probe_conditions(&target.prefix).await {
+        Ok(enforced) => enforced,
+        Err(e) => {
+            warn!(error = %e, "cannot find out whether the endpoint enforces conditional writes; assuming it does not");
+            false
+        }
+    };
+    if enforced {
+        info!("the endpoint enforces conditional writes: renames are claims one mount wins, O_EXCL creates are create-only across mounts");
+        return Ok(());
+    }
+    if args.require_conditional_writes {
+        return Err(MountError(format!(
+            "{} ignores S3 conditional writes (If-None-Match/If-Match), which --require-conditional-writes asks for; use an endpoint that enforces them (AWS S3, SeaweedFS) or mount without the option (then run one loader per prefix)",
+            store.endpoint()
+        )));
+    }
+    warn!("the endpoint ignores conditional writes: two mounts renaming the same file may both succeed; run one loader per prefix (docs/SEMANTICS.md, Claims)");
     Ok(())
 }
 

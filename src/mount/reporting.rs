@@ -27,7 +27,8 @@ pub(super) fn start_reporting(
     let count_dirs = Arc::new(CountDirs::new(&args.count_dir, mountpoint));
     let snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync> = {
         let (fs, store, count_dirs) = (fs.clone(), store.clone(), count_dirs.clone());
-        Arc::new(move || snapshot(&fs, &store, &count_dirs, live_since))
+        let read_only = args.read_only;
+        Arc::new(move || snapshot(&fs, &store, &count_dirs, live_since, read_only))
     };
     let _guard = rt.enter();
     if let Some(listener) = metrics_listener {
@@ -91,6 +92,7 @@ fn snapshot<S: ObjectStore>(
     store: &S3Store,
     count_dirs: &CountDirs,
     live_since: Instant,
+    read_only: bool,
 ) -> Snapshot {
     use std::sync::atomic::Ordering::Relaxed;
     let read = fs.read_stats();
@@ -104,6 +106,7 @@ fn snapshot<S: ObjectStore>(
         + uploads.abandoned.load(Relaxed);
     let (requests_sent, retries) = store.requests_sent();
     Snapshot {
+        conditional_writes: (!read_only).then(|| store.enforces_conditions()),
         requests_sent,
         retries,
         bytes_received: read.fetched_bytes.load(Relaxed),

@@ -107,6 +107,8 @@ struct Report {
     sampled: bool,
     sizes: Vec<u64>,
     probe_key: Option<String>,
+    /// Whether the endpoint enforces conditional writes (None: not found out).
+    conditional_writes: Option<bool>,
     head_ms: Vec<f64>,
     first_byte_ms: Vec<f64>,
     throughput: Vec<Throughput>,
@@ -129,6 +131,17 @@ async fn examine(args: &DoctorArgs) -> Result<Report, String> {
         endpoint: store.endpoint().to_owned(),
         ..Report::default()
     };
+
+    // What claims across mounts rest on (one write that creates nothing on
+    // an endpoint that enforces conditions, and is taken back on one that
+    // does not).
+    progress.say("checking whether the endpoint enforces conditional writes");
+    match store.probe_conditions(&target.prefix).await {
+        Ok(enforced) => report.conditional_writes = Some(enforced),
+        Err(e) => report.notes.push(format!(
+            "cannot find out whether the endpoint enforces conditional writes ({e}); a read-write mount needs s3:PutObject"
+        )),
+    }
 
     // The listing: page latency, and the objects it describes.
     let mut continuation = None;
@@ -406,6 +419,7 @@ impl Report {
                 "size_classes": self.size_classes().iter().map(|(n, c)| json!({"class": n, "count": c})).collect::<Vec<_>>(),
             },
             "probe_object": self.probe_key,
+            "conditional_writes": self.conditional_writes,
             "head_ms": median(&self.head_ms),
             "first_byte_ms": median(&self.first_byte_ms),
             "throughput": self.throughput.iter().map(|t| json!({
@@ -426,6 +440,14 @@ impl Report {
             ("endpoint".into(), self.endpoint.clone()),
             ("credentials".into(), "ok".into()),
             ("list permission".into(), "ok".into()),
+            (
+                "conditional writes".into(),
+                match self.conditional_writes {
+                    Some(true) => "enforced (renames are claims one mount wins)".into(),
+                    Some(false) => "NOT enforced: run one loader per prefix".into(),
+                    None => "unknown (see notes)".into(),
+                },
+            ),
             (
                 "read permission".into(),
                 match self.can_read {

@@ -73,6 +73,10 @@ fn describe_recorded() {
         }
     }
     metrics::describe_gauge!(
+        "s3mount_conditional_writes",
+        "1, labelled with whether the endpoint enforces S3 conditional writes (what claims across mounts rest on)."
+    );
+    metrics::describe_gauge!(
         "s3mount_dir_objects",
         "Objects (files) in each --count-dir directory, as of its listing."
     );
@@ -87,6 +91,9 @@ enum Kind {
 /// Gauges and counters read from the layers at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
+    /// Whether the endpoint enforces conditional writes (None: not probed,
+    /// a read-only mount).
+    pub conditional_writes: Option<bool>,
     /// S3 HTTP attempts sent, and of those the retries.
     pub requests_sent: u64,
     pub retries: u64,
@@ -151,6 +158,9 @@ pub fn render(handle: &PrometheusHandle, snap: &Snapshot) -> String {
         if let Some(n) = count {
             metrics::gauge!("s3mount_dir_objects", "path" => path.clone()).set(*n as f64);
         }
+    }
+    if let Some(enforced) = snap.conditional_writes {
+        metrics::gauge!("s3mount_conditional_writes", "enforced" => enforced.to_string()).set(1.0);
     }
     handle.render()
 }
@@ -534,9 +544,11 @@ mod tests {
         let snap = Snapshot {
             bytes_received: 42,
             dir_objects: vec![("incoming".into(), Some(7)), ("later".into(), None)],
+            conditional_writes: Some(false),
             ..Snapshot::default()
         };
         let text = render(handle, &snap);
+        assert!(text.contains("s3mount_conditional_writes{enforced=\"false\"} 1"));
         assert!(
             text.contains("s3mount_s3_requests_total{operation=\"TestRenderOp\",status=\"200\"} 1"),
             "{text}"

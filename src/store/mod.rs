@@ -30,6 +30,33 @@ pub struct ObjectMeta {
     pub etag: String,
 }
 
+/// What must hold at a key for a write to it to happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteCondition<'a> {
+    /// Whatever the key holds.
+    Always,
+    /// Only if the key holds no object (`If-None-Match: *`): create-only.
+    IfAbsent,
+    /// Only over the version with this ETag (`If-Match`).
+    IfMatch(&'a str),
+}
+
+impl<'a> WriteCondition<'a> {
+    /// `IfMatch(etag)` when there is an ETag to match, else `Always`.
+    pub fn matching(etag: Option<&'a str>) -> Self {
+        etag.map_or(WriteCondition::Always, WriteCondition::IfMatch)
+    }
+}
+
+/// What s3mount noted on an object it wrote conditionally, read back by
+/// [`ObjectStore::head_marks`]: whose write it was (a token unique to the
+/// request) and, for a copy, the ETag of the source version copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteMarks {
+    pub token: Option<String>,
+    pub copied_from: Option<String>,
+}
+
 /// One page of a ListObjectsV2 response.
 #[derive(Debug, Default)]
 pub struct ListPage {
@@ -112,6 +139,21 @@ impl StoreError {
         )
     }
 
+    /// Whether a request that failed this way may still have been carried
+    /// out: the answer was lost after the request went out (a broken or
+    /// timed-out connection, a garbled or 5xx answer). Throttling and
+    /// refusals say the server did nothing.
+    pub fn may_have_been_carried_out(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BodyInterrupted(_)
+                | StoreError::Timeout(_)
+                | StoreError::Unreachable(_)
+                | StoreError::Unavailable(_)
+                | StoreError::Malformed(_)
+        )
+    }
+
     /// Whether the server asked for fewer requests (503 SlowDown, 429).
     pub fn is_throttling(&self) -> bool {
         matches!(self, StoreError::Throttled(..))
@@ -165,15 +207,18 @@ pub trait ObjectStore: Send + Sync + 'static {
         deliver: &mut (dyn FnMut(Bytes) + Send),
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Stores `body` as `key` in one request; returns the new ETag. With
-    /// `if_match`, only if the current version has that ETag (a store that
-    /// ignores the condition stores unconditionally; callers check first).
-    /// Every upload carries the Content-Type its key's extension calls for.
+    /// Stores `body` as `key` in one request, if `condition` holds (else
+    /// [`StoreError::PreconditionFailed`]); returns the new ETag. A store
+    /// that ignores conditions stores unconditionally (see
+    /// [`ObjectStore::enforces_conditions`]). A conditional write whose
+    /// first answer was lost and whose retry then fails the condition is
+    /// recognised as this request's own success. Every upload carries the
+    /// Content-Type its key's extension calls for.
     fn put(
         &self,
         key: &str,
         body: Body,
-        if_match: Option<&str>,
+        condition: WriteCondition<'_>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Starts a multipart upload of `key`; returns its upload id.
@@ -203,14 +248,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Completes a multipart upload from the ETags of parts 1, 2, ... in
-    /// order; the object appears whole at this moment. Returns its ETag.
-    /// `if_match` as for [`ObjectStore::put`].
+    /// order, if `condition` holds; the object appears whole at this
+    /// moment. Returns its ETag. Conditions as for [`ObjectStore::put`].
     fn complete_multipart(
         &self,
         key: &str,
         upload_id: &str,
         part_etags: Vec<String>,
-        if_match: Option<&str>,
+        condition: WriteCondition<'_>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Abandons a multipart upload and frees its parts.
@@ -221,17 +266,46 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Copies the version `etag` of `from` (of `size` bytes) to `to` inside
-    /// the bucket, server-side; a different current version gives
+    /// the bucket, server-side, if `condition` holds at `to`; a different
+    /// current version of `from`, or a failed condition, gives
     /// [`StoreError::PreconditionFailed`]. The copy appears whole or not at
-    /// all. Returns the copy's ETag.
+    /// all, marked as a copy of `etag` ([`WriteMarks::copied_from`]).
+    /// Returns the copy's ETag.
     fn copy(
         &self,
         from: &str,
         etag: &str,
         size: u64,
         to: &str,
+        condition: WriteCondition<'_>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// Deletes `key`; deleting a missing key succeeds.
-    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes `key`; deleting a missing key succeeds. With `if_match`,
+    /// only the version with that ETag: another version gives
+    /// [`StoreError::PreconditionFailed`] and a missing key
+    /// [`StoreError::NotFound`].
+    fn delete(
+        &self,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The current metadata of `key` with the marks s3mount wrote on it.
+    fn head_marks(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<(ObjectMeta, WriteMarks), StoreError>> + Send;
+
+    /// Whether the store refuses writes whose condition fails (AWS S3 and
+    /// SeaweedFS do; Garage ignores write conditions). Known once
+    /// [`ObjectStore::probe_conditions`] has run; `false` until then.
+    fn enforces_conditions(&self) -> bool;
+
+    /// Finds out whether the store enforces write conditions, with one
+    /// create-only write of a probe key under `prefix` (removed again when
+    /// the store created it), and remembers the answer.
+    fn probe_conditions(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

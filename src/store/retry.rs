@@ -237,13 +237,35 @@ impl RetryPolicy {
         operation: &'static str,
         key: &str,
         attempt_limit: Option<Duration>,
-        mut attempt: F,
+        attempt: F,
     ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        self.run_noting_doubt(operation, key, attempt_limit, attempt)
+            .await
+            .0
+    }
+
+    /// [`RetryPolicy::run`], also telling whether an attempt before the
+    /// last one may have been carried out by the server although no answer
+    /// said so (its connection broke or timed out after the request was
+    /// sent). A conditional write retried after such an attempt can fail
+    /// its condition because of its own first attempt.
+    pub async fn run_noting_doubt<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        attempt_limit: Option<Duration>,
+        mut attempt: F,
+    ) -> (Result<T, StoreError>, bool)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
         let mut backoff = Backoff::new(self.bound());
+        let mut in_doubt = false;
         loop {
             let result = {
                 let _room = self.gate.enter().await;
@@ -261,13 +283,16 @@ impl RetryPolicy {
             let err = match result {
                 Ok(v) => {
                     self.gate.succeeded();
-                    return Ok(v);
+                    return (Ok(v), in_doubt);
                 }
                 Err(e) => e,
             };
             match self.failed(&mut backoff, &err, operation, key) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(err),
+                Some(wait) => {
+                    in_doubt |= err.may_have_been_carried_out();
+                    tokio::time::sleep(wait).await
+                }
+                None => return (Err(err), in_doubt),
             }
         }
     }

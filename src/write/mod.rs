@@ -72,6 +72,8 @@ pub struct Access {
     pub write: bool,
     pub append: bool,
     pub truncate: bool,
+    /// O_EXCL: the file must not exist, in S3 either, when it is stored.
+    pub exclusive: bool,
 }
 
 impl Access {
@@ -83,6 +85,7 @@ impl Access {
             write: mode == libc::O_WRONLY || mode == libc::O_RDWR,
             append: flags & libc::O_APPEND != 0,
             truncate: flags & libc::O_TRUNC != 0,
+            exclusive: flags & libc::O_EXCL != 0,
         }
     }
 }
@@ -324,9 +327,10 @@ impl<S: ObjectStore> Writer<S> {
                 self.uploads.clone(),
                 self.reader.clone(),
                 &place.key,
+                access.exclusive,
             )))
         } else {
-            Content::Streaming(self.uploads.start(&place.key)?)
+            Content::Streaming(self.uploads.start(&place.key, access.exclusive)?)
         };
         let file = WritableFile::new(ino, place, content, 0, true);
         files.insert(ino, file.clone());
@@ -378,7 +382,7 @@ impl<S: ObjectStore> Writer<S> {
         let content = if !access.read && access.truncate {
             // A replacement written front to back: stream it.
             self.cancel_delete(&place.key);
-            Content::Streaming(self.uploads.start(&place.key)?)
+            Content::Streaming(self.uploads.start(&place.key, false)?)
         } else {
             let mut staged = Staged::existing(
                 self.uploads.clone(),
@@ -409,11 +413,13 @@ impl<S: ObjectStore> Writer<S> {
                 return false;
             }
             let key = upload.key().to_owned();
+            let create_only = upload.is_create_only();
             upload.abort_unused().await;
             *content = Content::Staged(Box::new(Staged::new_file(
                 self.uploads.clone(),
                 self.reader.clone(),
                 &key,
+                create_only,
             )));
             file.streaming.store(false, Ordering::Relaxed);
         }

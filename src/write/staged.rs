@@ -23,7 +23,7 @@ use super::spool::SpoolFile;
 use super::upload::{Uploaded, Uploads};
 use crate::error::FsError;
 use crate::read::Reader;
-use crate::store::{Body, ObjectStore, StoreError};
+use crate::store::{Body, ObjectStore, StoreError, WriteCondition};
 
 /// Unchanged bytes fetched into the spool (to fill a part that must be
 /// sent) are fetched in pieces of this size.
@@ -54,12 +54,23 @@ pub struct Staged<S: ObjectStore> {
     /// A commit found the base replaced: the change can never be stored,
     /// and every later commit says so without asking S3 again.
     conflict: Option<FsError>,
+    /// Created with O_EXCL: the first commit stores only if no other client
+    /// created the key meanwhile (else EEXIST).
+    create_only: bool,
 }
 
 impl<S: ObjectStore> Staged<S> {
-    /// A file that is not an object yet: empty, stored at its first commit.
-    pub fn new_file(uploads: Arc<Uploads<S>>, reader: Arc<Reader<S>>, key: &str) -> Self {
-        Self::with_base(uploads, reader, key, None)
+    /// A file that is not an object yet: empty, stored at its first commit
+    /// (only if the key is still free, when `create_only`).
+    pub fn new_file(
+        uploads: Arc<Uploads<S>>,
+        reader: Arc<Reader<S>>,
+        key: &str,
+        create_only: bool,
+    ) -> Self {
+        let mut file = Self::with_base(uploads, reader, key, None);
+        file.create_only = create_only;
+        file
     }
 
     /// The object `key` as it is at version `etag`.
@@ -97,6 +108,7 @@ impl<S: ObjectStore> Staged<S> {
             dirty: base.is_none(),
             base,
             conflict: None,
+            create_only: false,
         }
     }
 
@@ -264,11 +276,10 @@ impl<S: ObjectStore> Staged<S> {
                     self.spool()?.body(0..size)
                 };
                 self.check_base().await?;
-                let if_match = self.base.as_ref().map(|b| b.etag.clone());
                 let etag = self
                     .uploads
                     .store()
-                    .put(&self.key, body, if_match.as_deref())
+                    .put(&self.key, body, self.write_condition())
                     .await
                     .map_err(|e| self.failed(e))?;
                 self.uploads
@@ -317,8 +328,22 @@ impl<S: ObjectStore> Staged<S> {
 
     fn failed(&self, e: StoreError) -> FsError {
         self.uploads.stats().failed.fetch_add(1, Ordering::Relaxed);
+        if self.base.is_none() && self.create_only && matches!(e, StoreError::PreconditionFailed) {
+            debug!(key = %self.key, "another client created the file first; nothing stored");
+            return FsError::Exists;
+        }
         warn!(key = %self.key, error = %e, "storing a changed file failed; the object is as it was");
         FsError::store(&self.key, e)
+    }
+
+    /// What the key must hold for a commit to store: the base version, or
+    /// (created with O_EXCL, never stored) nothing.
+    fn write_condition(&self) -> WriteCondition<'_> {
+        match &self.base {
+            Some(base) => WriteCondition::IfMatch(&base.etag),
+            None if self.create_only => WriteCondition::IfAbsent,
+            None => WriteCondition::Always,
+        }
     }
 
     /// The conflict rule: a change is stored only over the version it was
@@ -326,7 +351,12 @@ impl<S: ObjectStore> Staged<S> {
     /// check makes it hold on the others too, but for one round trip.
     async fn check_base(&self) -> Result<(), FsError> {
         let Some(base) = &self.base else {
-            return Ok(());
+            return match self.create_only {
+                true => super::upload::check_still_absent(&**self.uploads.store(), &self.key)
+                    .await
+                    .map_err(|e| self.failed(e)),
+                false => Ok(()),
+            };
         };
         let unquoted = |s: &str| s.trim_matches('"').to_owned();
         match self.uploads.store().head(&self.key).await {
@@ -393,13 +423,10 @@ impl<S: ObjectStore> Staged<S> {
         let result = self.send_parts(&upload_id, &parts).await;
         let result = match result {
             Ok(etags) => match self.check_base().await {
-                Ok(()) => {
-                    let if_match = self.base.as_ref().map(|b| b.etag.clone());
-                    store
-                        .complete_multipart(&self.key, &upload_id, etags, if_match.as_deref())
-                        .await
-                        .map_err(|e| self.failed(e))
-                }
+                Ok(()) => store
+                    .complete_multipart(&self.key, &upload_id, etags, self.write_condition())
+                    .await
+                    .map_err(|e| self.failed(e)),
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),

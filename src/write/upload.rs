@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 use super::spool::{SpoolBudget, SpoolFile};
 use crate::error::FsError;
 use crate::read::disk_cache::DiskCache;
-use crate::store::{Body, ObjectStore, StoreError};
+use crate::store::{Body, ObjectStore, StoreError, WriteCondition};
 
 /// S3's limit on the number of parts of one upload.
 const MAX_PARTS: u32 = 10_000;
@@ -132,8 +132,14 @@ impl<S: ObjectStore> Uploads<S> {
         &self.store
     }
 
-    /// Starts an upload to `key`; nothing is sent until it has data.
-    pub fn start(self: &Arc<Self>, key: &str) -> Result<Arc<Upload<S>>, FsError> {
+    /// Starts an upload to `key`; nothing is sent until it has data. With
+    /// `create_only` (O_EXCL), it completes only if no other client created
+    /// the key meanwhile, and closing then fails with EEXIST.
+    pub fn start(
+        self: &Arc<Self>,
+        key: &str,
+        create_only: bool,
+    ) -> Result<Arc<Upload<S>>, FsError> {
         let spool = Arc::new(self.spool()?);
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Upload {
@@ -142,6 +148,7 @@ impl<S: ObjectStore> Uploads<S> {
             spool,
             len: AtomicU64::new(0),
             state: Mutex::new(State::default()),
+            create_only,
         }))
     }
 }
@@ -184,11 +191,17 @@ pub struct Upload<S> {
     spool: Arc<SpoolFile>,
     len: AtomicU64,
     state: Mutex<State>,
+    create_only: bool,
 }
 
 impl<S: ObjectStore> Upload<S> {
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Whether it completes only if the key is still free (O_EXCL).
+    pub fn is_create_only(&self) -> bool {
+        self.create_only
     }
 
     /// Bytes written so far (the file's size).
@@ -425,12 +438,13 @@ impl<S: ObjectStore> Upload<S> {
             } else {
                 self.spool.body(0..size)
             };
+            self.check_still_free().await?;
             let etag = self
                 .uploads
                 .store
-                .put(&self.key, body, None)
+                .put(&self.key, body, self.write_condition())
                 .await
-                .map_err(|e| FsError::store(&self.key, e))?;
+                .map_err(|e| self.store_failed(e))?;
             self.uploads.stats.bytes.fetch_add(size, Ordering::Relaxed);
             self.fill_data_cache(&etag, size);
             return Ok(Uploaded { etag, size });
@@ -450,13 +464,43 @@ impl<S: ObjectStore> Upload<S> {
                 PartUpload::Running(_) => unreachable!("every part settled"),
             })
             .collect();
+        self.check_still_free().await?;
         let etag = self
             .uploads
             .store
-            .complete_multipart(&self.key, &upload_id, etags, None)
+            .complete_multipart(&self.key, &upload_id, etags, self.write_condition())
             .await
-            .map_err(|e| FsError::store(&self.key, e))?;
+            .map_err(|e| self.store_failed(e))?;
         Ok(Uploaded { etag, size })
+    }
+
+    fn write_condition(&self) -> WriteCondition<'static> {
+        match self.create_only {
+            true => WriteCondition::IfAbsent,
+            false => WriteCondition::Always,
+        }
+    }
+
+    /// For a create-only upload: the key is still free (the store's own
+    /// condition decides where it enforces one; this check narrows the
+    /// window where it does not).
+    async fn check_still_free(&self) -> Result<(), FsError> {
+        match self.create_only {
+            true => check_still_absent(&*self.uploads.store, &self.key)
+                .await
+                .map_err(|e| self.store_failed(e)),
+            false => Ok(()),
+        }
+    }
+
+    fn store_failed(&self, e: StoreError) -> FsError {
+        match e {
+            StoreError::PreconditionFailed if self.create_only => {
+                debug!(key = %self.key, "another client created the file first; nothing stored");
+                FsError::Exists
+            }
+            e => FsError::store(&self.key, e),
+        }
     }
 
     /// Copies a file stored in one request from its spool into the disk
@@ -529,5 +573,18 @@ mod tests {
         assert!(total >= 5 << 40, "10,000 parts hold {total} bytes");
         assert!((1..=MAX_PARTS).all(|n| part_size(base, n) <= MAX_PART_SIZE));
         assert_eq!(part_size(4 << 30, 9999), MAX_PART_SIZE);
+    }
+}
+
+/// `Ok` while `key` holds no object; [`StoreError::PreconditionFailed`]
+/// once one is there (a create-only write would fail its condition).
+pub(super) async fn check_still_absent<S: ObjectStore>(
+    store: &S,
+    key: &str,
+) -> Result<(), StoreError> {
+    match store.head(key).await {
+        Err(StoreError::NotFound) => Ok(()),
+        Ok(_) => Err(StoreError::PreconditionFailed),
+        Err(e) => Err(e),
     }
 }

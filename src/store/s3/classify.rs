@@ -58,6 +58,11 @@ where
                     Missing::Object => StoreError::NotFound,
                 },
                 (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed,
+                // Two conditional writes of one key at once: AWS asks to
+                // retry, and the retry meets the winner's condition.
+                (409, "ConditionalRequestConflict") => {
+                    StoreError::Unavailable(format!("{detail}: {message}"))
+                }
                 (
                     _,
                     "InvalidAccessKeyId"

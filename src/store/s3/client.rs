@@ -133,6 +133,8 @@ impl S3Store {
             credentials,
             resumes: AtomicU64::new(0),
             attempts,
+            upload_tokens: Default::default(),
+            enforces_conditions: Default::default(),
             idle_timeout: if settings.idle_timeout.is_zero() {
                 Duration::from_secs(5)
             } else {

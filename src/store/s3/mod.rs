@@ -9,6 +9,7 @@ mod request_meter;
 use classify::{classify, root_cause, sent, Missing};
 pub use client::S3Settings;
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tracing::debug;
 
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
@@ -25,7 +27,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirecti
 use super::fan_out::FanOut;
 use super::pieces::PieceSink;
 use super::retry::{Backoff, RetryPolicy};
-use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError, WriteCondition, WriteMarks};
 /// The largest object one CopyObject request may copy.
 const SINGLE_COPY_LIMIT: u64 = 5 << 30;
 /// Part copies in flight at once for one multipart copy.
@@ -52,6 +54,10 @@ pub struct S3Store {
     resumes: AtomicU64,
     /// HTTP attempts sent, counted by the request meter.
     attempts: Arc<AtomicU64>,
+    /// The token of each multipart upload in progress (see `create_upload`).
+    upload_tokens: parking_lot::Mutex<HashMap<String, String>>,
+    /// What `probe_conditions` found.
+    enforces_conditions: std::sync::atomic::AtomicBool,
     idle_timeout: Duration,
     copy_threshold: u64,
     policy: Arc<RetryPolicy>,
@@ -113,28 +119,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        let out = self
-            .policy
-            .run("HeadObject", key, SMALL_ATTEMPT, || {
-                sent(
-                    self.client
-                        .head_object()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .send(),
-                    Missing::Object,
-                )
-            })
-            .await?;
-        Ok(ObjectMeta {
-            key: key.to_owned(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: out
-                .last_modified()
-                .map(to_system_time)
-                .unwrap_or(UNIX_EPOCH),
-            etag: out.e_tag().unwrap_or_default().to_owned(),
-        })
+        Ok(object_meta(key, &self.head_output(key).await?))
     }
 
     async fn get_range(
@@ -184,47 +169,42 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         body: Body,
-        if_match: Option<&str>,
+        condition: WriteCondition<'_>,
     ) -> Result<String, StoreError> {
-        let out = self
+        let token = (condition != WriteCondition::Always).then(write_token);
+        let (result, in_doubt) = self
             .policy
-            .run("PutObject", key, upload_attempt(body.byte_len()), || {
+            .run_noting_doubt("PutObject", key, upload_attempt(body.byte_len()), || {
                 let body = body.clone();
+                let token = token.clone();
                 async move {
+                    let (if_match, if_none_match) = condition_headers(condition);
                     self.client
                         .put_object()
                         .bucket(&self.bucket)
                         .key(key)
                         .content_type(content_type(key))
-                        .set_if_match(if_match.map(str::to_owned))
+                        .set_if_match(if_match)
+                        .set_if_none_match(if_none_match)
+                        .set_metadata(token.map(|t| marks_metadata(&t, None)))
                         .body(byte_stream(body).await?)
                         .send()
                         .await
                         .map_err(|e| classify(e, Missing::Bucket))
                 }
             })
-            .await?;
-        Ok(out.e_tag().unwrap_or_default().to_owned())
+            .await;
+        match result {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
+            Err(StoreError::PreconditionFailed) if in_doubt => {
+                self.own_earlier_write(key, token.as_deref()).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn start_multipart(&self, key: &str) -> Result<String, StoreError> {
-        let out = self
-            .policy
-            .run("CreateMultipartUpload", key, SMALL_ATTEMPT, || {
-                sent(
-                    self.client
-                        .create_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .content_type(content_type(key))
-                        .send(),
-                    Missing::Bucket,
-                )
-            })
-            .await?;
-        out.upload_id()
-            .map(str::to_owned)
-            .ok_or_else(|| StoreError::Other("CreateMultipartUpload returned no upload id".into()))
+        self.create_upload(key, None).await
     }
 
     async fn put_part(
@@ -262,7 +242,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
         part_etags: Vec<String>,
-        if_match: Option<&str>,
+        condition: WriteCondition<'_>,
     ) -> Result<String, StoreError> {
         let parts = part_etags
             .into_iter()
@@ -275,16 +255,18 @@ impl ObjectStore for S3Store {
             })
             .collect();
         let parts: Vec<CompletedPart> = parts;
-        let out = self
+        let (if_match, if_none_match) = condition_headers(condition);
+        let (result, in_doubt) = self
             .policy
-            .run("CompleteMultipartUpload", key, SLOW_ATTEMPT, || {
+            .run_noting_doubt("CompleteMultipartUpload", key, SLOW_ATTEMPT, || {
                 sent(
                     self.client
                         .complete_multipart_upload()
                         .bucket(&self.bucket)
                         .key(key)
                         .upload_id(upload_id)
-                        .set_if_match(if_match.map(str::to_owned))
+                        .set_if_match(if_match.clone())
+                        .set_if_none_match(if_none_match.clone())
                         .multipart_upload(
                             CompletedMultipartUpload::builder()
                                 .set_parts(Some(parts.clone()))
@@ -294,11 +276,21 @@ impl ObjectStore for S3Store {
                     Missing::Object,
                 )
             })
-            .await?;
-        Ok(out.e_tag().unwrap_or_default().to_owned())
+            .await;
+        let token = self.upload_tokens.lock().remove(upload_id);
+        match result {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
+            // A completion retried after a lost answer finds the upload
+            // gone (or the condition failed by itself): the object tells.
+            Err(StoreError::PreconditionFailed | StoreError::NotFound) if in_doubt => {
+                self.own_earlier_write(key, token.as_deref()).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.upload_tokens.lock().remove(upload_id);
         self.policy
             .run("AbortMultipartUpload", key, SMALL_ATTEMPT, || {
                 sent(
@@ -321,13 +313,16 @@ impl ObjectStore for S3Store {
         etag: &str,
         size: u64,
         to: &str,
+        condition: WriteCondition<'_>,
     ) -> Result<String, StoreError> {
         if size > self.copy_threshold {
-            return self.copy_in_parts(from, etag, size, to).await;
+            return self.copy_in_parts(from, etag, size, to, condition).await;
         }
-        let out = self
+        let token = write_token();
+        let (if_match, if_none_match) = condition_headers(condition);
+        let (result, in_doubt) = self
             .policy
-            .run("CopyObject", to, SLOW_ATTEMPT, || {
+            .run_noting_doubt("CopyObject", to, SLOW_ATTEMPT, || {
                 sent(
                     self.client
                         .copy_object()
@@ -335,19 +330,30 @@ impl ObjectStore for S3Store {
                         .key(to)
                         .copy_source(copy_source(&self.bucket, from))
                         .copy_source_if_match(etag)
+                        .set_if_match(if_match.clone())
+                        .set_if_none_match(if_none_match.clone())
                         // The copy's Content-Type follows its new name, as any upload's.
                         .metadata_directive(MetadataDirective::Replace)
                         .content_type(content_type(to))
+                        .set_metadata(Some(marks_metadata(&token, Some(etag))))
                         .send(),
                     Missing::Object,
                 )
             })
-            .await?;
-        Ok(out
-            .copy_object_result()
-            .and_then(|r| r.e_tag())
-            .unwrap_or_default()
-            .to_owned())
+            .await;
+        match result {
+            // Some stores (SeaweedFS) leave a copy's ETag unquoted; HEAD and
+            // listings quote it.
+            Ok(out) => Ok(quoted(
+                out.copy_object_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap_or_default(),
+            )),
+            Err(StoreError::PreconditionFailed) if in_doubt => {
+                self.own_earlier_write(to, Some(&token)).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn copy_part(
@@ -363,20 +369,131 @@ impl ObjectStore for S3Store {
             .await
     }
 
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.policy
-            .run("DeleteObject", key, SMALL_ATTEMPT, || {
+    async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), StoreError> {
+        let (result, in_doubt) = self
+            .policy
+            .run_noting_doubt("DeleteObject", key, SMALL_ATTEMPT, || {
                 sent(
                     self.client
                         .delete_object()
                         .bucket(&self.bucket)
                         .key(key)
+                        .set_if_match(if_match.map(str::to_owned))
                         .send(),
                     Missing::Object,
                 )
             })
-            .await?;
-        Ok(())
+            .await;
+        match (result, if_match) {
+            (Ok(_), _) => Ok(()),
+            // Stores differ on a conditional delete of a missing key (AWS
+            // answers 404, SeaweedFS 412): the key itself tells which.
+            (Err(StoreError::PreconditionFailed | StoreError::NotFound), Some(_)) => {
+                match self.head(key).await {
+                    // Gone: deleted by this request's own first attempt
+                    // (its answer lost), or by someone else.
+                    Err(StoreError::NotFound) if in_doubt => Ok(()),
+                    Err(StoreError::NotFound) => Err(StoreError::NotFound),
+                    Ok(_) => Err(StoreError::PreconditionFailed),
+                    Err(e) => Err(e),
+                }
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    async fn head_marks(&self, key: &str) -> Result<(ObjectMeta, WriteMarks), StoreError> {
+        let out = self.head_output(key).await?;
+        let mark = |name: &str| {
+            out.metadata()
+                .and_then(|m| m.get(name))
+                .map(|v| v.to_owned())
+        };
+        let marks = WriteMarks {
+            token: mark(MARK_TOKEN),
+            copied_from: mark(MARK_COPIED_FROM),
+        };
+        Ok((object_meta(key, &out), marks))
+    }
+
+    fn enforces_conditions(&self) -> bool {
+        self.enforces_conditions.load(Ordering::Relaxed)
+    }
+
+    async fn probe_conditions(&self, prefix: &str) -> Result<bool, StoreError> {
+        // A write over a version that cannot exist: a store that enforces
+        // conditions refuses it and nothing is written; one that ignores
+        // them creates the probe object, which goes again at once.
+        let key = format!(
+            "{prefix}{}{}",
+            crate::names::PROBE_NAME_PREFIX,
+            write_token()
+        );
+        let enforced = match self
+            .put(
+                &key,
+                Body::Empty,
+                WriteCondition::IfMatch("\"s3mount-probe-no-such-version\""),
+            )
+            .await
+        {
+            Err(StoreError::PreconditionFailed | StoreError::NotFound) => true,
+            Ok(_) => {
+                self.delete(&key, None).await?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        self.enforces_conditions.store(enforced, Ordering::Relaxed);
+        Ok(enforced)
+    }
+}
+
+/// User metadata naming the request that wrote an object conditionally.
+const MARK_TOKEN: &str = "s3mount-write";
+/// User metadata naming the source version of a copy.
+const MARK_COPIED_FROM: &str = "s3mount-copied-from";
+
+/// An ETag in the quoted form listings and HEAD give.
+fn quoted(etag: &str) -> String {
+    if etag.starts_with('"') || etag.is_empty() {
+        etag.to_owned()
+    } else {
+        format!("\"{etag}\"")
+    }
+}
+
+/// A token unique to one write request.
+fn write_token() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+fn marks_metadata(token: &str, copied_from: Option<&str>) -> HashMap<String, String> {
+    let mut marks = HashMap::from([(MARK_TOKEN.to_owned(), token.to_owned())]);
+    if let Some(etag) = copied_from {
+        marks.insert(MARK_COPIED_FROM.to_owned(), etag.to_owned());
+    }
+    marks
+}
+
+/// The `If-Match` and `If-None-Match` headers of a write.
+fn condition_headers(condition: WriteCondition<'_>) -> (Option<String>, Option<String>) {
+    match condition {
+        WriteCondition::Always => (None, None),
+        WriteCondition::IfAbsent => (None, Some("*".to_owned())),
+        WriteCondition::IfMatch(etag) => (Some(etag.to_owned()), None),
+    }
+}
+
+fn object_meta(key: &str, out: &HeadObjectOutput) -> ObjectMeta {
+    ObjectMeta {
+        key: key.to_owned(),
+        size: out.content_length().unwrap_or(0).max(0) as u64,
+        last_modified: out
+            .last_modified()
+            .map(to_system_time)
+            .unwrap_or(UNIX_EPOCH),
+        etag: out.e_tag().unwrap_or_default().to_owned(),
     }
 }
 
@@ -447,9 +564,10 @@ impl S3Store {
         etag: &str,
         size: u64,
         to: &str,
+        condition: WriteCondition<'_>,
     ) -> Result<String, StoreError> {
         let part = copy_part_size(size, self.copy_threshold);
-        let upload_id = self.start_multipart(to).await?;
+        let upload_id = self.create_upload(to, Some(etag)).await?;
         let mut copies = FanOut::new(COPY_CONCURRENCY, |e| {
             StoreError::Other(format!("part copy task failed: {e}"))
         });
@@ -469,7 +587,8 @@ impl S3Store {
             Ok(mut parts) => {
                 parts.sort_unstable_by_key(|p| p.0);
                 let etags = parts.into_iter().map(|p| p.1).collect();
-                self.complete_multipart(to, &upload_id, etags, None).await
+                self.complete_multipart(to, &upload_id, etags, condition)
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -479,6 +598,72 @@ impl S3Store {
             }
         }
         result
+    }
+
+    /// Starts a multipart upload marked with a token of its own (kept until
+    /// it completes or is aborted), so a completion whose answer was lost is
+    /// recognised; `copied_from` marks a copy's source version.
+    async fn create_upload(
+        &self,
+        key: &str,
+        copied_from: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let token = write_token();
+        let out = self
+            .policy
+            .run("CreateMultipartUpload", key, SMALL_ATTEMPT, || {
+                sent(
+                    self.client
+                        .create_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .content_type(content_type(key))
+                        .set_metadata(Some(marks_metadata(&token, copied_from)))
+                        .send(),
+                    Missing::Bucket,
+                )
+            })
+            .await?;
+        let upload_id = out.upload_id().map(str::to_owned).ok_or_else(|| {
+            StoreError::Other("CreateMultipartUpload returned no upload id".into())
+        })?;
+        self.upload_tokens.lock().insert(upload_id.clone(), token);
+        Ok(upload_id)
+    }
+
+    async fn head_output(&self, key: &str) -> Result<HeadObjectOutput, StoreError> {
+        self.policy
+            .run("HeadObject", key, SMALL_ATTEMPT, || {
+                sent(
+                    self.client
+                        .head_object()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .send(),
+                    Missing::Object,
+                )
+            })
+            .await
+    }
+
+    /// After a conditional write failed its condition on a retry: whether
+    /// the key holds what this request's own earlier attempt wrote (its
+    /// answer lost), and then that version's ETag.
+    async fn own_earlier_write(
+        &self,
+        key: &str,
+        token: Option<&str>,
+    ) -> Result<String, StoreError> {
+        match (token, self.head_marks(key).await) {
+            (Some(token), Ok((meta, marks))) if marks.token.as_deref() == Some(token) => {
+                debug!(
+                    key,
+                    "a conditional write whose answer was lost had succeeded"
+                );
+                Ok(meta.etag)
+            }
+            _ => Err(StoreError::PreconditionFailed),
+        }
     }
 
     /// An UploadPartCopy request that owns what it needs, so it can be
