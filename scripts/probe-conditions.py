@@ -195,6 +195,10 @@ def probe(s3, bucket):
     expect_accepted("GetObject If-Match with the right ETag", outcome(s3.get_object, Bucket=b, Key="obj", IfMatch=etag))
     expect_refused("GetObject If-None-Match with its ETag (304)",
                    outcome(s3.get_object, Bucket=b, Key="obj", IfNoneMatch=etag), statuses=(304,))
+    for op, fn in (("HeadObject", s3.head_object), ("GetObject", s3.get_object)):
+        status, code, _ = outcome(fn, Bucket=b, Key="absent", IfMatch=etag)
+        report("ok" if status == 404 else "info", f"{op} If-Match on a missing key",
+               f"{describe(status, code)} (AWS: 404{' NoSuchKey' if op == 'GetObject' else ''})")
 
     # --- Ranged GET --------------------------------------------------------
     data = bytes(range(256)) * 64  # 16 KiB
@@ -366,7 +370,8 @@ def probe(s3, bucket):
         report("FAIL", "DeleteObject If-Match with the right ETag",
                f"{describe(*result[:2])}, object {'gone' if gone else 'STILL THERE'}")
     status, code, _ = outcome(s3.delete_object, Bucket=b, Key="del", IfMatch=del_etag)
-    report("info", "DeleteObject If-Match on a missing key", f"{describe(status, code)} (AWS: 404 NoSuchKey)")
+    report("info", "DeleteObject If-Match on a missing key",
+           f"{describe(status, code)} (AWS's DeleteObject reference: 204; its user guide names none)")
 
     # --- Races: exactly one of N concurrent conditional writes wins -----------
     race(s3, b)
