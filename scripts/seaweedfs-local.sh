@@ -209,8 +209,8 @@ start() {
             setsid "$WEED" "${args[@]}" > "$dir/weed.log" 2>&1 < /dev/null
     ) &
     echo $! > "$dir/weed.pid"
-    # S3 is up once a signed ListBuckets is served (its port can answer
-    # before the identity is loaded).
+    # S3 is up once a ListBuckets signed with our key pair is served, which
+    # also shows weed took the pair.
     local up="" status
     for _ in $(seq 300); do
         if ! kill -0 "$(cat "$dir/weed.pid")" 2> /dev/null; then
