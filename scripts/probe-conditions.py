@@ -351,6 +351,19 @@ def probe(s3, bucket):
     expect_accepted("CopyObject x-amz-copy-source-if-match match",
                     outcome(s3.copy_object, Bucket=b, Key="copy-dst", CopySource={"Bucket": b, "Key": "obj"},
                             CopySourceIfMatch=s3.head_object(Bucket=b, Key="obj")["ETag"]))
+    r = s3.copy_object(Bucket=b, Key="copy-etag", CopySource={"Bucket": b, "Key": "obj"})
+    got, head = r["CopyObjectResult"]["ETag"], s3.head_object(Bucket=b, Key="copy-etag")["ETag"]
+    report("ok" if got == head else "info", "CopyObject result ETag",
+           f"{got} (HEAD says {head}{'' if got == head else '; AWS quotes both alike'})")
+    if mp_etag:
+        r = s3.copy_object(Bucket=b, Key="copy-mp", CopySource={"Bucket": b, "Key": "mp"})
+        head = s3.head_object(Bucket=b, Key="copy-mp")["ETag"]
+        plain = '"' + hashlib.md5(body_of(s3, b, "mp")).hexdigest() + '"'
+        report("ok" if head == plain else "info", "CopyObject of a multipart object, destination ETag",
+               f"{head} (AWS: the plain MD5 {plain})")
+    unquoted = s3.head_object(Bucket=b, Key="copy-etag")["ETag"].strip('"')
+    expect_accepted("PutObject If-Match with the ETag unquoted",
+                    outcome(s3.put_object, Bucket=b, Key="copy-etag", Body=b"y", IfMatch=unquoted))
     expect_refused("CopyObject x-amz-copy-source-if-none-match with the source ETag",
                    outcome(s3.copy_object, Bucket=b, Key="copy-dst2", CopySource={"Bucket": b, "Key": "obj"},
                            CopySourceIfNoneMatch=s3.head_object(Bucket=b, Key="obj")["ETag"]),
