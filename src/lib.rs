@@ -1,6 +1,7 @@
 //! s3mount: a FUSE filesystem that shows the objects under an S3 prefix as
 //! files and directories. See ARCHITECTURE.md for the codemap.
 
+pub mod blocking;
 pub mod catalog;
 pub mod cli;
 pub mod error;

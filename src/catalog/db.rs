@@ -32,6 +32,7 @@ use tracing::warn;
 
 use super::inodes::stable_hash;
 use super::{Entry, EntryKind};
+use crate::blocking::blocking;
 
 const SCHEMA_VERSION: &str = "2";
 
@@ -279,7 +280,7 @@ impl CatalogDb {
     /// The stored listing of `prefix`, if a complete one exists: loaded
     /// whole when it has at most `in_memory` entries, else left in SQLite.
     pub fn load(self: &Arc<Self>, prefix: &str, in_memory: usize) -> Option<StoredListing> {
-        super::blocking(|| {
+        blocking(|| {
             let result = (|| -> rusqlite::Result<Option<StoredListing>> {
                 let conn = self.conn.lock();
                 let row: Option<(i64, i64, i64)> = conn
@@ -368,7 +369,7 @@ impl CatalogDb {
     /// Makes `stored` the listing of `prefix`, listed at `listed_at`; the
     /// listing it replaces is deleted (once nobody reads it).
     pub fn commit(&self, prefix: &str, stored: &StoredEntries, listed_at: SystemTime) {
-        super::blocking(|| {
+        blocking(|| {
             let mut conn = self.conn.lock();
             let result = (|| -> rusqlite::Result<()> {
                 let tx = conn.transaction()?;
@@ -444,7 +445,7 @@ impl CatalogDb {
     }
 
     fn append(&self, lid: i64, first: u64, entries: &[Entry]) -> bool {
-        super::blocking(|| {
+        blocking(|| {
             let mut conn = self.conn.lock();
             let result = (|| -> rusqlite::Result<()> {
                 let tx = conn.transaction()?;
@@ -469,7 +470,7 @@ impl CatalogDb {
     }
 
     fn page(&self, lid: i64, after: u64, limit: usize) -> Vec<(u64, Entry)> {
-        super::blocking(|| {
+        blocking(|| {
             let conn = self.conn.lock();
             let result = (|| -> rusqlite::Result<Vec<(u64, Entry)>> {
                 let mut stmt = conn.prepare_cached(&format!(
@@ -490,7 +491,7 @@ impl CatalogDb {
     }
 
     fn get(&self, lid: i64, name: &str) -> Option<Entry> {
-        super::blocking(|| {
+        blocking(|| {
             let conn = self.conn.lock();
             let result = conn
                 .prepare_cached(&format!(
@@ -508,7 +509,7 @@ impl CatalogDb {
     }
 
     fn count_files(&self, lid: i64) -> u64 {
-        super::blocking(|| {
+        blocking(|| {
             let conn = self.conn.lock();
             conn.query_row(
                 "SELECT count(*) FROM entries WHERE lid = ?1 AND is_dir = 0",
@@ -522,7 +523,7 @@ impl CatalogDb {
 
     /// When the stored listing of `prefix` was made, if there is one.
     pub fn listed_at(&self, prefix: &str) -> Option<SystemTime> {
-        super::blocking(|| {
+        blocking(|| {
             let conn = self.conn.lock();
             conn.query_row(
                 "SELECT listed_at_ms FROM dirs WHERE prefix = ?1",
@@ -539,7 +540,7 @@ impl CatalogDb {
     /// Sets (or, with `None`, removes) one entry of listing `lid`. A new
     /// name goes last, so streams reading the listing keep their places.
     fn apply(&self, lid: i64, name: &str, entry: Option<&Entry>) {
-        super::blocking(|| {
+        blocking(|| {
             let conn = self.conn.lock();
             let result = (|| -> rusqlite::Result<()> {
                 let delta: i64 = match entry {
@@ -586,7 +587,7 @@ impl CatalogDb {
     /// Sets one entry of the stored listing of `prefix`, if there is one
     /// (a change made through the mount).
     pub fn put_entry(&self, prefix: &str, e: &Entry) {
-        super::blocking(|| {
+        blocking(|| {
             if let Some(lid) = self.current_lid(prefix) {
                 self.apply(lid, &e.name, Some(e));
             }
@@ -595,7 +596,7 @@ impl CatalogDb {
 
     /// Removes one entry of the stored listing of `prefix`.
     pub fn remove_entry(&self, prefix: &str, name: &str) {
-        super::blocking(|| {
+        blocking(|| {
             if let Some(lid) = self.current_lid(prefix) {
                 self.apply(lid, name, None);
             }
@@ -614,7 +615,7 @@ impl CatalogDb {
 
     /// Forgets the stored listings of `prefix` and every prefix below it.
     pub fn forget_tree(&self, prefix: &str) {
-        super::blocking(|| {
+        blocking(|| {
             let n = prefix.chars().count() as i64;
             let result = (|| -> rusqlite::Result<Vec<i64>> {
                 let mut conn = self.conn.lock();
@@ -648,7 +649,7 @@ impl CatalogDb {
 
     /// Forgets the stored listing of `prefix` (a forced refresh).
     pub fn forget(&self, prefix: &str) {
-        super::blocking(|| {
+        blocking(|| {
             let result = (|| -> rusqlite::Result<Option<i64>> {
                 let mut conn = self.conn.lock();
                 let tx = conn.transaction()?;

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use super::db::{CatalogDb, StoredEntries};
 use super::{Entry, Listing, IN_MEMORY_LIMIT};
+use crate::blocking::blocking;
 use crate::error::FsError;
 
 #[derive(Debug, Clone, Default)]
@@ -238,7 +239,7 @@ impl GrowingListing {
             }
             Released::Stored(stored, _) => stored.clone(),
         };
-        Ok(super::blocking(|| stored.page(start as u64, limit)))
+        Ok(blocking(|| stored.page(start as u64, limit)))
     }
 }
 

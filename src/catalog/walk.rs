@@ -29,6 +29,7 @@ use tracing::debug;
 
 use super::growing::GrowingListing;
 use super::{Entry, Listing, Listings, RefreshResult};
+use crate::blocking::blocking;
 use crate::error::FsError;
 use crate::names;
 use crate::store::{ObjectMeta, ObjectStore};
@@ -173,7 +174,7 @@ impl<S: ObjectStore> Listings<S> {
         }
         let mut published = Vec::with_capacity(builders.len());
         for (prefix, builder) in builders {
-            let finished = super::blocking(|| builder.finish(&prefix, self.db.clone(), listed_at));
+            let finished = blocking(|| builder.finish(&prefix, self.db.clone(), listed_at));
             let built = match finished {
                 Ok(built) => Arc::new(built),
                 Err(e) => {

@@ -37,6 +37,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
 use super::disk_cache::{DiskCache, UnitId};
+use crate::blocking::blocking;
 use crate::store::{ObjectStore, StoreError};
 
 /// Blocks per segment. With 64 KiB blocks a segment is 1 MiB, the size of
@@ -1161,7 +1162,7 @@ impl<S: ObjectStore> Drop for ClearPending<'_, S> {
 /// reads from the cache went from about 1,300 to 1,550 a second).
 fn disk_io<R>(ahead: bool, f: impl FnOnce() -> R) -> R {
     match ahead {
-        true => crate::catalog::blocking(f),
+        true => blocking(f),
         false => f(),
     }
 }
