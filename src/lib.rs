@@ -12,5 +12,6 @@ pub mod names;
 pub mod preflight;
 pub mod read;
 pub mod service;
+pub mod stable_hash;
 pub mod store;
 pub mod write;

@@ -30,9 +30,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use tracing::warn;
 
-use super::inodes::stable_hash;
 use super::{Entry, EntryKind};
 use crate::blocking::blocking;
+use crate::stable_hash::stable_hash;
 
 const SCHEMA_VERSION: &str = "2";
 

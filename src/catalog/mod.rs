@@ -49,7 +49,6 @@ use crate::store::ObjectStore;
 pub use db::CatalogDb;
 use db::{StoredBody, StoredEntries};
 pub use growing::GrowingListing;
-pub use inodes::stable_hash;
 use inodes::{InodeTable, Node};
 
 pub type Ino = u64;

@@ -30,6 +30,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use crate::stable_hash::stable_hash;
+
 const MAGIC: &[u8; 8] = b"S3MDC02\n";
 /// Data is checksummed in chunks of this size, so a part of a file (a
 /// block of a cached segment) can be read and checked on its own.
@@ -99,7 +101,7 @@ impl DiskCache {
     }
 
     fn path_of(&self, identity: &str) -> PathBuf {
-        let hash = crate::catalog::stable_hash(identity.as_bytes());
+        let hash = stable_hash(identity.as_bytes());
         self.dir
             .join(format!("{:02x}", hash >> 56))
             .join(format!("{hash:016x}"))
