@@ -10,6 +10,7 @@ pub mod fuse;
 pub mod mount;
 pub mod names;
 pub mod preflight;
+pub mod private_dir;
 pub mod read;
 pub mod service;
 pub mod stable_hash;

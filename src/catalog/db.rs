@@ -32,6 +32,7 @@ use tracing::warn;
 
 use super::{Entry, EntryKind};
 use crate::blocking::blocking;
+use crate::private_dir::create_private_dir;
 use crate::stable_hash::stable_hash;
 
 const SCHEMA_VERSION: &str = "2";
@@ -123,9 +124,6 @@ pub enum StoredBody {
     Stored(Arc<StoredEntries>),
 }
 
-/// Creates `dir` (and its parents) readable by this user only, since it
-/// holds every object name of the bucket; an existing directory is left as
-/// it is.
 /// Creates (or opens) a file readable by this user only.
 fn private_file(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -135,14 +133,6 @@ fn private_file(path: &Path) -> std::io::Result<File> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-}
-
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 impl CatalogDb {
