@@ -278,7 +278,7 @@ struct Listings<S> {
     changes: Mutex<HashMap<String, Vec<Change>>>,
     /// Listing operations in flight: fetches, tree walks, loads from disk
     /// and background saves.
-    in_flight: Arc<InFlight>,
+    in_flight: Arc<ListingOpsInFlight>,
     /// Size of `changes` at which changes no listing in flight needs are swept.
     sweep_changes_at: std::sync::atomic::AtomicUsize,
 }
@@ -299,12 +299,12 @@ struct Change {
 /// Any listing that starts later contains the change already (S3 listings
 /// are strongly consistent), so with nothing in flight nothing is kept.
 #[derive(Default)]
-struct InFlight {
+struct ListingOpsInFlight {
     started: Mutex<BTreeMap<u64, SystemTime>>,
     next: AtomicU64,
 }
 
-impl InFlight {
+impl ListingOpsInFlight {
     /// Registers an operation until the returned guard is dropped.
     fn begin(self: &Arc<Self>) -> ListingOp {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -325,12 +325,12 @@ impl InFlight {
 }
 
 /// How far the wall clock may step back without a change being forgotten
-/// too early (see [`InFlight::horizon`]).
+/// too early (see [`ListingOpsInFlight::horizon`]).
 const CLOCK_SLACK: Duration = Duration::from_secs(2);
 
-/// One listing operation in flight (see [`InFlight`]).
+/// One listing operation in flight (see [`ListingOpsInFlight`]).
 struct ListingOp {
-    ops: Arc<InFlight>,
+    ops: Arc<ListingOpsInFlight>,
     id: u64,
 }
 
