@@ -27,8 +27,10 @@ use super::{Entry, Listing, IN_MEMORY_LIMIT};
 use crate::blocking::blocking;
 use crate::error::FsError;
 
+/// How far a growing listing has got; directory streams wait on it.
 #[derive(Debug, Clone, Default)]
-struct Progress {
+struct GrowthProgress {
+    /// Entries released.
     len: usize,
     /// Set when the listing has ended, with its outcome.
     done: Option<Result<(), FsError>>,
@@ -42,7 +44,7 @@ enum Released {
 
 pub struct GrowingListing {
     released: Mutex<Released>,
-    progress: watch::Sender<Progress>,
+    progress: watch::Sender<GrowthProgress>,
     /// Files not yet released, by their full key.
     held: Mutex<BTreeMap<String, Entry>>,
     db: Option<Arc<CatalogDb>>,
@@ -61,7 +63,7 @@ impl GrowingListing {
     pub fn new(db: Option<Arc<CatalogDb>>) -> Self {
         GrowingListing {
             released: Mutex::new(Released::Memory(Vec::new())),
-            progress: watch::Sender::new(Progress::default()),
+            progress: watch::Sender::new(GrowthProgress::default()),
             held: Mutex::new(BTreeMap::new()),
             db,
             store_failed: std::sync::atomic::AtomicBool::new(false),
@@ -218,7 +220,7 @@ impl GrowingListing {
             .wait_for(|p| p.len > start || p.done.is_some())
             .await
             .map(|p| p.clone())
-            .unwrap_or_else(|_| Progress {
+            .unwrap_or_else(|_| GrowthProgress {
                 len: 0,
                 done: Some(Err(FsError::Abandoned)),
             });
