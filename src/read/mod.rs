@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 pub use fetch::{Fetcher, ObjectVersion, ReadStats, SEGMENT_BLOCKS};
-pub use window::{Plan, ReadWindow, WindowConfig};
+pub use window::{ReadPlan, ReadWindow, WindowConfig};
 
 use crate::error::FsError;
 use crate::store::{ObjectStore, StoreError};
