@@ -28,7 +28,8 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::growing::GrowingListing;
-use super::{Entry, Listing, Listings, RefreshResult};
+use super::listing_cache::{Listings, RefreshResult};
+use super::{Entry, Listing};
 use crate::blocking::blocking;
 use crate::error::FsError;
 use crate::names;
