@@ -24,10 +24,13 @@ use tokio::sync::watch;
 
 use super::db::{CatalogDb, StoredEntries};
 use super::{Entry, Listing, IN_MEMORY_LIMIT};
+use crate::blocking::blocking;
 use crate::error::FsError;
 
+/// How far a growing listing has got; directory streams wait on it.
 #[derive(Debug, Clone, Default)]
-struct Progress {
+struct GrowthProgress {
+    /// Entries released.
     len: usize,
     /// Set when the listing has ended, with its outcome.
     done: Option<Result<(), FsError>>,
@@ -41,7 +44,7 @@ enum Released {
 
 pub struct GrowingListing {
     released: Mutex<Released>,
-    progress: watch::Sender<Progress>,
+    progress: watch::Sender<GrowthProgress>,
     /// Files not yet released, by their full key.
     held: Mutex<BTreeMap<String, Entry>>,
     db: Option<Arc<CatalogDb>>,
@@ -60,7 +63,7 @@ impl GrowingListing {
     pub fn new(db: Option<Arc<CatalogDb>>) -> Self {
         GrowingListing {
             released: Mutex::new(Released::Memory(Vec::new())),
-            progress: watch::Sender::new(Progress::default()),
+            progress: watch::Sender::new(GrowthProgress::default()),
             held: Mutex::new(BTreeMap::new()),
             db,
             store_failed: std::sync::atomic::AtomicBool::new(false),
@@ -217,7 +220,7 @@ impl GrowingListing {
             .wait_for(|p| p.len > start || p.done.is_some())
             .await
             .map(|p| p.clone())
-            .unwrap_or_else(|_| Progress {
+            .unwrap_or_else(|_| GrowthProgress {
                 len: 0,
                 done: Some(Err(FsError::Abandoned)),
             });
@@ -238,7 +241,7 @@ impl GrowingListing {
             }
             Released::Stored(stored, _) => stored.clone(),
         };
-        Ok(super::blocking(|| stored.page(start as u64, limit)))
+        Ok(blocking(|| stored.page(start as u64, limit)))
     }
 }
 

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use super::{Entry, Ino, ROOT_INO};
 use crate::names;
+use crate::stable_hash::stable_hash;
 
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -201,26 +202,9 @@ fn child_key(parent_prefix: &str, entry: &Entry) -> String {
     }
 }
 
-/// A stable 64-bit FNV-1a hash: names database files and inode numbers, so
-/// it must not change between runs (unlike the std hasher).
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stable_hash_does_not_change() {
-        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
-    }
 
     fn file(name: &str) -> Entry {
         Entry::test_file(name)

@@ -28,7 +28,9 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::growing::GrowingListing;
-use super::{Entry, Listing, Listings, RefreshResult};
+use super::listing_cache::{Listings, RefreshResult};
+use super::{Entry, Listing};
+use crate::blocking::blocking;
 use crate::error::FsError;
 use crate::names;
 use crate::store::{ObjectMeta, ObjectStore};
@@ -173,7 +175,7 @@ impl<S: ObjectStore> Listings<S> {
         }
         let mut published = Vec::with_capacity(builders.len());
         for (prefix, builder) in builders {
-            let finished = super::blocking(|| builder.finish(&prefix, self.db.clone(), listed_at));
+            let finished = blocking(|| builder.finish(&prefix, self.db.clone(), listed_at));
             let built = match finished {
                 Ok(built) => Arc::new(built),
                 Err(e) => {

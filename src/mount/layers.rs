@@ -127,7 +127,7 @@ pub(super) fn upload_config(args: &Args) -> Result<UploadConfig, MountError> {
         (None, None) => std::env::temp_dir(),
     };
     if !args.read_only {
-        crate::catalog::db::create_private_dir(&spool_dir).map_err(|e| {
+        crate::private_dir::create_private_dir(&spool_dir).map_err(|e| {
             MountError(format!(
                 "cannot create the upload spool directory {}: {e}; give a writable one with --spool-dir",
                 spool_dir.display()

@@ -30,6 +30,9 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
+use crate::private_dir::create_private_dir;
+use crate::stable_hash::stable_hash;
+
 const MAGIC: &[u8; 8] = b"S3MDC02\n";
 /// Data is checksummed in chunks of this size, so a part of a file (a
 /// block of a cached segment) can be read and checked on its own.
@@ -77,7 +80,7 @@ impl DiskCache {
     /// Opens (creating it, mode 0700) the cache directory. `limit` zero
     /// means a tenth of the free space of its filesystem.
     pub fn open(dir: &Path, bucket: &str, limit: u64) -> std::io::Result<Arc<DiskCache>> {
-        crate::catalog::db::create_private_dir(dir)?;
+        create_private_dir(dir)?;
         let (free, total) = free_space(dir)?;
         let limit = if limit == 0 { free / 10 } else { limit };
         // Never fill the disk: keep 5% of it (at most 4 GiB) free.
@@ -99,7 +102,7 @@ impl DiskCache {
     }
 
     fn path_of(&self, identity: &str) -> PathBuf {
-        let hash = crate::catalog::stable_hash(identity.as_bytes());
+        let hash = stable_hash(identity.as_bytes());
         self.dir
             .join(format!("{:02x}", hash >> 56))
             .join(format!("{hash:016x}"))

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 pub use fetch::{Fetcher, ObjectVersion, ReadStats, SEGMENT_BLOCKS};
-pub use window::{Plan, ReadWindow, WindowConfig};
+pub use window::{ReadPlan, ReadWindow, WindowConfig};
 
 use crate::error::FsError;
 use crate::store::{ObjectStore, StoreError};
@@ -99,7 +99,9 @@ pub struct MemoryUse {
     pub ahead: u64,
 }
 
-struct OpenFile {
+/// One open handle for reading: the object version it reads, its window
+/// and its share of the read-ahead budget.
+struct ReadHandle {
     version: Mutex<Arc<ObjectVersion>>,
     window: Mutex<ReadWindow>,
     /// Bytes this handle has requested ahead of its reader (its share of
@@ -120,7 +122,7 @@ struct OpenFile {
     position: AtomicU64,
 }
 
-impl OpenFile {
+impl ReadHandle {
     /// Not read for [`IDLE_AFTER`] and not waiting for a read now.
     fn is_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
         self.reading.load(Ordering::Relaxed) == 0
@@ -152,7 +154,7 @@ pub struct Reader<S> {
     store: Arc<S>,
     fetcher: Arc<Fetcher<S>>,
     config: ReadConfig,
-    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Arc<ReadHandle>>>,
     next_fh: AtomicU64,
     /// Sum of the handles' `ahead`. Signed: a handle's share may be taken
     /// back (idle) while it updates it, which can briefly overshoot below 0.
@@ -243,8 +245,14 @@ impl<S: ObjectStore> Reader<S> {
         fh
     }
 
-    fn new_handle(&self, key: &Arc<str>, etag: &Arc<str>, size: u64, exact: bool) -> Arc<OpenFile> {
-        Arc::new(OpenFile {
+    fn new_handle(
+        &self,
+        key: &Arc<str>,
+        etag: &Arc<str>,
+        size: u64,
+        exact: bool,
+    ) -> Arc<ReadHandle> {
+        Arc::new(ReadHandle {
             version: Mutex::new(Arc::new(ObjectVersion {
                 key: key.clone(),
                 etag: etag.clone(),
@@ -277,7 +285,7 @@ impl<S: ObjectStore> Reader<S> {
     /// Remembers where a closing sequential reader began while other
     /// handles of the same version are open; forgets the version's runs
     /// once none is.
-    fn note_closed_run(&self, file: &OpenFile, version: &ObjectVersion) {
+    fn note_closed_run(&self, file: &ReadHandle, version: &ObjectVersion) {
         let same = |v: &ObjectVersion| v.key == version.key && v.etag == version.etag;
         let still_open = self
             .handles
@@ -300,7 +308,7 @@ impl<S: ObjectStore> Reader<S> {
     /// more (it seeked, went idle or closed) goes to the ordinary cache.
     fn release_unwanted_ahead(&self) {
         // Not under the handles lock: a reader locks its window first.
-        let files: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
+        let files: Vec<Arc<ReadHandle>> = self.handles.lock().values().cloned().collect();
         let now = self.now_ms();
         let abandoned_ms = ABANDONED_AFTER.as_millis() as u64;
         let windows: Vec<(Arc<str>, Arc<str>, std::ops::Range<u64>)> = files
@@ -431,7 +439,7 @@ impl<S: ObjectStore> Reader<S> {
     /// read's bytes when the disk cache answered it in place.
     fn plan_and_request(
         &self,
-        file: &OpenFile,
+        file: &ReadHandle,
         version: &Arc<ObjectVersion>,
         offset: u64,
         len: u64,
@@ -490,12 +498,12 @@ impl<S: ObjectStore> Reader<S> {
     /// sequential readers of the same object version began (see
     /// [`window::ahead_limit`]). Only for sequential readers; read from
     /// atomics, so no other handle's window is locked.
-    fn other_readers_limit(&self, me: &OpenFile, version: &ObjectVersion) -> u64 {
+    fn other_readers_limit(&self, me: &ReadHandle, version: &ObjectVersion) -> u64 {
         let position = me.position.load(Ordering::Relaxed);
         if position == 0 {
             return u64::MAX;
         }
-        let files: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
+        let files: Vec<Arc<ReadHandle>> = self.handles.lock().values().cloned().collect();
         let mut starts: Vec<u64> = files
             .iter()
             .filter(|f| !std::ptr::eq(Arc::as_ptr(f), me))
@@ -538,7 +546,7 @@ impl<S: ObjectStore> Reader<S> {
             return false;
         }
         let idle_ms = IDLE_AFTER.as_millis() as u64;
-        let handles: Vec<Arc<OpenFile>> = self.handles.lock().values().cloned().collect();
+        let handles: Vec<Arc<ReadHandle>> = self.handles.lock().values().cloned().collect();
         for file in handles {
             if file.is_idle(now, idle_ms) {
                 let held = file.ahead.swap(0, Ordering::Relaxed);

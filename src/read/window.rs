@@ -51,7 +51,7 @@ impl Default for WindowConfig {
 
 /// What to fetch for one read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub struct ReadPlan {
     /// Needed to answer this read; block-aligned (the end may be the file size).
     pub demand: Range<u64>,
     /// To request ahead of the reader, if anything.
@@ -171,17 +171,17 @@ impl ReadWindow {
     /// Plans one read. `ahead_room` is how many bytes the memory budget
     /// still allows to be requested ahead; a window that does not fit is
     /// trimmed and the stream's window shrinks.
-    pub fn plan(&mut self, offset: u64, len: u64, ahead_room: u64) -> Plan {
+    pub fn plan(&mut self, offset: u64, len: u64, ahead_room: u64) -> ReadPlan {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= self.size {
-            return Plan {
+            return ReadPlan {
                 demand: self.size..self.size,
                 ahead: None,
             };
         }
         if self.size <= self.cfg.small_object {
             self.next = Some(end);
-            return Plan {
+            return ReadPlan {
                 demand: 0..self.size,
                 ahead: None,
             };
@@ -207,7 +207,7 @@ impl ReadWindow {
             if offset >= tail_start {
                 demand = tail_start..self.size;
             }
-            return Plan {
+            return ReadPlan {
                 demand,
                 ahead: None,
             };
@@ -245,7 +245,7 @@ impl ReadWindow {
                 self.ahead_to = stop;
             }
         }
-        Plan { demand, ahead }
+        ReadPlan { demand, ahead }
     }
 
     fn tail(&self) -> u64 {
@@ -276,7 +276,7 @@ mod tests {
 
     impl ReadWindow {
         /// Plans with no memory pressure.
-        fn plan_all(&mut self, offset: u64, len: u64) -> Plan {
+        fn plan_all(&mut self, offset: u64, len: u64) -> ReadPlan {
             self.plan(offset, len, u64::MAX)
         }
     }

@@ -527,7 +527,7 @@ impl<S: ObjectStore> Upload<S> {
                     unit: format!("s{n}"),
                 };
                 let cache = cache.clone();
-                crate::catalog::blocking(move || cache.write(&id, &data));
+                crate::blocking::blocking(move || cache.write(&id, &data));
             }
         });
     }
