@@ -16,3 +16,6 @@ pub mod service;
 pub mod stable_hash;
 pub mod store;
 pub mod write;
+
+#[cfg(test)]
+mod layering;
