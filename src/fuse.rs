@@ -7,14 +7,14 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -34,11 +34,24 @@ const READDIR_BATCH: usize = 96;
 pub struct FuseAdapter<S: ObjectStore> {
     fs: Arc<S3Fs<S>>,
     rt: Handle,
+    /// Tells the kernel what changed behind its caches; set once the
+    /// session exists (see [`FuseAdapter::kernel_notifier`]).
+    kernel: Arc<OnceLock<Notifier>>,
 }
 
 impl<S: ObjectStore> FuseAdapter<S> {
     pub fn new(fs: Arc<S3Fs<S>>, rt: Handle) -> Self {
-        FuseAdapter { fs, rt }
+        FuseAdapter {
+            fs,
+            rt,
+            kernel: Arc::default(),
+        }
+    }
+
+    /// Where the session's notifier goes once the session is made (the
+    /// adapter is moved into the session, so it cannot be handed it later).
+    pub fn kernel_notifier(&self) -> Arc<OnceLock<Notifier>> {
+        self.kernel.clone()
     }
 
     /// Runs `op` on the runtime and hands its result to `reply`.
@@ -248,8 +261,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         );
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(move |fs| async move { fs.getattr(ino.0).await }, reply);
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fh = fh.map(|fh| fh.0);
+        self.spawn(move |fs| async move { fs.getattr(ino.0, fh).await }, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -262,7 +276,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -270,10 +284,24 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(
-            move |fs| async move { fs.read(fh.0, offset, size).await },
-            reply,
-        );
+        let fs = self.fs.clone();
+        let kernel = self.kernel.clone();
+        self.rt.spawn(async move {
+            match fs.read(ino.0, fh.0, offset, size).await {
+                Ok((bytes, attr_changed)) => {
+                    reply.data(&bytes);
+                    if attr_changed {
+                        // Only the attributes (offset -1: no page is
+                        // touched), so the kernel asks for the new size
+                        // before it reads past the old one.
+                        if let Some(notifier) = kernel.get() {
+                            let _ = notifier.inval_inode(ino, -1, 0);
+                        }
+                    }
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn flush(

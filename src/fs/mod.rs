@@ -167,12 +167,20 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.inode_count()
     }
 
-    pub async fn getattr(&self, ino: Ino) -> Result<Attr, FsError> {
+    /// Attributes of `ino`; with the handle of an open file (`fstat`), also
+    /// of a file unlinked since it was opened, as on a disk.
+    pub async fn getattr(&self, ino: Ino, fh: Option<u64>) -> Result<Attr, FsError> {
         if let Some(attr) = self.open_file_attr(ino) {
             return Ok(attr);
         }
-        let entry = self.catalog.entry(ino).await?;
-        Ok(self.attr(ino, &entry))
+        match self.catalog.entry(ino).await {
+            Ok(entry) => Ok(self.attr(ino, &entry)),
+            Err(FsError::NotFound) => match fh.and_then(|fh| self.reader.open_size(fh)) {
+                Some(size) => Ok(self.file_attr_now(ino, size)),
+                None => Err(FsError::NotFound),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Opens a file with open(2) `flags`; returns the handle and how the
@@ -238,11 +246,37 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.refresh(ino).await
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
+    /// Reads `len` bytes at `offset` of handle `fh` on `ino`. Also says
+    /// whether the file's attributes changed: the handle found the object
+    /// replaced by another client before its first byte and moved to the
+    /// current version, which the catalog now records (so the kernel should
+    /// ask for the new size and times).
+    pub async fn read(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Bytes, bool), FsError> {
         if Writer::<S>::owns(fh) {
-            return self.writer.read(fh, offset, len).await;
+            return Ok((self.writer.read(fh, offset, len).await?, false));
         }
-        self.reader.read(fh, offset, len).await
+        let bytes = self.reader.read(fh, offset, len).await?;
+        let Some(now) = self.reader.take_repinned(fh) else {
+            return Ok((bytes, false));
+        };
+        if let Ok((parent, name, _)) = self.catalog.location(ino) {
+            let entry = Entry {
+                name: name.clone(),
+                kind: EntryKind::File {
+                    size: now.size,
+                    etag: now.etag,
+                },
+                mtime: now.last_modified,
+            };
+            self.catalog.record(parent, &name, Some(entry))?;
+        }
+        Ok((bytes, true))
     }
 
     /// Opens a directory stream. It reads one listing throughout, so a

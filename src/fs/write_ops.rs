@@ -55,7 +55,7 @@ impl<S: ObjectStore> S3Fs<S> {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    fn file_attr_now(&self, ino: Ino, size: u64) -> Attr {
+    pub(super) fn file_attr_now(&self, ino: Ino, size: u64) -> Attr {
         self.attr(
             ino,
             &Entry {
@@ -238,7 +238,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 None => self.set_size(ino, size).await?,
             }
         }
-        self.getattr(ino).await
+        self.getattr(ino, None).await
     }
 
     async fn set_size(&self, ino: Ino, size: u64) -> Result<(), FsError> {

@@ -89,7 +89,9 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     };
 
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let notifier = adapter.kernel_notifier();
     let (session, mut unmount) = mount_session(adapter, &args, &target, &mountpoint)?;
+    let _ = notifier.set(session.notifier());
     let done_rx = spawn_request_loop(session, &mountpoint)?;
     if args.kernel_readahead > 0 {
         set_kernel_readahead(&mountpoint, args.kernel_readahead);

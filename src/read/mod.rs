@@ -115,6 +115,10 @@ struct ReadHandle {
     /// Set once any byte has been returned; from then on the version may not
     /// change under this handle.
     served: AtomicBool,
+    /// The object as found when this handle moved to its current version
+    /// before its first byte, until the filesystem takes it to update what
+    /// it (and the kernel) know of the file.
+    repinned: Mutex<Option<crate::store::ObjectMeta>>,
     /// Where this handle's current run of sequential reads began, and how
     /// far it has read (0 and 0 while it is not sequential), for the other
     /// readers of the object (see [`ReadWindow::limit_ahead`]).
@@ -264,6 +268,7 @@ impl<S: ObjectStore> Reader<S> {
             reading: AtomicU64::new(0),
             // "Served" from the start: the version may never change.
             served: AtomicBool::new(exact),
+            repinned: Mutex::new(None),
             run_start: AtomicU64::new(0),
             position: AtomicU64::new(0),
         })
@@ -358,7 +363,26 @@ impl<S: ObjectStore> Reader<S> {
         }
     }
 
-    /// Reads up to `len` bytes at `offset`; short only at the end of the object.
+    /// The object handle `fh` moved to, once, when it found the version it
+    /// was opened at replaced before returning any byte (see `read`).
+    pub fn take_repinned(&self, fh: u64) -> Option<crate::store::ObjectMeta> {
+        let file = self.handles.lock().get(&fh).cloned()?;
+        let taken = file.repinned.lock().take();
+        taken
+    }
+
+    /// The size of the version handle `fh` reads, while it is open.
+    pub fn open_size(&self, fh: u64) -> Option<u64> {
+        let file = self.handles.lock().get(&fh).cloned()?;
+        let size = file.version.lock().size;
+        Some(size)
+    }
+
+    /// Reads up to `len` bytes at `offset`; short only at the end of the
+    /// object. A handle that finds the version it was opened at replaced
+    /// before it returned any byte moves to the current version (whatever
+    /// its size; see [`Reader::take_repinned`]); one that already returned
+    /// bytes fails instead, so a reader never gets a mix of versions.
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Bytes, FsError> {
         let file = self
             .handles
@@ -404,22 +428,20 @@ impl<S: ObjectStore> Reader<S> {
                         .head(&version.key)
                         .await
                         .map_err(|e| FsError::store(&version.key, e))?;
-                    if meta.size != version.size {
-                        // The kernel knows the old size and would cut the new
-                        // object short (or ask past its end) without a word.
-                        warn!(key = %version.key, "object replaced with a different size since it was listed; refresh and reopen it");
-                        return Err(FsError::store(&version.key, StoreError::PreconditionFailed));
-                    }
                     let mut current = file.version.lock();
                     if Arc::ptr_eq(&current, &version) && !file.served.load(Ordering::Relaxed) {
-                        debug!(key = %version.key, etag = %meta.etag, "object replaced before first read; pinning new version");
+                        debug!(key = %version.key, etag = %meta.etag, size = meta.size, "object replaced before first read; pinning new version");
                         *current = Arc::new(ObjectVersion {
                             key: version.key.clone(),
                             etag: meta.etag.as_str().into(),
                             size: meta.size,
                         });
+                        if meta.size != version.size {
+                            *file.window.lock() = ReadWindow::new(self.config.window, meta.size);
+                        }
                         self.last_opened
                             .insert(version.key.clone(), current.etag.clone());
+                        *file.repinned.lock() = Some(meta);
                     } else if file.served.load(Ordering::Relaxed) && Arc::ptr_eq(&current, &version)
                     {
                         return Err(FsError::store(&version.key, StoreError::PreconditionFailed));
