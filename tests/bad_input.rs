@@ -258,14 +258,11 @@ fn daemon_mode_returns_only_once_mounted() {
     assert_eq!(processes_mentioning(&needle).len(), 1, "one daemon runs");
     let (code, _, err) = sh(&format!("umount '{}'", dir.path().display()));
     assert_eq!(code, 0, "{err}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(&needle).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "daemon did not exit after umount"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the daemon to exit after umount",
+        Duration::from_secs(10),
+        || processes_mentioning(&needle).is_empty(),
+    );
     // The background daemon's log survives its detaching from the terminal.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(

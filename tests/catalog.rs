@@ -7,7 +7,7 @@ mod support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
@@ -94,14 +94,11 @@ fn changes_in_s3_show_after_the_ttl_and_after_a_forced_refresh() {
         "a fresh listing is served without asking S3"
     );
     std::thread::sleep(Duration::from_millis(2200));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while names(&dir) != ["a", "b"] {
-        assert!(
-            Instant::now() < deadline,
-            "the new object never showed after the TTL"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the new object to show after the TTL",
+        Duration::from_secs(10),
+        || names(&dir) == ["a", "b"],
+    );
     drop(m);
 
     // A long TTL, then a forced refresh of one directory.
@@ -447,18 +444,20 @@ PY",
 /// daemon holds fewer than `below` inodes: the kernel forgot what it held.
 fn drop_inodes_and_wait(addr: &str, below: f64) {
     std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's inode cache");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let held = value(&scrape(addr), "s3mount_inodes").unwrap();
-        if held < below {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{held} inodes still held after the kernel dropped its caches"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_ok(
+        format_args!("the daemon to hold fewer than {below} inodes"),
+        Duration::from_secs(30),
+        || {
+            let held = value(&scrape(addr), "s3mount_inodes").unwrap();
+            if held < below {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{held} inodes still held after the kernel dropped its caches"
+                ))
+            }
+        },
+    );
 }
 
 /// The daemon's RSS in KiB once the kernel has forgotten (almost) every

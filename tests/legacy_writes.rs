@@ -610,15 +610,17 @@ fn limits_refuse_large_in_place_changes_and_a_full_spool_clearly() {
     assert_eq!(b.get("a.bin").len(), 1536 << 10);
     // Space comes back once a file is stored and released (the release
     // runs just after close returns, so give it a moment).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = std::fs::write(root.join("d.bin"), vec![3; 1 << 20]) {
-        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
-        assert!(
-            Instant::now() < deadline,
-            "the spool never got its space back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        "the spool to get its space back",
+        Duration::from_secs(5),
+        || match std::fs::write(root.join("d.bin"), vec![3; 1 << 20]) {
+            Ok(()) => true,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                false
+            }
+        },
+    );
     assert_eq!(b.get("d.bin").len(), 1 << 20);
 }
 
@@ -640,11 +642,11 @@ fn unlinked_open_files_stay_readable_and_go_when_closed() {
     first.extend(rest);
     assert!(first == data, "an open descriptor reads the whole file");
     drop(r);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while b.keys().contains(&"r.bin".to_string()) {
-        assert!(Instant::now() < deadline, "deleted after the last close");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        "r.bin to be deleted after the last close",
+        Duration::from_secs(5),
+        || !b.keys().contains(&"r.bin".to_string()),
+    );
 
     // A file being written and unlinked is never stored.
     let mut w = std::fs::File::create(root.join("w.bin")).unwrap();

@@ -334,9 +334,9 @@ fn an_outage_beyond_the_retry_timeout_gives_eio_and_the_mount_serves_again() {
         "no log line says why the operations failed:\n{}",
         m.log_text()
     );
-    while proxy.is_down() {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually("the outage to end", Duration::from_secs(60), || {
+        !proxy.is_down()
+    });
     assert!(
         std::fs::read(mnt.join("f.bin")).unwrap() == data,
         "read after the outage"
@@ -373,15 +373,10 @@ fn throttling_lowers_requests_in_flight_and_calm_raises_them_again() {
         let readers: Vec<_> = (0..2)
             .map(|i| scope.spawn(move || std::fs::read(mnt.join(format!("f{i}.bin"))).unwrap()))
             .collect();
-        let mut lowest = ceiling;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while lowest >= ceiling && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            lowest = lowest.min(limit());
-        }
-        assert!(
-            lowest < ceiling,
-            "the request limit stayed at {ceiling} under throttling"
+        eventually(
+            format_args!("the request limit to drop below {ceiling} under throttling"),
+            Duration::from_secs(20),
+            || limit() < ceiling,
         );
         proxy.clear();
         for r in readers {

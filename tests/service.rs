@@ -77,14 +77,6 @@ fn bare_command(program: &str) -> Command {
     cmd
 }
 
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn fstype(mountpoint: &Path) -> String {
     let out = Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE"])
@@ -145,7 +137,7 @@ fn mount_t_fuse_s3mount_and_fstab_lines_work() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mounted(&mnt));
-    wait_until(
+    eventually(
         "the daemon to exit after umount",
         Duration::from_secs(10),
         || processes_mentioning(&mnt.to_string_lossy()).is_empty(),
@@ -250,14 +242,11 @@ fn systemd_notify_ready_only_once_mounted_and_stopping_on_sigterm() {
     let n = socket.recv(&mut buf).expect("no STOPPING notification");
     let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = eventually_ok(
+        "the daemon to exit after SIGTERM",
+        Duration::from_secs(15),
+        || daemon.0.try_wait().unwrap().ok_or("still running"),
+    );
     assert_eq!(status.code(), Some(0));
     assert!(!is_mounted(&mnt));
 }
@@ -274,14 +263,14 @@ fn auto_unmount_clears_the_mount_of_a_killed_daemon() {
     // SAFETY: killing our own child process, as a crash would.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     assert_eq!(mounted.wait_exit(Duration::from_secs(10)), None);
-    wait_until(
+    eventually(
         "the watchdog to unmount the dead mount",
         Duration::from_secs(10),
         || !is_mounted(&path),
     );
     // The directory is usable again, not "Transport endpoint is not connected".
     std::fs::read_dir(&path).expect("mountpoint readable after auto-unmount");
-    wait_until("the watchdog to exit", Duration::from_secs(10), || {
+    eventually("the watchdog to exit", Duration::from_secs(10), || {
         processes_mentioning(&path.to_string_lossy()).is_empty()
     });
 }
@@ -331,7 +320,7 @@ fn metrics_move_during_a_read_and_count_dir_follows_the_drop_folder() {
 
     let count = r#"s3mount_dir_objects{path="incoming"}"#;
     let gauge = |want: f64| {
-        wait_until(
+        eventually(
             &format!("the incoming/ gauge to read {want}"),
             Duration::from_secs(20),
             || value(&scrape(&addr), count) == Some(want),
@@ -402,7 +391,7 @@ fn sigterm_with_an_upload_in_flight_leaves_nothing_half_written() {
     std::fs::write(mounted.path().join("closed.bin"), random_bytes(1 << 20, 2)).unwrap();
     let mut open = std::fs::File::create(mounted.path().join("open.bin")).unwrap();
     open.write_all(&random_bytes(16 << 20, 3)).unwrap();
-    wait_until(
+    eventually(
         "the multipart upload to start",
         Duration::from_secs(20),
         || !bucket.open_multipart_uploads().is_empty(),
@@ -630,7 +619,7 @@ fn auto_unmount_watchdog_leaves_a_later_mount_at_the_same_path_alone() {
     assert_eq!(names(&mnt), vec!["a.txt"]);
     let out = Command::new("umount").arg(&mnt).output().unwrap();
     assert!(out.status.success());
-    wait_until(
+    eventually(
         "both daemons and watchdogs to exit",
         Duration::from_secs(10),
         || processes_mentioning(&mnt.to_string_lossy()).is_empty(),

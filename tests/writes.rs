@@ -16,13 +16,6 @@ use std::time::{Duration, Instant};
 use support::proxy::Faults;
 use support::*;
 
-fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
-    match r {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    }
-}
-
 /// Size of file `j` of a producer: mostly small, some of several MiB, one
 /// large one per run.
 fn pipeline_size(producer: usize, j: usize) -> usize {
@@ -179,19 +172,21 @@ fn a_crash_during_a_large_upload_leaves_no_partial_object_and_deletes_nothing() 
         .spawn()
         .expect("start dd");
     // Wait until parts are on their way: the multipart upload exists.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !b.open_multipart_uploads().iter().any(|k| k == "big.bin") {
-        assert!(
-            Instant::now() < deadline,
-            "no multipart upload started:\n{}",
-            m.log_text()
-        );
-        assert!(
-            writer.try_wait().unwrap().is_none(),
-            "dd ended before the crash"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually_ok(
+        "the multipart upload of big.bin to start",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                writer.try_wait().unwrap().is_none(),
+                "dd ended before the crash"
+            );
+            if b.open_multipart_uploads().iter().any(|k| k == "big.bin") {
+                Ok(())
+            } else {
+                Err(m.log())
+            }
+        },
+    );
     m.kill();
     let _ = writer.kill();
     let _ = writer.wait();
