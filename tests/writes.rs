@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -13,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::drop_folder::{DropFolder, Names, Problem, Publish};
 use support::proxy::Faults;
 use support::*;
 
@@ -31,128 +31,24 @@ fn drop_folder_pipeline_moves_every_file_exactly_once() {
     let s3 = TestS3::start();
     let b = s3.bucket("pipeline");
     let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("incoming")).unwrap();
-    std::fs::create_dir(root.join("processed")).unwrap();
-
     let producers = 3;
     let per_producer = env_u64("S3MOUNT_TEST_PIPELINE_FILES", 70) as usize;
-    let src = TempDir::new("pipeline-src");
-    let mut expected = BTreeMap::new();
-    for p in 0..producers {
-        let dir = src.path().join(format!("p{p}"));
-        std::fs::create_dir(&dir).unwrap();
-        for j in 0..per_producer {
-            let name = format!("p{p}-f{j:03}.bin");
-            let path = dir.join(&name);
-            std::fs::write(
-                &path,
-                random_bytes(pipeline_size(p, j), (p * 1000 + j) as u64),
-            )
-            .unwrap();
-            expected.insert(name, sha256_of(&path));
-        }
-    }
-
-    let started = Instant::now();
-    let mut children: Vec<_> = (0..producers)
-        .map(|p| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "for f in '{}'/p{p}/*; do cp \"$f\" '{}/incoming/' || exit 1; done",
-                    src.path().display(),
-                    root.display()
-                ))
-                .spawn()
-                .expect("start producer")
-        })
+    // File p{p}-f{j}.bin of producer p.
+    let body = |name: &str| {
+        let (p, j) = name.strip_prefix('p')?.strip_suffix(".bin")?.split_once("-f")?;
+        let (p, j): (usize, usize) = (p.parse().ok()?, j.parse().ok()?);
+        (p < producers && j < per_producer)
+            .then(|| random_bytes(pipeline_size(p, j), (p * 1000 + j) as u64))
+    };
+    let report = |problem: Problem| panic!("{problem}\n{}", m.log());
+    let folder = DropFolder::new(&m.path(), &body, &report);
+    // Three `cp` processes, each copying its files straight into incoming/.
+    let names: Vec<Names> = (0..producers)
+        .map(|p| Box::new((0..per_producer).map(move |j| format!("p{p}-f{j:03}.bin"))) as Names)
         .collect();
-
-    // The loader: list incoming/, take up to 10 files, verify, move.
-    let mut moved = BTreeSet::new();
-    let mut producers_done = false;
-    loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "pipeline did not finish in 10 minutes"
-        );
-        if !producers_done {
-            producers_done = children.iter_mut().all(|c| c.try_wait().unwrap().is_some());
-        }
-        let batch: Vec<String> = names(&root.join("incoming")).into_iter().take(10).collect();
-        if batch.is_empty() {
-            if producers_done {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        for name in batch {
-            let path = root.join("incoming").join(&name);
-            let want = expected
-                .get(&name)
-                .unwrap_or_else(|| panic!("unexpected file {name} in incoming/"));
-            assert_eq!(
-                &sha256_of(&path),
-                want,
-                "{name}: the loader saw other bytes than the producer wrote"
-            );
-            std::fs::rename(&path, root.join("processed").join(&name))
-                .unwrap_or_else(|e| panic!("mv {name}: {e}"));
-            assert!(moved.insert(name.clone()), "{name} moved twice");
-        }
-    }
-    for mut c in children {
-        assert!(
-            c.wait().unwrap().success(),
-            "a producer's cp failed:\n{}",
-            m.log_text()
-        );
-    }
-    eprintln!(
-        "pipeline: {} files in {:.1}s",
-        moved.len(),
-        started.elapsed().as_secs_f64()
-    );
-
-    let want: BTreeSet<String> = expected.keys().cloned().collect();
-    assert_eq!(moved, want, "every file was loaded exactly once");
-    assert!(
-        names(&root.join("incoming")).is_empty(),
-        "incoming/ is empty through the mount"
-    );
-    assert_eq!(
-        names(&root.join("processed"))
-            .into_iter()
-            .collect::<BTreeSet<_>>(),
-        want
-    );
-
-    // Directly in S3: every object under processed/ with the producer's bytes.
-    let keys = b.keys();
-    let in_processed = b.names_under("processed");
-    assert_eq!(in_processed, want, "objects under processed/ in S3");
-    let left: Vec<_> = keys
-        .iter()
-        .filter(|k| k.starts_with("incoming/") && *k != "incoming/")
-        .collect();
-    assert!(
-        left.is_empty(),
-        "objects left under incoming/ in S3: {left:?}"
-    );
-    for (p, j) in [(0, 0), (1, 6), (2, 3)] {
-        let name = format!("p{p}-f{j:03}.bin");
-        let body = b.get(&format!("processed/{name}"));
-        assert!(
-            body == std::fs::read(src.path().join(format!("p{p}")).join(&name)).unwrap(),
-            "{name} differs in S3"
-        );
-    }
-    assert!(
-        b.open_multipart_uploads().is_empty(),
-        "no multipart upload left open"
-    );
+    let outcome = folder.run(Publish::Cp, names, Duration::from_secs(600));
+    assert_eq!(outcome.produced.len(), producers * per_producer);
+    folder.check(&b, &outcome);
 }
 
 #[test]
