@@ -203,13 +203,14 @@ fn renaming_a_large_file_copies_it_in_parts() {
     assert!(std::fs::read(m.path().join("two.bin")).unwrap() == body);
 }
 
+// The everyday operations, each as it changes the bucket.
+
 #[test]
-fn everyday_operations_change_the_bucket() {
+fn mkdir_stores_a_marker_and_a_second_mkdir_is_eexist() {
     let s3 = TestS3::start();
-    let b = s3.bucket("everyday");
+    let b = s3.bucket("mkdir");
     let m = Mounted::start(&s3, &b.name, &[]);
     let root = m.path();
-
     std::fs::create_dir(root.join("newdir")).unwrap();
     assert!(
         b.keys().contains(&"newdir/".to_string()),
@@ -219,7 +220,15 @@ fn everyday_operations_change_the_bucket() {
         errno_of(std::fs::create_dir(root.join("newdir"))),
         libc::EEXIST
     );
+}
 
+#[test]
+fn overwriting_a_file_stores_the_new_bytes() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("overwrite");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("newdir")).unwrap();
     std::fs::write(root.join("newdir/a.txt"), "one").unwrap();
     std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
     assert_eq!(
@@ -227,11 +236,31 @@ fn everyday_operations_change_the_bucket() {
         "two!"
     );
     assert_eq!(b.get("newdir/a.txt"), b"two!");
+}
+
+#[test]
+fn rmdir_of_a_directory_with_files_is_enotempty() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("notempty");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("newdir")).unwrap();
+    std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
     assert_eq!(
         errno_of(std::fs::remove_dir(root.join("newdir"))),
         libc::ENOTEMPTY
     );
+    assert_eq!(b.get("newdir/a.txt"), b"two!");
+}
 
+#[test]
+fn a_rename_onto_an_existing_file_replaces_it() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("replace");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("newdir")).unwrap();
+    std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
     std::fs::write(root.join("newdir/b.txt"), "bee").unwrap();
     std::fs::rename(root.join("newdir/b.txt"), root.join("newdir/a.txt")).unwrap();
     assert_eq!(
@@ -240,8 +269,16 @@ fn everyday_operations_change_the_bucket() {
     );
     assert_eq!(b.get("newdir/a.txt"), b"bee");
     assert!(!b.keys().contains(&"newdir/b.txt".to_string()));
+}
 
-    // renameat2(RENAME_NOREPLACE) onto an existing name is refused.
+#[test]
+fn rename_noreplace_onto_an_existing_name_is_eexist() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("noreplace");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("newdir")).unwrap();
+    std::fs::write(root.join("newdir/a.txt"), "bee").unwrap();
     std::fs::write(root.join("newdir/c.txt"), "sea").unwrap();
     let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
     let (from, to) = (c(&root.join("newdir/c.txt")), c(&root.join("newdir/a.txt")));
@@ -259,8 +296,18 @@ fn everyday_operations_change_the_bucket() {
         (rc, std::io::Error::last_os_error().raw_os_error()),
         (-1, Some(libc::EEXIST))
     );
+    assert_eq!(b.get("newdir/a.txt"), b"bee");
+    assert_eq!(b.get("newdir/c.txt"), b"sea");
+}
 
-    // Appending stores the object again with the new bytes at its end.
+#[test]
+fn appending_stores_the_object_again_with_the_new_bytes_at_its_end() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("append");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("newdir")).unwrap();
+    std::fs::write(root.join("newdir/a.txt"), "bee").unwrap();
     let mut f = OpenOptions::new()
         .append(true)
         .open(root.join("newdir/a.txt"))
@@ -268,8 +315,15 @@ fn everyday_operations_change_the_bucket() {
     f.write_all(b"more").unwrap();
     drop(f);
     assert_eq!(b.get("newdir/a.txt"), b"beemore");
+}
 
-    // Tools that set modes and times after copying succeed.
+#[test]
+fn tools_that_set_modes_and_times_after_copying_succeed() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("modes");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("newdir")).unwrap();
     let local = TempDir::new("everyday-src");
     std::fs::write(local.path().join("p.txt"), "preserved").unwrap();
     let (code, _, err) = sh(&format!(
@@ -281,10 +335,21 @@ fn everyday_operations_change_the_bucket() {
     ));
     assert_eq!(code, 0, "cp -p, touch, chmod: {err}");
     assert_eq!(b.get("newdir/p.txt"), b"preserved");
-    std::fs::remove_file(root.join("newdir/p.txt")).unwrap();
+}
 
-    std::fs::remove_file(root.join("newdir/a.txt")).unwrap();
-    std::fs::remove_file(root.join("newdir/c.txt")).unwrap();
+#[test]
+fn an_emptied_directory_keeps_its_marker_until_rmdir() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("rmdir");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("newdir")).unwrap();
+    for name in ["a.txt", "c.txt", "p.txt"] {
+        std::fs::write(root.join("newdir").join(name), name).unwrap();
+    }
+    for name in ["p.txt", "a.txt", "c.txt"] {
+        std::fs::remove_file(root.join("newdir").join(name)).unwrap();
+    }
     assert!(names(&root.join("newdir")).is_empty());
     assert_eq!(
         b.keys(),
@@ -298,9 +363,14 @@ fn everyday_operations_change_the_bucket() {
         b.keys()
     );
     assert!(names(&root).is_empty());
+}
 
-    // Writes may go back into the part not yet sent, and leave holes.
-    let path = root.join("patched.bin");
+#[test]
+fn writes_into_the_part_not_yet_sent_and_holes_arrive_as_written() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("patched");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let path = m.path().join("patched.bin");
     let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(&vec![b'a'; 1 << 20]).unwrap();
     f.write_all_at(b"HEADER", 0).unwrap();
@@ -316,9 +386,14 @@ fn everyday_operations_change_the_bucket() {
         b.get("patched.bin") == want,
         "patched and sparse writes arrive as written"
     );
+}
 
-    // ... but not into a part already uploaded.
-    let mut f = std::fs::File::create(root.join("long.bin")).unwrap();
+#[test]
+fn a_write_into_a_part_already_uploaded_is_eopnotsupp() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("uploaded");
+    let m = Mounted::start(&s3, &b.name, &[]);
+    let mut f = std::fs::File::create(m.path().join("long.bin")).unwrap();
     f.write_all(&random_bytes(40 << 20, 3)).unwrap();
     assert_eq!(errno_of(f.write_all_at(b"late", 0)), libc::EOPNOTSUPP);
 }
