@@ -1,13 +1,11 @@
 //! Bad input fails before mounting: one clear line, non-zero exit, nothing
 //! mounted and no process left behind.
 
-mod support;
-
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 struct Failure {
     code: Option<i32>,

@@ -2,15 +2,13 @@
 //! notify protocol, auto-unmount after a crash, metrics and `--count-dir`,
 //! JSON logs, shutdown with an upload in flight, and `s3mount doctor`.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const HELPER: &str = "/sbin/mount.fuse.s3mount";
 
@@ -457,7 +455,7 @@ fn doctor_answers_quickly_on_every_kind_of_prefix() {
 
 #[test]
 fn doctor_on_a_huge_object_and_on_a_key_it_may_not_read() {
-    use support::http_proxy::{Fault, Kind, Rule};
+    use crate::support::http_proxy::{Fault, Kind, Rule};
     let s3 = TestS3::start();
     let bucket = s3.bucket("doctor-edge");
     bucket.put("huge/one.bin", random_bytes(1 << 30, 9));

@@ -3,15 +3,13 @@
 //! a replaced object is never served from the old version's blocks; the
 //! cache keeps to its size; two mounts share one directory.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Object GETs (not listings) the proxy has forwarded so far.
-fn object_gets(proxy: &support::proxy::FaultProxy) -> usize {
+fn object_gets(proxy: &crate::support::proxy::FaultProxy) -> usize {
     proxy
         .requests()
         .iter()

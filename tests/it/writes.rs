@@ -3,8 +3,6 @@
 //! everyday operations (rm, mkdir, rmdir, overwrite), the cautious-mode
 //! options and read-only mode.
 
-mod support;
-
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -12,9 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::drop_folder::{DropFolder, Names, Problem, Publish};
-use support::proxy::Faults;
-use support::*;
+use crate::support::drop_folder::{DropFolder, Names, Problem, Publish};
+use crate::support::proxy::Faults;
+use crate::support::*;
 
 /// Size of file `j` of a producer: mostly small, some of several MiB, one
 /// large one per run.

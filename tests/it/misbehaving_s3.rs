@@ -5,14 +5,12 @@
 //! byte, a lost file, or a hang. Also full disks under the spool and the
 //! catalog.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::drop_folder::{DropFolder, Names, Publish};
-use support::http_proxy::{Fault, Kind, Rule};
-use support::*;
+use crate::support::drop_folder::{DropFolder, Names, Publish};
+use crate::support::http_proxy::{Fault, Kind, Rule};
+use crate::support::*;
 
 /// About 10% of every request type fails: SlowDown (some with
 /// Retry-After), 500, 429, and bodies cut short.

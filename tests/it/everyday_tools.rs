@@ -5,8 +5,6 @@
 //! server-side copy, in-place changes, the conflict rule, unlink of open
 //! files, mknod, long names, Content-Type). Each result is checked in S3.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::IntoRawFd;
@@ -15,8 +13,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::drop_folder::{DropFolder, Names, Publish};
-use support::*;
+use crate::support::drop_folder::{DropFolder, Names, Publish};
+use crate::support::*;
 
 /// Fails the test, saying what to install, when a tool is missing.
 fn need(tool: &str) {

@@ -3,13 +3,11 @@
 //! refresh, a broken database is rebuilt, and a stale directory is
 //! refreshed once however many readers ask.
 
-mod support;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn populate(b: &TestBucket) {
     for d in 0..5 {
@@ -375,7 +373,7 @@ fn the_first_readdir_of_a_big_directory_starts_before_its_listing_ends() {
     let m = Mounted::start_at(&endpoint, &b.name, &[]);
     // Resolve `big` first, then slow every response down: 4 pages of 1,000.
     assert!(m.path().join("big").is_dir());
-    proxy.set(support::proxy::Faults {
+    proxy.set(crate::support::proxy::Faults {
         first_byte_delay: Duration::from_millis(300),
         ..Default::default()
     });
