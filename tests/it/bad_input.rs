@@ -235,13 +235,7 @@ fn daemon_mode_returns_only_once_mounted() {
         .args(endpoint_args(&s3.endpoint));
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     // Unmount on every path out of this test.
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(dir.path());
+    let _guard = UnmountOnDrop(dir.path().to_owned());
     assert!(
         out.status.success(),
         "stderr: {}",

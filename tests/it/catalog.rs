@@ -105,11 +105,7 @@ fn changes_in_s3_show_after_the_ttl_and_after_a_forced_refresh() {
     assert_eq!(names(&dir), ["a", "b"]);
     b.put("dir/c", b"c".to_vec());
     assert_eq!(names(&dir), ["a", "b"]);
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = refresh(&dir);
     assert!(
         out.status.success(),
         "refresh failed: {}",
@@ -122,21 +118,13 @@ fn changes_in_s3_show_after_the_ttl_and_after_a_forced_refresh() {
     );
     // Refreshing through a file refreshes its directory.
     b.put("dir/d", b"d".to_vec());
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(dir.join("a"))
-        .output()
-        .unwrap();
+    let out = refresh(&dir.join("a"));
     assert!(out.status.success());
     assert_eq!(names(&dir), ["a", "b", "c", "d"]);
 
     // A path outside any mount gets a clear error.
     let outside = TempDir::new("outside");
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(outside.path())
-        .output()
-        .unwrap();
+    let out = refresh(outside.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not inside an s3mount mount"));
 }

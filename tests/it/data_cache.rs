@@ -178,11 +178,7 @@ fn a_replaced_object_is_never_served_from_the_old_blocks() {
     wait_written(&addr, f.total());
     let new = random_bytes(3 << 20, 99);
     f.b.put("mid.bin", new.clone());
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(m.path())
-        .output()
-        .unwrap();
+    let out = refresh(&m.path());
     assert!(
         out.status.success(),
         "{}",

@@ -371,39 +371,26 @@ fn malformed_listings_and_stalled_bodies_are_retried_then_reported() {
     assert_eq!(names(&mnt.join("d2")), ["only"], "the mount lists again");
 }
 
-/// A small tmpfs, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(path: std::path::PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&path).unwrap();
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
+/// Mounts a small tmpfs at `path`, unmounted on drop.
+fn mount_tmpfs(path: std::path::PathBuf, size: &str) -> UnmountOnDrop {
+    std::fs::create_dir_all(&path).unwrap();
+    let out = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cannot mount a tmpfs (needs root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    UnmountOnDrop(path)
 }
 
 #[test]
@@ -416,8 +403,8 @@ fn a_full_spool_disk_gives_enospc_and_a_full_catalog_disk_falls_back_to_memory()
     );
     b.put("f.txt", b"still readable".to_vec());
     let dirs = TempDir::new("fulldisk");
-    let spool = Tmpfs::mount(dirs.path().join("spool"), "4m");
-    let cache = Tmpfs::mount(dirs.path().join("cache"), "2m");
+    let spool = mount_tmpfs(dirs.path().join("spool"), "4m");
+    let cache = mount_tmpfs(dirs.path().join("cache"), "2m");
     let m = Mounted::start(
         &s3,
         &b.name,

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -40,17 +40,6 @@ impl Drop for HelperLink {
         let _ = std::fs::remove_file(HELPER);
         if let Some(target) = &self.previous {
             let _ = std::os::unix::fs::symlink(target, HELPER);
-        }
-    }
-}
-
-/// Unmounts on drop, for mounts made by mount(8) rather than [`Mounted`].
-struct UnmountOnDrop(PathBuf);
-
-impl Drop for UnmountOnDrop {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
 }
@@ -410,6 +399,32 @@ fn sigterm_with_an_upload_in_flight_leaves_nothing_half_written() {
     );
 }
 
+/// `s3mount doctor TARGET EXTRA...` against `endpoint`, within `limit`.
+fn doctor(endpoint: &Endpoint, target: &str, extra: &[&str], limit: Duration) -> Output {
+    let mut cmd = s3mount_command(endpoint);
+    cmd.arg("doctor")
+        .arg(target)
+        .args(endpoint_args(endpoint))
+        .args(extra);
+    run_with_timeout(cmd, limit)
+}
+
+/// The report of `s3mount doctor --json`, which must succeed.
+fn doctor_report(
+    endpoint: &Endpoint,
+    target: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> serde_json::Value {
+    let out = doctor(endpoint, target, &[&["--json"], extra].concat(), limit);
+    assert!(
+        out.status.success(),
+        "doctor on {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn doctor_answers_quickly_on_every_kind_of_prefix() {
     let s3 = TestS3::start();
@@ -433,21 +448,14 @@ fn doctor_answers_quickly_on_every_kind_of_prefix() {
             Some(true),
         ),
     ] {
-        let mut cmd = s3mount_command(&s3.endpoint);
-        cmd.arg("doctor")
-            .arg(format!("{}/{prefix}", bucket.name))
-            .args(endpoint_args(&s3.endpoint))
-            .arg("--json")
-            .stdin(Stdio::null());
         // It used to spin on prefixes of small objects: a bound, not a
         // performance figure.
-        let out = run_with_timeout(cmd, Duration::from_secs(90));
-        assert!(
-            out.status.success(),
-            "doctor on {prefix}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let report = doctor_report(
+            &s3.endpoint,
+            &format!("{}/{prefix}", bucket.name),
+            &[],
+            Duration::from_secs(90),
         );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["objects"]["count"], objects, "{prefix}");
         assert_eq!(report["permissions"]["read"].as_bool(), read, "{prefix}");
     }
@@ -460,22 +468,11 @@ fn doctor_on_a_huge_object_and_on_a_key_it_may_not_read() {
     let bucket = s3.bucket("doctor-edge");
     bucket.put("huge/one.bin", random_bytes(1 << 30, 9));
     bucket.put("secret/key.txt", "not for you");
-    let doctor = |endpoint: &Endpoint, prefix: &str| {
-        let mut cmd = s3mount_command(endpoint);
-        cmd.arg("doctor")
-            .arg(format!("{}/{prefix}", bucket.name))
-            .args(endpoint_args(endpoint))
-            .arg("--json")
-            .stdin(Stdio::null());
-        let out = run_with_timeout(cmd, Duration::from_secs(120));
-        assert!(
-            out.status.success(),
-            "doctor on {prefix}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    let report_on = |endpoint: &Endpoint, prefix: &str| {
+        let target = format!("{}/{prefix}", bucket.name);
+        doctor_report(endpoint, &target, &[], Duration::from_secs(120))
     };
-    let report = doctor(&s3.endpoint, "huge");
+    let report = report_on(&s3.endpoint, "huge");
     assert_eq!(report["objects"]["count"], 1);
     assert_eq!(report["permissions"]["read"].as_bool(), Some(true));
 
@@ -488,7 +485,7 @@ fn doctor_on_a_huge_object_and_on_a_key_it_may_not_read() {
         &[Kind::Head, Kind::Get],
     )]);
     let started = std::time::Instant::now();
-    let report = doctor(&endpoint, "secret");
+    let report = report_on(&endpoint, "secret");
     assert_eq!(
         report["permissions"]["read"].as_bool(),
         Some(false),
@@ -513,23 +510,9 @@ fn doctor_measures_and_advises() {
     for i in 0..20 {
         bucket.put(&format!("logs/small/{i}.json"), format!("{{\"n\":{i}}}"));
     }
-    let doctor = |extra: &[&str]| {
-        let mut cmd = s3mount_command(&s3.endpoint);
-        cmd.arg("doctor")
-            .arg(format!("{}/logs", bucket.name))
-            .args(endpoint_args(&s3.endpoint))
-            .args(["--transfer", "32M"])
-            .args(extra)
-            .stdin(Stdio::null());
-        run_with_timeout(cmd, Duration::from_secs(120))
-    };
-    let out = doctor(&["--json"]);
-    assert!(
-        out.status.success(),
-        "doctor failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let target = format!("{}/logs", bucket.name);
+    let transfer = ["--transfer", "32M"];
+    let report = doctor_report(&s3.endpoint, &target, &transfer, Duration::from_secs(120));
     assert_eq!(report["objects"]["count"], 21);
     assert_eq!(report["permissions"]["read"], true);
     assert_eq!(report["probe_object"], "logs/big.bin");
@@ -560,7 +543,7 @@ fn doctor_measures_and_advises() {
         "{advice:?}"
     );
 
-    let table = doctor(&[]);
+    let table = doctor(&s3.endpoint, &target, &transfer, Duration::from_secs(120));
     assert!(table.status.success());
     let text = String::from_utf8_lossy(&table.stdout);
     for row in [
@@ -573,11 +556,12 @@ fn doctor_measures_and_advises() {
     }
 
     // A bucket that does not exist: the mount's one-line error, exit 1.
-    let mut cmd = s3mount_command(&s3.endpoint);
-    cmd.arg("doctor")
-        .arg("no-such-bucket-s3mount-doctor")
-        .args(endpoint_args(&s3.endpoint));
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let out = doctor(
+        &s3.endpoint,
+        "no-such-bucket-s3mount-doctor",
+        &[],
+        Duration::from_secs(60),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

@@ -6,7 +6,7 @@
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -203,83 +203,78 @@ fn renaming_a_large_file_copies_it_in_parts() {
 
 // The everyday operations, each as it changes the bucket.
 
+/// A fresh bucket, mounted, with `newdir/` made through the mount and
+/// `files` (name, contents) written into it. Fields drop in order: the
+/// mount goes before the bucket, the bucket before its server.
+struct NewDir {
+    m: Mounted,
+    b: TestBucket,
+    _s3: TestS3,
+}
+
+fn newdir(tag: &str, files: &[(&str, &str)]) -> NewDir {
+    let s3 = TestS3::start();
+    let b = s3.bucket(tag);
+    let m = Mounted::start(&s3, &b.name, &[]);
+    std::fs::create_dir(m.path().join("newdir")).unwrap();
+    for (name, contents) in files {
+        std::fs::write(m.path().join("newdir").join(name), contents).unwrap();
+    }
+    NewDir { m, b, _s3: s3 }
+}
+
+impl NewDir {
+    /// `newdir/NAME` through the mount.
+    fn path(&self, name: &str) -> PathBuf {
+        self.m.path().join("newdir").join(name)
+    }
+}
+
 #[test]
 fn mkdir_stores_a_marker_and_a_second_mkdir_is_eexist() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("mkdir");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
+    let d = newdir("mkdir", &[]);
     assert!(
-        b.keys().contains(&"newdir/".to_string()),
+        d.b.keys().contains(&"newdir/".to_string()),
         "mkdir stores a marker"
     );
     assert_eq!(
-        errno_of(std::fs::create_dir(root.join("newdir"))),
+        errno_of(std::fs::create_dir(d.m.path().join("newdir"))),
         libc::EEXIST
     );
 }
 
 #[test]
 fn overwriting_a_file_stores_the_new_bytes() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("overwrite");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
-    std::fs::write(root.join("newdir/a.txt"), "one").unwrap();
-    std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
-    assert_eq!(
-        std::fs::read_to_string(root.join("newdir/a.txt")).unwrap(),
-        "two!"
-    );
-    assert_eq!(b.get("newdir/a.txt"), b"two!");
+    let d = newdir("overwrite", &[("a.txt", "one")]);
+    std::fs::write(d.path("a.txt"), "two!").unwrap();
+    assert_eq!(std::fs::read_to_string(d.path("a.txt")).unwrap(), "two!");
+    assert_eq!(d.b.get("newdir/a.txt"), b"two!");
 }
 
 #[test]
 fn rmdir_of_a_directory_with_files_is_enotempty() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("notempty");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
-    std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
+    let d = newdir("notempty", &[("a.txt", "two!")]);
     assert_eq!(
-        errno_of(std::fs::remove_dir(root.join("newdir"))),
+        errno_of(std::fs::remove_dir(d.m.path().join("newdir"))),
         libc::ENOTEMPTY
     );
-    assert_eq!(b.get("newdir/a.txt"), b"two!");
+    assert_eq!(d.b.get("newdir/a.txt"), b"two!");
 }
 
 #[test]
 fn a_rename_onto_an_existing_file_replaces_it() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("replace");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
-    std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
-    std::fs::write(root.join("newdir/b.txt"), "bee").unwrap();
-    std::fs::rename(root.join("newdir/b.txt"), root.join("newdir/a.txt")).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(root.join("newdir/a.txt")).unwrap(),
-        "bee"
-    );
-    assert_eq!(b.get("newdir/a.txt"), b"bee");
-    assert!(!b.keys().contains(&"newdir/b.txt".to_string()));
+    let d = newdir("replace", &[("a.txt", "two!"), ("b.txt", "bee")]);
+    std::fs::rename(d.path("b.txt"), d.path("a.txt")).unwrap();
+    assert_eq!(std::fs::read_to_string(d.path("a.txt")).unwrap(), "bee");
+    assert_eq!(d.b.get("newdir/a.txt"), b"bee");
+    assert!(!d.b.keys().contains(&"newdir/b.txt".to_string()));
 }
 
 #[test]
 fn rename_noreplace_onto_an_existing_name_is_eexist() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("noreplace");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
-    std::fs::write(root.join("newdir/a.txt"), "bee").unwrap();
-    std::fs::write(root.join("newdir/c.txt"), "sea").unwrap();
+    let d = newdir("noreplace", &[("a.txt", "bee"), ("c.txt", "sea")]);
     let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    let (from, to) = (c(&root.join("newdir/c.txt")), c(&root.join("newdir/a.txt")));
+    let (from, to) = (c(&d.path("c.txt")), c(&d.path("a.txt")));
     // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::renameat2(
@@ -294,82 +289,62 @@ fn rename_noreplace_onto_an_existing_name_is_eexist() {
         (rc, std::io::Error::last_os_error().raw_os_error()),
         (-1, Some(libc::EEXIST))
     );
-    assert_eq!(b.get("newdir/a.txt"), b"bee");
-    assert_eq!(b.get("newdir/c.txt"), b"sea");
+    assert_eq!(d.b.get("newdir/a.txt"), b"bee");
+    assert_eq!(d.b.get("newdir/c.txt"), b"sea");
 }
 
 #[test]
 fn appending_stores_the_object_again_with_the_new_bytes_at_its_end() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("append");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
-    std::fs::write(root.join("newdir/a.txt"), "bee").unwrap();
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(root.join("newdir/a.txt"))
-        .unwrap();
+    let d = newdir("append", &[("a.txt", "bee")]);
+    let mut f = OpenOptions::new().append(true).open(d.path("a.txt")).unwrap();
     f.write_all(b"more").unwrap();
     drop(f);
-    assert_eq!(b.get("newdir/a.txt"), b"beemore");
+    assert_eq!(d.b.get("newdir/a.txt"), b"beemore");
 }
 
 #[test]
 fn tools_that_set_modes_and_times_after_copying_succeed() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("modes");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
+    let d = newdir("modes", &[]);
     let local = TempDir::new("everyday-src");
     std::fs::write(local.path().join("p.txt"), "preserved").unwrap();
     let (code, _, err) = sh(&format!(
         "cp -p '{}' '{}/' && touch '{}' && chmod 600 '{}'",
         local.path().join("p.txt").display(),
-        root.join("newdir").display(),
-        root.join("newdir/p.txt").display(),
-        root.join("newdir/p.txt").display()
+        d.m.path().join("newdir").display(),
+        d.path("p.txt").display(),
+        d.path("p.txt").display()
     ));
     assert_eq!(code, 0, "cp -p, touch, chmod: {err}");
-    assert_eq!(b.get("newdir/p.txt"), b"preserved");
+    assert_eq!(d.b.get("newdir/p.txt"), b"preserved");
 }
 
 #[test]
 fn an_emptied_directory_keeps_its_marker_until_rmdir() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("rmdir");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("newdir")).unwrap();
-    for name in ["a.txt", "c.txt", "p.txt"] {
-        std::fs::write(root.join("newdir").join(name), name).unwrap();
+    let files = [("a.txt", "bee"), ("c.txt", "sea"), ("p.txt", "preserved")];
+    let d = newdir("rmdir", &files);
+    for (name, _) in files {
+        std::fs::remove_file(d.path(name)).unwrap();
     }
-    for name in ["p.txt", "a.txt", "c.txt"] {
-        std::fs::remove_file(root.join("newdir").join(name)).unwrap();
-    }
+    let root = d.m.path();
     assert!(names(&root.join("newdir")).is_empty());
     assert_eq!(
-        b.keys(),
+        d.b.keys(),
         vec!["newdir/".to_string()],
         "the emptied directory stays"
     );
     std::fs::remove_dir(root.join("newdir")).unwrap();
     assert!(
-        b.keys().is_empty(),
+        d.b.keys().is_empty(),
         "rmdir removes the marker: {:?}",
-        b.keys()
+        d.b.keys()
     );
     assert!(names(&root).is_empty());
 }
 
 #[test]
 fn writes_into_the_part_not_yet_sent_and_holes_arrive_as_written() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("patched");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let path = m.path().join("patched.bin");
-    let mut f = std::fs::File::create(&path).unwrap();
+    let d = newdir("patched", &[]);
+    let mut f = std::fs::File::create(d.path("patched.bin")).unwrap();
     f.write_all(&vec![b'a'; 1 << 20]).unwrap();
     f.write_all_at(b"HEADER", 0).unwrap();
     f.seek(SeekFrom::Start(3 << 20)).unwrap();
@@ -381,17 +356,15 @@ fn writes_into_the_part_not_yet_sent_and_holes_arrive_as_written() {
     want.resize(3 << 20, 0);
     want.extend_from_slice(b"tail");
     assert!(
-        b.get("patched.bin") == want,
+        d.b.get("newdir/patched.bin") == want,
         "patched and sparse writes arrive as written"
     );
 }
 
 #[test]
 fn a_write_into_a_part_already_uploaded_is_eopnotsupp() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("uploaded");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let mut f = std::fs::File::create(m.path().join("long.bin")).unwrap();
+    let d = newdir("uploaded", &[]);
+    let mut f = std::fs::File::create(d.path("long.bin")).unwrap();
     f.write_all(&random_bytes(40 << 20, 3)).unwrap();
     assert_eq!(errno_of(f.write_all_at(b"late", 0)), libc::EOPNOTSUPP);
 }

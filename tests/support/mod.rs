@@ -4,10 +4,11 @@
 //! stopped on drop, also when a test panics.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod drop_folder;
@@ -258,6 +259,27 @@ impl TestS3 {
             client: self.client.clone(),
         }
     }
+}
+
+/// Starts a proxy to `upstream` (host:port) on a free loopback port: runs
+/// `accept(listener, its address, upstream, state)` on a thread of its own
+/// and returns the proxy's address and the state it shares with the test.
+fn start_proxy<S: Default + Send + Sync + 'static>(
+    upstream: &str,
+    accept: fn(std::net::TcpListener, SocketAddr, SocketAddr, Arc<S>),
+) -> (SocketAddr, Arc<S>) {
+    let upstream = upstream.parse().expect("upstream host:port");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().unwrap();
+    let shared = Arc::new(S::default());
+    let s = shared.clone();
+    std::thread::spawn(move || accept(listener, addr, upstream, s));
+    (addr, shared)
+}
+
+/// `http://ADDR`, for --endpoint-url.
+fn http_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
 }
 
 pub fn client_for(e: &Endpoint) -> aws_sdk_s3::Client {
@@ -596,6 +618,27 @@ impl Drop for Mounted {
             let _ = child.wait();
         }
     }
+}
+
+/// Unmounts on drop (lazily, if still mounted), for mounts made by hand
+/// rather than by [`Mounted`].
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// `s3mount refresh PATH`: refreshes the listing of PATH's directory.
+pub fn refresh(path: &Path) -> Output {
+    Command::new(BIN)
+        .arg("refresh")
+        .arg(path)
+        .output()
+        .expect("run s3mount refresh")
 }
 
 /// Runs a command with a time limit; returns its output.
