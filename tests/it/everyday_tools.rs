@@ -361,7 +361,10 @@ fn atomic_producers_and_a_loader_lose_nothing_and_leave_nothing() {
     let per = env_u64("S3MOUNT_TEST_ATOMIC_FILES", 125) as usize;
     let size = |p: usize, j: usize| [0, 0, 10, 5000, 100_000][(p + j) % 5];
     let body = |name: &str| {
-        let (p, j) = name.strip_prefix('p')?.strip_suffix(".dat")?.split_once('-')?;
+        let (p, j) = name
+            .strip_prefix('p')?
+            .strip_suffix(".dat")?
+            .split_once('-')?;
         let (p, j): (usize, usize) = (p.parse().ok()?, j.parse().ok()?);
         (p < producers && j < per).then(|| random_bytes(size(p, j), (p * per + j) as u64))
     };
@@ -372,7 +375,11 @@ fn atomic_producers_and_a_loader_lose_nothing_and_leave_nothing() {
         .map(|p| Box::new((0..per).map(move |j| format!("p{p}-{j:04}.dat"))) as Names)
         .collect();
     let outcome = folder.run(Publish::CpThenMv, names, Duration::from_secs(300));
-    assert_eq!(outcome.produced.len(), producers * per, "every file loaded once");
+    assert_eq!(
+        outcome.produced.len(),
+        producers * per,
+        "every file loaded once"
+    );
     folder.check(&b, &outcome);
 }
 

@@ -82,9 +82,7 @@ fn ten_percent_errors_on_every_request_type_lose_and_corrupt_nothing() {
         };
         let folder = DropFolder::new(&mnt, &body, &DropFolder::strict);
         let names: Vec<Names> = (0..2)
-            .map(|p| {
-                Box::new((p..files).step_by(2).map(|i| format!("f{i:04}.csv"))) as Names
-            })
+            .map(|p| Box::new((p..files).step_by(2).map(|i| format!("f{i:04}.csv"))) as Names)
             .collect();
         let outcome = folder.run(Publish::WriteThenRename, names, Duration::from_secs(600));
         let read = reader.join().expect("reader");

@@ -308,7 +308,7 @@ fn metrics_move_during_a_read_and_count_dir_follows_the_drop_folder() {
     let count = r#"s3mount_dir_objects{path="incoming"}"#;
     let gauge = |want: f64| {
         eventually(
-            &format!("the incoming/ gauge to read {want}"),
+            format_args!("the incoming/ gauge to read {want}"),
             Duration::from_secs(20),
             || value(&scrape(&addr), count) == Some(want),
         )

@@ -33,7 +33,10 @@ fn drop_folder_pipeline_moves_every_file_exactly_once() {
     let per_producer = env_u64("S3MOUNT_TEST_PIPELINE_FILES", 70) as usize;
     // File p{p}-f{j}.bin of producer p.
     let body = |name: &str| {
-        let (p, j) = name.strip_prefix('p')?.strip_suffix(".bin")?.split_once("-f")?;
+        let (p, j) = name
+            .strip_prefix('p')?
+            .strip_suffix(".bin")?
+            .split_once("-f")?;
         let (p, j): (usize, usize) = (p.parse().ok()?, j.parse().ok()?);
         (p < producers && j < per_producer)
             .then(|| random_bytes(pipeline_size(p, j), (p * 1000 + j) as u64))
@@ -296,7 +299,10 @@ fn rename_noreplace_onto_an_existing_name_is_eexist() {
 #[test]
 fn appending_stores_the_object_again_with_the_new_bytes_at_its_end() {
     let d = newdir("append", &[("a.txt", "bee")]);
-    let mut f = OpenOptions::new().append(true).open(d.path("a.txt")).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(d.path("a.txt"))
+        .unwrap();
     f.write_all(b"more").unwrap();
     drop(f);
     assert_eq!(d.b.get("newdir/a.txt"), b"beemore");

@@ -123,7 +123,12 @@ impl<'a> DropFolder<'a> {
     }
 
     /// Producers as processes, copying files made locally first.
-    fn run_processes(&self, publish: Publish, producers: Vec<Names<'_>>, within: Duration) -> Outcome {
+    fn run_processes(
+        &self,
+        publish: Publish,
+        producers: Vec<Names<'_>>,
+        within: Duration,
+    ) -> Outcome {
         let src = TempDir::new("drop-folder-src");
         let mut planned = BTreeSet::new();
         for (p, names) in producers.into_iter().enumerate() {
@@ -241,7 +246,9 @@ impl<'a> DropFolder<'a> {
                 for name in listed {
                     let path = inc.join(&name);
                     let Some(want) = (self.body)(&name) else {
-                        (self.report)(Problem::Wrong(format!("unexpected file {name} in incoming/")));
+                        (self.report)(Problem::Wrong(format!(
+                            "unexpected file {name} in incoming/"
+                        )));
                         continue;
                     };
                     match std::fs::read(&path) {
@@ -289,7 +296,9 @@ impl<'a> DropFolder<'a> {
             names(&self.incoming())
         );
         assert_eq!(
-            names(&self.processed()).into_iter().collect::<BTreeSet<_>>(),
+            names(&self.processed())
+                .into_iter()
+                .collect::<BTreeSet<_>>(),
             outcome.produced,
             "processed/ through the mount"
         );
@@ -300,7 +309,10 @@ impl<'a> DropFolder<'a> {
             "objects under processed/ in S3"
         );
         let left = b.names_under("incoming");
-        assert!(left.is_empty(), "objects left under incoming/ in S3: {left:?}");
+        assert!(
+            left.is_empty(),
+            "objects left under incoming/ in S3: {left:?}"
+        );
         for name in &outcome.produced {
             let got = b.get(&format!("processed/{name}"));
             let want = self.body_of(name);

@@ -55,7 +55,10 @@ fn poll<T, E>(within: Duration, mut f: impl FnMut() -> Result<T, E>) -> Result<T
 /// after Ns waiting for {what}" if it does not within `within`.
 pub fn eventually(what: impl std::fmt::Display, within: Duration, mut cond: impl FnMut() -> bool) {
     if poll(within, || if cond() { Ok(()) } else { Err(()) }).is_err() {
-        panic!("timed out after {}s waiting for {what}", within.as_secs_f64());
+        panic!(
+            "timed out after {}s waiting for {what}",
+            within.as_secs_f64()
+        );
     }
 }
 
