@@ -13,6 +13,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use support::drop_folder::{DropFolder, Names, Problem, Publish};
 use support::http_proxy::{Fault, HttpFaultProxy, Kind, Rule};
 use support::*;
 
@@ -92,12 +93,8 @@ fn soak_pipeline_reads_and_listings_under_rotating_faults() {
         ],
     );
     let mnt = &m.path();
-    std::fs::create_dir_all(mnt.join("incoming")).unwrap();
-    std::fs::create_dir_all(mnt.join("processed")).unwrap();
 
     let stop = AtomicBool::new(false);
-    let produced = AtomicU64::new(0);
-    let moved = AtomicU64::new(0);
     let verified = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
     let wrong = AtomicU64::new(0);
@@ -106,86 +103,33 @@ fn soak_pipeline_reads_and_listings_under_rotating_faults() {
         errors.fetch_add(1, Ordering::Relaxed);
         eprintln!("program saw an error: {what}");
     };
+    let report = |problem: Problem| match problem {
+        Problem::Error(e) => note_error(e),
+        Problem::Wrong(w) => {
+            wrong.fetch_add(1, Ordering::Relaxed);
+            eprintln!("WRONG: {w}");
+        }
+    };
+    let body = |name: &str| {
+        let n: u64 = name.strip_prefix('f')?.strip_suffix(".dat")?.parse().ok()?;
+        Some(file_body(n))
+    };
+    let folder = DropFolder::new(mnt, &body, &report);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut rss_samples = Vec::new();
 
-    std::thread::scope(|scope| {
-        // Producer: files appear in incoming/ atomically.
-        scope.spawn(|| {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let name = format!("f{n:06}.dat");
-                let tmp = mnt.join("incoming").join(format!(".{name}.tmp"));
-                match std::fs::write(&tmp, file_body(n))
-                    .and_then(|_| std::fs::rename(&tmp, mnt.join("incoming").join(&name)))
-                {
-                    Ok(()) => {
-                        produced.fetch_add(1, Ordering::Relaxed);
-                        n += 1;
-                    }
-                    Err(e) => {
-                        note_error(format!("producing {name}: {e}"));
-                        let _ = std::fs::remove_file(&tmp);
-                        n += 1;
-                    }
-                }
-            }
-        });
-        // Loader: checks each file's bytes, then moves it to processed/.
-        scope.spawn(|| {
-            let mut idle_rounds = 0;
-            loop {
-                let names: Vec<String> = match std::fs::read_dir(mnt.join("incoming")) {
-                    Ok(d) => d
-                        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                        .filter(|n| !n.starts_with('.'))
-                        .collect(),
-                    Err(e) => {
-                        note_error(format!("listing incoming/: {e}"));
-                        Vec::new()
-                    }
-                };
-                if names.is_empty() {
-                    if stop.load(Ordering::Relaxed) {
-                        idle_rounds += 1;
-                        if idle_rounds > 20 {
-                            break;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-                for name in names {
-                    let n: u64 = name[1..7].parse().unwrap();
-                    let path = mnt.join("incoming").join(&name);
-                    match std::fs::read(&path) {
-                        Ok(data) if data == file_body(n) => {
-                            verified.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        }
-                        Ok(data) => {
-                            wrong.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("WRONG BYTES in incoming/{name} ({} bytes)", data.len());
-                        }
-                        Err(e) => {
-                            note_error(format!("reading incoming/{name}: {e}"));
-                            continue;
-                        }
-                    }
-                    let out = std::process::Command::new("mv")
-                        .arg(&path)
-                        .arg(mnt.join("processed").join(&name))
-                        .output()
-                        .unwrap();
-                    if out.status.success() {
-                        moved.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        note_error(format!(
-                            "mv {name}: {}",
-                            String::from_utf8_lossy(&out.stderr)
-                        ));
-                    }
-                }
-            }
+    let outcome = std::thread::scope(|scope| {
+        // The pipeline: one producer, publishing files atomically until
+        // told to stop, and the loader.
+        let pipeline = scope.spawn(|| {
+            let names = (0u64..)
+                .map(|n| format!("f{n:06}.dat"))
+                .take_while(|_| !stop.load(Ordering::Relaxed));
+            folder.run(
+                Publish::WriteThenRename,
+                vec![Box::new(names) as Names],
+                Duration::from_secs(secs + 600),
+            )
         });
         // Analytics: random ranges of one big object, checked.
         scope.spawn(|| {
@@ -254,21 +198,10 @@ fn soak_pipeline_reads_and_listings_under_rotating_faults() {
         }
         proxy.clear();
         stop.store(true, Ordering::Relaxed);
+        pipeline.join().expect("the pipeline")
     });
+    verified.fetch_add(outcome.verified_bytes, Ordering::Relaxed);
 
-    let keys = b.keys();
-    let processed = b.names_under("processed");
-    let left: Vec<&String> = keys
-        .iter()
-        .filter(|k| k.starts_with("incoming/f"))
-        .collect();
-    for name in &processed {
-        let n: u64 = name[1..7].parse().unwrap();
-        if b.get(&format!("processed/{name}")) != file_body(n) {
-            wrong.fetch_add(1, Ordering::Relaxed);
-            eprintln!("WRONG BYTES in S3 processed/{name}");
-        }
-    }
     let metrics = scrape(&addr);
     let metrics_retries = value(&metrics, "s3mount_s3_retries_total").unwrap_or(0.0);
     let throttled = value(&metrics, "s3mount_s3_throttled_total").unwrap_or(0.0);
@@ -286,9 +219,9 @@ fn soak_pipeline_reads_and_listings_under_rotating_faults() {
     let peak = peak_rss_kib(m.pid());
     eprintln!(
         "soak: {secs} s: produced {} files, moved {}, processed in S3 {}, verified {} MiB, program errors {}, wrong {}, listings {}, retries {}, throttled answers {}, RSS early {} MiB late {} MiB peak {} MiB",
-        produced.load(Ordering::Relaxed),
-        moved.load(Ordering::Relaxed),
-        processed.len(),
+        outcome.produced.len(),
+        outcome.moved.len(),
+        b.names_under("processed").len(),
         verified.load(Ordering::Relaxed) >> 20,
         errors.load(Ordering::Relaxed),
         wrong.load(Ordering::Relaxed),
@@ -309,13 +242,9 @@ fn soak_pipeline_reads_and_listings_under_rotating_faults() {
         0,
         "programs saw errors (see above)"
     );
-    assert!(left.is_empty(), "files left in incoming/: {left:?}");
-    assert_eq!(
-        processed.len() as u64,
-        produced.load(Ordering::Relaxed),
-        "files lost or duplicated on the way to processed/"
-    );
-    assert!(produced.load(Ordering::Relaxed) > 0, "nothing was produced");
+    // No file lost, duplicated or left in incoming/, every byte right.
+    folder.check(&b, &outcome);
+    assert!(!outcome.produced.is_empty(), "nothing was produced");
     assert!(
         late <= early + 64 * 1024,
         "RSS kept growing: {} MiB early, {} MiB late",

@@ -118,18 +118,13 @@ pub struct HttpFaultProxy {
 impl HttpFaultProxy {
     /// Starts a proxy to `upstream` (host:port) on a free loopback port.
     pub fn start(upstream: &str) -> HttpFaultProxy {
-        let upstream: SocketAddr = upstream.parse().expect("upstream host:port");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
-        let s = shared.clone();
-        std::thread::spawn(move || accept_loop(listener, addr, upstream, s));
+        let (addr, shared) = super::start_proxy(upstream, accept_loop);
         HttpFaultProxy { addr, shared }
     }
 
     /// `http://127.0.0.1:PORT`, for --endpoint-url.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        super::http_url(self.addr)
     }
 
     pub fn set_rules(&self, rules: Vec<Rule>) {

@@ -4,12 +4,14 @@
 //! stopped on drop, also when a test panics.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod drop_folder;
 pub mod http_proxy;
 pub mod proxy;
 
@@ -31,6 +33,58 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
             .expect("test runtime")
     })
     .block_on(f)
+}
+
+/// How often [`eventually`] and [`eventually_ok`] look again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Calls `f` every 50 ms until it returns `Ok`, for at most `within`;
+/// returns the last `Err` if it never did.
+fn poll<T, E>(within: Duration, mut f: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = Instant::now() + within;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Waits until `cond` holds, checking every 50 ms; panics with "timed out
+/// after Ns waiting for {what}" if it does not within `within`.
+pub fn eventually(what: impl std::fmt::Display, within: Duration, mut cond: impl FnMut() -> bool) {
+    if poll(within, || if cond() { Ok(()) } else { Err(()) }).is_err() {
+        panic!(
+            "timed out after {}s waiting for {what}",
+            within.as_secs_f64()
+        );
+    }
+}
+
+/// Like [`eventually`] for a check that has a value to give back (`Ok`)
+/// or a reason why not yet (`Err`): returns the value, or panics with the
+/// last reason.
+pub fn eventually_ok<T, E: std::fmt::Display>(
+    what: impl std::fmt::Display,
+    within: Duration,
+    f: impl FnMut() -> Result<T, E>,
+) -> T {
+    poll(within, f).unwrap_or_else(|last| {
+        panic!(
+            "timed out after {}s waiting for {what}: {last}",
+            within.as_secs_f64()
+        )
+    })
+}
+
+/// The errno a call failed with; 0 when it succeeded, -1 for an error
+/// without one.
+pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
 }
 
 /// A directory removed on drop.
@@ -157,33 +211,33 @@ impl TestS3 {
     /// A fault-injecting proxy in front of this server, and the endpoint
     /// that goes through it.
     pub fn proxied(&self) -> (proxy::FaultProxy, Endpoint) {
-        let upstream = self
-            .endpoint
-            .url
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        let proxy = proxy::FaultProxy::start(upstream);
-        let endpoint = Endpoint {
-            url: proxy.url(),
-            ..self.endpoint.clone()
-        };
+        let proxy = proxy::FaultProxy::start(self.upstream());
+        let endpoint = self.endpoint_at(proxy.url());
         (proxy, endpoint)
     }
 
     /// An HTTP-aware fault proxy (503s, cut bodies, outages) in front of
     /// this server, and the endpoint that goes through it.
     pub fn http_proxied(&self) -> (http_proxy::HttpFaultProxy, Endpoint) {
-        let upstream = self
-            .endpoint
+        let proxy = http_proxy::HttpFaultProxy::start(self.upstream());
+        let endpoint = self.endpoint_at(proxy.url());
+        (proxy, endpoint)
+    }
+
+    /// The server's host:port, for a proxy to forward to.
+    fn upstream(&self) -> &str {
+        self.endpoint
             .url
             .trim_start_matches("http://")
-            .trim_end_matches('/');
-        let proxy = http_proxy::HttpFaultProxy::start(upstream);
-        let endpoint = Endpoint {
-            url: proxy.url(),
+            .trim_end_matches('/')
+    }
+
+    /// This server's endpoint (credentials, region) at another URL.
+    fn endpoint_at(&self, url: String) -> Endpoint {
+        Endpoint {
+            url,
             ..self.endpoint.clone()
-        };
-        (proxy, endpoint)
+        }
     }
 
     /// Creates a fresh, uniquely named bucket (retrying while a new server settles).
@@ -195,25 +249,40 @@ impl TestS3 {
             N.fetch_add(1, Ordering::Relaxed),
             Instant::now().elapsed().subsec_nanos() % 1000
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match block_on(self.client.create_bucket().bucket(&name).send()) {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                Err(e) => panic!(
-                    "cannot create bucket {name}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ),
-            }
-        }
+        eventually_ok(
+            format_args!("bucket {name} to be created"),
+            Duration::from_secs(30),
+            || {
+                block_on(self.client.create_bucket().bucket(&name).send())
+                    .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string())
+            },
+        );
         TestBucket {
             name,
             client: self.client.clone(),
         }
     }
+}
+
+/// Starts a proxy to `upstream` (host:port) on a free loopback port: runs
+/// `accept(listener, its address, upstream, state)` on a thread of its own
+/// and returns the proxy's address and the state it shares with the test.
+fn start_proxy<S: Default + Send + Sync + 'static>(
+    upstream: &str,
+    accept: fn(std::net::TcpListener, SocketAddr, SocketAddr, Arc<S>),
+) -> (SocketAddr, Arc<S>) {
+    let upstream = upstream.parse().expect("upstream host:port");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().unwrap();
+    let shared = Arc::new(S::default());
+    let s = shared.clone();
+    std::thread::spawn(move || accept(listener, addr, upstream, s));
+    (addr, shared)
+}
+
+/// `http://ADDR`, for --endpoint-url.
+fn http_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
 }
 
 pub fn client_for(e: &Endpoint) -> aws_sdk_s3::Client {
@@ -469,22 +538,18 @@ impl Mounted {
             child: Some(child),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_mounted(&mountpoint) {
+        let log = LogFile(&mounted.log);
+        eventually_ok("s3mount to mount", Duration::from_secs(30), || {
             if let Some(status) = mounted.child.as_mut().unwrap().try_wait().unwrap() {
                 mounted.child = None;
-                panic!(
-                    "s3mount exited with {status} before mounting:\n{}",
-                    mounted.log_text()
-                );
+                panic!("s3mount exited with {status} before mounting; {log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "s3mount did not mount within 30s:\n{}",
-                mounted.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            if is_mounted(&mountpoint) {
+                Ok(())
+            } else {
+                Err(&log)
+            }
+        });
         mounted
     }
 
@@ -494,6 +559,12 @@ impl Mounted {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's log, read when it is shown (for failure messages
+    /// formatted before the failure, as [`eventually_ok`]'s).
+    pub fn log(&self) -> impl std::fmt::Display + '_ {
+        LogFile(&self.log)
     }
 
     pub fn pid(&self) -> u32 {
@@ -513,17 +584,19 @@ impl Mounted {
     /// Waits for the daemon to exit and returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let child = self.child.as_mut()?;
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = poll(within, || child.try_wait().unwrap().ok_or(())).ok()?;
+        self.child = None;
+        status.code()
+    }
+}
+
+/// The daemon's log file, read when it is shown.
+struct LogFile<'a>(&'a Path);
+
+impl std::fmt::Display for LogFile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = std::fs::read_to_string(self.0).unwrap_or_default();
+        write!(f, "the daemon's log:\n{text}")
     }
 }
 
@@ -541,14 +614,34 @@ impl Drop for Mounted {
             }
         }
         if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let _ = poll(Duration::from_secs(10), || {
+                child.try_wait().ok().flatten().ok_or(())
+            });
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Unmounts on drop (lazily, if still mounted), for mounts made by hand
+/// rather than by [`Mounted`].
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// `s3mount refresh PATH`: refreshes the listing of PATH's directory.
+pub fn refresh(path: &Path) -> Output {
+    Command::new(BIN)
+        .arg("refresh")
+        .arg(path)
+        .output()
+        .expect("run s3mount refresh")
 }
 
 /// Runs a command with a time limit; returns its output.
@@ -559,21 +652,15 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "command did not finish within {limit:?}; stderr so far: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if poll(limit, || child.try_wait().unwrap().ok_or(())).is_err() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "command did not finish within {limit:?}; stderr so far: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    child.wait_with_output().unwrap()
 }
 
 /// Runs a shell command line, returning (exit code, stdout, stderr).

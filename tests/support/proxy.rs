@@ -55,27 +55,13 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to `upstream` (host:port) on a free loopback port.
     pub fn start(upstream: &str) -> FaultProxy {
-        let upstream: SocketAddr = upstream.parse().expect("upstream host:port");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
-        let s = shared.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if s.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let s = s.clone();
-                std::thread::spawn(move || serve(client, upstream, s));
-            }
-        });
+        let (addr, shared) = super::start_proxy(upstream, accept_loop);
         FaultProxy { addr, shared }
     }
 
     /// `http://127.0.0.1:PORT`, for --endpoint-url.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        super::http_url(self.addr)
     }
 
     pub fn set(&self, faults: Faults) {
@@ -123,6 +109,17 @@ impl Drop for FaultProxy {
         self.shared.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so it sees the stop flag.
         let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn accept_loop(listener: TcpListener, _addr: SocketAddr, upstream: SocketAddr, s: Arc<Shared>) {
+    for client in listener.incoming() {
+        if s.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Ok(client) = client else { continue };
+        let s = s.clone();
+        std::thread::spawn(move || serve(client, upstream, s));
     }
 }
 

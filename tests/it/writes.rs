@@ -3,25 +3,16 @@
 //! everyday operations (rm, mkdir, rmdir, overwrite), the cautious-mode
 //! options and read-only mode.
 
-mod support;
-
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::proxy::Faults;
-use support::*;
-
-fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
-    match r {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    }
-}
+use crate::support::drop_folder::{DropFolder, Names, Problem, Publish};
+use crate::support::proxy::Faults;
+use crate::support::*;
 
 /// Size of file `j` of a producer: mostly small, some of several MiB, one
 /// large one per run.
@@ -38,128 +29,27 @@ fn drop_folder_pipeline_moves_every_file_exactly_once() {
     let s3 = TestS3::start();
     let b = s3.bucket("pipeline");
     let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("incoming")).unwrap();
-    std::fs::create_dir(root.join("processed")).unwrap();
-
     let producers = 3;
     let per_producer = env_u64("S3MOUNT_TEST_PIPELINE_FILES", 70) as usize;
-    let src = TempDir::new("pipeline-src");
-    let mut expected = BTreeMap::new();
-    for p in 0..producers {
-        let dir = src.path().join(format!("p{p}"));
-        std::fs::create_dir(&dir).unwrap();
-        for j in 0..per_producer {
-            let name = format!("p{p}-f{j:03}.bin");
-            let path = dir.join(&name);
-            std::fs::write(
-                &path,
-                random_bytes(pipeline_size(p, j), (p * 1000 + j) as u64),
-            )
-            .unwrap();
-            expected.insert(name, sha256_of(&path));
-        }
-    }
-
-    let started = Instant::now();
-    let mut children: Vec<_> = (0..producers)
-        .map(|p| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "for f in '{}'/p{p}/*; do cp \"$f\" '{}/incoming/' || exit 1; done",
-                    src.path().display(),
-                    root.display()
-                ))
-                .spawn()
-                .expect("start producer")
-        })
+    // File p{p}-f{j}.bin of producer p.
+    let body = |name: &str| {
+        let (p, j) = name
+            .strip_prefix('p')?
+            .strip_suffix(".bin")?
+            .split_once("-f")?;
+        let (p, j): (usize, usize) = (p.parse().ok()?, j.parse().ok()?);
+        (p < producers && j < per_producer)
+            .then(|| random_bytes(pipeline_size(p, j), (p * 1000 + j) as u64))
+    };
+    let report = |problem: Problem| panic!("{problem}\n{}", m.log());
+    let folder = DropFolder::new(&m.path(), &body, &report);
+    // Three `cp` processes, each copying its files straight into incoming/.
+    let names: Vec<Names> = (0..producers)
+        .map(|p| Box::new((0..per_producer).map(move |j| format!("p{p}-f{j:03}.bin"))) as Names)
         .collect();
-
-    // The loader: list incoming/, take up to 10 files, verify, move.
-    let mut moved = BTreeSet::new();
-    let mut producers_done = false;
-    loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "pipeline did not finish in 10 minutes"
-        );
-        if !producers_done {
-            producers_done = children.iter_mut().all(|c| c.try_wait().unwrap().is_some());
-        }
-        let batch: Vec<String> = names(&root.join("incoming")).into_iter().take(10).collect();
-        if batch.is_empty() {
-            if producers_done {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        for name in batch {
-            let path = root.join("incoming").join(&name);
-            let want = expected
-                .get(&name)
-                .unwrap_or_else(|| panic!("unexpected file {name} in incoming/"));
-            assert_eq!(
-                &sha256_of(&path),
-                want,
-                "{name}: the loader saw other bytes than the producer wrote"
-            );
-            std::fs::rename(&path, root.join("processed").join(&name))
-                .unwrap_or_else(|e| panic!("mv {name}: {e}"));
-            assert!(moved.insert(name.clone()), "{name} moved twice");
-        }
-    }
-    for mut c in children {
-        assert!(
-            c.wait().unwrap().success(),
-            "a producer's cp failed:\n{}",
-            m.log_text()
-        );
-    }
-    eprintln!(
-        "pipeline: {} files in {:.1}s",
-        moved.len(),
-        started.elapsed().as_secs_f64()
-    );
-
-    let want: BTreeSet<String> = expected.keys().cloned().collect();
-    assert_eq!(moved, want, "every file was loaded exactly once");
-    assert!(
-        names(&root.join("incoming")).is_empty(),
-        "incoming/ is empty through the mount"
-    );
-    assert_eq!(
-        names(&root.join("processed"))
-            .into_iter()
-            .collect::<BTreeSet<_>>(),
-        want
-    );
-
-    // Directly in S3: every object under processed/ with the producer's bytes.
-    let keys = b.keys();
-    let in_processed = b.names_under("processed");
-    assert_eq!(in_processed, want, "objects under processed/ in S3");
-    let left: Vec<_> = keys
-        .iter()
-        .filter(|k| k.starts_with("incoming/") && *k != "incoming/")
-        .collect();
-    assert!(
-        left.is_empty(),
-        "objects left under incoming/ in S3: {left:?}"
-    );
-    for (p, j) in [(0, 0), (1, 6), (2, 3)] {
-        let name = format!("p{p}-f{j:03}.bin");
-        let body = b.get(&format!("processed/{name}"));
-        assert!(
-            body == std::fs::read(src.path().join(format!("p{p}")).join(&name)).unwrap(),
-            "{name} differs in S3"
-        );
-    }
-    assert!(
-        b.open_multipart_uploads().is_empty(),
-        "no multipart upload left open"
-    );
+    let outcome = folder.run(Publish::Cp, names, Duration::from_secs(600));
+    assert_eq!(outcome.produced.len(), producers * per_producer);
+    folder.check(&b, &outcome);
 }
 
 #[test]
@@ -179,19 +69,21 @@ fn a_crash_during_a_large_upload_leaves_no_partial_object_and_deletes_nothing() 
         .spawn()
         .expect("start dd");
     // Wait until parts are on their way: the multipart upload exists.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !b.open_multipart_uploads().iter().any(|k| k == "big.bin") {
-        assert!(
-            Instant::now() < deadline,
-            "no multipart upload started:\n{}",
-            m.log_text()
-        );
-        assert!(
-            writer.try_wait().unwrap().is_none(),
-            "dd ended before the crash"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually_ok(
+        "the multipart upload of big.bin to start",
+        Duration::from_secs(60),
+        || {
+            assert!(
+                writer.try_wait().unwrap().is_none(),
+                "dd ended before the crash"
+            );
+            if b.open_multipart_uploads().iter().any(|k| k == "big.bin") {
+                Ok(())
+            } else {
+                Err(m.log())
+            }
+        },
+    );
     m.kill();
     let _ = writer.kill();
     let _ = writer.wait();
@@ -312,48 +204,80 @@ fn renaming_a_large_file_copies_it_in_parts() {
     assert!(std::fs::read(m.path().join("two.bin")).unwrap() == body);
 }
 
-#[test]
-fn everyday_operations_change_the_bucket() {
-    let s3 = TestS3::start();
-    let b = s3.bucket("everyday");
-    let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
+// The everyday operations, each as it changes the bucket.
 
-    std::fs::create_dir(root.join("newdir")).unwrap();
+/// A fresh bucket, mounted, with `newdir/` made through the mount and
+/// `files` (name, contents) written into it. Fields drop in order: the
+/// mount goes before the bucket, the bucket before its server.
+struct NewDir {
+    m: Mounted,
+    b: TestBucket,
+    _s3: TestS3,
+}
+
+fn newdir(tag: &str, files: &[(&str, &str)]) -> NewDir {
+    let s3 = TestS3::start();
+    let b = s3.bucket(tag);
+    let m = Mounted::start(&s3, &b.name, &[]);
+    std::fs::create_dir(m.path().join("newdir")).unwrap();
+    for (name, contents) in files {
+        std::fs::write(m.path().join("newdir").join(name), contents).unwrap();
+    }
+    NewDir { m, b, _s3: s3 }
+}
+
+impl NewDir {
+    /// `newdir/NAME` through the mount.
+    fn path(&self, name: &str) -> PathBuf {
+        self.m.path().join("newdir").join(name)
+    }
+}
+
+#[test]
+fn mkdir_stores_a_marker_and_a_second_mkdir_is_eexist() {
+    let d = newdir("mkdir", &[]);
     assert!(
-        b.keys().contains(&"newdir/".to_string()),
+        d.b.keys().contains(&"newdir/".to_string()),
         "mkdir stores a marker"
     );
     assert_eq!(
-        errno_of(std::fs::create_dir(root.join("newdir"))),
+        errno_of(std::fs::create_dir(d.m.path().join("newdir"))),
         libc::EEXIST
     );
+}
 
-    std::fs::write(root.join("newdir/a.txt"), "one").unwrap();
-    std::fs::write(root.join("newdir/a.txt"), "two!").unwrap();
+#[test]
+fn overwriting_a_file_stores_the_new_bytes() {
+    let d = newdir("overwrite", &[("a.txt", "one")]);
+    std::fs::write(d.path("a.txt"), "two!").unwrap();
+    assert_eq!(std::fs::read_to_string(d.path("a.txt")).unwrap(), "two!");
+    assert_eq!(d.b.get("newdir/a.txt"), b"two!");
+}
+
+#[test]
+fn rmdir_of_a_directory_with_files_is_enotempty() {
+    let d = newdir("notempty", &[("a.txt", "two!")]);
     assert_eq!(
-        std::fs::read_to_string(root.join("newdir/a.txt")).unwrap(),
-        "two!"
-    );
-    assert_eq!(b.get("newdir/a.txt"), b"two!");
-    assert_eq!(
-        errno_of(std::fs::remove_dir(root.join("newdir"))),
+        errno_of(std::fs::remove_dir(d.m.path().join("newdir"))),
         libc::ENOTEMPTY
     );
+    assert_eq!(d.b.get("newdir/a.txt"), b"two!");
+}
 
-    std::fs::write(root.join("newdir/b.txt"), "bee").unwrap();
-    std::fs::rename(root.join("newdir/b.txt"), root.join("newdir/a.txt")).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(root.join("newdir/a.txt")).unwrap(),
-        "bee"
-    );
-    assert_eq!(b.get("newdir/a.txt"), b"bee");
-    assert!(!b.keys().contains(&"newdir/b.txt".to_string()));
+#[test]
+fn a_rename_onto_an_existing_file_replaces_it() {
+    let d = newdir("replace", &[("a.txt", "two!"), ("b.txt", "bee")]);
+    std::fs::rename(d.path("b.txt"), d.path("a.txt")).unwrap();
+    assert_eq!(std::fs::read_to_string(d.path("a.txt")).unwrap(), "bee");
+    assert_eq!(d.b.get("newdir/a.txt"), b"bee");
+    assert!(!d.b.keys().contains(&"newdir/b.txt".to_string()));
+}
 
-    // renameat2(RENAME_NOREPLACE) onto an existing name is refused.
-    std::fs::write(root.join("newdir/c.txt"), "sea").unwrap();
+#[test]
+fn rename_noreplace_onto_an_existing_name_is_eexist() {
+    let d = newdir("noreplace", &[("a.txt", "bee"), ("c.txt", "sea")]);
     let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    let (from, to) = (c(&root.join("newdir/c.txt")), c(&root.join("newdir/a.txt")));
+    let (from, to) = (c(&d.path("c.txt")), c(&d.path("a.txt")));
     // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::renameat2(
@@ -368,49 +292,65 @@ fn everyday_operations_change_the_bucket() {
         (rc, std::io::Error::last_os_error().raw_os_error()),
         (-1, Some(libc::EEXIST))
     );
+    assert_eq!(d.b.get("newdir/a.txt"), b"bee");
+    assert_eq!(d.b.get("newdir/c.txt"), b"sea");
+}
 
-    // Appending stores the object again with the new bytes at its end.
+#[test]
+fn appending_stores_the_object_again_with_the_new_bytes_at_its_end() {
+    let d = newdir("append", &[("a.txt", "bee")]);
     let mut f = OpenOptions::new()
         .append(true)
-        .open(root.join("newdir/a.txt"))
+        .open(d.path("a.txt"))
         .unwrap();
     f.write_all(b"more").unwrap();
     drop(f);
-    assert_eq!(b.get("newdir/a.txt"), b"beemore");
+    assert_eq!(d.b.get("newdir/a.txt"), b"beemore");
+}
 
-    // Tools that set modes and times after copying succeed.
+#[test]
+fn tools_that_set_modes_and_times_after_copying_succeed() {
+    let d = newdir("modes", &[]);
     let local = TempDir::new("everyday-src");
     std::fs::write(local.path().join("p.txt"), "preserved").unwrap();
     let (code, _, err) = sh(&format!(
         "cp -p '{}' '{}/' && touch '{}' && chmod 600 '{}'",
         local.path().join("p.txt").display(),
-        root.join("newdir").display(),
-        root.join("newdir/p.txt").display(),
-        root.join("newdir/p.txt").display()
+        d.m.path().join("newdir").display(),
+        d.path("p.txt").display(),
+        d.path("p.txt").display()
     ));
     assert_eq!(code, 0, "cp -p, touch, chmod: {err}");
-    assert_eq!(b.get("newdir/p.txt"), b"preserved");
-    std::fs::remove_file(root.join("newdir/p.txt")).unwrap();
+    assert_eq!(d.b.get("newdir/p.txt"), b"preserved");
+}
 
-    std::fs::remove_file(root.join("newdir/a.txt")).unwrap();
-    std::fs::remove_file(root.join("newdir/c.txt")).unwrap();
+#[test]
+fn an_emptied_directory_keeps_its_marker_until_rmdir() {
+    let files = [("a.txt", "bee"), ("c.txt", "sea"), ("p.txt", "preserved")];
+    let d = newdir("rmdir", &files);
+    for (name, _) in files {
+        std::fs::remove_file(d.path(name)).unwrap();
+    }
+    let root = d.m.path();
     assert!(names(&root.join("newdir")).is_empty());
     assert_eq!(
-        b.keys(),
+        d.b.keys(),
         vec!["newdir/".to_string()],
         "the emptied directory stays"
     );
     std::fs::remove_dir(root.join("newdir")).unwrap();
     assert!(
-        b.keys().is_empty(),
+        d.b.keys().is_empty(),
         "rmdir removes the marker: {:?}",
-        b.keys()
+        d.b.keys()
     );
     assert!(names(&root).is_empty());
+}
 
-    // Writes may go back into the part not yet sent, and leave holes.
-    let path = root.join("patched.bin");
-    let mut f = std::fs::File::create(&path).unwrap();
+#[test]
+fn writes_into_the_part_not_yet_sent_and_holes_arrive_as_written() {
+    let d = newdir("patched", &[]);
+    let mut f = std::fs::File::create(d.path("patched.bin")).unwrap();
     f.write_all(&vec![b'a'; 1 << 20]).unwrap();
     f.write_all_at(b"HEADER", 0).unwrap();
     f.seek(SeekFrom::Start(3 << 20)).unwrap();
@@ -422,12 +362,15 @@ fn everyday_operations_change_the_bucket() {
     want.resize(3 << 20, 0);
     want.extend_from_slice(b"tail");
     assert!(
-        b.get("patched.bin") == want,
+        d.b.get("newdir/patched.bin") == want,
         "patched and sparse writes arrive as written"
     );
+}
 
-    // ... but not into a part already uploaded.
-    let mut f = std::fs::File::create(root.join("long.bin")).unwrap();
+#[test]
+fn a_write_into_a_part_already_uploaded_is_eopnotsupp() {
+    let d = newdir("uploaded", &[]);
+    let mut f = std::fs::File::create(d.path("long.bin")).unwrap();
     f.write_all(&random_bytes(40 << 20, 3)).unwrap();
     assert_eq!(errno_of(f.write_all_at(b"late", 0)), libc::EOPNOTSUPP);
 }

@@ -3,13 +3,11 @@
 //! refresh, a broken database is rebuilt, and a stale directory is
 //! refreshed once however many readers ask.
 
-mod support;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn populate(b: &TestBucket) {
     for d in 0..5 {
@@ -94,14 +92,11 @@ fn changes_in_s3_show_after_the_ttl_and_after_a_forced_refresh() {
         "a fresh listing is served without asking S3"
     );
     std::thread::sleep(Duration::from_millis(2200));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while names(&dir) != ["a", "b"] {
-        assert!(
-            Instant::now() < deadline,
-            "the new object never showed after the TTL"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the new object to show after the TTL",
+        Duration::from_secs(10),
+        || names(&dir) == ["a", "b"],
+    );
     drop(m);
 
     // A long TTL, then a forced refresh of one directory.
@@ -110,11 +105,7 @@ fn changes_in_s3_show_after_the_ttl_and_after_a_forced_refresh() {
     assert_eq!(names(&dir), ["a", "b"]);
     b.put("dir/c", b"c".to_vec());
     assert_eq!(names(&dir), ["a", "b"]);
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = refresh(&dir);
     assert!(
         out.status.success(),
         "refresh failed: {}",
@@ -127,21 +118,13 @@ fn changes_in_s3_show_after_the_ttl_and_after_a_forced_refresh() {
     );
     // Refreshing through a file refreshes its directory.
     b.put("dir/d", b"d".to_vec());
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(dir.join("a"))
-        .output()
-        .unwrap();
+    let out = refresh(&dir.join("a"));
     assert!(out.status.success());
     assert_eq!(names(&dir), ["a", "b", "c", "d"]);
 
     // A path outside any mount gets a clear error.
     let outside = TempDir::new("outside");
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(outside.path())
-        .output()
-        .unwrap();
+    let out = refresh(outside.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not inside an s3mount mount"));
 }
@@ -378,7 +361,7 @@ fn the_first_readdir_of_a_big_directory_starts_before_its_listing_ends() {
     let m = Mounted::start_at(&endpoint, &b.name, &[]);
     // Resolve `big` first, then slow every response down: 4 pages of 1,000.
     assert!(m.path().join("big").is_dir());
-    proxy.set(support::proxy::Faults {
+    proxy.set(crate::support::proxy::Faults {
         first_byte_delay: Duration::from_millis(300),
         ..Default::default()
     });
@@ -447,18 +430,20 @@ PY",
 /// daemon holds fewer than `below` inodes: the kernel forgot what it held.
 fn drop_inodes_and_wait(addr: &str, below: f64) {
     std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop the kernel's inode cache");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let held = value(&scrape(addr), "s3mount_inodes").unwrap();
-        if held < below {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{held} inodes still held after the kernel dropped its caches"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_ok(
+        format_args!("the daemon to hold fewer than {below} inodes"),
+        Duration::from_secs(30),
+        || {
+            let held = value(&scrape(addr), "s3mount_inodes").unwrap();
+            if held < below {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{held} inodes still held after the kernel dropped its caches"
+                ))
+            }
+        },
+    );
 }
 
 /// The daemon's RSS in KiB once the kernel has forgotten (almost) every

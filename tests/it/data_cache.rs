@@ -3,15 +3,13 @@
 //! a replaced object is never served from the old version's blocks; the
 //! cache keeps to its size; two mounts share one directory.
 
-mod support;
-
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 /// Object GETs (not listings) the proxy has forwarded so far.
-fn object_gets(proxy: &support::proxy::FaultProxy) -> usize {
+fn object_gets(proxy: &crate::support::proxy::FaultProxy) -> usize {
     proxy
         .requests()
         .iter()
@@ -21,18 +19,20 @@ fn object_gets(proxy: &support::proxy::FaultProxy) -> usize {
 
 /// Waits until the mount has written `bytes` to its disk cache.
 fn wait_written(addr: &str, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let written = value(&scrape(addr), "s3mount_data_cache_written_bytes_total").unwrap();
-        if written >= bytes as f64 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {written} of {bytes} bytes reached the disk cache"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually_ok(
+        format_args!("{bytes} bytes to reach the disk cache"),
+        Duration::from_secs(30),
+        || {
+            let written = value(&scrape(addr), "s3mount_data_cache_written_bytes_total").unwrap();
+            if written >= bytes as f64 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "only {written} of {bytes} bytes reached the disk cache"
+                ))
+            }
+        },
+    );
 }
 
 fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -178,11 +178,7 @@ fn a_replaced_object_is_never_served_from_the_old_blocks() {
     wait_written(&addr, f.total());
     let new = random_bytes(3 << 20, 99);
     f.b.put("mid.bin", new.clone());
-    let out = std::process::Command::new(BIN)
-        .arg("refresh")
-        .arg(m.path())
-        .output()
-        .unwrap();
+    let out = refresh(&m.path());
     assert!(
         out.status.success(),
         "{}",
@@ -212,23 +208,25 @@ fn the_cache_keeps_to_its_size_under_a_larger_working_set() {
     f.read_all(&m);
     let cache = f.dirs.path().join("data");
     let limit = 8u64 << 20;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let held: u64 = cache_files(&cache)
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        // One unit (1 MiB) may land while the sweep runs.
-        if held <= limit + (1 << 20) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cache holds {held} bytes over its {limit}-byte limit"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_ok(
+        "the cache to keep to its size",
+        Duration::from_secs(20),
+        || {
+            let held: u64 = cache_files(&cache)
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            // One unit (1 MiB) may land while the sweep runs.
+            if held <= limit + (1 << 20) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the cache holds {held} bytes over its {limit}-byte limit"
+                ))
+            }
+        },
+    );
     assert!(value(&scrape(&addr), "s3mount_data_cache_evictions_total").unwrap() > 0.0);
 }
 

@@ -2,15 +2,13 @@
 //! notify protocol, auto-unmount after a crash, metrics and `--count-dir`,
 //! JSON logs, shutdown with an upload in flight, and `s3mount doctor`.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const HELPER: &str = "/sbin/mount.fuse.s3mount";
 
@@ -46,17 +44,6 @@ impl Drop for HelperLink {
     }
 }
 
-/// Unmounts on drop, for mounts made by mount(8) rather than [`Mounted`].
-struct UnmountOnDrop(PathBuf);
-
-impl Drop for UnmountOnDrop {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 /// A fresh mountpoint `m` in a temporary directory, unmounted on drop, for
 /// mounts made by hand rather than by [`Mounted`].
 fn mountpoint(tag: &str) -> (TempDir, PathBuf, UnmountOnDrop) {
@@ -75,14 +62,6 @@ fn bare_command(program: &str) -> Command {
         .env("HOME", std::env::temp_dir())
         .env("AWS_EC2_METADATA_DISABLED", "true");
     cmd
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn fstype(mountpoint: &Path) -> String {
@@ -145,7 +124,7 @@ fn mount_t_fuse_s3mount_and_fstab_lines_work() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mounted(&mnt));
-    wait_until(
+    eventually(
         "the daemon to exit after umount",
         Duration::from_secs(10),
         || processes_mentioning(&mnt.to_string_lossy()).is_empty(),
@@ -250,14 +229,11 @@ fn systemd_notify_ready_only_once_mounted_and_stopping_on_sigterm() {
     let n = socket.recv(&mut buf).expect("no STOPPING notification");
     let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = eventually_ok(
+        "the daemon to exit after SIGTERM",
+        Duration::from_secs(15),
+        || daemon.0.try_wait().unwrap().ok_or("still running"),
+    );
     assert_eq!(status.code(), Some(0));
     assert!(!is_mounted(&mnt));
 }
@@ -274,14 +250,14 @@ fn auto_unmount_clears_the_mount_of_a_killed_daemon() {
     // SAFETY: killing our own child process, as a crash would.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     assert_eq!(mounted.wait_exit(Duration::from_secs(10)), None);
-    wait_until(
+    eventually(
         "the watchdog to unmount the dead mount",
         Duration::from_secs(10),
         || !is_mounted(&path),
     );
     // The directory is usable again, not "Transport endpoint is not connected".
     std::fs::read_dir(&path).expect("mountpoint readable after auto-unmount");
-    wait_until("the watchdog to exit", Duration::from_secs(10), || {
+    eventually("the watchdog to exit", Duration::from_secs(10), || {
         processes_mentioning(&path.to_string_lossy()).is_empty()
     });
 }
@@ -331,8 +307,8 @@ fn metrics_move_during_a_read_and_count_dir_follows_the_drop_folder() {
 
     let count = r#"s3mount_dir_objects{path="incoming"}"#;
     let gauge = |want: f64| {
-        wait_until(
-            &format!("the incoming/ gauge to read {want}"),
+        eventually(
+            format_args!("the incoming/ gauge to read {want}"),
             Duration::from_secs(20),
             || value(&scrape(&addr), count) == Some(want),
         )
@@ -402,7 +378,7 @@ fn sigterm_with_an_upload_in_flight_leaves_nothing_half_written() {
     std::fs::write(mounted.path().join("closed.bin"), random_bytes(1 << 20, 2)).unwrap();
     let mut open = std::fs::File::create(mounted.path().join("open.bin")).unwrap();
     open.write_all(&random_bytes(16 << 20, 3)).unwrap();
-    wait_until(
+    eventually(
         "the multipart upload to start",
         Duration::from_secs(20),
         || !bucket.open_multipart_uploads().is_empty(),
@@ -421,6 +397,32 @@ fn sigterm_with_an_upload_in_flight_leaves_nothing_half_written() {
         bucket.open_multipart_uploads().is_empty(),
         "an aborted upload is still open"
     );
+}
+
+/// `s3mount doctor TARGET EXTRA...` against `endpoint`, within `limit`.
+fn doctor(endpoint: &Endpoint, target: &str, extra: &[&str], limit: Duration) -> Output {
+    let mut cmd = s3mount_command(endpoint);
+    cmd.arg("doctor")
+        .arg(target)
+        .args(endpoint_args(endpoint))
+        .args(extra);
+    run_with_timeout(cmd, limit)
+}
+
+/// The report of `s3mount doctor --json`, which must succeed.
+fn doctor_report(
+    endpoint: &Endpoint,
+    target: &str,
+    extra: &[&str],
+    limit: Duration,
+) -> serde_json::Value {
+    let out = doctor(endpoint, target, &[&["--json"], extra].concat(), limit);
+    assert!(
+        out.status.success(),
+        "doctor on {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -446,21 +448,14 @@ fn doctor_answers_quickly_on_every_kind_of_prefix() {
             Some(true),
         ),
     ] {
-        let mut cmd = s3mount_command(&s3.endpoint);
-        cmd.arg("doctor")
-            .arg(format!("{}/{prefix}", bucket.name))
-            .args(endpoint_args(&s3.endpoint))
-            .arg("--json")
-            .stdin(Stdio::null());
         // It used to spin on prefixes of small objects: a bound, not a
         // performance figure.
-        let out = run_with_timeout(cmd, Duration::from_secs(90));
-        assert!(
-            out.status.success(),
-            "doctor on {prefix}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let report = doctor_report(
+            &s3.endpoint,
+            &format!("{}/{prefix}", bucket.name),
+            &[],
+            Duration::from_secs(90),
         );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["objects"]["count"], objects, "{prefix}");
         assert_eq!(report["permissions"]["read"].as_bool(), read, "{prefix}");
     }
@@ -468,27 +463,16 @@ fn doctor_answers_quickly_on_every_kind_of_prefix() {
 
 #[test]
 fn doctor_on_a_huge_object_and_on_a_key_it_may_not_read() {
-    use support::http_proxy::{Fault, Kind, Rule};
+    use crate::support::http_proxy::{Fault, Kind, Rule};
     let s3 = TestS3::start();
     let bucket = s3.bucket("doctor-edge");
     bucket.put("huge/one.bin", random_bytes(1 << 30, 9));
     bucket.put("secret/key.txt", "not for you");
-    let doctor = |endpoint: &Endpoint, prefix: &str| {
-        let mut cmd = s3mount_command(endpoint);
-        cmd.arg("doctor")
-            .arg(format!("{}/{prefix}", bucket.name))
-            .args(endpoint_args(endpoint))
-            .arg("--json")
-            .stdin(Stdio::null());
-        let out = run_with_timeout(cmd, Duration::from_secs(120));
-        assert!(
-            out.status.success(),
-            "doctor on {prefix}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    let report_on = |endpoint: &Endpoint, prefix: &str| {
+        let target = format!("{}/{prefix}", bucket.name);
+        doctor_report(endpoint, &target, &[], Duration::from_secs(120))
     };
-    let report = doctor(&s3.endpoint, "huge");
+    let report = report_on(&s3.endpoint, "huge");
     assert_eq!(report["objects"]["count"], 1);
     assert_eq!(report["permissions"]["read"].as_bool(), Some(true));
 
@@ -501,7 +485,7 @@ fn doctor_on_a_huge_object_and_on_a_key_it_may_not_read() {
         &[Kind::Head, Kind::Get],
     )]);
     let started = std::time::Instant::now();
-    let report = doctor(&endpoint, "secret");
+    let report = report_on(&endpoint, "secret");
     assert_eq!(
         report["permissions"]["read"].as_bool(),
         Some(false),
@@ -526,23 +510,9 @@ fn doctor_measures_and_advises() {
     for i in 0..20 {
         bucket.put(&format!("logs/small/{i}.json"), format!("{{\"n\":{i}}}"));
     }
-    let doctor = |extra: &[&str]| {
-        let mut cmd = s3mount_command(&s3.endpoint);
-        cmd.arg("doctor")
-            .arg(format!("{}/logs", bucket.name))
-            .args(endpoint_args(&s3.endpoint))
-            .args(["--transfer", "32M"])
-            .args(extra)
-            .stdin(Stdio::null());
-        run_with_timeout(cmd, Duration::from_secs(120))
-    };
-    let out = doctor(&["--json"]);
-    assert!(
-        out.status.success(),
-        "doctor failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let target = format!("{}/logs", bucket.name);
+    let transfer = ["--transfer", "32M"];
+    let report = doctor_report(&s3.endpoint, &target, &transfer, Duration::from_secs(120));
     assert_eq!(report["objects"]["count"], 21);
     assert_eq!(report["permissions"]["read"], true);
     assert_eq!(report["probe_object"], "logs/big.bin");
@@ -573,7 +543,7 @@ fn doctor_measures_and_advises() {
         "{advice:?}"
     );
 
-    let table = doctor(&[]);
+    let table = doctor(&s3.endpoint, &target, &transfer, Duration::from_secs(120));
     assert!(table.status.success());
     let text = String::from_utf8_lossy(&table.stdout);
     for row in [
@@ -586,11 +556,12 @@ fn doctor_measures_and_advises() {
     }
 
     // A bucket that does not exist: the mount's one-line error, exit 1.
-    let mut cmd = s3mount_command(&s3.endpoint);
-    cmd.arg("doctor")
-        .arg("no-such-bucket-s3mount-doctor")
-        .args(endpoint_args(&s3.endpoint));
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let out = doctor(
+        &s3.endpoint,
+        "no-such-bucket-s3mount-doctor",
+        &[],
+        Duration::from_secs(60),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -630,7 +601,7 @@ fn auto_unmount_watchdog_leaves_a_later_mount_at_the_same_path_alone() {
     assert_eq!(names(&mnt), vec!["a.txt"]);
     let out = Command::new("umount").arg(&mnt).output().unwrap();
     assert!(out.status.success());
-    wait_until(
+    eventually(
         "both daemons and watchdogs to exit",
         Duration::from_secs(10),
         || processes_mentioning(&mnt.to_string_lossy()).is_empty(),

@@ -1,11 +1,9 @@
 //! End-to-end: a real S3 server, the built binary, real FUSE, ordinary tools.
 
-mod support;
-
 use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, UNIX_EPOCH};
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn shows_the_tree_and_reads_every_file_byte_identical() {

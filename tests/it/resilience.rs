@@ -2,12 +2,10 @@
 //! and the S3 server: broken connections are resumed from the exact byte
 //! where they broke, and stalled ones are abandoned.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::proxy::Faults;
-use support::*;
+use crate::support::proxy::Faults;
+use crate::support::*;
 
 #[test]
 fn reads_survive_connection_resets_with_identical_bytes() {

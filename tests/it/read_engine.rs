@@ -3,11 +3,9 @@
 //! a columnar reader's projection fetches a fraction of the file, memory
 //! stays within `--memory-limit`, and mmap reads the same bytes.
 
-mod support;
-
 use std::os::unix::fs::FileExt;
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn random_reads_fetch_close_to_what_was_read() {

@@ -5,17 +5,16 @@
 //! server-side copy, in-place changes, the conflict rule, unlink of open
 //! files, mknod, long names, Content-Type). Each result is checked in S3.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::*;
+use crate::support::drop_folder::{DropFolder, Names, Publish};
+use crate::support::*;
 
 /// Fails the test, saying what to install, when a tool is missing.
 fn need(tool: &str) {
@@ -358,87 +357,30 @@ fn atomic_producers_and_a_loader_lose_nothing_and_leave_nothing() {
     let s3 = TestS3::start();
     let b = s3.bucket("atomic");
     let m = Mounted::start(&s3, &b.name, &[]);
-    let root = m.path();
-    std::fs::create_dir(root.join("incoming")).unwrap();
-    std::fs::create_dir(root.join("processed")).unwrap();
     let producers = 4;
     let per = env_u64("S3MOUNT_TEST_ATOMIC_FILES", 125) as usize;
     let size = |p: usize, j: usize| [0, 0, 10, 5000, 100_000][(p + j) % 5];
-    let src = TempDir::new("atomic-src");
-    for p in 0..producers {
-        std::fs::create_dir(src.path().join(format!("p{p}"))).unwrap();
-        for j in 0..per {
-            let data = random_bytes(size(p, j), (p * per + j) as u64);
-            std::fs::write(src.path().join(format!("p{p}/p{p}-{j:04}.dat")), data).unwrap();
-        }
-    }
+    let body = |name: &str| {
+        let (p, j) = name
+            .strip_prefix('p')?
+            .strip_suffix(".dat")?
+            .split_once('-')?;
+        let (p, j): (usize, usize) = (p.parse().ok()?, j.parse().ok()?);
+        (p < producers && j < per).then(|| random_bytes(size(p, j), (p * per + j) as u64))
+    };
+    let folder = DropFolder::new(&m.path(), &body, &DropFolder::strict);
     // Four producer processes, each publishing its files the atomic way:
     // cp to a hidden temporary name, then mv to the real one.
-    let children: Vec<std::process::Child> = (0..producers)
-        .map(|p| {
-            Command::new("bash")
-                .arg("-c")
-                .arg(format!(
-                    "set -e; cd '{src}/p{p}'; for f in *.dat; do cp \"$f\" '{inc}/'.\"$f\".tmp; mv '{inc}/'.\"$f\".tmp '{inc}/'\"$f\"; done",
-                    src = src.path().display(),
-                    inc = root.join("incoming").display()
-                ))
-                .spawn()
-                .unwrap()
-        })
+    let names: Vec<Names> = (0..producers)
+        .map(|p| Box::new((0..per).map(move |j| format!("p{p}-{j:04}.dat"))) as Names)
         .collect();
-    let mut producing = children;
-    let mut moved = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let finished = producing
-            .iter_mut()
-            .all(|c| c.try_wait().unwrap().is_some());
-        for name in names(&root.join("incoming")) {
-            if name.starts_with('.') {
-                continue;
-            }
-            std::fs::rename(
-                root.join("incoming").join(&name),
-                root.join("processed").join(&name),
-            )
-            .unwrap_or_else(|e| panic!("load {name}: {e}"));
-            moved.insert(name);
-        }
-        if finished && moved.len() == producers * per {
-            break;
-        }
-        if finished && names(&root.join("incoming")).is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "loader timed out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for mut c in producing {
-        assert!(c.wait().unwrap().success(), "a producer failed");
-    }
-    assert_eq!(moved.len(), producers * per, "every file loaded once");
-    let keys = b.keys();
-    let processed = b.names_under("processed");
+    let outcome = folder.run(Publish::CpThenMv, names, Duration::from_secs(300));
     assert_eq!(
-        processed.len(),
+        outcome.produced.len(),
         producers * per,
-        "every file once in processed/"
+        "every file loaded once"
     );
-    let leftovers: Vec<&String> = keys
-        .iter()
-        .filter(|k| k.starts_with("incoming/") && *k != "incoming/")
-        .collect();
-    assert!(leftovers.is_empty(), "nothing left over: {leftovers:?}");
-    for p in 0..producers {
-        for j in (0..per).step_by(17) {
-            let key = format!("processed/p{p}-{j:04}.dat");
-            assert!(
-                b.get(&key) == random_bytes(size(p, j), (p * per + j) as u64),
-                "{key}"
-            );
-        }
-    }
+    folder.check(&b, &outcome);
 }
 
 #[test]
@@ -610,15 +552,17 @@ fn limits_refuse_large_in_place_changes_and_a_full_spool_clearly() {
     assert_eq!(b.get("a.bin").len(), 1536 << 10);
     // Space comes back once a file is stored and released (the release
     // runs just after close returns, so give it a moment).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = std::fs::write(root.join("d.bin"), vec![3; 1 << 20]) {
-        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
-        assert!(
-            Instant::now() < deadline,
-            "the spool never got its space back"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        "the spool to get its space back",
+        Duration::from_secs(5),
+        || match std::fs::write(root.join("d.bin"), vec![3; 1 << 20]) {
+            Ok(()) => true,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                false
+            }
+        },
+    );
     assert_eq!(b.get("d.bin").len(), 1 << 20);
 }
 
@@ -640,11 +584,11 @@ fn unlinked_open_files_stay_readable_and_go_when_closed() {
     first.extend(rest);
     assert!(first == data, "an open descriptor reads the whole file");
     drop(r);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while b.keys().contains(&"r.bin".to_string()) {
-        assert!(Instant::now() < deadline, "deleted after the last close");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        "r.bin to be deleted after the last close",
+        Duration::from_secs(5),
+        || !b.keys().contains(&"r.bin".to_string()),
+    );
 
     // A file being written and unlinked is never stored.
     let mut w = std::fs::File::create(root.join("w.bin")).unwrap();

@@ -1,13 +1,11 @@
 //! Bad input fails before mounting: one clear line, non-zero exit, nothing
 //! mounted and no process left behind.
 
-mod support;
-
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 struct Failure {
     code: Option<i32>,
@@ -237,13 +235,7 @@ fn daemon_mode_returns_only_once_mounted() {
         .args(endpoint_args(&s3.endpoint));
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     // Unmount on every path out of this test.
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _guard = Unmount(dir.path());
+    let _guard = UnmountOnDrop(dir.path().to_owned());
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -258,14 +250,11 @@ fn daemon_mode_returns_only_once_mounted() {
     assert_eq!(processes_mentioning(&needle).len(), 1, "one daemon runs");
     let (code, _, err) = sh(&format!("umount '{}'", dir.path().display()));
     assert_eq!(code, 0, "{err}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !processes_mentioning(&needle).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "daemon did not exit after umount"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the daemon to exit after umount",
+        Duration::from_secs(10),
+        || processes_mentioning(&needle).is_empty(),
+    );
     // The background daemon's log survives its detaching from the terminal.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(

@@ -5,14 +5,12 @@
 //! byte, a lost file, or a hang. Also full disks under the spool and the
 //! catalog.
 
-mod support;
-
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::http_proxy::{Fault, Kind, Rule};
-use support::*;
+use crate::support::drop_folder::{DropFolder, Names, Publish};
+use crate::support::http_proxy::{Fault, Kind, Rule};
+use crate::support::*;
 
 /// About 10% of every request type fails: SlowDown (some with
 /// Retry-After), 500, 429, and bodies cut short.
@@ -39,104 +37,6 @@ fn ten_percent_faults() -> Vec<Rule> {
         Rule::every(Fault::Internal, 11, &[Kind::Copy]),
         Rule::every(Fault::Internal, 11, &[Kind::Delete]),
     ]
-}
-
-/// The drop-folder pipeline: producers write `files` files into incoming/
-/// (atomically: a dot-name, then rename), a loader `mv`s each one it sees to
-/// processed/. Returns what each processed file must hold.
-fn drop_folder_pipeline(mnt: &Path, files: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
-    std::fs::create_dir_all(mnt.join("incoming")).unwrap();
-    std::fs::create_dir_all(mnt.join("processed")).unwrap();
-    let expected: BTreeMap<String, Vec<u8>> = (0..files)
-        .map(|i| {
-            // Every tenth file is large enough to be a multipart upload.
-            let len = if i % 10 == 3 { 40 << 20 } else { 1000 + i * 37 };
-            (format!("f{i:04}.csv"), random_bytes(len, seed + i as u64))
-        })
-        .collect();
-    std::thread::scope(|scope| {
-        let producers: Vec<_> = [0usize, 1]
-            .into_iter()
-            .map(|p| {
-                let expected = &expected;
-                scope.spawn(move || {
-                    for (name, data) in expected.iter().skip(p).step_by(2) {
-                        let tmp = mnt.join("incoming").join(format!(".{name}.tmp"));
-                        std::fs::write(&tmp, data)
-                            .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
-                        std::fs::rename(&tmp, mnt.join("incoming").join(name))
-                            .unwrap_or_else(|e| panic!("rename {name} into place: {e}"));
-                    }
-                })
-            })
-            .collect();
-        let mut moved = 0;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while moved < files {
-            assert!(
-                Instant::now() < deadline,
-                "the loader moved only {moved} of {files} files"
-            );
-            for entry in std::fs::read_dir(mnt.join("incoming")).expect("list incoming") {
-                let name = entry.unwrap().file_name().into_string().unwrap();
-                if name.starts_with('.') {
-                    continue;
-                }
-                let out = std::process::Command::new("mv")
-                    .arg(mnt.join("incoming").join(&name))
-                    .arg(mnt.join("processed").join(&name))
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "mv {name}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                moved += 1;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for p in producers {
-            p.join().expect("producer");
-        }
-    });
-    expected
-}
-
-/// Checks in S3 that processed/ holds exactly the expected files, byte for
-/// byte, and that nothing is left in incoming/ or half-uploaded.
-fn check_pipeline_in_s3(b: &TestBucket, expected: &BTreeMap<String, Vec<u8>>) {
-    let keys = b.keys();
-    // (mkdir stored the directory marker `processed/`.)
-    let processed: Vec<&String> = keys
-        .iter()
-        .filter(|k| k.starts_with("processed/") && *k != "processed/")
-        .collect();
-    let wanted: Vec<String> = expected.keys().map(|n| format!("processed/{n}")).collect();
-    assert_eq!(
-        processed,
-        wanted.iter().collect::<Vec<_>>(),
-        "processed/ in S3"
-    );
-    for (name, data) in expected {
-        let got = b.get(&format!("processed/{name}"));
-        assert!(
-            got == *data,
-            "processed/{name} differs in S3 ({} bytes, expected {})",
-            got.len(),
-            data.len()
-        );
-    }
-    let leftovers: Vec<&String> = keys
-        .iter()
-        .filter(|k| k.starts_with("incoming/f"))
-        .collect();
-    assert!(leftovers.is_empty(), "left in incoming/: {leftovers:?}");
-    assert!(
-        b.open_multipart_uploads().is_empty(),
-        "multipart uploads left open: {:?}",
-        b.open_multipart_uploads()
-    );
 }
 
 #[test]
@@ -172,7 +72,19 @@ fn ten_percent_errors_on_every_request_type_lose_and_corrupt_nothing() {
                 .filter(|l| l.starts_with('-'))
                 .count()
         });
-        let expected = drop_folder_pipeline(&mnt, 60, 100);
+        // 60 files, every tenth large enough to be a multipart upload,
+        // published atomically by two producers.
+        let files = 60;
+        let body = |name: &str| {
+            let i: usize = name.strip_prefix('f')?.strip_suffix(".csv")?.parse().ok()?;
+            let len = if i % 10 == 3 { 40 << 20 } else { 1000 + i * 37 };
+            (i < files).then(|| random_bytes(len, 100 + i as u64))
+        };
+        let folder = DropFolder::new(&mnt, &body, &DropFolder::strict);
+        let names: Vec<Names> = (0..2)
+            .map(|p| Box::new((p..files).step_by(2).map(|i| format!("f{i:04}.csv"))) as Names)
+            .collect();
+        let outcome = folder.run(Publish::WriteThenRename, names, Duration::from_secs(600));
         let read = reader.join().expect("reader");
         assert!(
             read == big,
@@ -184,7 +96,8 @@ fn ten_percent_errors_on_every_request_type_lose_and_corrupt_nothing() {
             "ls -l many/ missed entries"
         );
         proxy.clear();
-        check_pipeline_in_s3(&b, &expected);
+        assert_eq!(outcome.produced.len(), files);
+        folder.check(&b, &outcome);
     });
     for kind in [
         Kind::Get,
@@ -334,9 +247,9 @@ fn an_outage_beyond_the_retry_timeout_gives_eio_and_the_mount_serves_again() {
         "no log line says why the operations failed:\n{}",
         m.log_text()
     );
-    while proxy.is_down() {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually("the outage to end", Duration::from_secs(60), || {
+        !proxy.is_down()
+    });
     assert!(
         std::fs::read(mnt.join("f.bin")).unwrap() == data,
         "read after the outage"
@@ -373,15 +286,10 @@ fn throttling_lowers_requests_in_flight_and_calm_raises_them_again() {
         let readers: Vec<_> = (0..2)
             .map(|i| scope.spawn(move || std::fs::read(mnt.join(format!("f{i}.bin"))).unwrap()))
             .collect();
-        let mut lowest = ceiling;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while lowest >= ceiling && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            lowest = lowest.min(limit());
-        }
-        assert!(
-            lowest < ceiling,
-            "the request limit stayed at {ceiling} under throttling"
+        eventually(
+            format_args!("the request limit to drop below {ceiling} under throttling"),
+            Duration::from_secs(20),
+            || limit() < ceiling,
         );
         proxy.clear();
         for r in readers {
@@ -461,39 +369,26 @@ fn malformed_listings_and_stalled_bodies_are_retried_then_reported() {
     assert_eq!(names(&mnt.join("d2")), ["only"], "the mount lists again");
 }
 
-/// A small tmpfs, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(path: std::path::PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&path).unwrap();
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
+/// Mounts a small tmpfs at `path`, unmounted on drop.
+fn mount_tmpfs(path: std::path::PathBuf, size: &str) -> UnmountOnDrop {
+    std::fs::create_dir_all(&path).unwrap();
+    let out = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cannot mount a tmpfs (needs root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    UnmountOnDrop(path)
 }
 
 #[test]
@@ -506,8 +401,8 @@ fn a_full_spool_disk_gives_enospc_and_a_full_catalog_disk_falls_back_to_memory()
     );
     b.put("f.txt", b"still readable".to_vec());
     let dirs = TempDir::new("fulldisk");
-    let spool = Tmpfs::mount(dirs.path().join("spool"), "4m");
-    let cache = Tmpfs::mount(dirs.path().join("cache"), "2m");
+    let spool = mount_tmpfs(dirs.path().join("spool"), "4m");
+    let cache = mount_tmpfs(dirs.path().join("cache"), "2m");
     let m = Mounted::start(
         &s3,
         &b.name,
