@@ -322,7 +322,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -331,7 +331,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         // Noted here, on the request loop's thread, so a request sent after
         // close(2) returned finds the file closing (see S3Fs::begin_release).
-        let Some(release) = contained("release", || self.fs.begin_release(fh.0)) else {
+        let Some(release) = contained("release", || self.fs.begin_release(ino.0, fh.0)) else {
             return reply.error(Errno::EIO);
         };
         self.spawn(

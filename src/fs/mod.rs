@@ -62,6 +62,9 @@ pub struct S3Fs<S: ObjectStore> {
     owner: Ownership,
     dir_handles: Mutex<HashMap<u64, DirSource>>,
     next_dir_handle: AtomicU64,
+    /// Read handles by inode, for fstat of a file unlinked while open (the
+    /// kernel asks by inode, and the catalog has forgotten the name).
+    read_handles: Mutex<HashMap<Ino, Vec<u64>>>,
     /// Set at shutdown: new writes are refused from then on.
     stopping: std::sync::atomic::AtomicBool,
     /// Fault injection for tests: a lookup of this name panics
@@ -86,6 +89,7 @@ impl<S: ObjectStore> S3Fs<S> {
             policy,
             owner,
             dir_handles: Mutex::new(HashMap::new()),
+            read_handles: Mutex::default(),
             next_dir_handle: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
             panic_on_lookup: std::env::var("S3MOUNT_TEST_PANIC_ON_LOOKUP").ok(),
@@ -175,7 +179,12 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         match self.catalog.entry(ino).await {
             Ok(entry) => Ok(self.attr(ino, &entry)),
-            Err(FsError::NotFound) => match fh.and_then(|fh| self.reader.open_size(fh)) {
+            // fstat reaches here without its handle (the kernel sends none
+            // for it): any read handle of the inode answers.
+            Err(FsError::NotFound) => match fh
+                .or_else(|| self.read_handle_of(ino))
+                .and_then(|fh| self.reader.open_size(fh))
+            {
                 Some(size) => Ok(self.file_attr_now(ino, size)),
                 None => Err(FsError::NotFound),
             },
@@ -201,7 +210,11 @@ impl<S: ObjectStore> S3Fs<S> {
         }
         let key = self.catalog.file_key(ino)?;
         match self.catalog.entry(ino).await?.kind {
-            EntryKind::File { size, etag } => Ok(self.reader.open(&key, &etag, size)),
+            EntryKind::File { size, etag } => {
+                let (fh, cache) = self.reader.open(&key, &etag, size);
+                self.read_handles.lock().entry(ino).or_default().push(fh);
+                Ok((fh, cache))
+            }
             EntryKind::Dir => Err(FsError::IsADirectory),
         }
     }
@@ -291,6 +304,21 @@ impl<S: ObjectStore> S3Fs<S> {
         let fh = self.next_dir_handle.fetch_add(1, Ordering::Relaxed);
         self.dir_handles.lock().insert(fh, source);
         Ok(fh)
+    }
+
+    fn read_handle_of(&self, ino: Ino) -> Option<u64> {
+        self.read_handles.lock().get(&ino)?.first().copied()
+    }
+
+    /// Forgets read handle `fh` of `ino` (RELEASE).
+    pub(super) fn forget_read_handle(&self, ino: Ino, fh: u64) {
+        let mut handles = self.read_handles.lock();
+        if let Some(fhs) = handles.get_mut(&ino) {
+            fhs.retain(|h| *h != fh);
+            if fhs.is_empty() {
+                handles.remove(&ino);
+            }
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {

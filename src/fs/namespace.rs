@@ -229,6 +229,17 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
             }
         }
+        // A target that holds the very version being moved is another
+        // mount's claim of this file in progress (a copy keeps its source's
+        // ETag): the copy must not go over it, but fail as a lost claim.
+        let target = match (&target, src.as_ref().map(|e| &e.kind)) {
+            (MoveTarget::Replacing(t), Some(EntryKind::File { etag, .. }))
+                if same_etag(t, etag) =>
+            {
+                MoveTarget::Free
+            }
+            _ => target,
+        };
         let moved = if src_is_dir {
             let from = self.catalog.dir_prefix(ino)?;
             let to = names::child_dir_prefix(&new_parent_prefix, new_name);

@@ -285,7 +285,7 @@ impl<S: ObjectStore> S3Fs<S> {
             Some(Err(e)) => Err(e),
             None => Err(FsError::BadHandle),
         };
-        let release = self.begin_release(fh);
+        let release = self.begin_release(ino, fh);
         self.release(release).await;
         result
     }
@@ -331,13 +331,14 @@ impl<S: ObjectStore> S3Fs<S> {
     /// thread, so that a request sent after `close(2)` returned finds the
     /// file closed (a read handle) or closing (a write handle). The rest,
     /// which may touch S3, is [`S3Fs::release`].
-    pub fn begin_release(&self, fh: u64) -> Release<S> {
+    pub fn begin_release(&self, ino: Ino, fh: u64) -> Release<S> {
         if Writer::<S>::owns(fh) {
             return match self.writer.releasing(fh) {
                 Some(file) => Release::LastWrite(file),
                 None => Release::Nothing,
             };
         }
+        self.forget_read_handle(ino, fh);
         Release::Read(self.reader.release(fh))
     }
 

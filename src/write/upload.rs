@@ -559,6 +559,19 @@ pub async fn abort_upload<S: ObjectStore>(store: &Arc<S>, key: &str, upload_id: 
     let _ = tokio::time::timeout(WAIT, abort).await;
 }
 
+/// `Ok` while `key` holds no object; [`StoreError::PreconditionFailed`]
+/// once one is there (a create-only write would fail its condition).
+pub(super) async fn check_still_absent<S: ObjectStore>(
+    store: &S,
+    key: &str,
+) -> Result<(), StoreError> {
+    match store.head(key).await {
+        Err(StoreError::NotFound) => Ok(()),
+        Ok(_) => Err(StoreError::PreconditionFailed),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -573,18 +586,5 @@ mod tests {
         assert!(total >= 5 << 40, "10,000 parts hold {total} bytes");
         assert!((1..=MAX_PARTS).all(|n| part_size(base, n) <= MAX_PART_SIZE));
         assert_eq!(part_size(4 << 30, 9999), MAX_PART_SIZE);
-    }
-}
-
-/// `Ok` while `key` holds no object; [`StoreError::PreconditionFailed`]
-/// once one is there (a create-only write would fail its condition).
-pub(super) async fn check_still_absent<S: ObjectStore>(
-    store: &S,
-    key: &str,
-) -> Result<(), StoreError> {
-    match store.head(key).await {
-        Err(StoreError::NotFound) => Ok(()),
-        Ok(_) => Err(StoreError::PreconditionFailed),
-        Err(e) => Err(e),
     }
 }

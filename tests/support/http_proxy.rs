@@ -53,6 +53,9 @@ pub enum Fault {
     StallBody,
     /// Replace a listing page's XML with a truncated document.
     MalformedListing,
+    /// Forward the request and let S3 act on it, then close the connection
+    /// without a word of the answer: the client cannot know it happened.
+    LoseAnswer,
 }
 
 /// Inject `fault` into a share `rate` (0.0 to 1.0) of the requests of the
@@ -60,6 +63,8 @@ pub enum Fault {
 #[derive(Debug)]
 pub struct Rule {
     pub kinds: Vec<Kind>,
+    /// Only requests carrying a write condition (If-Match, If-None-Match).
+    pub conditional_only: bool,
     pub rate: f64,
     pub every: Option<u64>,
     pub fault: Fault,
@@ -71,6 +76,7 @@ impl Rule {
     pub fn new(fault: Fault, rate: f64, kinds: &[Kind]) -> Rule {
         Rule {
             kinds: kinds.to_vec(),
+            conditional_only: false,
             rate,
             every: None,
             fault,
@@ -83,6 +89,14 @@ impl Rule {
         Rule {
             every: Some(n.max(1)),
             ..Rule::new(fault, 0.0, kinds)
+        }
+    }
+
+    /// Exactly every `n`-th request that carries a write condition.
+    pub fn conditional_every(fault: Fault, n: u64) -> Rule {
+        Rule {
+            conditional_only: true,
+            ..Rule::every(fault, n, &[Kind::Put, Kind::Copy, Kind::Post, Kind::Delete])
         }
     }
 
@@ -323,7 +337,9 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> std::io::R
         }
         let kind = kind_of(&request);
         *shared.seen.lock().unwrap().entry(kind).or_default() += 1;
-        let fault = pick_fault(shared, kind);
+        let conditional =
+            request.header("if-match").is_some() || request.header("if-none-match").is_some();
+        let fault = pick_fault(shared, kind, conditional);
         if let Some(f) = fault {
             *shared.injected.lock().unwrap().entry(kind).or_default() += 1;
             if let Some(reply) = error_reply(f) {
@@ -345,6 +361,13 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> std::io::R
         let bodyless = request.first.starts_with("HEAD ")
             || ["204", "304"].contains(&response.first.split(' ').nth(1).unwrap_or(""));
         match fault {
+            Some(Fault::LoseAnswer) => {
+                if !bodyless {
+                    let _ = read_body(from_server, &response)?;
+                }
+                let _ = to_client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
             Some(Fault::MalformedListing) if !bodyless => {
                 let _ = read_body(from_server, &response)?;
                 let garbage = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>b</Name><Contents><Key>oops</Ke";
@@ -397,11 +420,12 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Shared) -> std::io::R
     }
 }
 
-fn pick_fault(shared: &Shared, kind: Kind) -> Option<Fault> {
+fn pick_fault(shared: &Shared, kind: Kind, conditional: bool) -> Option<Fault> {
     let rules = shared.rules.lock().unwrap();
     rules
         .iter()
         .filter(|r| r.kinds.is_empty() || r.kinds.contains(&kind))
+        .filter(|r| conditional || !r.conditional_only)
         .filter(|r| r.fault != Fault::MalformedListing || kind == Kind::List)
         .find(|r| r.fires())
         .map(|r| r.fault)

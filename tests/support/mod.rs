@@ -121,18 +121,51 @@ pub struct Endpoint {
     pub region: String,
 }
 
-/// A Garage server owned by this test process.
-struct LocalGarage {
+/// A local S3 server owned by this test process: started by one of the
+/// scripts (`garage-local.sh`, `seaweedfs-local.sh`), stopped on drop.
+struct LocalServer {
+    script: &'static str,
     dir: TempDir,
 }
 
-impl Drop for LocalGarage {
+impl LocalServer {
+    /// Starts it; returns it and the `export K=V` lines it printed.
+    fn start(script_name: &'static str, what: &str) -> (LocalServer, String) {
+        let dir = TempDir::new("server");
+        let out = Command::new(script(script_name))
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("run scripts/{script_name}: {e}"));
+        let server = LocalServer {
+            script: script_name,
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "cannot start a local {what} (install it with scripts/install-deps.sh, or name a running one in the environment): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (server, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for LocalServer {
     fn drop(&mut self) {
-        let _ = Command::new(script("garage-local.sh"))
+        let _ = Command::new(script(self.script))
             .arg("stop")
             .arg(self.dir.path())
             .status();
     }
+}
+
+/// The value of `export K=V` in a server script's output.
+fn exported(env: &str, k: &str) -> String {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+        .unwrap_or_else(|| panic!("the server script printed no {k}"))
+        .trim_matches(|c| c == '\'' || c == '"')
+        .to_owned()
 }
 
 pub fn script(name: &str) -> PathBuf {
@@ -145,66 +178,83 @@ pub fn script(name: &str) -> PathBuf {
 pub struct TestS3 {
     pub endpoint: Endpoint,
     pub client: aws_sdk_s3::Client,
-    _garage: Option<LocalGarage>,
+    _server: Option<LocalServer>,
 }
 
 impl TestS3 {
     /// Uses S3MOUNT_TEST_ENDPOINT (with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)
     /// when set; otherwise starts a private Garage for this test.
     pub fn start() -> TestS3 {
-        let (endpoint, garage) = match std::env::var("S3MOUNT_TEST_ENDPOINT") {
+        let need = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| {
+                panic!("S3MOUNT_TEST_ENDPOINT is set but {k} is not; export the credentials for that endpoint")
+            })
+        };
+        match std::env::var("S3MOUNT_TEST_ENDPOINT") {
+            Ok(url) if !url.is_empty() => TestS3::at(
+                Endpoint {
+                    url,
+                    access_key: need("AWS_ACCESS_KEY_ID"),
+                    secret_key: need("AWS_SECRET_ACCESS_KEY"),
+                    region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+                },
+                None,
+            ),
+            _ => {
+                let (garage, env) = LocalServer::start("garage-local.sh", "Garage S3 server");
+                let endpoint = Endpoint {
+                    url: exported(&env, "S3MOUNT_TEST_ENDPOINT"),
+                    access_key: exported(&env, "AWS_ACCESS_KEY_ID"),
+                    secret_key: exported(&env, "AWS_SECRET_ACCESS_KEY"),
+                    region: exported(&env, "AWS_REGION"),
+                };
+                TestS3::at(endpoint, Some(garage))
+            }
+        }
+    }
+
+    /// A server that enforces S3's write conditions (If-None-Match,
+    /// If-Match on writes, copies and deletes): the one named by
+    /// S3MOUNT_TEST_CONDITIONAL_ENDPOINT (and its _ACCESS_KEY_ID,
+    /// _SECRET_ACCESS_KEY), else a private SeaweedFS for this test.
+    pub fn conditional() -> TestS3 {
+        let var = |k: &str| std::env::var(format!("S3MOUNT_TEST_CONDITIONAL_{k}"));
+        match var("ENDPOINT") {
             Ok(url) if !url.is_empty() => {
                 let need = |k: &str| {
-                    std::env::var(k).unwrap_or_else(|_| {
-                        panic!("S3MOUNT_TEST_ENDPOINT is set but {k} is not; export the credentials for that endpoint")
+                    var(k).unwrap_or_else(|_| {
+                        panic!("S3MOUNT_TEST_CONDITIONAL_ENDPOINT is set but S3MOUNT_TEST_CONDITIONAL_{k} is not")
                     })
                 };
-                (
+                TestS3::at(
                     Endpoint {
                         url,
-                        access_key: need("AWS_ACCESS_KEY_ID"),
-                        secret_key: need("AWS_SECRET_ACCESS_KEY"),
-                        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+                        access_key: need("ACCESS_KEY_ID"),
+                        secret_key: need("SECRET_ACCESS_KEY"),
+                        region: "us-east-1".into(),
                     },
                     None,
                 )
             }
             _ => {
-                let dir = TempDir::new("garage");
-                let out = Command::new(script("garage-local.sh"))
-                    .arg("start")
-                    .arg(dir.path())
-                    .output()
-                    .expect("run scripts/garage-local.sh");
-                let garage = LocalGarage { dir };
-                assert!(
-                    out.status.success(),
-                    "cannot start a local Garage S3 server (install it with scripts/install-deps.sh, or set S3MOUNT_TEST_ENDPOINT): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let env = String::from_utf8_lossy(&out.stdout);
-                let get = |k: &str| {
-                    env.lines()
-                        .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-                        .unwrap_or_else(|| panic!("garage-local.sh printed no {k}"))
-                        .to_owned()
+                let (weed, env) = LocalServer::start("seaweedfs-local.sh", "SeaweedFS S3 server");
+                let endpoint = Endpoint {
+                    url: exported(&env, "S3MOUNT_TEST_CONDITIONAL_ENDPOINT"),
+                    access_key: exported(&env, "S3MOUNT_TEST_CONDITIONAL_ACCESS_KEY_ID"),
+                    secret_key: exported(&env, "S3MOUNT_TEST_CONDITIONAL_SECRET_ACCESS_KEY"),
+                    region: "us-east-1".into(),
                 };
-                (
-                    Endpoint {
-                        url: get("S3MOUNT_TEST_ENDPOINT"),
-                        access_key: get("AWS_ACCESS_KEY_ID"),
-                        secret_key: get("AWS_SECRET_ACCESS_KEY"),
-                        region: get("AWS_REGION"),
-                    },
-                    Some(garage),
-                )
+                TestS3::at(endpoint, Some(weed))
             }
-        };
+        }
+    }
+
+    fn at(endpoint: Endpoint, server: Option<LocalServer>) -> TestS3 {
         let client = client_for(&endpoint);
         TestS3 {
             endpoint,
             client,
-            _garage: garage,
+            _server: server,
         }
     }
 
