@@ -1,4 +1,6 @@
-//! The filesystem layer's error type and its one mapping to errno.
+//! `FsError`, the error of filesystem operations, shared by the layers
+//! between the store and the FUSE adapter (catalog, read, write, fs), and
+//! its one mapping to errno.
 
 use crate::store::StoreError;
 

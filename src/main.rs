@@ -1,3 +1,7 @@
+//! The `s3mount` binary: dispatches subcommands, turns mount(8) helper
+//! calls and `-o` options into the ordinary command line, sets up logging,
+//! then mounts in the foreground or as a daemon.
+
 use std::process::ExitCode;
 
 use clap::Parser;
