@@ -35,7 +35,9 @@ ln -s /usr/bin/s3mount "$stage/sbin/mount.fuse.s3mount"
 install -D -m 644 packaging/s3mount@.service "$stage/lib/systemd/system/s3mount@.service"
 install -D -m 644 packaging/example.env "$stage/usr/share/doc/s3mount/examples/example.env"
 install -D -m 644 README.md "$stage/usr/share/doc/s3mount/README.md"
-install -D -m 644 docs/SEMANTICS.md "$stage/usr/share/doc/s3mount/SEMANTICS.md"
+for doc in docs/*.md; do
+    install -D -m 644 "$doc" "$stage/usr/share/doc/s3mount/$(basename "$doc")"
+done
 
 "$bin" __generate man "$stage/usr/share/man/man1"
 gzip -9n "$stage/usr/share/man/man1/s3mount.1"
