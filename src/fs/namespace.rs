@@ -495,3 +495,163 @@ async fn copy_for_move<S: ObjectStore>(
 fn same_etag(a: &str, b: &str) -> bool {
     a.trim_matches('"') == b.trim_matches('"')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// `claimants` moves of `from` at once, to `targets[i % len]`; the
+    /// outcome of each.
+    fn claim(
+        store: &MemoryStore,
+        claimants: usize,
+        targets: &[&str],
+        no_replace: bool,
+    ) -> Vec<Result<String, FsError>> {
+        let etag = store.head_marks_sync("incoming/x");
+        run(async {
+            let moves = (0..claimants).map(|i| {
+                let (etag, to) = (etag.clone(), targets[i % targets.len()]);
+                async move {
+                    move_object(
+                        store,
+                        "incoming/x",
+                        &etag,
+                        4,
+                        to,
+                        MoveTarget::Free,
+                        no_replace,
+                    )
+                    .await
+                }
+            });
+            futures_join_all(moves).await
+        })
+    }
+
+    async fn futures_join_all<F: std::future::Future>(
+        futures: impl Iterator<Item = F>,
+    ) -> Vec<F::Output> {
+        // Polled together on one thread: they interleave at every request.
+        let mut set = Vec::new();
+        for f in futures {
+            set.push(Box::pin(f));
+        }
+        let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (i, f) in set.iter_mut().enumerate() {
+                if out[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => out[i] = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().map(Option::unwrap).collect()
+    }
+
+    impl MemoryStore {
+        fn head_marks_sync(&self, key: &str) -> String {
+            run(self.head(key)).unwrap().etag
+        }
+    }
+
+    fn winners(outcomes: &[Result<String, FsError>]) -> usize {
+        outcomes.iter().filter(|r| r.is_ok()).count()
+    }
+
+    #[test]
+    fn of_many_mounts_claiming_one_file_for_one_name_exactly_one_wins() {
+        let store = MemoryStore::new(true);
+        store.insert("incoming/x", "data");
+        let outcomes = claim(&store, 6, &["processing/x"], false);
+        assert_eq!(winners(&outcomes), 1, "{outcomes:?}");
+        assert!(outcomes
+            .iter()
+            .all(|r| matches!(r, Ok(_) | Err(FsError::NotFound))));
+        assert_eq!(store.keys(), ["processing/x"]);
+        assert_eq!(store.bytes("processing/x").unwrap(), "data");
+    }
+
+    #[test]
+    fn of_claims_of_one_file_to_different_names_exactly_one_keeps_a_copy() {
+        let store = MemoryStore::new(true);
+        store.insert("incoming/x", "data");
+        let outcomes = claim(&store, 4, &["a/x", "b/x", "c/x", "d/x"], false);
+        assert_eq!(winners(&outcomes), 1, "{outcomes:?}");
+        assert_eq!(
+            store.keys().len(),
+            1,
+            "the losers left copies: {:?}",
+            store.keys()
+        );
+        assert_eq!(store.bytes(&store.keys()[0]).unwrap(), "data");
+    }
+
+    #[test]
+    fn under_noreplace_a_name_taken_meanwhile_is_left_alone() {
+        let store = MemoryStore::new(true);
+        store.insert("incoming/x", "data");
+        store.insert("processing/x", "someone else's");
+        let outcomes = claim(&store, 1, &["processing/x"], true);
+        assert!(matches!(outcomes[0], Err(FsError::Exists)), "{outcomes:?}");
+        assert_eq!(store.bytes("processing/x").unwrap(), "someone else's");
+        assert_eq!(store.bytes("incoming/x").unwrap(), "data");
+    }
+
+    #[test]
+    fn a_plain_rename_replaces_a_file_that_appeared_at_the_target() {
+        let store = MemoryStore::new(true);
+        store.insert("incoming/x", "data");
+        store.insert("processing/x", "an unrelated file");
+        let outcomes = claim(&store, 1, &["processing/x"], false);
+        assert!(outcomes[0].is_ok(), "{outcomes:?}");
+        assert_eq!(store.keys(), ["processing/x"]);
+        assert_eq!(store.bytes("processing/x").unwrap(), "data");
+    }
+
+    #[test]
+    fn a_source_replaced_before_the_move_is_not_moved_nor_deleted() {
+        let store = MemoryStore::new(true);
+        let old = store.insert("incoming/x", "old");
+        store.insert("incoming/x", "new");
+        let moved = run(move_object(
+            &store,
+            "incoming/x",
+            &old,
+            3,
+            "processing/x",
+            MoveTarget::Free,
+            false,
+        ));
+        assert!(matches!(moved, Err(FsError::NotFound)), "{moved:?}");
+        assert_eq!(store.keys(), ["incoming/x"]);
+        assert_eq!(store.bytes("incoming/x").unwrap(), "new");
+    }
+
+    #[test]
+    fn without_enforced_conditions_claims_are_not_exclusive() {
+        // What a store that ignores conditions (Garage) allows: the reason
+        // docs/SEMANTICS.md says "one loader per prefix" there.
+        let store = MemoryStore::new(false);
+        store.insert("incoming/x", "data");
+        let outcomes = claim(&store, 3, &["processing/x"], false);
+        assert!(winners(&outcomes) > 1, "{outcomes:?}");
+    }
+}
