@@ -47,6 +47,26 @@ pub(super) fn condition_headers(condition: WriteCondition<'_>) -> (Option<String
 }
 
 impl S3Store {
+    /// The ETag a write produced: `etag_of` its answer, or, when its
+    /// condition failed (or its target vanished) on a retry after an
+    /// attempt whose answer was lost, what that earlier attempt wrote if
+    /// the key holds it (see [`S3Store::own_earlier_write`]).
+    pub(super) async fn written<T>(
+        &self,
+        key: &str,
+        token: Option<&str>,
+        (result, in_doubt): (Result<T, StoreError>, bool),
+        etag_of: impl FnOnce(T) -> String,
+    ) -> Result<String, StoreError> {
+        match result {
+            Ok(out) => Ok(etag_of(out)),
+            Err(StoreError::PreconditionFailed | StoreError::NotFound) if in_doubt => {
+                self.own_earlier_write(key, token).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// After a conditional write failed its condition on a retry: whether
     /// the key holds what this request's own earlier attempt wrote (its
     /// answer lost), and then that version's ETag.

@@ -198,13 +198,10 @@ impl ObjectStore for S3Store {
                 }
             })
             .await;
-        match result {
-            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
-            Err(StoreError::PreconditionFailed) if in_doubt => {
-                self.own_earlier_write(key, token.as_deref()).await
-            }
-            Err(e) => Err(e),
-        }
+        self.written(key, token.as_deref(), (result, in_doubt), |out| {
+            out.e_tag().unwrap_or_default().to_owned()
+        })
+        .await
     }
 
     async fn start_multipart(&self, key: &str) -> Result<String, StoreError> {
@@ -282,15 +279,12 @@ impl ObjectStore for S3Store {
             })
             .await;
         let token = self.upload_tokens.lock().remove(upload_id);
-        match result {
-            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_owned()),
-            // A completion retried after a lost answer finds the upload
-            // gone (or the condition failed by itself): the object tells.
-            Err(StoreError::PreconditionFailed | StoreError::NotFound) if in_doubt => {
-                self.own_earlier_write(key, token.as_deref()).await
-            }
-            Err(e) => Err(e),
-        }
+        // A completion retried after a lost answer finds the upload gone
+        // (or the condition failed by itself): the object tells.
+        self.written(key, token.as_deref(), (result, in_doubt), |out| {
+            out.e_tag().unwrap_or_default().to_owned()
+        })
+        .await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
@@ -345,19 +339,16 @@ impl ObjectStore for S3Store {
                 )
             })
             .await;
-        match result {
-            // Some stores (SeaweedFS) leave a copy's ETag unquoted; HEAD and
-            // listings quote it.
-            Ok(out) => Ok(quoted(
+        // Some stores (SeaweedFS) leave a copy's ETag unquoted; HEAD and
+        // listings quote it.
+        self.written(to, Some(&token), (result, in_doubt), |out| {
+            quoted(
                 out.copy_object_result()
                     .and_then(|r| r.e_tag())
                     .unwrap_or_default(),
-            )),
-            Err(StoreError::PreconditionFailed) if in_doubt => {
-                self.own_earlier_write(to, Some(&token)).await
-            }
-            Err(e) => Err(e),
-        }
+            )
+        })
+        .await
     }
 
     async fn copy_part(
