@@ -48,6 +48,11 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("s3mount-io")
+        // A rename of a big file open for writing nests many futures (the
+        // writer's lock, the claim protocol, a copy in parts, the SDK's
+        // requests); unoptimised builds overflowed tokio's 2 MiB default.
+        // Only touched pages take memory.
+        .thread_stack_size(8 << 20)
         .enable_all()
         .build()
         .map_err(|e| MountError(format!("cannot start the I/O runtime: {e}")))?;

@@ -205,7 +205,7 @@ fn fleet_race(loader_endpoint: &Endpoint, s3: &TestS3, files: &[(String, Vec<u8>
 #[test]
 fn three_mounts_of_loaders_load_each_dropped_file_exactly_once() {
     let s3 = TestS3::conditional();
-    fleet_race(&s3.endpoint, &s3, &dropped_files(120));
+    fleet_race(&s3.endpoint, &s3, &dropped_files(2000));
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn lost_answers_to_conditional_requests_neither_lose_nor_duplicate_a_claim() {
     let (proxy, endpoint) = s3.http_proxied();
     // Every 10th conditional request: S3 acts, the answer never arrives.
     proxy.set_rules(vec![Rule::conditional_every(Fault::LoseAnswer, 10)]);
-    fleet_race(&endpoint, &s3, &dropped_files(60));
+    fleet_race(&endpoint, &s3, &dropped_files(300));
     assert!(
         proxy.injected_total() >= 10,
         "only {} answers were lost",

@@ -314,7 +314,8 @@ impl ObjectStore for S3Store {
         condition: WriteCondition<'_>,
     ) -> Result<String, StoreError> {
         if size > self.copy_threshold {
-            return self.copy_in_parts(from, etag, size, to, condition).await;
+            // Boxed: a copy in parts is rare and its future large.
+            return Box::pin(self.copy_in_parts(from, etag, size, to, condition)).await;
         }
         let token = write_token();
         let (if_match, if_none_match) = condition_headers(condition);
