@@ -19,7 +19,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::error::FsError;
-use crate::fs::{Attr, DirRow, S3Fs};
+use crate::fs::{Attr, AttrsAfterRead, DirRow, S3Fs};
 use crate::read::PageCache;
 use crate::store::ObjectStore;
 
@@ -288,14 +288,22 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         let kernel = self.kernel.clone();
         self.rt.spawn(async move {
             match fs.read(ino.0, fh.0, offset, size).await {
-                Ok((bytes, attr_changed)) => {
-                    reply.data(&bytes);
-                    if attr_changed {
-                        // Only the attributes (offset -1: no page is
-                        // touched), so the kernel asks for the new size
-                        // before it reads past the old one.
+                Ok((bytes, attrs)) => {
+                    // Only the attributes (offset -1: no page is touched).
+                    let drop_attrs = || {
                         if let Some(notifier) = kernel.get() {
                             let _ = notifier.inval_inode(ino, -1, 0);
+                        }
+                    };
+                    match attrs {
+                        AttrsAfterRead::Unchanged => reply.data(&bytes),
+                        AttrsAfterRead::Grew => {
+                            drop_attrs();
+                            reply.data(&bytes);
+                        }
+                        AttrsAfterRead::ShrankOrKept => {
+                            reply.data(&bytes);
+                            drop_attrs();
                         }
                     }
                 }

@@ -25,6 +25,19 @@ use crate::store::ObjectStore;
 use crate::write::{Access, Uploads, Writer};
 pub use write_ops::{Release, WritePolicy};
 
+/// What a read did to the attributes the kernel holds of its file; the
+/// adapter tells the kernel to drop them, at the moment each case needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttrsAfterRead {
+    Unchanged,
+    /// The file is now longer than the kernel believes: it must learn so
+    /// before the reader reaches the old end, or it reports EOF there.
+    Grew,
+    /// Shorter or as long: the reply's short read already tells the kernel
+    /// the new end, which an earlier invalidation would make it ignore.
+    ShrankOrKept,
+}
+
 /// Ownership and permissions shown for every file and directory.
 #[derive(Debug, Clone, Copy)]
 pub struct Ownership {
@@ -260,23 +273,30 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// Reads `len` bytes at `offset` of handle `fh` on `ino`. Also says
-    /// whether the file's attributes changed: the handle found the object
-    /// replaced by another client before its first byte and moved to the
-    /// current version, which the catalog now records (so the kernel should
-    /// ask for the new size and times).
+    /// whether the kernel's attributes of the file went stale: the handle
+    /// found the object replaced by another client before its first byte
+    /// and moved to the current version, which the catalog now records.
     pub async fn read(
         &self,
         ino: Ino,
         fh: u64,
         offset: u64,
         len: u32,
-    ) -> Result<(Bytes, bool), FsError> {
+    ) -> Result<(Bytes, AttrsAfterRead), FsError> {
         if Writer::<S>::owns(fh) {
-            return Ok((self.writer.read(fh, offset, len).await?, false));
+            let bytes = self.writer.read(fh, offset, len).await?;
+            return Ok((bytes, AttrsAfterRead::Unchanged));
         }
         let bytes = self.reader.read(fh, offset, len).await?;
         let Some(now) = self.reader.take_repinned(fh) else {
-            return Ok((bytes, false));
+            return Ok((bytes, AttrsAfterRead::Unchanged));
+        };
+        let before = match self.catalog.entry(ino).await {
+            Ok(Entry {
+                kind: EntryKind::File { size, .. },
+                ..
+            }) => size,
+            _ => 0,
         };
         if let Ok((parent, name, _)) = self.catalog.location(ino) {
             let entry = Entry {
@@ -289,7 +309,12 @@ impl<S: ObjectStore> S3Fs<S> {
             };
             self.catalog.record(parent, &name, Some(entry))?;
         }
-        Ok((bytes, true))
+        let change = if now.size > before {
+            AttrsAfterRead::Grew
+        } else {
+            AttrsAfterRead::ShrankOrKept
+        };
+        Ok((bytes, change))
     }
 
     /// Opens a directory stream. It reads one listing throughout, so a
