@@ -98,10 +98,11 @@ fn main() {
         "claims of {files} files, {} ms to first byte, median of {runs} runs",
         latency.as_millis()
     );
-    println!("| loaders | mounts | s3mount claims/s | requests per claim | direct claims/s (no conditions) | s3mount ÷ direct |");
-    println!("|---|---|---|---|---|---|");
+    println!("| loaders | mounts | s3mount claims/s | requests per claim | daemon CPU ms per claim | direct claims/s (no conditions) | s3mount ÷ direct |");
+    println!("|---|---|---|---|---|---|---|");
     for (loaders, mount_count) in [(1, 1), (2, 1), (4, 1), (2, 3), (4, 3)] {
-        let (mut ours, mut theirs, mut requests) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ours, mut theirs, mut requests, mut cpu) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             let bucket = s3.bucket("claimbench");
             bucket.put_many(
@@ -118,7 +119,10 @@ fn main() {
                 assert_eq!(names_in(&root.join("incoming")), files);
             }
             let before = proxy.requests().len();
+            let daemons_cpu = || mounts.iter().map(|m| cpu_seconds(m.pid())).sum::<f64>();
+            let cpu_before = daemons_cpu();
             let (secs, won) = claim_through_mounts(&roots, loaders, &names);
+            cpu.push((daemons_cpu() - cpu_before) * 1000.0 / files as f64);
             assert_eq!(won, files, "each file claimed exactly once");
             requests.push((proxy.requests().len() - before) as f64 / files as f64);
             ours.push(files as f64 / secs);
@@ -133,8 +137,9 @@ fn main() {
         }
         let (ours, theirs) = (median(ours), median(theirs));
         println!(
-            "| {loaders} | {mount_count} | {ours:.1} | {:.1} | {theirs:.1} | {:.2}x |",
+            "| {loaders} | {mount_count} | {ours:.1} | {:.1} | {:.2} | {theirs:.1} | {:.2}x |",
             median(requests),
+            median(cpu),
             ours / theirs
         );
     }

@@ -499,14 +499,8 @@ fn same_etag(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::run_on_one_thread as run;
     use crate::store::MemoryStore;
-
-    fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
 
     /// `claimants` moves of `from` at once, to `targets[i % len]`; the
     /// outcome of each.

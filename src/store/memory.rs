@@ -32,14 +32,15 @@ struct PendingUpload {
     parts: BTreeMap<u32, Bytes>,
 }
 
+/// The one bucket's objects and the multipart uploads in progress.
 #[derive(Default)]
-struct State {
+struct MemoryBucket {
     objects: BTreeMap<String, Object>,
     uploads: HashMap<String, PendingUpload>,
 }
 
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Mutex<MemoryBucket>,
     enforce: AtomicBool,
     next_id: AtomicU64,
     /// Requests served, for tests that count them.
@@ -108,7 +109,7 @@ impl MemoryStore {
 
     fn check(
         &self,
-        state: &State,
+        state: &MemoryBucket,
         key: &str,
         condition: WriteCondition<'_>,
     ) -> Result<(), StoreError> {
@@ -126,7 +127,7 @@ impl MemoryStore {
 
     fn write(
         &self,
-        state: &mut State,
+        state: &mut MemoryBucket,
         key: &str,
         data: Bytes,
         etag: String,
@@ -419,16 +420,21 @@ impl ObjectStore for MemoryStore {
     }
 }
 
+/// Runs an in-process test's future to its end on one thread, where the
+/// store's yields interleave concurrent operations.
+#[cfg(test)]
+pub fn run_on_one_thread<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::run_on_one_thread as run;
     use super::*;
-
-    fn run<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
 
     #[test]
     fn listings_roll_up_prefixes_and_page_with_tokens() {

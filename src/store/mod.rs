@@ -6,7 +6,7 @@
 //! act on (not found, changed, denied, unreachable).
 
 mod fan_out;
-mod memory;
+pub(crate) mod memory;
 mod pieces;
 mod retry;
 mod s3;

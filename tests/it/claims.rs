@@ -5,9 +5,7 @@
 //! (SeaweedFS, `TestS3::conditional`); the rest against the usual one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -282,29 +280,6 @@ fn o_excl_creates_on_two_mounts_have_one_winner() {
         }
     }
     assert_eq!(bucket.get("lock-0"), before);
-}
-
-/// rename(2) with RENAME_NOREPLACE; the errno it failed with (0: renamed).
-fn rename_noreplace(from: &Path, to: &Path) -> i32 {
-    let (from, to) = (
-        CString::new(from.as_os_str().as_bytes()).unwrap(),
-        CString::new(to.as_os_str().as_bytes()).unwrap(),
-    );
-    // SAFETY: both are valid NUL-terminated paths for the call's duration.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        0
-    } else {
-        std::io::Error::last_os_error().raw_os_error().unwrap()
-    }
 }
 
 #[test]

@@ -87,6 +87,29 @@ pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     }
 }
 
+/// rename(2) with RENAME_NOREPLACE (what `mv -n` asks for); the errno it
+/// failed with, 0 when it renamed.
+pub fn rename_noreplace(from: &Path, to: &Path) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (from, to) = (c(from), c(to));
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    errno_of(if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    })
+}
+
 /// A directory removed on drop.
 pub struct TempDir(PathBuf);
 
