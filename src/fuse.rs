@@ -286,6 +286,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         let fs = self.fs.clone();
         let kernel = self.kernel.clone();
+        tracing::trace!(ino = ino.0, fh = fh.0, offset, size, "read");
         self.rt.spawn(async move {
             match fs.read(ino.0, fh.0, offset, size).await {
                 Ok((bytes, attrs)) => {

@@ -161,6 +161,7 @@ impl<S: ObjectStore> Fetcher<S> {
             drop(queued);
             let _running = Counted::new(&self.stats.gets_running);
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(key = %obj.key, start = ranges[i].start, end = ranges[end - 1].end, ahead, "GET");
             let mut at = i;
             let mut deliver = |data: Bytes| {
                 self.stats
