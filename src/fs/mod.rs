@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::catalog::{Catalog, DirSource, Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
-use crate::read::{PageCache, Reader};
+use crate::read::{PageCache, Reader, Repinned};
 use crate::store::ObjectStore;
 use crate::write::{Access, Uploads, Writer};
 pub use write_ops::{Release, WritePolicy};
@@ -288,15 +288,8 @@ impl<S: ObjectStore> S3Fs<S> {
             return Ok((bytes, AttrsAfterRead::Unchanged));
         }
         let bytes = self.reader.read(fh, offset, len).await?;
-        let Some(now) = self.reader.take_repinned(fh) else {
+        let Some(Repinned { opened_size, now }) = self.reader.take_repinned(fh) else {
             return Ok((bytes, AttrsAfterRead::Unchanged));
-        };
-        let before = match self.catalog.entry(ino).await {
-            Ok(Entry {
-                kind: EntryKind::File { size, .. },
-                ..
-            }) => size,
-            _ => 0,
         };
         if let Ok((parent, name, _)) = self.catalog.location(ino) {
             let entry = Entry {
@@ -309,7 +302,7 @@ impl<S: ObjectStore> S3Fs<S> {
             };
             self.catalog.record(parent, &name, Some(entry))?;
         }
-        let change = if now.size > before {
+        let change = if now.size > opened_size {
             AttrsAfterRead::Grew
         } else {
             AttrsAfterRead::ShrankOrKept

@@ -99,6 +99,16 @@ pub struct MemoryUse {
     pub ahead: u64,
 }
 
+/// A handle's move to the current version of its object (see
+/// [`Reader::take_repinned`]).
+#[derive(Debug)]
+pub struct Repinned {
+    /// The size of the version the handle was opened at: what the kernel
+    /// was told.
+    pub opened_size: u64,
+    pub now: crate::store::ObjectMeta,
+}
+
 /// One open handle for reading: the object version it reads, its window
 /// and its share of the read-ahead budget.
 struct ReadHandle {
@@ -118,7 +128,7 @@ struct ReadHandle {
     /// The object as found when this handle moved to its current version
     /// before its first byte, until the filesystem takes it to update what
     /// it (and the kernel) know of the file.
-    repinned: Mutex<Option<crate::store::ObjectMeta>>,
+    repinned: Mutex<Option<Repinned>>,
     /// Where this handle's current run of sequential reads began, and how
     /// far it has read (0 and 0 while it is not sequential), for the other
     /// readers of the object (see [`ReadWindow::limit_ahead`]).
@@ -365,7 +375,7 @@ impl<S: ObjectStore> Reader<S> {
 
     /// The object handle `fh` moved to, once, when it found the version it
     /// was opened at replaced before returning any byte (see `read`).
-    pub fn take_repinned(&self, fh: u64) -> Option<crate::store::ObjectMeta> {
+    pub fn take_repinned(&self, fh: u64) -> Option<Repinned> {
         let file = self.handles.lock().get(&fh).cloned()?;
         let taken = file.repinned.lock().take();
         taken
@@ -441,7 +451,10 @@ impl<S: ObjectStore> Reader<S> {
                         }
                         self.last_opened
                             .insert(version.key.clone(), current.etag.clone());
-                        *file.repinned.lock() = Some(meta);
+                        *file.repinned.lock() = Some(Repinned {
+                            opened_size: version.size,
+                            now: meta,
+                        });
                     } else if file.served.load(Ordering::Relaxed) && Arc::ptr_eq(&current, &version)
                     {
                         return Err(FsError::store(&version.key, StoreError::PreconditionFailed));
