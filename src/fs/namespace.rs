@@ -414,8 +414,12 @@ pub(super) async fn move_object<S: ObjectStore>(
     no_replace: bool,
 ) -> Result<String, FsError> {
     let new_etag = copy_for_move(store, from, etag, size, to, target, no_replace).await?;
+    debug!(from, to, etag, new_etag, "copied for a rename");
     match store.delete(from, Some(etag)).await {
-        Ok(()) => Ok(new_etag),
+        Ok(()) => {
+            debug!(from, to, "renamed");
+            Ok(new_etag)
+        }
         // A newer version was written to the old name after the copy: the
         // version this rename moved is moved, the new one stays.
         Err(StoreError::PreconditionFailed) => {
@@ -428,12 +432,28 @@ pub(super) async fn move_object<S: ObjectStore>(
         // Another mount moved the source (to another name) first: the copy
         // made here is taken back, only the version this mount wrote.
         Err(StoreError::NotFound) => {
+            debug!(
+                from,
+                to, "the source went to another mount after the copy; taking the copy back"
+            );
             if let Err(e) = store.delete(to, Some(&new_etag)).await {
                 warn!(to, error = %e, "cannot take back the copy of a lost rename");
             }
             Err(FsError::NotFound)
         }
-        Err(e) => Err(FsError::store(from, e)),
+        // The source could not be deleted: the copy is taken back while the
+        // source is still there, so the file is moved once or not at all.
+        Err(e) => {
+            if let Ok(now) = store.head(from).await {
+                if same_etag(&now.etag, etag) {
+                    warn!(from, to, error = %e, "cannot delete the source of a rename; taking the copy back");
+                    if let Err(e) = store.delete(to, Some(&new_etag)).await {
+                        warn!(to, error = %e, "cannot take back the copy of a failed rename");
+                    }
+                }
+            }
+            Err(FsError::store(from, e))
+        }
     }
 }
 
@@ -465,7 +485,13 @@ async fn copy_for_move<S: ObjectStore>(
         // deleted): this rename has nothing to move.
         match store.head(from).await {
             Ok(now) if same_etag(&now.etag, etag) => {}
-            Ok(_) | Err(StoreError::NotFound) => return Err(FsError::NotFound),
+            Ok(_) | Err(StoreError::NotFound) => {
+                debug!(
+                    from,
+                    to, etag, "the source version is gone: the rename is lost"
+                );
+                return Err(FsError::NotFound);
+            }
             Err(e) => return Err(FsError::store(from, e)),
         }
         // The source is still there: the target changed.
@@ -480,7 +506,11 @@ async fn copy_for_move<S: ObjectStore>(
                     .as_deref()
                     .is_some_and(|e| same_etag(e, etag)) =>
             {
-                return Err(FsError::NotFound)
+                debug!(
+                    from,
+                    to, "another mount is moving this version there: the rename is lost"
+                );
+                return Err(FsError::NotFound);
             }
             // Another file appeared there: a rename replaces it, as on a disk.
             Ok((meta, _)) => target = MoveTarget::Replacing(meta.etag),

@@ -34,6 +34,10 @@ use super::retry::{Backoff, RetryPolicy};
 use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError, WriteCondition, WriteMarks};
 /// The largest object one CopyObject request may copy.
 const SINGLE_COPY_LIMIT: u64 = 5 << 30;
+
+/// How often a conditional delete refused while its version is still there
+/// is sent (see `delete`).
+const REFUSED_DELETE_TRIES: usize = 5;
 /// Part copies in flight at once for one multipart copy.
 const COPY_CONCURRENCY: usize = 8;
 
@@ -366,36 +370,53 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), StoreError> {
-        let (result, in_doubt) = self
-            .policy
-            .run_noting_doubt("DeleteObject", key, SMALL_ATTEMPT, || {
-                sent(
-                    self.client
-                        .delete_object()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .set_if_match(if_match.map(str::to_owned))
-                        .send(),
-                    Missing::Object,
-                )
-            })
-            .await;
-        match (result, if_match) {
-            (Ok(_), _) => Ok(()),
-            // Stores differ on a conditional delete of a missing key (AWS
-            // answers 404, SeaweedFS 412): the key itself tells which.
-            (Err(StoreError::PreconditionFailed | StoreError::NotFound), Some(_)) => {
-                match self.head(key).await {
-                    // Gone: deleted by this request's own first attempt
-                    // (its answer lost), or by someone else.
-                    Err(StoreError::NotFound) if in_doubt => Ok(()),
-                    Err(StoreError::NotFound) => Err(StoreError::NotFound),
-                    Ok(_) => Err(StoreError::PreconditionFailed),
-                    Err(e) => Err(e),
+        // A conditional delete refused while the key still holds the very
+        // version it names was not refused for its condition (SeaweedFS
+        // answers so when a retry meets its lock): it is sent again, for
+        // a caller that reads a refusal as "replaced" would otherwise
+        // leave the source of a claim behind.
+        for _ in 0..REFUSED_DELETE_TRIES {
+            let (result, in_doubt) = self
+                .policy
+                .run_noting_doubt("DeleteObject", key, SMALL_ATTEMPT, || {
+                    sent(
+                        self.client
+                            .delete_object()
+                            .bucket(&self.bucket)
+                            .key(key)
+                            .set_if_match(if_match.map(str::to_owned))
+                            .send(),
+                        Missing::Object,
+                    )
+                })
+                .await;
+            let Some(wanted) = if_match else {
+                return result.map(|_| ());
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                // Stores differ on a conditional delete of a missing key
+                // (AWS answers 404, SeaweedFS 412): the key itself tells.
+                Err(StoreError::PreconditionFailed | StoreError::NotFound) => {
+                    match self.head(key).await {
+                        // Gone: deleted by this request's own first attempt
+                        // (its answer lost), or by someone else.
+                        Err(StoreError::NotFound) if in_doubt => return Ok(()),
+                        Err(StoreError::NotFound) => return Err(StoreError::NotFound),
+                        Ok(meta) if unquoted(&meta.etag) == unquoted(wanted) => {
+                            debug!(key, "a conditional delete was refused though its version is there; again");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Ok(_) => return Err(StoreError::PreconditionFailed),
+                        Err(e) => return Err(e),
+                    }
                 }
+                Err(e) => return Err(e),
             }
-            (Err(e), _) => Err(e),
         }
+        Err(StoreError::Unavailable(format!(
+            "DeleteObject {key}: refused {REFUSED_DELETE_TRIES} times though the version it names is there"
+        )))
     }
 
     async fn head_marks(&self, key: &str) -> Result<(ObjectMeta, WriteMarks), StoreError> {
@@ -729,6 +750,11 @@ fn to_system_time(t: &aws_sdk_s3::primitives::DateTime) -> SystemTime {
     } else {
         UNIX_EPOCH
     }
+}
+
+/// An ETag without its quotes: stores differ in quoting them.
+fn unquoted(etag: &str) -> &str {
+    etag.trim_matches('"')
 }
 
 #[cfg(test)]
