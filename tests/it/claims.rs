@@ -26,7 +26,7 @@ while :; do
     if mv "incoming/$n" "processing/$n" 2>/dev/null; then
       sum=$(sha256sum "processing/$n" | cut -d' ' -f1) || { echo "UNREADABLE $n" >> "$LOG"; continue; }
       echo "$n $sum" >> "$LOG"
-      mv "processing/$n" "processed/$n" || echo "NOT-MOVED $n" >> "$LOG"
+      err=$(mv "processing/$n" "processed/$n" 2>&1) || echo "NOT-MOVED $n $err" >> "$LOG"
     fi
   done
   if [ -e "$DONE" ] && [ "$(ls processed | wc -l)" -ge "$(cat "$DONE")" ]; then break; fi
@@ -154,10 +154,18 @@ fn fleet_race(loader_endpoint: &Endpoint, s3: &TestS3, files: &[(String, Vec<u8>
     for log in &logs {
         for line in std::fs::read_to_string(log).unwrap().lines() {
             let (name, sum) = line.split_once(' ').unwrap();
-            assert!(
-                !["UNREADABLE", "NOT-MOVED"].contains(&name),
-                "a loader failed: {line}"
-            );
+            if ["UNREADABLE", "NOT-MOVED"].contains(&name) {
+                let file = sum.split(' ').next().unwrap_or_default();
+                let told: Vec<String> = mounts
+                    .iter()
+                    .flat_map(|m| m.log_text().lines().map(str::to_owned).collect::<Vec<_>>())
+                    .filter(|l| l.contains(file))
+                    .collect();
+                panic!(
+                    "a loader failed: {line}\nwhat the mounts logged of {file}:\n{}",
+                    told.join("\n")
+                );
+            }
             loaded
                 .entry(name.to_owned())
                 .or_default()
@@ -212,7 +220,7 @@ fn lost_answers_to_conditional_requests_neither_lose_nor_duplicate_a_claim() {
     let (proxy, endpoint) = s3.http_proxied();
     // Every 10th conditional request: S3 acts, the answer never arrives.
     proxy.set_rules(vec![Rule::conditional_every(Fault::LoseAnswer, 10)]);
-    fleet_race(&endpoint, &s3, &dropped_files(300));
+    fleet_race(&endpoint, &s3, &dropped_files(60));
     assert!(
         proxy.injected_total() >= 10,
         "only {} answers were lost",
