@@ -181,12 +181,15 @@ impl<S: ObjectStore> Listings<S> {
                 fetch_listing(&me.store, &prefix, me.mounted_at, &me.stats, &growing).await;
             guard.done = true;
             drop(guard);
-            growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
-            me.growing.lock().remove(&prefix);
+            // Installed before its readers see the end: a reader that reaches
+            // the end of the stream and at once looks the listing up (a tree
+            // walk starting at the next opendir) finds it in memory.
             let result = result.map(|listing| {
                 me.stats.refreshes.fetch_add(1, Ordering::Relaxed);
                 me.install(&prefix, listing)
             });
+            growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
+            me.growing.lock().remove(&prefix);
             me.refreshing.lock().remove(&prefix);
             // A listing left on disk was stored page by page already.
             let saved = result

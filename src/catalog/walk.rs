@@ -71,6 +71,8 @@ impl<S: ObjectStore> Listings<S> {
 
     fn start_walk(self: &Arc<Self>, parent: &str) {
         let Some(listing) = self.memory.get(parent) else {
+            // Not listed yet (or evicted): a later sibling may walk it.
+            self.walked.lock().remove(parent);
             return;
         };
         // A parent left on disk is too big to be walked.
