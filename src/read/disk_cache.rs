@@ -1,42 +1,61 @@
 //! `DiskCache`: object data kept on local disk across remounts
 //! (`--data-cache DIR`).
 //!
-//! It holds the read path's units (64 KiB blocks and 1 MiB segments), one
-//! file each, named by a hash of (bucket, key, ETag, unit). A file starts
-//! with a header holding that identity in full, the data's length and a
-//! CRC32 of each 64 KiB chunk of it; what is read is checked every time: a
-//! file of another identity (a hash collision), a truncated or corrupt one
-//! is deleted and reported as a miss, never returned. A part of a file (a
-//! block of a cached segment) is read and checked on its own. Since the ETag is part of the identity, a replaced object
-//! never hits the old version's blocks; they age out.
+//! One object version (bucket, key, ETag) is two files named by a hash of
+//! that identity. `HASH.data` holds the object's bytes at their own offsets,
+//! sparse where nothing was fetched, so a wholly cached object can be handed
+//! to the kernel as it is (FUSE passthrough: [`DiskCache::complete_file`]).
+//! `HASH.map` says what of it is there: a header holding the identity in
+//! full, then one 8-byte entry per 64 KiB chunk (present, length, CRC32).
+//! What the daemon reads is checked against its entries every time; a file
+//! handed to the kernel was checked whole once by this process first. A
+//! chunk found damaged (checksum, length, data cut short) loses its entry
+//! and is fetched again; a map of another identity (a hash collision) is a
+//! miss. Since the ETag is part of the identity, a replaced object never
+//! hits the old version's bytes; they age out.
 //!
-//! Files are written to a temporary name and renamed into place, so a
-//! reader (this mount or another sharing the directory) sees a whole file
-//! or none. A file's mtime is its last use (set on every hit), so every
-//! mount sharing the directory evicts in the same order: when the bytes
-//! written since the last sweep could have filled the cache, a background
-//! sweep lists the directory, and deletes the least recently used files
-//! until the cache is at 90% of its size and the disk keeps its minimum
-//! free space. Deleting the whole directory is always safe.
+//! Data is written before its entries, and bytes are never changed in
+//! place (a chunk written again holds the same bytes), so no reader, the
+//! kernel's passthrough reads included, sees bytes change under it; and a
+//! crash that loses data but keeps an entry is caught by the checksum.
+//! Eviction unlinks files, so open handles keep reading what they opened.
+//! A map's mtime is its object's last use (set on a hit at most once a
+//! minute), so every mount sharing the directory evicts in the same order:
+//! when the bytes written since the last sweep could have filled the cache,
+//! a background sweep lists the directory and deletes the least recently
+//! used objects until the cache is at 90% of its size and the disk keeps its
+//! minimum free space. Since whole objects are evicted, an object keeps at
+//! most half the cache's size of its bytes there (its first ones). The first sweep also deletes the files of the older
+//! layout (one file per cached unit). Deleting the whole directory is
+//! always safe.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
 use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::private_dir::create_private_dir;
 use crate::stable_hash::stable_hash;
 
-const MAGIC: &[u8; 8] = b"S3MDC02\n";
-/// Data is checksummed in chunks of this size, so a part of a file (a
-/// block of a cached segment) can be read and checked on its own.
-const CHUNK: u64 = 64 * 1024;
+const MAGIC: &[u8; 8] = b"S3MDC03\n";
+/// Data is checksummed in chunks of this size (the read path's block), so
+/// any block-aligned part of an object is read and checked on its own.
+pub const CHUNK: u64 = 64 * 1024;
+/// An entry's flag for "this chunk is here"; an absent chunk's entry is 0.
+const PRESENT: u64 = 1 << 63;
+/// Files checked whole that this process remembers; past it, it forgets
+/// them all and checks again (bounded memory, whatever the cache holds).
+const VERIFIED_LIMIT: usize = 100_000;
+/// How much of a data file a whole-file check reads at once.
+const CHECK_PIECE: usize = 16 * CHUNK as usize;
 
 /// Counters for metrics and the summary line.
 #[derive(Debug, Default)]
@@ -48,6 +67,8 @@ pub struct DiskCacheStats {
     pub evictions: AtomicU64,
     /// Bytes in the directory at the last sweep, plus what was written since.
     pub size: AtomicU64,
+    /// Whole objects checked against their checksums (before passthrough).
+    pub files_checked: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -59,21 +80,99 @@ pub struct DiskCache {
     min_free: u64,
     written_since_sweep: AtomicU64,
     sweeping: Arc<AtomicBool>,
+    /// Data files (device, inode) this process has checked whole.
+    verified: Mutex<HashSet<(u64, u64)>>,
     pub stats: Arc<DiskCacheStats>,
 }
 
-/// What identifies one cached unit.
+/// A block-aligned stretch of one object version: what the read path
+/// caches and looks for.
 pub struct UnitId<'a> {
     pub key: &'a str,
     pub etag: &'a str,
-    /// `b12` (block 12) or `s3` (segment 3).
-    pub unit: String,
+    /// Where the stretch starts in the object (a multiple of [`CHUNK`]).
+    pub offset: u64,
+    /// Its length; it ends on a chunk boundary or at the object's end.
+    pub len: u64,
 }
 
-impl UnitId<'_> {
-    fn identity(&self, bucket: &str) -> String {
-        format!("{bucket}\n{}\n{}\n{}", self.key, self.etag, self.unit)
+/// The two files of one object version.
+struct ObjectFiles {
+    identity: String,
+    data: PathBuf,
+    map: PathBuf,
+}
+
+impl ObjectFiles {
+    /// Bytes before the first entry of the map: magic, the identity's
+    /// length and the identity, padded to a whole entry.
+    fn header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(MAGIC.len() + 4 + self.identity.len() + 8);
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&(self.identity.len() as u32).to_le_bytes());
+        h.extend_from_slice(self.identity.as_bytes());
+        h.resize(h.len().next_multiple_of(8), 0);
+        h
     }
+
+    fn entry_at(&self, chunk: u64) -> u64 {
+        self.header().len() as u64 + 8 * chunk
+    }
+}
+
+fn encode_entry(len: usize, crc: u32) -> u64 {
+    PRESENT | (len as u64) << 32 | crc as u64
+}
+
+/// An entry's chunk length and checksum, if the chunk is there.
+fn decode_entry(raw: u64) -> Option<(u64, u32)> {
+    (raw & PRESENT != 0).then_some(((raw >> 32) & 0x7fff_ffff, raw as u32))
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; returns
+/// how much it read.
+fn read_full_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// The entries of `chunks` in an open map, or `None` when the map is not
+/// this identity's (another object's whose name hashes the same, or one
+/// whose header is still being written). Entries past its end are absent.
+fn read_entries(map: &File, files: &ObjectFiles, chunks: Range<u64>) -> Option<Vec<u64>> {
+    let header = files.header();
+    let first = files.entry_at(chunks.start);
+    let count = (chunks.end - chunks.start) as usize;
+    let mut raw = vec![0u8; 8 * count];
+    // Header and entries in one read when they lie close together.
+    if first + raw.len() as u64 <= 64 * 1024 {
+        let mut buf = vec![0u8; (first as usize) + raw.len()];
+        let got = read_full_at(map, &mut buf, 0).ok()?;
+        if got < header.len() || buf[..header.len()] != header[..] {
+            return None;
+        }
+        raw.copy_from_slice(&buf[first as usize..]);
+    } else {
+        let mut head = vec![0u8; header.len()];
+        let got = read_full_at(map, &mut head, 0).ok()?;
+        if got < header.len() || head != header {
+            return None;
+        }
+        read_full_at(map, &mut raw, first).ok()?;
+    }
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")))
+            .collect(),
+    )
 }
 
 impl DiskCache {
@@ -92,6 +191,7 @@ impl DiskCache {
             min_free,
             written_since_sweep: AtomicU64::new(0),
             sweeping: Arc::new(AtomicBool::new(false)),
+            verified: Mutex::new(HashSet::new()),
             stats: Arc::new(DiskCacheStats::default()),
         });
         info!(dir = %dir.display(), limit, "data cache on disk");
@@ -101,60 +201,54 @@ impl DiskCache {
         Ok(cache)
     }
 
-    fn path_of(&self, identity: &str) -> PathBuf {
+    fn files_of(&self, key: &str, etag: &str) -> ObjectFiles {
+        let identity = format!("{}\n{key}\n{etag}", self.bucket);
         let hash = stable_hash(identity.as_bytes());
-        self.dir
-            .join(format!("{:02x}", hash >> 56))
-            .join(format!("{hash:016x}"))
+        let sub = self.dir.join(format!("{:02x}", hash >> 56));
+        ObjectFiles {
+            identity,
+            data: sub.join(format!("{hash:016x}.data")),
+            map: sub.join(format!("{hash:016x}.map")),
+        }
     }
 
-    /// The unit's bytes if cached whole and intact (`len` is its length).
-    /// Blocks on the disk: call it off the async workers.
-    pub fn read(&self, id: &UnitId, len: u64) -> Option<Bytes> {
-        self.read_range(id, len, 0..len)
+    /// The unit's bytes if cached whole and intact. Blocks on the disk:
+    /// call it off the async workers.
+    pub fn read(&self, id: &UnitId) -> Option<Bytes> {
+        self.read_range(id, 0..id.len)
     }
 
-    /// Bytes `range` of the unit (of length `len`), if cached and intact.
-    /// Blocks on the disk.
-    pub fn read_range(&self, id: &UnitId, len: u64, range: Range<u64>) -> Option<Bytes> {
+    /// Bytes `range` of the unit, if cached and intact. Blocks on the disk.
+    pub fn read_range(&self, id: &UnitId, range: Range<u64>) -> Option<Bytes> {
         let mut out = Vec::new();
-        let found = self.read_into(id, len, range, &mut out)?;
+        let found = self.read_into(id, range, &mut out)?;
         Some(Bytes::from(out).slice(found))
     }
 
-    /// Bytes `range` of the unit (of length `len`) appended to `out`, if
-    /// cached and intact, together with the rest of the checksummed chunks
-    /// they lie in (none when `range` is on chunk boundaries, as blocks
-    /// are); several units read so lie in one buffer. Blocks on the disk.
-    pub fn read_appending(
-        &self,
-        id: &UnitId,
-        len: u64,
-        range: Range<u64>,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        self.read_into(id, len, range, out).is_some()
+    /// Bytes `range` of the unit appended to `out`, if cached and intact,
+    /// together with the rest of the checksummed chunks they lie in (none
+    /// when `range` is on chunk boundaries, as blocks are); several units
+    /// read so lie in one buffer. Blocks on the disk.
+    pub fn read_appending(&self, id: &UnitId, range: Range<u64>, out: &mut Vec<u8>) -> bool {
+        self.read_into(id, range, out).is_some()
     }
 
-    fn read_into(
-        &self,
-        id: &UnitId,
-        len: u64,
-        range: Range<u64>,
-        out: &mut Vec<u8>,
-    ) -> Option<Range<usize>> {
-        let identity = id.identity(&self.bucket);
-        let path = self.path_of(&identity);
-        let found = match read_checked(&path, &identity, len, range, out) {
+    fn read_into(&self, id: &UnitId, range: Range<u64>, out: &mut Vec<u8>) -> Option<Range<usize>> {
+        let files = self.files_of(id.key, id.etag);
+        let base = out.len();
+        let found = match self.read_checked(&files, id, range, out) {
             Ok(found) => found,
-            Err(why) => {
-                warn!(path = %path.display(), why, "dropping a damaged data cache file");
-                let _ = std::fs::remove_file(&path);
+            Err((why, bad)) => {
+                warn!(path = %files.data.display(), why, chunks = bad.len(), "dropping a damaged data cache file's chunks");
+                self.forget_chunks(&files, &bad);
                 None
             }
         };
-        // Misses are counted by the caller, which may look for a unit under
-        // more than one name.
+        if found.is_none() {
+            out.truncate(base);
+        }
+        // Misses are counted by the caller, which may look for a unit in
+        // more than one way.
         if let Some(data) = &found {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -164,46 +258,116 @@ impl DiskCache {
         found
     }
 
-    /// Starts reading the files of these units (whole) into the page cache
-    /// without waiting, so reading several small files one after the other
-    /// waits for about one disk round trip instead of one each. Units not
-    /// cached cost a failed open.
+    /// Reads and checks `range` of a unit, appending the whole chunks that
+    /// cover it to `out`: where `range`'s bytes are in `out`, `Ok(None)`
+    /// when not all there, `Err` with the chunks found damaged.
+    #[allow(clippy::type_complexity)]
+    fn read_checked(
+        &self,
+        files: &ObjectFiles,
+        id: &UnitId,
+        range: Range<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Range<usize>>, (&'static str, Vec<u64>)> {
+        let Ok(map) = File::open(&files.map) else {
+            return Ok(None);
+        };
+        let unit_end = id.offset + id.len;
+        let (start, end) = (id.offset + range.start, id.offset + range.end);
+        let chunks = start / CHUNK..end.div_ceil(CHUNK);
+        let Some(entries) = read_entries(&map, files, chunks.clone()) else {
+            return Ok(None);
+        };
+        let mut wanted = Vec::with_capacity(entries.len());
+        for (c, raw) in chunks.clone().zip(&entries) {
+            let Some((len, crc)) = decode_entry(*raw) else {
+                return Ok(None);
+            };
+            if len != CHUNK.min(unit_end - c * CHUNK) {
+                return Err(("wrong length", vec![c]));
+            }
+            wanted.push(crc);
+        }
+        let Ok(data_file) = File::open(&files.data) else {
+            return Err(("data file missing", chunks.collect()));
+        };
+        let from = chunks.start * CHUNK;
+        let to = (chunks.end * CHUNK).min(unit_end);
+        let base = out.len();
+        out.resize(base + (to - from) as usize, 0);
+        let got = read_full_at(&data_file, &mut out[base..], from).unwrap_or(0);
+        if got < (to - from) as usize {
+            let first_short = chunks.start + got as u64 / CHUNK;
+            return Err(("truncated", (first_short..chunks.end).collect()));
+        }
+        let bad: Vec<u64> = out[base..]
+            .chunks(CHUNK as usize)
+            .zip(chunks.clone().zip(wanted))
+            .filter(|(bytes, (_, crc))| crc32fast::hash(bytes) != *crc)
+            .map(|(_, (c, _))| c)
+            .collect();
+        if !bad.is_empty() {
+            return Err(("checksum mismatch", bad));
+        }
+        mark_used(&map);
+        Ok(Some(
+            base + (start - from) as usize..base + (end - from) as usize,
+        ))
+    }
+
+    /// Clears the entries of damaged chunks: they are fetched again.
+    fn forget_chunks(&self, files: &ObjectFiles, chunks: &[u64]) {
+        let Ok(map) = File::options().write(true).open(&files.map) else {
+            return;
+        };
+        for &c in chunks {
+            let _ = map.write_all_at(&0u64.to_le_bytes(), files.entry_at(c));
+        }
+    }
+
+    /// Starts reading these units into the page cache without waiting, so
+    /// reading several one after the other waits for about one disk round
+    /// trip instead of one each. Units not cached cost a failed open.
     pub fn will_need<'a>(&self, ids: impl IntoIterator<Item = UnitId<'a>>) {
         for id in ids {
-            if let Ok(file) = File::open(self.path_of(&id.identity(&self.bucket))) {
-                let _ = nix::fcntl::posix_fadvise(
-                    &file,
-                    0,
-                    0,
-                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-                );
-            }
+            self.will_need_range(&id, 0..id.len);
         }
     }
 
-    /// Starts reading the header and the chunks covering `range` of the
-    /// unit (of length `len`) into the page cache without waiting, for a
-    /// read of them that comes after a read of another file.
-    pub fn will_need_range(&self, id: &UnitId, len: u64, range: Range<u64>) {
-        let identity = id.identity(&self.bucket);
-        if let Ok(file) = File::open(self.path_of(&identity)) {
-            let layout = Layout::of(&identity, len, range);
-            ask_disk(&file, layout.header, layout.from..layout.to, true);
+    /// Starts reading `range` of the unit into the page cache without
+    /// waiting, for a read of it that comes after a read of another part.
+    pub fn will_need_range(&self, id: &UnitId, range: Range<u64>) {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+        let files = self.files_of(id.key, id.etag);
+        if let Ok(file) = File::open(&files.data) {
+            let start = (id.offset + range.start) as i64;
+            let len = (range.end - range.start) as i64;
+            let _ = posix_fadvise(&file, start, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
         }
     }
 
-    /// Whether a file for the unit is there (not checked: a cheap test to
-    /// plan requests with).
+    /// Whether the map says every chunk of the unit is there (not checked:
+    /// a cheap test to plan requests with).
     pub fn contains(&self, id: &UnitId) -> bool {
-        self.path_of(&id.identity(&self.bucket)).exists()
+        let files = self.files_of(id.key, id.etag);
+        let Ok(map) = File::open(&files.map) else {
+            return false;
+        };
+        let chunks = id.offset / CHUNK..(id.offset + id.len).div_ceil(CHUNK);
+        read_entries(&map, &files, chunks)
+            .is_some_and(|entries| entries.iter().all(|e| decode_entry(*e).is_some()))
     }
 
-    /// Stores a unit (whole); best effort. Blocks on the disk.
+    /// Stores a unit; best effort. Blocks on the disk. Only the first
+    /// half-cache's worth of an object is kept: the cache evicts whole
+    /// objects, and one object must not be able to fill it.
     pub fn write(&self, id: &UnitId, data: &[u8]) {
-        let identity = id.identity(&self.bucket);
-        let path = self.path_of(&identity);
-        if let Err(e) = write_atomically(&path, &identity, data) {
-            debug!(path = %path.display(), error = %e, "cannot write to the data cache");
+        if id.offset + data.len() as u64 > self.limit / 2 {
+            return;
+        }
+        let files = self.files_of(id.key, id.etag);
+        if let Err(e) = write_unit(&files, id.offset, data) {
+            debug!(path = %files.data.display(), error = %e, "cannot write to the data cache");
             return;
         }
         let len = data.len() as u64;
@@ -218,24 +382,62 @@ impl DiskCache {
         }
     }
 
+    /// The data file of an object version the cache holds whole, opened
+    /// for reading, for the kernel to read itself (passthrough). Checked
+    /// whole against its checksums the first time this process hands it
+    /// out (a damaged chunk loses its entry: `None`, and it is fetched
+    /// again). Blocks on the disk, for as long as reading the file takes
+    /// the first time.
+    pub fn complete_file(&self, key: &str, etag: &str, size: u64) -> Option<File> {
+        if size == 0 {
+            return None;
+        }
+        let files = self.files_of(key, etag);
+        let map = File::open(&files.map).ok()?;
+        let chunks = size.div_ceil(CHUNK);
+        let entries = read_entries(&map, &files, 0..chunks)?;
+        let mut crcs = Vec::with_capacity(entries.len());
+        for (c, raw) in (0..chunks).zip(&entries) {
+            let (len, crc) = decode_entry(*raw)?;
+            if len != CHUNK.min(size - c * CHUNK) {
+                return None;
+            }
+            crcs.push(crc);
+        }
+        let data = File::open(&files.data).ok()?;
+        let meta = data.metadata().ok()?;
+        // Longer would pass bytes past the object's end to the kernel.
+        if meta.len() != size {
+            return None;
+        }
+        let id = (meta.dev(), meta.ino());
+        if !self.verified.lock().contains(&id) {
+            let bad = check_whole(&data, &crcs);
+            self.stats.files_checked.fetch_add(1, Ordering::Relaxed);
+            if !bad.is_empty() {
+                warn!(path = %files.data.display(), chunks = bad.len(), "dropping a damaged data cache file's chunks (found checking it whole)");
+                self.forget_chunks(&files, &bad);
+                return None;
+            }
+            let mut verified = self.verified.lock();
+            if verified.len() >= VERIFIED_LIMIT {
+                verified.clear();
+            }
+            verified.insert(id);
+        }
+        mark_used(&map);
+        Some(data)
+    }
+
     fn sweep_in_background(self: &DiskCache) {
         if self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
-        let job = Sweep {
-            dir: self.dir.clone(),
-            limit: self.limit,
-            min_free: self.min_free,
-            stats: self.stats.clone(),
-            sweeping: self.sweeping.clone(),
-        };
+        let job = self.sweep_job();
         std::thread::spawn(move || job.run());
     }
 
-    /// A sweep now, on this thread.
-    #[cfg(test)]
-    fn sweep(&self) {
-        self.sweeping.store(true, Ordering::Release);
+    fn sweep_job(&self) -> Sweep {
         Sweep {
             dir: self.dir.clone(),
             limit: self.limit,
@@ -243,8 +445,80 @@ impl DiskCache {
             stats: self.stats.clone(),
             sweeping: self.sweeping.clone(),
         }
-        .run();
     }
+
+    /// A sweep now, on this thread.
+    #[cfg(test)]
+    fn sweep(&self) {
+        self.sweeping.store(true, Ordering::Release);
+        self.sweep_job().run();
+    }
+}
+
+/// Marks an object used (its map's mtime), at most once a minute.
+fn mark_used(map: &File) {
+    if let Ok(used) = map.metadata().and_then(|m| m.modified()) {
+        if used.elapsed().unwrap_or_default() > Duration::from_secs(60) {
+            let _ = map.set_modified(SystemTime::now());
+        }
+    }
+}
+
+/// The chunks of a whole data file whose bytes do not match `crcs`.
+fn check_whole(data: &File, crcs: &[u32]) -> Vec<u64> {
+    let mut bad = Vec::new();
+    let mut buf = vec![0u8; CHECK_PIECE];
+    let per_piece = CHECK_PIECE / CHUNK as usize;
+    for (p, piece_crcs) in crcs.chunks(per_piece).enumerate() {
+        let at = (p * CHECK_PIECE) as u64;
+        let got = read_full_at(data, &mut buf, at).unwrap_or(0);
+        for (i, crc) in piece_crcs.iter().enumerate() {
+            let from = i * CHUNK as usize;
+            let c = (p * per_piece + i) as u64;
+            let to = (from + CHUNK as usize).min(got);
+            if from >= got || crc32fast::hash(&buf[from..to]) != *crc {
+                bad.push(c);
+            }
+        }
+    }
+    bad
+}
+
+/// Writes one unit's bytes at `offset` of the object's data file, then
+/// their entries in its map (creating both, mode 0600).
+fn write_unit(files: &ObjectFiles, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    let dir = files
+        .map
+        .parent()
+        .expect("cache files live in subdirectories");
+    std::fs::create_dir_all(dir)?;
+    let open = |path: &Path| {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+    };
+    let map = open(&files.map)?;
+    let header = files.header();
+    let mut found = vec![0u8; header.len()];
+    let got = read_full_at(&map, &mut found, 0)?;
+    // A header being written by another writer is a prefix of this one;
+    // anything else is another object whose name hashes the same.
+    if found[..got] != header[..got] {
+        return Err(std::io::Error::other("the map belongs to another object"));
+    }
+    if got < header.len() {
+        map.write_all_at(&header, 0)?;
+    }
+    open(&files.data)?.write_all_at(data, offset)?;
+    let entries: Vec<u8> = data
+        .chunks(CHUNK as usize)
+        .flat_map(|c| encode_entry(c.len(), crc32fast::hash(c)).to_le_bytes())
+        .collect();
+    map.write_all_at(&entries, files.entry_at(offset / CHUNK))
 }
 
 /// One eviction pass over the directory.
@@ -256,9 +530,19 @@ struct Sweep {
     sweeping: Arc<AtomicBool>,
 }
 
+/// One object's files as a sweep sees them.
+#[derive(Default)]
+struct SweptObject {
+    used: Option<SystemTime>,
+    bytes: u64,
+    /// Map first: without it the data is not used, whatever is left.
+    paths: Vec<PathBuf>,
+}
+
 impl Sweep {
     fn run(self) {
-        let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+        let mut objects: HashMap<String, SweptObject> = HashMap::new();
+        let mut old_layout = 0u64;
         if let Ok(subdirs) = std::fs::read_dir(&self.dir) {
             for sub in subdirs.flatten() {
                 let Ok(entries) = std::fs::read_dir(sub.path()) else {
@@ -269,12 +553,44 @@ impl Sweep {
                     if !meta.is_file() {
                         continue;
                     }
+                    let path = e.path();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let (stem, is_map) = match name.rsplit_once('.') {
+                        Some((stem, "map")) => (stem.to_owned(), true),
+                        Some((stem, "data")) => (stem.to_owned(), false),
+                        _ => {
+                            // A unit file of the older layout (or its
+                            // temporary): never read by this version.
+                            if std::fs::remove_file(&path).is_ok() {
+                                old_layout += 1;
+                            }
+                            continue;
+                        }
+                    };
+                    let obj = objects.entry(stem).or_default();
                     let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    files.push((used, meta.len(), e.path()));
+                    obj.used = Some(obj.used.map_or(used, |u| u.max(used)));
+                    // Data files are sparse: what they hold on disk counts.
+                    obj.bytes += if is_map {
+                        meta.len()
+                    } else {
+                        meta.blocks() * 512
+                    };
+                    match is_map {
+                        true => obj.paths.insert(0, path),
+                        false => obj.paths.push(path),
+                    }
                 }
             }
         }
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        if old_layout > 0 {
+            info!(
+                files = old_layout,
+                "data cache: deleted the files of the older one-file-per-unit layout"
+            );
+        }
+        let mut objects: Vec<SweptObject> = objects.into_values().collect();
+        let mut total: u64 = objects.iter().map(|o| o.bytes).sum();
         let free = free_space(&self.dir).map(|(f, _)| f).unwrap_or(u64::MAX);
         // Over the limit: down to 90% of it. Disk short of its minimum
         // free space: give back what is missing, as far as the cache can.
@@ -285,21 +601,22 @@ impl Sweep {
             to_free = 0;
         }
         if to_free > 0 {
-            files.sort_unstable_by_key(|f| f.0);
+            objects.sort_unstable_by_key(|o| o.used);
             let mut freed = 0;
-            for (_, len, path) in &files {
+            for obj in &objects {
                 if freed >= to_free {
                     break;
                 }
-                match std::fs::remove_file(path) {
-                    Ok(()) => {
-                        freed += len;
-                        self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                for path in &obj.paths {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        // Another sweep (or mount) freed it already.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(_) => continue,
                     }
-                    // Another sweep (or mount) freed it already.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => freed += len,
-                    Err(_) => {}
                 }
+                freed += obj.bytes;
+                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
             total = total.saturating_sub(freed);
             debug!(freed, total, "data cache swept");
@@ -307,181 +624,6 @@ impl Sweep {
         self.stats.size.store(total, Ordering::Relaxed);
         self.sweeping.store(false, Ordering::Release);
     }
-}
-
-/// Where things are in a cache file of a unit of `len` bytes, for a read of
-/// `range` of its data.
-struct Layout {
-    /// The first checksummed chunk covering the range.
-    first: usize,
-    /// The data bytes to read: the whole chunks covering the range.
-    from: u64,
-    to: u64,
-    /// The header's length, which is where the data starts: it follows from
-    /// the identity and the length, so the data's read can start before the
-    /// header is read.
-    header: u64,
-}
-
-impl Layout {
-    fn of(identity: &str, len: u64, range: Range<u64>) -> Layout {
-        let chunks = len.div_ceil(CHUNK) as usize;
-        let first = (range.start / CHUNK) as usize;
-        let last = (range.end.div_ceil(CHUNK) as usize).min(chunks);
-        Layout {
-            first,
-            from: first as u64 * CHUNK,
-            to: (last as u64 * CHUNK).min(len),
-            header: (MAGIC.len() + 4 + identity.len() + 8 + 4 * chunks) as u64,
-        }
-    }
-}
-
-/// Starts the disk reading the data bytes `data` of a cache file whose
-/// header is `header` bytes long (and the header too, if asked), without
-/// waiting: then the header's read and the data's take one disk round trip,
-/// not two. No readahead beyond: reading the header must not pull in data
-/// nobody asked for (a random read wants a few chunks of the file).
-fn ask_disk(file: &File, header: u64, data: Range<u64>, with_header: bool) {
-    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-    let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_RANDOM);
-    let (start, len) = ((header + data.start) as i64, (data.end - data.start) as i64);
-    let _ = posix_fadvise(file, start, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-    if with_header {
-        let _ = posix_fadvise(
-            file,
-            0,
-            header as i64,
-            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        );
-    }
-}
-
-/// Reads and checks `range` of one cache file holding `len` bytes of
-/// data, appending the checksummed chunks that cover it to `out`: returns
-/// where `range`'s bytes are in `out`, `Ok(None)` when absent (or another
-/// unit's), `Err` when present but not whole and right (`out` is left as
-/// it was then). Marks the file used (its mtime) at most once a minute.
-fn read_checked(
-    path: &Path,
-    identity: &str,
-    len: u64,
-    range: Range<u64>,
-    out: &mut Vec<u8>,
-) -> Result<Option<Range<usize>>, &'static str> {
-    let base = out.len();
-    let found = read_checked_into(path, identity, len, range, out);
-    if !matches!(found, Ok(Some(_))) {
-        out.truncate(base);
-    }
-    found
-}
-
-/// [`read_checked`], leaving whatever it appended to `out` on a failure.
-fn read_checked_into(
-    path: &Path,
-    identity: &str,
-    len: u64,
-    range: Range<u64>,
-    out: &mut Vec<u8>,
-) -> Result<Option<Range<usize>>, &'static str> {
-    use std::os::unix::fs::FileExt;
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(_) => return Ok(None),
-    };
-    let Layout {
-        first,
-        from,
-        to,
-        header,
-    } = Layout::of(identity, len, range.clone());
-    ask_disk(&file, header, from..to, false);
-    // The whole header in one read: its length follows from the identity.
-    // Read what is there: a file of another unit may be shorter.
-    let head_len = MAGIC.len() + 4;
-    let mut head = vec![0u8; header as usize];
-    let mut got = 0;
-    while got < head.len() {
-        match file.read_at(&mut head[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Err("unreadable"),
-        }
-    }
-    if got < head_len || &head[..MAGIC.len()] != MAGIC {
-        return Err("no header");
-    }
-    let id_len = u32::from_le_bytes(head[MAGIC.len()..head_len].try_into().unwrap()) as usize;
-    if id_len != identity.len() {
-        // Another unit whose name hashes the same: not damaged, not ours.
-        return Ok(None);
-    }
-    if got < head.len() {
-        return Err("truncated");
-    }
-    let rest = &head[head_len..];
-    if &rest[..id_len] != identity.as_bytes() {
-        return Ok(None);
-    }
-    let data_len = u64::from_le_bytes(rest[id_len..id_len + 8].try_into().unwrap());
-    let data_at = head.len() as u64;
-    let meta = file.metadata().map_err(|_| "unreadable")?;
-    if data_len != len || meta.len() != data_at + len {
-        return Err("wrong length");
-    }
-    let crcs = &rest[id_len + 8..];
-    // The chunks covering the range, read and checked.
-    let base = out.len();
-    out.resize(base + (to - from) as usize, 0);
-    let data = &mut out[base..];
-    file.read_exact_at(data, data_at + from)
-        .map_err(|_| "truncated")?;
-    for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
-        let c = first + i;
-        let want = u32::from_le_bytes(crcs[4 * c..4 * c + 4].try_into().unwrap());
-        if crc32fast::hash(chunk) != want {
-            return Err("checksum mismatch");
-        }
-    }
-    if let Ok(used) = meta.modified() {
-        if used.elapsed().unwrap_or_default() > std::time::Duration::from_secs(60) {
-            let _ = file.set_modified(SystemTime::now());
-        }
-    }
-    Ok(Some(
-        base + (range.start - from) as usize..base + (range.end - from) as usize,
-    ))
-}
-
-fn write_atomically(path: &Path, identity: &str, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache files live in subdirectories");
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), fastrand::u64(..)));
-    let result = (|| {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let mut header = Vec::with_capacity(MAGIC.len() + 16 + identity.len());
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&(identity.len() as u32).to_le_bytes());
-        header.extend_from_slice(identity.as_bytes());
-        header.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        for chunk in data.chunks(CHUNK as usize) {
-            header.extend_from_slice(&crc32fast::hash(chunk).to_le_bytes());
-        }
-        f.write_all(&header)?;
-        f.write_all(data)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Free and total bytes of the filesystem holding `dir`.
@@ -498,11 +640,12 @@ fn free_space(dir: &Path) -> std::io::Result<(u64, u64)> {
 mod tests {
     use super::*;
 
-    fn id(unit: &str) -> UnitId<'static> {
+    fn id(key: &str, offset: u64, len: u64) -> UnitId<'_> {
         UnitId {
-            key: "dir/a.parquet",
+            key,
             etag: "\"e1\"",
-            unit: unit.to_owned(),
+            offset,
+            len,
         }
     }
 
@@ -512,79 +655,137 @@ mod tests {
         dir
     }
 
+    fn data(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(7) ^ seed) as u8)
+            .collect()
+    }
+
     #[test]
-    fn a_unit_reads_back_and_damage_is_a_miss() {
+    fn a_unit_reads_back_and_damage_is_a_miss_until_written_again() {
         let dir = temp_dir("rw");
         let cache = DiskCache::open(&dir, "b", 1 << 30).unwrap();
-        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7) as u8).collect();
-        assert!(cache.read(&id("b1"), data.len() as u64).is_none());
-        cache.write(&id("b1"), &data);
-        assert_eq!(cache.read(&id("b1"), data.len() as u64).unwrap(), data);
-        // Another ETag of the same key is another unit.
+        // The object's last unit: shorter than a chunk multiple.
+        let bytes = data(70_000, 1);
+        let unit = id("dir/a.parquet", 2 * CHUNK, bytes.len() as u64);
+        assert!(cache.read(&unit).is_none());
+        cache.write(&unit, &bytes);
+        assert_eq!(cache.read(&unit).unwrap(), bytes);
+        assert!(cache.contains(&unit));
+        // The chunks before it were never written.
+        assert!(!cache.contains(&id("dir/a.parquet", 0, CHUNK)));
+        // Another ETag of the same key is another object.
         let other = UnitId {
             etag: "\"e2\"",
-            ..id("b1")
+            ..id("dir/a.parquet", 2 * CHUNK, bytes.len() as u64)
         };
-        assert!(cache.read(&other, data.len() as u64).is_none());
-        // Flip one byte of the data: a miss, and the file is gone.
-        let path = cache.path_of(&id("b1").identity("b"));
-        let mut raw = std::fs::read(&path).unwrap();
+        assert!(cache.read(&other).is_none());
+        // A part is read and checked on its own.
+        assert_eq!(
+            cache.read_range(&unit, 65_536..65_600).unwrap(),
+            bytes[65_536..65_600]
+        );
+        // Flip one byte of the data: a miss, then fetched and written again.
+        let files = cache.files_of("dir/a.parquet", "\"e1\"");
+        let mut raw = std::fs::read(&files.data).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
-        std::fs::write(&path, &raw).unwrap();
-        assert!(cache.read(&id("b1"), data.len() as u64).is_none());
-        assert!(!path.exists());
-        // A part is read and checked on its own.
-        cache.write(&id("b3"), &data);
-        assert_eq!(
-            cache
-                .read_range(&id("b3"), data.len() as u64, 65_536..65_600)
-                .unwrap(),
-            data[65_536..65_600]
-        );
+        std::fs::write(&files.data, &raw).unwrap();
+        assert!(cache.read(&unit).is_none());
+        assert!(!cache.contains(&unit), "the damaged chunk lost its entry");
+        // The undamaged chunk still reads.
+        assert_eq!(cache.read_range(&unit, 0..100).unwrap(), bytes[..100]);
+        cache.write(&unit, &bytes);
+        assert_eq!(cache.read(&unit).unwrap(), bytes);
         // Truncated: a miss too.
-        cache.write(&id("b2"), &data);
-        let path = cache.path_of(&id("b2").identity("b"));
-        let raw = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &raw[..raw.len() - 10]).unwrap();
-        assert!(cache.read(&id("b2"), data.len() as u64).is_none());
+        let f = File::options().write(true).open(&files.data).unwrap();
+        f.set_len(raw.len() as u64 - 10).unwrap();
+        assert!(cache.read(&unit).is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn the_least_recently_used_units_go_first() {
+    fn a_whole_object_is_handed_out_only_complete_and_checked() {
+        let dir = temp_dir("whole");
+        let bytes = data(3 * CHUNK as usize + 123, 2);
+        let size = bytes.len() as u64;
+        {
+            let cache = DiskCache::open(&dir, "b", 1 << 30).unwrap();
+            cache.write(&id("k", 0, 2 * CHUNK), &bytes[..2 * CHUNK as usize]);
+            assert!(
+                cache.complete_file("k", "\"e1\"", size).is_none(),
+                "half of it"
+            );
+            cache.write(
+                &id("k", 2 * CHUNK, size - 2 * CHUNK),
+                &bytes[2 * CHUNK as usize..],
+            );
+            let file = cache.complete_file("k", "\"e1\"", size).expect("complete");
+            let mut got = Vec::new();
+            use std::io::Read;
+            (&file).read_to_end(&mut got).unwrap();
+            assert!(got == bytes, "the data file is the object");
+            assert_eq!(cache.stats.files_checked.load(Ordering::Relaxed), 1);
+            // Checked once per process.
+            cache.complete_file("k", "\"e1\"", size).unwrap();
+            assert_eq!(cache.stats.files_checked.load(Ordering::Relaxed), 1);
+            assert!(cache.complete_file("k", "\"e2\"", size).is_none());
+        }
+        // Damaged between two runs: the next run finds it checking.
+        let cache = DiskCache::open(&dir, "b", 1 << 30).unwrap();
+        let files = cache.files_of("k", "\"e1\"");
+        let mut raw = std::fs::read(&files.data).unwrap();
+        raw[CHUNK as usize + 5] ^= 0x10;
+        std::fs::write(&files.data, &raw).unwrap();
+        assert!(cache.complete_file("k", "\"e1\"", size).is_none());
+        assert!(!cache.contains(&id("k", CHUNK, CHUNK)), "refetched next");
+        assert!(cache.contains(&id("k", 0, CHUNK)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_least_recently_used_objects_go_first_and_the_old_layout_goes() {
         let dir = temp_dir("lru");
+        create_private_dir(&dir.join("ab")).unwrap();
+        let old = dir.join("ab").join("00ab000000000001");
+        std::fs::write(&old, b"S3MDC02\nold unit").unwrap();
         let cache = DiskCache::open(&dir, "b", 1 << 20).unwrap();
-        let data = vec![7u8; 200 << 10];
-        let long_ago = SystemTime::now() - std::time::Duration::from_secs(600);
-        for i in 0..4 {
-            cache.write(&id(&format!("b{i}")), &data);
-            // Last used minutes ago, in order (a use marks a file at most
-            // once a minute).
-            let path = cache.path_of(&id(&format!("b{i}")).identity("b"));
-            File::options()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_modified(long_ago + std::time::Duration::from_secs(i))
-                .unwrap();
+        let bytes = data(200 << 10, 3);
+        let long_ago = SystemTime::now() - Duration::from_secs(600);
+        let keys: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+        for (i, key) in keys.iter().enumerate().take(4) {
+            cache.write(&id(key, 0, bytes.len() as u64), &bytes);
+            // Last used minutes ago, in order (a use marks an object at
+            // most once a minute).
+            for path in [
+                cache.files_of(key, "\"e1\"").map,
+                cache.files_of(key, "\"e1\"").data,
+            ] {
+                File::options()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(long_ago + Duration::from_secs(i as u64))
+                    .unwrap();
+            }
         }
         // Used again: now the most recent.
-        assert!(cache.read(&id("b0"), data.len() as u64).is_some());
-        for i in 4..6 {
-            cache.write(&id(&format!("b{i}")), &data);
+        assert!(cache.read(&id(&keys[0], 0, bytes.len() as u64)).is_some());
+        for key in &keys[4..] {
+            cache.write(&id(key, 0, bytes.len() as u64), &bytes);
         }
         cache.sweep();
         let size = cache.stats.size.load(Ordering::Relaxed);
         assert!(size <= 1 << 20, "{size} bytes kept over a 1 MiB limit");
         assert!(
-            cache.read(&id("b0"), data.len() as u64).is_some(),
-            "b0 was used recently"
+            cache.read(&id(&keys[0], 0, bytes.len() as u64)).is_some(),
+            "k0 was used recently"
         );
         assert!(
-            cache.read(&id("b1"), data.len() as u64).is_none(),
-            "b1 is the oldest"
+            cache.read(&id(&keys[1], 0, bytes.len() as u64)).is_none(),
+            "k1 is the oldest"
         );
+        assert!(!old.exists(), "a file of the older layout is deleted");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -516,7 +516,7 @@ impl<S: ObjectStore> Upload<S> {
         }
         let (spool, key, etag) = (self.spool.clone(), self.key.clone(), etag.to_owned());
         tokio::spawn(async move {
-            for (n, start) in (0..size).step_by(segment as usize).enumerate() {
+            for start in (0..size).step_by(segment as usize) {
                 let len = segment.min(size - start);
                 let Ok(data) = spool.read_at(start, len as usize).await else {
                     return;
@@ -524,7 +524,8 @@ impl<S: ObjectStore> Upload<S> {
                 let id = crate::read::disk_cache::UnitId {
                     key: &key,
                     etag: &etag,
-                    unit: format!("s{n}"),
+                    offset: start,
+                    len,
                 };
                 let cache = cache.clone();
                 crate::blocking::blocking(move || cache.write(&id, &data));

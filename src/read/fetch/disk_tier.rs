@@ -73,22 +73,20 @@ impl<S: ObjectStore> Fetcher<S> {
                 for later in (start / segment + 1)..range.end.div_ceil(segment) {
                     let bytes = self.bytes_of(obj, Unit::Segment(later));
                     let want = 0..range.end.min(bytes.end) - bytes.start;
-                    let id = unit_id(obj, Unit::Segment(later));
-                    disk.will_need_range(&id, bytes.end - bytes.start, want);
+                    disk.will_need_range(&self.disk_id(obj, Unit::Segment(later)), want);
                 }
             }
             let until = range.end.min(seg_bytes.end);
             let want = at - seg_bytes.start..until - seg_bytes.start;
-            let seg_len = seg_bytes.end - seg_bytes.start;
             let found = disk_io(false, || {
-                disk.read_appending(&unit_id(obj, seg), seg_len, want, &mut out)
+                disk.read_appending(&self.disk_id(obj, seg), want, &mut out)
             });
             if found {
                 at = until;
             } else {
                 let r = self.bytes_of(obj, block);
                 let len = r.end - r.start;
-                if !disk.read_appending(&unit_id(obj, block), len, 0..len, &mut out) {
+                if !disk.read_appending(&self.disk_id(obj, block), 0..len, &mut out) {
                     return None;
                 }
                 at = r.end;
@@ -183,7 +181,7 @@ impl<S: ObjectStore> Fetcher<S> {
     ) -> Option<Bytes> {
         let disk = self.disk.as_ref()?;
         let found = disk_io(ahead, || {
-            if let Some(data) = disk.read(&unit_id(obj, unit), len) {
+            if let Some(data) = disk.read(&self.disk_id(obj, unit)) {
                 return Some(data);
             }
             let b = match unit {
@@ -197,16 +195,9 @@ impl<S: ObjectStore> Fetcher<S> {
             if let Some(data) = self.cache.get(&Self::key(obj, seg)) {
                 return Some(data.slice(from..from + len as usize));
             }
-            if !disk.contains(&unit_id(obj, seg)) {
-                return None;
-            }
-            // Only the block is read (and checked) from the segment's file.
+            // Only the block is read (and checked).
             let from = from as u64;
-            disk.read_range(
-                &unit_id(obj, seg),
-                seg_bytes.end - seg_bytes.start,
-                from..from + len,
-            )
+            disk.read_range(&self.disk_id(obj, seg), from..from + len)
         });
         if found.is_none() {
             disk.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -230,19 +221,15 @@ impl<S: ObjectStore> Fetcher<S> {
             return Vec::new();
         };
         let seg = first / SEGMENT_BLOCKS;
-        let seg_id = unit_id(obj, Unit::Segment(seg));
+        let seg_id = self.disk_id(obj, Unit::Segment(seg));
         let run = units
             .iter()
             .take_while(|u| matches!(u, Unit::Block(b) if b / SEGMENT_BLOCKS == seg))
             .count();
-        let seg_bytes = self.bytes_of(obj, Unit::Segment(seg));
+        let seg_start = seg_id.offset;
         let (start, end) = (ranges[0].start, ranges[run - 1].end);
         let Some(data) = disk_io(ahead, || {
-            disk.read_range(
-                &seg_id,
-                seg_bytes.end - seg_bytes.start,
-                start - seg_bytes.start..end - seg_bytes.start,
-            )
+            disk.read_range(&seg_id, start - seg_start..end - seg_start)
         }) else {
             // Not a miss yet: the blocks may be cached on their own.
             return Vec::new();
@@ -262,14 +249,13 @@ impl<S: ObjectStore> Fetcher<S> {
         let blocks = (bytes.start / self.block)..bytes.end.div_ceil(self.block);
         if !blocks
             .clone()
-            .all(|b| disk.contains(&unit_id(obj, Unit::Block(b))))
+            .all(|b| disk.contains(&self.disk_id(obj, Unit::Block(b))))
         {
             return None;
         }
         let mut whole = bytes::BytesMut::with_capacity((bytes.end - bytes.start) as usize);
         for b in blocks {
-            let r = self.bytes_of(obj, Unit::Block(b));
-            whole.extend_from_slice(&disk.read(&unit_id(obj, Unit::Block(b)), r.end - r.start)?);
+            whole.extend_from_slice(&disk.read(&self.disk_id(obj, Unit::Block(b)))?);
         }
         Some(whole.freeze())
     }
@@ -339,7 +325,7 @@ impl<S: ObjectStore> Fetcher<S> {
         let mut run = 0;
         for (&unit, r) in units.iter().zip(ranges) {
             let len = r.end - r.start;
-            if !disk.read_appending(&unit_id(obj, unit), len, 0..len, &mut out) {
+            if !disk.read_appending(&self.disk_id(obj, unit), 0..len, &mut out) {
                 break;
             }
             if run == 0 {
@@ -353,20 +339,14 @@ impl<S: ObjectStore> Fetcher<S> {
     /// See [`DiskCache::will_need`].
     pub(super) fn will_need(&self, obj: &ObjectVersion, units: &[Unit]) {
         if let Some(disk) = &self.disk {
-            disk.will_need(units.iter().map(|&u| unit_id(obj, u)));
+            disk.will_need(units.iter().map(|&u| self.disk_id(obj, u)));
         }
     }
 
-    /// Whether the disk cache has a file for `unit` (or a block's segment).
+    /// Whether the disk cache holds all of `unit`.
     pub(super) fn on_disk(&self, obj: &ObjectVersion, unit: Unit) -> bool {
         let Some(disk) = &self.disk else { return false };
-        disk.contains(&unit_id(obj, unit))
-            || match unit {
-                Unit::Block(b) => disk.contains(&unit_id(obj, Unit::Segment(b / SEGMENT_BLOCKS))),
-                // Whether it can be put together from blocks is found out
-                // when it is read; planning assumes not.
-                Unit::Segment(_) => false,
-            }
+        disk.contains(&self.disk_id(obj, unit))
     }
 
     /// Writes a unit fetched from S3 to the disk cache in the background;
@@ -379,32 +359,29 @@ impl<S: ObjectStore> Fetcher<S> {
             return;
         };
         let (disk, data) = (disk.clone(), data.clone());
-        let (key, etag, unit) = (obj.key.clone(), obj.etag.clone(), unit_name(unit));
+        let (key, etag) = (obj.key.clone(), obj.etag.clone());
+        let offset = self.bytes_of(obj, unit).start;
         tokio::task::spawn_blocking(move || {
             let id = UnitId {
                 key: &key,
                 etag: &etag,
-                unit,
+                offset,
+                len: data.len() as u64,
             };
             disk.write(&id, &data);
             drop(permit);
         });
     }
-}
 
-/// The name a unit has in the disk cache.
-fn unit_name(unit: Unit) -> String {
-    match unit {
-        Unit::Block(b) => format!("b{b}"),
-        Unit::Segment(s) => format!("s{s}"),
-    }
-}
-
-fn unit_id(obj: &ObjectVersion, unit: Unit) -> UnitId<'_> {
-    UnitId {
-        key: &obj.key,
-        etag: &obj.etag,
-        unit: unit_name(unit),
+    /// Where `unit` of `obj` is in the disk cache.
+    fn disk_id<'a>(&self, obj: &'a ObjectVersion, unit: Unit) -> UnitId<'a> {
+        let bytes = self.bytes_of(obj, unit);
+        UnitId {
+            key: &obj.key,
+            etag: &obj.etag,
+            offset: bytes.start,
+            len: bytes.end - bytes.start,
+        }
     }
 }
 
