@@ -155,6 +155,12 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub data_cache_size: Option<u64>,
 
+    /// Read files that --data-cache holds whole through the daemon instead
+    /// of letting the kernel read the cache file itself (FUSE passthrough,
+    /// Linux 6.9+; used by default where the kernel offers it).
+    #[arg(long)]
+    pub no_passthrough: bool,
+
     /// Stay in the foreground instead of returning once the mount is live.
     #[arg(short, long)]
     pub foreground: bool,

@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::blocking::blocking;
 use crate::catalog::{Catalog, DirSource, Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::read::{PageCache, Reader, Repinned};
@@ -67,6 +68,18 @@ pub struct DirRow {
     pub attr: Attr,
 }
 
+/// An opened file, as the FUSE adapter answers the kernel with it.
+pub struct Opened {
+    pub fh: u64,
+    /// How the handle may use the kernel's page cache.
+    pub cache: PageCache,
+    /// The object's data file, when the disk cache holds the version
+    /// opened whole and checked, for the kernel to read itself
+    /// (passthrough); only for read-only opens, and only when offered
+    /// ([`S3Fs::offer_backing_files`]).
+    pub backing: Option<std::fs::File>,
+}
+
 pub struct S3Fs<S: ObjectStore> {
     catalog: Catalog<S>,
     reader: Arc<Reader<S>>,
@@ -80,6 +93,8 @@ pub struct S3Fs<S: ObjectStore> {
     read_handles: Mutex<HashMap<Ino, Vec<u64>>>,
     /// Set at shutdown: new writes are refused from then on.
     stopping: std::sync::atomic::AtomicBool,
+    /// See [`S3Fs::offer_backing_files`].
+    offer_backing: std::sync::atomic::AtomicBool,
     /// Fault injection for tests: a lookup of this name panics
     /// (`S3MOUNT_TEST_PANIC_ON_LOOKUP`), to show that a panicking handler
     /// answers EIO and the mount goes on.
@@ -105,6 +120,7 @@ impl<S: ObjectStore> S3Fs<S> {
             read_handles: Mutex::default(),
             next_dir_handle: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            offer_backing: std::sync::atomic::AtomicBool::new(false),
             panic_on_lookup: std::env::var("S3MOUNT_TEST_PANIC_ON_LOOKUP").ok(),
         }
     }
@@ -208,10 +224,14 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Opens a file with open(2) `flags`; returns the handle and how the
     /// kernel may use its page cache (keep it only for a read-only open of
     /// an object unchanged since the last open).
-    pub async fn open(&self, ino: Ino, flags: i32) -> Result<(u64, PageCache), FsError> {
+    pub async fn open(&self, ino: Ino, flags: i32) -> Result<Opened, FsError> {
+        let ordinary = |fh| Opened {
+            fh,
+            cache: PageCache::Invalidate,
+            backing: None,
+        };
         if Access::from_flags(flags).write {
-            let fh = self.open_for_write(ino, flags).await?;
-            return Ok((fh, PageCache::Invalidate));
+            return Ok(ordinary(self.open_for_write(ino, flags).await?));
         }
         let read_only = Access {
             read: true,
@@ -219,17 +239,27 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         if let Some(joined) = self.writer.join(ino, read_only).await {
             // Open for writing here: read what was written, as on a disk.
-            return Ok((joined?, PageCache::Invalidate));
+            return Ok(ordinary(joined?));
         }
         let key = self.catalog.file_key(ino)?;
         match self.catalog.entry(ino).await?.kind {
             EntryKind::File { size, etag } => {
                 let (fh, cache) = self.reader.open(&key, &etag, size);
                 self.read_handles.lock().entry(ino).or_default().push(fh);
-                Ok((fh, cache))
+                let backing = match self.offer_backing.load(Ordering::Relaxed) {
+                    true => blocking(|| self.reader.backing_file(&key, &etag, size)),
+                    false => None,
+                };
+                Ok(Opened { fh, cache, backing })
             }
             EntryKind::Dir => Err(FsError::IsADirectory),
         }
+    }
+
+    /// Whether read-only opens look for a wholly cached data file to hand
+    /// the kernel (set once the kernel has agreed to passthrough).
+    pub fn offer_backing_files(&self, on: bool) {
+        self.offer_backing.store(on, Ordering::Relaxed);
     }
 
     pub fn read_stats(&self) -> &crate::read::ReadStats {
@@ -283,6 +313,8 @@ impl<S: ObjectStore> S3Fs<S> {
         offset: u64,
         len: u32,
     ) -> Result<(Bytes, AttrsAfterRead), FsError> {
+        let kernel_reads = &self.reader.stats().kernel_reads;
+        kernel_reads.fetch_add(1, Ordering::Relaxed);
         if Writer::<S>::owns(fh) {
             let bytes = self.writer.read(fh, offset, len).await?;
             return Ok((bytes, AttrsAfterRead::Unchanged));

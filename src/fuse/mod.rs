@@ -18,10 +18,13 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+mod passthrough;
+
 use crate::error::FsError;
 use crate::fs::{Attr, AttrsAfterRead, DirRow, S3Fs};
 use crate::read::PageCache;
 use crate::store::ObjectStore;
+use passthrough::{OpenMode, PassthroughOpens};
 
 /// How long the kernel may cache names and attributes before asking again.
 /// The catalog answers repeated questions from memory, so this stays short
@@ -37,14 +40,22 @@ pub struct FuseAdapter<S: ObjectStore> {
     /// Tells the kernel what changed behind its caches; set once the
     /// session exists (see [`FuseAdapter::kernel_notifier`]).
     kernel: Arc<OnceLock<Notifier>>,
+    /// Which opens the kernel reads itself; enabled at init if the kernel
+    /// offers passthrough and the mount wants it.
+    opens: Arc<PassthroughOpens>,
+    passthrough_wanted: bool,
 }
 
 impl<S: ObjectStore> FuseAdapter<S> {
-    pub fn new(fs: Arc<S3Fs<S>>, rt: Handle) -> Self {
+    /// With `passthrough`, files the disk cache holds whole are read by the
+    /// kernel itself where it can.
+    pub fn new(fs: Arc<S3Fs<S>>, rt: Handle, passthrough: bool) -> Self {
         FuseAdapter {
             fs,
             rt,
             kernel: Arc::default(),
+            opens: Arc::new(PassthroughOpens::new(false)),
+            passthrough_wanted: passthrough,
         }
     }
 
@@ -52,6 +63,34 @@ impl<S: ObjectStore> FuseAdapter<S> {
     /// adapter is moved into the session, so it cannot be handed it later).
     pub fn kernel_notifier(&self) -> Arc<OnceLock<Notifier>> {
         self.kernel.clone()
+    }
+
+    /// Asks the kernel for passthrough; says in one line why not when it
+    /// cannot have it (the files are then read through the daemon).
+    fn init_passthrough(&mut self, config: &mut KernelConfig) {
+        let refused = if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+            Some("the kernel does not offer FUSE passthrough (Linux 6.9 or later has it)")
+        } else if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_err()
+            // Cache files on a plain filesystem (depth 0) need depth 1.
+            || config.set_max_stack_depth(1).is_err()
+        {
+            Some("the kernel refused FUSE passthrough")
+        } else {
+            None
+        };
+        match refused {
+            Some(why) => tracing::info!(
+                reason = why,
+                "passthrough off: files the data cache holds whole are read through the daemon"
+            ),
+            None => {
+                self.opens = Arc::new(PassthroughOpens::new(true));
+                self.fs.offer_backing_files(true);
+                tracing::info!(
+                    "passthrough on: the kernel reads files the data cache holds whole by itself"
+                );
+            }
+        }
     }
 
     /// Runs `op` on the runtime and hands its result to `reply`.
@@ -219,17 +258,13 @@ impl Respond<u64> for ReplyOpen {
     reply_error!();
 }
 
-/// `open` result: the handle and how it may use the kernel's page cache.
-impl Respond<(u64, PageCache)> for ReplyOpen {
-    fn ok(self, (fh, cache): (u64, PageCache)) {
-        let flags = match cache {
-            PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
-            PageCache::Invalidate => FopenFlags::empty(),
-            PageCache::Bypass => FopenFlags::FOPEN_DIRECT_IO,
-        };
-        self.opened(FileHandle(fh), flags);
+/// How a handle may use the kernel's page cache, as open flags.
+fn page_cache_flags(cache: PageCache) -> FopenFlags {
+    match cache {
+        PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+        PageCache::Invalidate => FopenFlags::empty(),
+        PageCache::Bypass => FopenFlags::FOPEN_DIRECT_IO,
     }
-    reply_error!();
 }
 
 fn name_str(name: &OsStr) -> Result<String, FsError> {
@@ -250,6 +285,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        if self.passthrough_wanted {
+            self.init_passthrough(config);
+        }
         Ok(())
     }
 
@@ -267,10 +305,52 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(
-            move |fs| async move { fs.open(ino.0, flags.0).await },
-            reply,
-        );
+        let (fs, opens) = (self.fs.clone(), self.opens.clone());
+        let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        self.rt.spawn(async move {
+            if writes {
+                if !opens.reserve_ordinary(ino.0).await {
+                    return reply.error(Errno::from_i32(libc::ETXTBSY));
+                }
+                match fs.open(ino.0, flags.0).await {
+                    Ok(o) => {
+                        opens.opened_ordinary(o.fh, ino.0, true);
+                        reply.opened(FileHandle(o.fh), page_cache_flags(o.cache));
+                    }
+                    Err(e) => {
+                        opens.unreserve(ino.0);
+                        reply.error(errno(&e));
+                    }
+                }
+                return;
+            }
+            let o = match fs.open(ino.0, flags.0).await {
+                Ok(o) => o,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let register = |file: &std::fs::File| reply.open_backing(file);
+            let mode = opens
+                .open_for_reading(ino.0, o.fh, o.backing, &register)
+                .await;
+            if !opens.enabled() {
+                fs.offer_backing_files(false);
+            }
+            match mode {
+                OpenMode::Passthrough(backing) => {
+                    let counter = &fs.read_stats().passthrough_opens;
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &backing);
+                }
+                OpenMode::Ordinary => {
+                    reply.opened(FileHandle(o.fh), page_cache_flags(o.cache));
+                }
+                OpenMode::Busy => {
+                    // Never handed to the kernel: released here.
+                    fs.release(fs.begin_release(ino.0, o.fh)).await;
+                    reply.error(Errno::from_i32(libc::ETXTBSY));
+                }
+            }
+        });
     }
 
     fn read(
@@ -340,6 +420,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
     ) {
         // Noted here, on the request loop's thread, so a request sent after
         // close(2) returned finds the file closing (see S3Fs::begin_release).
+        self.opens.released(fh.0);
         let Some(release) = contained("release", || self.fs.begin_release(ino.0, fh.0)) else {
             return reply.error(Errno::EIO);
         };
@@ -599,8 +680,13 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         reply: ReplyCreate,
     ) {
         let name = name_str(name);
+        let opens = self.opens.clone();
         self.spawn(
-            move |fs| async move { fs.create(parent.0, &name?, flags).await },
+            move |fs| async move {
+                let (attr, fh) = fs.create(parent.0, &name?, flags).await?;
+                opens.opened_ordinary(fh, attr.ino, false);
+                Ok((attr, fh))
+            },
             reply,
         );
     }

@@ -93,7 +93,8 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         None => None,
     };
 
-    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
+    let passthrough = args.data_cache.is_some() && !args.no_passthrough;
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), passthrough);
     let notifier = adapter.kernel_notifier();
     let (session, mut unmount) = mount_session(adapter, &args, &target, &mountpoint)?;
     let _ = notifier.set(session.notifier());

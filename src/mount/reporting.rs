@@ -123,6 +123,11 @@ fn snapshot<S: ObjectStore>(
                 d.size.load(Relaxed),
             ]
         }),
+        data_cache_files_checked: fs
+            .data_cache_stats()
+            .map_or(0, |d| d.files_checked.load(Relaxed)),
+        kernel_reads: read.kernel_reads.load(Relaxed),
+        passthrough_opens: read.passthrough_opens.load(Relaxed),
         request_limit: store.congestion().0 as u64,
         throttled: store.congestion().1,
         cache_hits: read.block_hits.load(Relaxed),

@@ -355,6 +355,12 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     /// Counters of the disk cache of object data, when there is one.
+    /// The object's data file when the disk cache holds this version whole
+    /// and intact, for the kernel to read itself. Blocks on the disk.
+    pub fn backing_file(&self, key: &str, etag: &str, size: u64) -> Option<std::fs::File> {
+        self.fetcher.complete_file(key, etag, size)
+    }
+
     pub fn data_cache_stats(&self) -> Option<&disk_cache::DiskCacheStats> {
         self.fetcher.data_cache_stats()
     }

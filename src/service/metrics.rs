@@ -104,6 +104,12 @@ pub struct Snapshot {
     /// Disk cache of object data: hits, misses, bytes served and written,
     /// evictions and size (all zero without `--data-cache`).
     pub data_cache: [u64; 6],
+    /// Objects the disk cache checked whole before the kernel read them.
+    pub data_cache_files_checked: u64,
+    /// READ requests the kernel sent the daemon.
+    pub kernel_reads: u64,
+    /// Opens the kernel reads itself from the disk cache (passthrough).
+    pub passthrough_opens: u64,
     /// Requests allowed in flight (lowered while S3 throttles).
     pub request_limit: u64,
     /// 503 SlowDown / 429 answers seen.
@@ -166,7 +172,7 @@ pub fn render(handle: &PrometheusHandle, snap: &Snapshot) -> String {
 }
 
 /// Every single-valued series of `snap`: name, type, help, value.
-fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 40] {
+fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 43] {
     [
         (
             "s3mount_data_cache_hits_total",
@@ -195,7 +201,7 @@ fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 40] {
         (
             "s3mount_data_cache_evictions_total",
             Kind::Counter,
-            "Files the disk cache evicted (least recently used first).",
+            "Objects the disk cache evicted (least recently used first).",
             snap.data_cache[4] as f64,
         ),
         (
@@ -203,6 +209,24 @@ fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 40] {
             Kind::Gauge,
             "Bytes the disk cache holds.",
             snap.data_cache[5] as f64,
+        ),
+        (
+            "s3mount_data_cache_files_checked_total",
+            Kind::Counter,
+            "Objects the disk cache checked whole against their checksums before the kernel read them itself.",
+            snap.data_cache_files_checked as f64,
+        ),
+        (
+            "s3mount_kernel_read_requests_total",
+            Kind::Counter,
+            "READ requests the kernel sent the daemon (none for files it reads itself).",
+            snap.kernel_reads as f64,
+        ),
+        (
+            "s3mount_passthrough_opens_total",
+            Kind::Counter,
+            "Opens of files the data cache holds whole that the kernel reads itself (FUSE passthrough).",
+            snap.passthrough_opens as f64,
         ),
         (
             "s3mount_s3_request_limit",

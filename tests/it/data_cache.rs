@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::*;
 
 /// Object GETs (not listings) the proxy has forwarded so far.
-fn object_gets(proxy: &crate::support::proxy::FaultProxy) -> usize {
+pub(crate) fn object_gets(proxy: &crate::support::proxy::FaultProxy) -> usize {
     proxy
         .requests()
         .iter()
@@ -18,7 +18,7 @@ fn object_gets(proxy: &crate::support::proxy::FaultProxy) -> usize {
 }
 
 /// Waits until the mount has written `bytes` to its disk cache.
-fn wait_written(addr: &str, bytes: u64) {
+pub(crate) fn wait_written(addr: &str, bytes: u64) {
     eventually_ok(
         format_args!("{bytes} bytes to reach the disk cache"),
         Duration::from_secs(30),
@@ -48,14 +48,14 @@ fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Fields drop in order: the bucket is emptied before its server stops.
-struct Fixture {
-    b: TestBucket,
-    s3: TestS3,
-    files: Vec<(String, Vec<u8>)>,
-    dirs: TempDir,
+pub(crate) struct Fixture {
+    pub b: TestBucket,
+    pub s3: TestS3,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub dirs: TempDir,
 }
 
-fn fixture(tag: &str) -> Fixture {
+pub(crate) fn fixture(tag: &str) -> Fixture {
     let s3 = TestS3::start();
     let b = s3.bucket(tag);
     let files = vec![
@@ -75,11 +75,11 @@ fn fixture(tag: &str) -> Fixture {
 }
 
 impl Fixture {
-    fn total(&self) -> u64 {
+    pub fn total(&self) -> u64 {
         self.files.iter().map(|f| f.1.len() as u64).sum()
     }
 
-    fn mount(&self, endpoint: &Endpoint, addr: &str, extra: &[&str]) -> Mounted {
+    pub fn mount(&self, endpoint: &Endpoint, addr: &str, extra: &[&str]) -> Mounted {
         let data = format!("--data-cache={}", self.dirs.path().join("data").display());
         let listings = format!(
             "--cache-dir={}",
@@ -92,13 +92,13 @@ impl Fixture {
 
     /// A first mount that reads every file and unmounts once all of it is
     /// in the disk cache.
-    fn fill_cache(&self, endpoint: &Endpoint, addr: &str) {
+    pub fn fill_cache(&self, endpoint: &Endpoint, addr: &str) {
         let m = self.mount(endpoint, addr, &[]);
         self.read_all(&m);
         wait_written(addr, self.total());
     }
 
-    fn read_all(&self, m: &Mounted) {
+    pub fn read_all(&self, m: &Mounted) {
         for (k, v) in &self.files {
             let got = std::fs::read(m.path().join(k)).unwrap();
             assert!(got == *v, "{k} read back different bytes");

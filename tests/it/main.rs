@@ -14,6 +14,7 @@ mod data_cache;
 mod everyday_tools;
 mod misbehaving_s3;
 mod mount_read;
+mod passthrough;
 mod read_engine;
 mod resilience;
 mod service;

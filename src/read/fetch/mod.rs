@@ -81,6 +81,10 @@ pub struct ReadStats {
     pub gets_running: AtomicU64,
     /// Read-ahead GETs stopped because no reader wanted their data any more.
     pub cancelled_gets: AtomicU64,
+    /// READ requests the kernel sent (none for a passthrough handle).
+    pub kernel_reads: AtomicU64,
+    /// Opens the kernel reads itself from the disk cache (passthrough).
+    pub passthrough_opens: AtomicU64,
 }
 
 pub struct Fetcher<S> {
@@ -141,6 +145,12 @@ impl<S: ObjectStore> Fetcher<S> {
             disk_writes: Arc::new(Semaphore::new(DISK_WRITE_BACKLOG as usize)),
             stats: ReadStats::default(),
         })
+    }
+
+    /// The data file of `key` at `etag` if the disk cache holds it whole
+    /// (see [`DiskCache::complete_file`]). Blocks on the disk.
+    pub fn complete_file(&self, key: &str, etag: &str, size: u64) -> Option<std::fs::File> {
+        self.disk.as_ref()?.complete_file(key, etag, size)
     }
 
     pub fn data_cache_stats(&self) -> Option<&super::disk_cache::DiskCacheStats> {
