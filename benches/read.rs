@@ -457,16 +457,20 @@ fn main() {
     print_shared(&shared);
     if !cached.is_empty() {
         println!();
-        println!("--data-cache after a remount (next to the same work on local disk; page cache dropped before each; medians)");
+        println!("--data-cache after a remount (next to the same work on local disk; page cache dropped before each on both sides; medians; time rows: lower is better, IOPS: higher)");
         for line in cached {
             println!("{line}");
         }
     }
 }
 
-/// The disk cache of object data: a pyarrow query over 8 Parquet files and
-/// random 256 KiB reads of a big file, each run after a remount that keeps
-/// the data cache, next to the same work on a local copy.
+/// The disk cache of object data, each run after a remount that keeps it,
+/// next to the same work on a local copy (the page cache dropped before
+/// each measurement, so both sides read from disk): a pyarrow and a DuckDB
+/// query over 8 Parquet files cached in part (the daemon serves them) and
+/// whole (the kernel reads the cache files itself: passthrough), random
+/// 256 KiB reads and `sha256sum` of a cached big file, with and without
+/// passthrough, and the daemon's CPU per GiB read.
 fn bench_data_cache(b: &Bench) -> Vec<String> {
     use std::os::unix::fs::FileExt;
     let work = TempDir::new("bench-datacache");
@@ -487,13 +491,22 @@ fn bench_data_cache(b: &Bench) -> Vec<String> {
             std::fs::read(local.join(&name)).unwrap(),
         );
     }
-    let query = |dir: &std::path::Path| -> f64 {
-        let (code, out, err) = sh(&format!(
-            "python3 -c \"import sys, time, pyarrow.parquet as pq; t = time.time(); pq.read_table(sys.argv[1], columns=['c5']); print(time.time() - t)\" '{}'",
-            dir.display()
-        ));
+    let timed = |script: &str, dir: &std::path::Path| -> f64 {
+        let (code, out, err) = sh(&format!("python3 -c \"{script}\" '{}'", dir.display()));
         assert_eq!(code, 0, "{err}");
         out.trim().parse::<f64>().unwrap() * 1000.0
+    };
+    let pyarrow = |dir: &std::path::Path| {
+        timed(
+            "import sys, time, pyarrow.parquet as pq; t = time.time(); pq.read_table(sys.argv[1], columns=['c5']); print(time.time() - t)",
+            dir,
+        )
+    };
+    let duckdb = |dir: &std::path::Path| {
+        timed(
+            "import sys, time, duckdb; c = duckdb.connect(); t = time.time(); c.sql(f\\\"select sum(c5) from '{sys.argv[1]}/*.parquet'\\\").fetchall(); print(time.time() - t)",
+            dir,
+        )
     };
     // The big file, locally too, for the random reads.
     let big = work.path().join("seq0.bin");
@@ -525,62 +538,177 @@ fn bench_data_cache(b: &Bench) -> Vec<String> {
         }
         reads as f64 / t.elapsed().as_secs_f64()
     };
-    let (mut q_mount, mut q_local, mut q_bytes) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut r_mount, mut r_local, mut r_bytes) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..b.runs {
-        let cache = work.path().join(format!("cache{run}"));
-        let args = [
-            format!("--data-cache={}", cache.join("data").display()),
-            format!("--cache-dir={}", cache.join("listings").display()),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let first = Mounted::start_at(&b.endpoint, &b.bucket.name, &args);
-        query(&first.path().join("pq"));
-        read_file(&first.path().join("seq0.bin"));
-        // Let the background writes to the disk cache finish.
-        std::thread::sleep(Duration::from_secs(3));
-        drop(first);
+    let sha = |path: &std::path::Path| -> f64 {
+        let t = Instant::now();
+        let (code, _, err) = sh(&format!("sha256sum '{}'", path.display()));
+        assert_eq!(code, 0, "{err}");
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    // Every measurement starts with the kernel's page cache dropped, so
+    // both sides read from disk.
+    let drop_caches = || {
+        // Dirty pages (the local copy was just written) are not dropped.
+        let _ = std::process::Command::new("sync").status();
         let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
-        let m = Mounted::start_at(&b.endpoint, &b.bucket.name, &args);
-        // Every measurement starts with the kernel's page cache dropped, so
-        // both sides read from disk.
-        let drop_caches = || {
-            // Dirty pages (the local copy was just written) are not dropped.
-            let _ = std::process::Command::new("sync").status();
-            let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
-        };
-        let before = b.proxy.response_bytes();
-        q_mount.push(query(&m.path().join("pq")));
-        q_bytes.push((b.proxy.response_bytes() - before) as f64);
-        drop_caches();
-        q_local.push(query(&local));
-        drop_caches();
-        let before = b.proxy.response_bytes();
-        r_mount.push(iops(&m.path().join("seq0.bin")));
-        r_bytes.push((b.proxy.response_bytes() - before) as f64);
-        drop_caches();
-        r_local.push(iops(&big));
+    };
+    #[derive(Default)]
+    struct Row {
+        mount: Vec<f64>,
+        local: Vec<f64>,
+        bytes: Vec<f64>,
+        cpu_per_gib: Vec<f64>,
     }
-    let (qm, ql) = (median(q_mount), median(q_local));
-    let (rm, rl) = (median(r_mount), median(r_local));
-    vec![
-        format!(
-            "{:<52} {:>9.0} ms {:>9.0} ms local  {:.2}x the local time; {:.0} bytes from S3",
-            "pyarrow: 1 of 8 columns of 8 Parquet files",
-            qm,
-            ql,
-            qm / ql,
-            median(q_bytes)
-        ),
-        format!(
-            "{:<52} {:>9.0} IOPS {:>7.0} IOPS local  {:.2}x local; {:.0} bytes from S3",
-            format!("random 256 KiB reads of a cached {} MiB file", b.size / MIB),
-            rm,
-            rl,
-            rm / rl,
-            median(r_bytes)
-        ),
-    ]
+    let mut rows: Vec<(String, &'static str, Row)> = Vec::new();
+    let row =
+        |rows: &mut Vec<(String, &'static str, Row)>, name: String, unit: &'static str| -> usize {
+            if let Some(i) = rows.iter().position(|r| r.0 == name) {
+                return i;
+            }
+            rows.push((name, unit, Row::default()));
+            rows.len() - 1
+        };
+    let names = [
+        ("pyarrow: 1 of 8 columns, files cached in part", "ms"),
+        ("DuckDB: sum of 1 of 8 columns, files cached in part", "ms"),
+        ("pyarrow: 1 of 8 columns, files cached whole", "ms"),
+        ("DuckDB: sum of 1 of 8 columns, files cached whole", "ms"),
+        ("random 256 KiB reads of a cached file", "IOPS"),
+        ("sha256sum of a cached file", "ms"),
+    ];
+    let ids: Vec<usize> = names
+        .iter()
+        .map(|(n, u)| row(&mut rows, n.to_string(), u))
+        .collect();
+    let measure = |rows: &mut Vec<(String, &'static str, Row)>,
+                   i: usize,
+                   m: &Mounted,
+                   mount_side: &dyn Fn() -> f64,
+                   local_side: &dyn Fn() -> f64,
+                   gib: f64| {
+        drop_caches();
+        let (before, cpu0) = (b.proxy.response_bytes(), cpu_seconds(m.pid()));
+        let v = mount_side();
+        let cpu = cpu_seconds(m.pid()) - cpu0;
+        let r = &mut rows[i].2;
+        r.mount.push(v);
+        r.bytes.push((b.proxy.response_bytes() - before) as f64);
+        r.cpu_per_gib.push(cpu / gib);
+        drop_caches();
+        r.local.push(local_side());
+    };
+    let pq_gib = (0..8)
+        .map(|f| {
+            std::fs::metadata(local.join(format!("part{f}.parquet")))
+                .unwrap()
+                .len()
+        })
+        .sum::<u64>() as f64
+        / (1u64 << 30) as f64
+        / 8.0; // one column of eight
+    let big_gib = b.size as f64 / (1u64 << 30) as f64;
+    for passthrough in [true, false] {
+        let tag = if passthrough {
+            ""
+        } else {
+            " (--no-passthrough)"
+        };
+        for run in 0..b.runs {
+            let cache = work.path().join(format!("cache{run}{tag}"));
+            let mut args = vec![
+                format!("--data-cache={}", cache.join("data").display()),
+                format!("--cache-dir={}", cache.join("listings").display()),
+            ];
+            if !passthrough {
+                args.push("--no-passthrough".into());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            // A first mount runs the queries (which read a part of each
+            // file) and reads the big file whole.
+            let first = Mounted::start_at(&b.endpoint, &b.bucket.name, &args);
+            pyarrow(&first.path().join("pq"));
+            duckdb(&first.path().join("pq"));
+            read_file(&first.path().join("seq0.bin"));
+            // Let the background writes to the disk cache finish.
+            std::thread::sleep(Duration::from_secs(3));
+            drop(first);
+            let m = Mounted::start_at(&b.endpoint, &b.bucket.name, &args);
+            let pq = m.path().join("pq");
+            if passthrough {
+                // Cached in part: the daemon serves them either way.
+                measure(
+                    &mut rows,
+                    ids[0],
+                    &m,
+                    &|| pyarrow(&pq),
+                    &|| pyarrow(&local),
+                    pq_gib,
+                );
+                measure(
+                    &mut rows,
+                    ids[1],
+                    &m,
+                    &|| duckdb(&pq),
+                    &|| duckdb(&local),
+                    pq_gib,
+                );
+            }
+            let seq = m.path().join("seq0.bin");
+            if passthrough {
+                // The first open after a mount has the big file checked
+                // whole in the background (and reads through the daemon):
+                // what is measured is the opens after it.
+                drop(std::fs::File::open(&seq).unwrap());
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            let random_gib = (reads * len) as f64 / (1u64 << 30) as f64;
+            let i = row(&mut rows, format!("{}{tag}", names[4].0), "IOPS");
+            let s = row(&mut rows, format!("{}{tag}", names[5].0), "ms");
+            measure(&mut rows, i, &m, &|| iops(&seq), &|| iops(&big), random_gib);
+            measure(&mut rows, s, &m, &|| sha(&seq), &|| sha(&big), big_gib);
+            if passthrough {
+                // Now the Parquet files are read whole, and so cached whole.
+                for f in 0..8 {
+                    read_file(&pq.join(format!("part{f}.parquet")));
+                }
+                std::thread::sleep(Duration::from_secs(3));
+                drop(m);
+                let m = Mounted::start_at(&b.endpoint, &b.bucket.name, &args);
+                let pq = m.path().join("pq");
+                // The first open after a mount checks each file whole.
+                pyarrow(&pq);
+                measure(
+                    &mut rows,
+                    ids[2],
+                    &m,
+                    &|| pyarrow(&pq),
+                    &|| pyarrow(&local),
+                    pq_gib,
+                );
+                measure(
+                    &mut rows,
+                    ids[3],
+                    &m,
+                    &|| duckdb(&pq),
+                    &|| duckdb(&local),
+                    pq_gib,
+                );
+            }
+        }
+    }
+    rows.into_iter()
+        .filter(|(_, _, r)| !r.mount.is_empty())
+        .map(|(name, unit, r)| {
+            let (m, l) = (median(r.mount), median(r.local));
+            // Time: lower is better; IOPS: higher is better. Either way the
+            // ratio is s3mount's figure over local's.
+            format!(
+                "{name:<62} {m:>8.0} {unit} {l:>8.0} {unit} local  {:.2}x; {:.0} bytes from S3; daemon {:.3} CPU-s/GiB",
+                m / l,
+                median(r.bytes),
+                median(r.cpu_per_gib)
+            )
+        })
+        .collect()
 }
 
 /// One row of the shared-object table: throughput next to the direct

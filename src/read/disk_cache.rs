@@ -56,6 +56,12 @@ const PRESENT: u64 = 1 << 63;
 const VERIFIED_LIMIT: usize = 100_000;
 /// How much of a data file a whole-file check reads at once.
 const CHECK_PIECE: usize = 16 * CHUNK as usize;
+/// Objects up to this size are checked whole at the open that first hands
+/// them to the kernel (a few tens of milliseconds); bigger ones in the
+/// background, their first open going through the daemon meanwhile.
+const INLINE_CHECK: u64 = 64 << 20;
+/// Background whole-file checks running at once, at most.
+const CHECKS_AT_ONCE: usize = 2;
 
 /// Counters for metrics and the summary line.
 #[derive(Debug, Default)]
@@ -82,6 +88,10 @@ pub struct DiskCache {
     sweeping: Arc<AtomicBool>,
     /// Data files (device, inode) this process has checked whole.
     verified: Mutex<HashSet<(u64, u64)>>,
+    /// Data files being checked whole in the background.
+    checking: Mutex<HashSet<(u64, u64)>>,
+    /// See [`INLINE_CHECK`].
+    inline_check: u64,
     pub stats: Arc<DiskCacheStats>,
 }
 
@@ -192,6 +202,8 @@ impl DiskCache {
             written_since_sweep: AtomicU64::new(0),
             sweeping: Arc::new(AtomicBool::new(false)),
             verified: Mutex::new(HashSet::new()),
+            checking: Mutex::new(HashSet::new()),
+            inline_check: INLINE_CHECK,
             stats: Arc::new(DiskCacheStats::default()),
         });
         info!(dir = %dir.display(), limit, "data cache on disk");
@@ -384,11 +396,11 @@ impl DiskCache {
 
     /// The data file of an object version the cache holds whole, opened
     /// for reading, for the kernel to read itself (passthrough). Checked
-    /// whole against its checksums the first time this process hands it
-    /// out (a damaged chunk loses its entry: `None`, and it is fetched
-    /// again). Blocks on the disk, for as long as reading the file takes
-    /// the first time.
-    pub fn complete_file(&self, key: &str, etag: &str, size: u64) -> Option<File> {
+    /// whole against its checksums before this process first hands it out
+    /// (a damaged chunk loses its entry, and is fetched again): here when
+    /// it is small, else in the background, `None` until that is done.
+    /// Blocks on the disk, for as long as reading a small file takes.
+    pub fn complete_file(self: &Arc<Self>, key: &str, etag: &str, size: u64) -> Option<File> {
         if size == 0 {
             return None;
         }
@@ -412,21 +424,62 @@ impl DiskCache {
         }
         let id = (meta.dev(), meta.ino());
         if !self.verified.lock().contains(&id) {
-            let bad = check_whole(&data, &crcs);
-            self.stats.files_checked.fetch_add(1, Ordering::Relaxed);
-            if !bad.is_empty() {
-                warn!(path = %files.data.display(), chunks = bad.len(), "dropping a damaged data cache file's chunks (found checking it whole)");
-                self.forget_chunks(&files, &bad);
+            if size > self.inline_check {
+                self.check_in_background(files, data, crcs, id);
                 return None;
             }
-            let mut verified = self.verified.lock();
-            if verified.len() >= VERIFIED_LIMIT {
-                verified.clear();
+            if !self.check(&files, &data, &crcs, id) {
+                return None;
             }
-            verified.insert(id);
         }
         mark_used(&map);
         Some(data)
+    }
+
+    /// Checks a whole data file; remembers it if right, drops its damaged
+    /// chunks if not.
+    fn check(&self, files: &ObjectFiles, data: &File, crcs: &[u32], id: (u64, u64)) -> bool {
+        let bad = check_whole(data, crcs);
+        self.stats.files_checked.fetch_add(1, Ordering::Relaxed);
+        if !bad.is_empty() {
+            warn!(path = %files.data.display(), chunks = bad.len(), "dropping a damaged data cache file's chunks (found checking it whole)");
+            self.forget_chunks(files, &bad);
+            return false;
+        }
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_LIMIT {
+            verified.clear();
+        }
+        verified.insert(id);
+        true
+    }
+
+    fn check_in_background(
+        self: &Arc<Self>,
+        files: ObjectFiles,
+        data: File,
+        crcs: Vec<u32>,
+        id: (u64, u64),
+    ) {
+        {
+            let mut checking = self.checking.lock();
+            if checking.len() >= CHECKS_AT_ONCE || !checking.insert(id) {
+                return;
+            }
+        }
+        let me = self.clone();
+        std::thread::spawn(move || {
+            me.check(&files, &data, &crcs, id);
+            me.checking.lock().remove(&id);
+        });
+    }
+
+    /// Waits for the background checks (tests).
+    #[cfg(test)]
+    fn wait_for_checks(&self) {
+        while !self.checking.lock().is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn sweep_in_background(self: &DiskCache) {
@@ -730,6 +783,18 @@ mod tests {
             cache.complete_file("k", "\"e1\"", size).unwrap();
             assert_eq!(cache.stats.files_checked.load(Ordering::Relaxed), 1);
             assert!(cache.complete_file("k", "\"e2\"", size).is_none());
+        }
+        // A big file is checked in the background; passed on once done.
+        {
+            let mut cache = DiskCache::open(&dir, "b", 1 << 30).unwrap();
+            Arc::get_mut(&mut cache).unwrap().inline_check = CHUNK;
+            assert!(
+                cache.complete_file("k", "\"e1\"", size).is_none(),
+                "not checked yet"
+            );
+            cache.wait_for_checks();
+            assert!(cache.complete_file("k", "\"e1\"", size).is_some());
+            assert_eq!(cache.stats.files_checked.load(Ordering::Relaxed), 1);
         }
         // Damaged between two runs: the next run finds it checking.
         let cache = DiskCache::open(&dir, "b", 1 << 30).unwrap();
