@@ -155,6 +155,16 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub data_cache_size: Option<u64>,
 
+    /// Name endings of columnar files (comma-separated; empty for none):
+    /// read without the kernel's page cache and its readahead, so a query
+    /// fetches the column chunks it reads, not what follows them.
+    #[arg(
+        long,
+        default_value = ".parquet,.orc,.arrow,.feather",
+        value_name = "SUFFIXES"
+    )]
+    pub columnar_suffixes: String,
+
     /// Read files that --data-cache holds whole through the daemon instead
     /// of letting the kernel read the cache file itself (FUSE passthrough,
     /// Linux 6.9+; used by default where the kernel offers it).

@@ -281,9 +281,14 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         // let lookups in one directory overlap.
         // Atomic O_TRUNC passes O_TRUNC to open instead of a separate
         // truncate first, so replacing a file is one upload, not two.
+        // Files read without the page cache (columnar ones) can still be
+        // memory-mapped (Linux 6.6+), and the pieces of one large read of
+        // them are sent at once, not one after the other (async DIO).
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_ASYNC_DIO;
         let _ = config.add_capabilities(wanted & config.capabilities());
         if self.passthrough_wanted {
             self.init_passthrough(config);

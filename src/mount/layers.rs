@@ -98,6 +98,13 @@ pub(super) fn read_config(args: &Args) -> Result<ReadConfig, MountError> {
     };
     config.window.max_window = args.max_read_window.max(config.window.initial_window);
     config.window.small_object = args.small_object_size;
+    config.columnar_suffixes = args
+        .columnar_suffixes
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
     if args.memory_limit < 16 * 1024 * 1024 {
         return Err(MountError(format!(
             "--memory-limit {} is too small; give at least 16M",

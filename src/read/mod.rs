@@ -42,7 +42,7 @@ pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(10);
 
 /// Settings of the read path; filled from the command line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ReadConfig {
     pub window: WindowConfig,
     /// Size of each ranged GET a window is split into.
@@ -51,6 +51,9 @@ pub struct ReadConfig {
     pub max_requests: usize,
     /// One budget for the block cache and all data requested ahead.
     pub memory_limit: u64,
+    /// Name endings of columnar files (`.parquet`, ...), opened as direct
+    /// handles: no kernel page cache, see [`ReadWindow::direct`].
+    pub columnar_suffixes: Vec<String>,
 }
 
 impl Default for ReadConfig {
@@ -60,6 +63,7 @@ impl Default for ReadConfig {
             part_size: 8 * 1024 * 1024,
             max_requests: 64,
             memory_limit: 512 * 1024 * 1024,
+            columnar_suffixes: Vec::new(),
         }
     }
 }
@@ -226,7 +230,15 @@ impl<S: ObjectStore> Reader<S> {
     pub fn open(&self, key: &str, etag: &str, size: u64) -> (u64, PageCache) {
         let key: Arc<str> = key.into();
         let etag: Arc<str> = etag.into();
+        let columnar = self
+            .config
+            .columnar_suffixes
+            .iter()
+            .any(|s| key.ends_with(s.as_str()));
         let file = self.new_handle(&key, &etag, size, false);
+        if columnar {
+            *file.window.lock() = ReadWindow::direct(self.config.window, size);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let mut handles = self.handles.lock();
         // The page cache belongs to the inode, not the handle: while another
@@ -238,7 +250,9 @@ impl<S: ObjectStore> Reader<S> {
         });
         handles.insert(fh, file);
         drop(handles);
-        let mode = if other_version_open {
+        // A columnar file is read without the kernel's page cache: its
+        // readahead would read past each column chunk the engine asks for.
+        let mode = if other_version_open || columnar {
             PageCache::Bypass
         } else if self.last_opened.get(&key).is_some_and(|e| e == etag) {
             PageCache::Keep
@@ -407,7 +421,7 @@ impl<S: ObjectStore> Reader<S> {
             .cloned()
             .ok_or(FsError::BadHandle)?;
         let mut retried_version = false;
-        file.reading.fetch_add(1, Ordering::Relaxed);
+        let overlapping = file.reading.fetch_add(1, Ordering::Relaxed) > 0;
         let _done = ReadDone(&file.reading);
         loop {
             let version = file.version.lock().clone();
@@ -415,7 +429,8 @@ impl<S: ObjectStore> Reader<S> {
             if offset >= end {
                 return Ok(Bytes::new());
             }
-            let answered = self.plan_and_request(&file, &version, offset, end - offset);
+            let answered =
+                self.plan_and_request(&file, &version, offset, end - offset, overlapping);
             let read = match answered {
                 Some(bytes) => Ok(bytes),
                 None => self.fetcher.read(&version, offset..end).await,
@@ -484,6 +499,7 @@ impl<S: ObjectStore> Reader<S> {
         version: &Arc<ObjectVersion>,
         offset: u64,
         len: u64,
+        overlapping: bool,
     ) -> Option<Bytes> {
         let now = self.now_ms();
         file.last_read_ms.store(now, Ordering::Relaxed);
@@ -506,7 +522,7 @@ impl<S: ObjectStore> Reader<S> {
             // held until read.
             let requested = (others + window.ahead_bytes()).max(self.fetcher.held_bytes());
             let room = self.config.ahead_budget().saturating_sub(requested);
-            let plan = window.plan(offset, len, room);
+            let plan = window.plan_read(offset, len, room, overlapping);
             let (start, position) = match window.is_sequential() {
                 true => (window.run_start(), offset + len),
                 false => (0, 0),

@@ -16,6 +16,14 @@
 //! - Small backward re-reads and forward jumps inside the requested window
 //!   (the kernel's own readahead reorders requests) keep the stream going;
 //!   anything else is a seek and starts over with a random read.
+//! - A *direct* handle (a columnar file, opened without the kernel's page
+//!   cache, so its reads are exactly the engine's, split in pieces of at
+//!   most 1 MiB) turns sequential only after two reads of its run each
+//!   arrived with no other read of the handle in flight: the pieces of one
+//!   large read arrive together and are fetched together, with nothing
+//!   ahead (an engine reading a column chunk wants that chunk, not what
+//!   follows it), while a reader reading on in turn gets read-ahead. Its
+//!   tail is one block: a footer read is the engine's, not the kernel's.
 
 use std::ops::Range;
 
@@ -113,6 +121,10 @@ pub struct ReadWindow {
     ahead_to: u64,
     /// Read-ahead does not go past this (see [`ReadWindow::limit_ahead`]).
     ahead_limit: u64,
+    /// A direct handle (see the module docs).
+    direct: bool,
+    /// Reads of the current run that arrived with none other in flight.
+    serial_reads: u32,
 }
 
 impl ReadWindow {
@@ -125,6 +137,16 @@ impl ReadWindow {
             window: cfg.initial_window,
             ahead_to: 0,
             ahead_limit: u64::MAX,
+            direct: false,
+            serial_reads: 0,
+        }
+    }
+
+    /// A window for a direct handle (see the module docs).
+    pub fn direct(cfg: WindowConfig, size: u64) -> Self {
+        ReadWindow {
+            direct: true,
+            ..ReadWindow::new(cfg, size)
         }
     }
 
@@ -145,6 +167,7 @@ impl ReadWindow {
     pub fn is_sequential(&self) -> bool {
         self.next
             .is_some_and(|next| next.saturating_sub(self.run_start) >= self.cfg.sequential_after)
+            && (!self.direct || self.serial_reads >= 2)
     }
 
     /// Bytes requested ahead of the reader's furthest position.
@@ -172,6 +195,18 @@ impl ReadWindow {
     /// still allows to be requested ahead; a window that does not fit is
     /// trimmed and the stream's window shrinks.
     pub fn plan(&mut self, offset: u64, len: u64, ahead_room: u64) -> ReadPlan {
+        self.plan_read(offset, len, ahead_room, false)
+    }
+
+    /// [`ReadWindow::plan`] of a read that arrived while another read of the
+    /// handle was in flight (`overlapping`), or not.
+    pub fn plan_read(
+        &mut self,
+        offset: u64,
+        len: u64,
+        ahead_room: u64,
+        overlapping: bool,
+    ) -> ReadPlan {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= self.size {
             return ReadPlan {
@@ -193,12 +228,14 @@ impl ReadWindow {
         };
         if continues {
             self.next = Some(self.next.unwrap_or(0).max(end));
+            self.serial_reads += u32::from(!overlapping);
         } else {
             // A seek: start over.
             self.run_start = offset;
             self.next = Some(end);
             self.window = self.cfg.initial_window;
             self.ahead_to = 0;
+            self.serial_reads = u32::from(!overlapping);
         }
 
         let mut demand = self.align_down(offset)..self.align_up(end);
@@ -249,7 +286,10 @@ impl ReadWindow {
     }
 
     fn tail(&self) -> u64 {
-        self.cfg.tail.min(self.size / 8).max(self.cfg.block)
+        match self.direct {
+            true => self.cfg.block,
+            false => self.cfg.tail.min(self.size / 8).max(self.cfg.block),
+        }
     }
 
     fn align_down(&self, x: u64) -> u64 {
@@ -279,6 +319,31 @@ mod tests {
         fn plan_all(&mut self, offset: u64, len: u64) -> ReadPlan {
             self.plan(offset, len, u64::MAX)
         }
+    }
+
+    #[test]
+    fn a_direct_handle_reads_ahead_only_for_reads_made_in_turn() {
+        let size = 64 * M;
+        // One column chunk of 8 MiB read at once: its 1 MiB pieces arrive
+        // together; nothing is fetched past them.
+        let mut w = ReadWindow::direct(WindowConfig::default(), size);
+        for i in 0..8 {
+            let p = w.plan_read(10 * M + i * M, M, u64::MAX, i > 0);
+            assert_eq!(p.ahead, None, "piece {i}");
+        }
+        // A lone 528 KiB chunk: no read-ahead either.
+        let p = w.plan_read(30 * M, 528 * K, u64::MAX, false);
+        assert_eq!(p.ahead, None);
+        assert_eq!(p.demand, 30 * M..30 * M + 576 * K);
+        // A reader reading on, one read after another, gets read-ahead.
+        let p = w.plan_read(30 * M + 528 * K, 528 * K, u64::MAX, false);
+        assert!(p.ahead.is_some(), "{p:?}");
+        // A footer read fetches one block of tail, not a megabyte.
+        let p = w.plan_read(size - 8, 8, u64::MAX, false);
+        assert_eq!(p.demand, size - 64 * K..size);
+        // An ordinary handle's tail is bigger.
+        let mut w = window(size);
+        assert_eq!(w.plan_all(size - 8, 8).demand, size - M..size);
     }
 
     #[test]
