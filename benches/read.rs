@@ -606,6 +606,14 @@ fn bench_data_cache(b: &Bench) -> Vec<String> {
         / (1u64 << 30) as f64
         / 8.0; // one column of eight
     let big_gib = b.size as f64 / (1u64 << 30) as f64;
+    // Both queries over the mounted files, into rows `[pyarrow, duckdb]`.
+    let queries = |rows: &mut Vec<(String, &'static str, Row)>,
+                   m: &Mounted,
+                   pq: &std::path::Path,
+                   [p, d]: [usize; 2]| {
+        measure(rows, p, m, &|| pyarrow(pq), &|| pyarrow(&local), pq_gib);
+        measure(rows, d, m, &|| duckdb(pq), &|| duckdb(&local), pq_gib);
+    };
     for passthrough in [true, false] {
         let tag = if passthrough {
             ""
@@ -635,22 +643,7 @@ fn bench_data_cache(b: &Bench) -> Vec<String> {
             let pq = m.path().join("pq");
             if passthrough {
                 // Cached in part: the daemon serves them either way.
-                measure(
-                    &mut rows,
-                    ids[0],
-                    &m,
-                    &|| pyarrow(&pq),
-                    &|| pyarrow(&local),
-                    pq_gib,
-                );
-                measure(
-                    &mut rows,
-                    ids[1],
-                    &m,
-                    &|| duckdb(&pq),
-                    &|| duckdb(&local),
-                    pq_gib,
-                );
+                queries(&mut rows, &m, &pq, [ids[0], ids[1]]);
             }
             let seq = m.path().join("seq0.bin");
             if passthrough {
@@ -676,22 +669,7 @@ fn bench_data_cache(b: &Bench) -> Vec<String> {
                 let pq = m.path().join("pq");
                 // The first open after a mount checks each file whole.
                 pyarrow(&pq);
-                measure(
-                    &mut rows,
-                    ids[2],
-                    &m,
-                    &|| pyarrow(&pq),
-                    &|| pyarrow(&local),
-                    pq_gib,
-                );
-                measure(
-                    &mut rows,
-                    ids[3],
-                    &m,
-                    &|| duckdb(&pq),
-                    &|| duckdb(&local),
-                    pq_gib,
-                );
+                queries(&mut rows, &m, &pq, [ids[2], ids[3]]);
             }
         }
     }

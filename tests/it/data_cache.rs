@@ -98,6 +98,22 @@ impl Fixture {
         wait_written(addr, self.total());
     }
 
+    /// Reads every file through `m`, which must fetch damaged cached data
+    /// again, and say so in its log.
+    pub fn read_all_refetching(&self, m: &Mounted, proxy: &crate::support::proxy::FaultProxy) {
+        let before = object_gets(proxy);
+        self.read_all(m);
+        assert!(
+            object_gets(proxy) > before,
+            "damaged data was not fetched again"
+        );
+        assert!(
+            m.log_text().contains("dropping a damaged data cache file"),
+            "{}",
+            m.log_text()
+        );
+    }
+
     pub fn read_all(&self, m: &Mounted) {
         for (k, v) in &self.files {
             let got = std::fs::read(m.path().join(k)).unwrap();
@@ -157,17 +173,7 @@ fn damaged_cache_files_are_dropped_and_fetched_again() {
         std::fs::write(file, raw).unwrap();
     }
     let m = f.mount(&endpoint, &addr, &[]);
-    let before = object_gets(&proxy);
-    f.read_all(&m);
-    assert!(
-        object_gets(&proxy) > before,
-        "damaged data was not fetched again"
-    );
-    assert!(
-        m.log_text().contains("dropping a damaged data cache file"),
-        "{}",
-        m.log_text()
-    );
+    f.read_all_refetching(&m, &proxy);
 }
 
 #[test]
