@@ -13,6 +13,7 @@ const LEAVES: &[&str] = &[
     "blocking",
     "byte_sizes",
     "names",
+    "positioned_read",
     "private_dir",
     "stable_hash",
 ];
@@ -23,6 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("blocking", &[]),
     ("byte_sizes", &[]),
     ("names", &[]),
+    ("positioned_read", &[]),
     ("private_dir", &[]),
     ("stable_hash", &[]),
     ("store", &[]),

@@ -10,6 +10,7 @@ pub mod fs;
 pub mod fuse;
 pub mod mount;
 pub mod names;
+pub mod positioned_read;
 pub mod private_dir;
 pub mod read;
 pub mod service;

@@ -42,6 +42,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::positioned_read::read_full_at;
 use crate::private_dir::create_private_dir;
 use crate::stable_hash::stable_hash;
 
@@ -125,8 +126,10 @@ impl ObjectFiles {
         h
     }
 
+    /// Where chunk `chunk`'s entry is in the map: past the header.
     fn entry_at(&self, chunk: u64) -> u64 {
-        self.header().len() as u64 + 8 * chunk
+        let header = (MAGIC.len() + 4 + self.identity.len()).next_multiple_of(8);
+        header as u64 + 8 * chunk
     }
 }
 
@@ -137,21 +140,6 @@ fn encode_entry(len: usize, crc: u32) -> u64 {
 /// An entry's chunk length and checksum, if the chunk is there.
 fn decode_entry(raw: u64) -> Option<(u64, u32)> {
     (raw & PRESENT != 0).then_some(((raw >> 32) & 0x7fff_ffff, raw as u32))
-}
-
-/// Reads into `buf` from `at` until it is full or the file ends; returns
-/// how much it read.
-fn read_full_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], at + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// The entries of `chunks` in an open map, or `None` when the map is not

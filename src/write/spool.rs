@@ -126,15 +126,7 @@ impl SpoolFile {
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             let mut buf = vec![0; len];
-            let mut done = 0;
-            while done < len {
-                match file.read_at(&mut buf[done..], offset + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            crate::positioned_read::read_full_at(&file, &mut buf, offset)?;
             Ok(buf)
         })
         .await
