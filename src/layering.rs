@@ -15,6 +15,7 @@ const LEAVES: &[&str] = &[
     "names",
     "positioned_read",
     "private_dir",
+    "scratch_dir",
     "stable_hash",
 ];
 
@@ -26,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("names", &[]),
     ("positioned_read", &[]),
     ("private_dir", &[]),
+    ("scratch_dir", &[]),
     ("stable_hash", &[]),
     ("store", &[]),
     // The errors of filesystem operations, shared by the layers between the

@@ -20,3 +20,5 @@ pub mod write;
 
 #[cfg(test)]
 mod layering;
+#[cfg(test)]
+mod scratch_dir;

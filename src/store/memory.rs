@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -25,6 +25,9 @@ struct Object {
     etag: String,
     last_modified: SystemTime,
     marks: WriteMarks,
+    /// Listings show the object from this moment on (see
+    /// [`MemoryStore::set_listing_lag`]).
+    listed_from: Instant,
 }
 
 struct PendingUpload {
@@ -37,6 +40,9 @@ struct PendingUpload {
 struct MemoryBucket {
     objects: BTreeMap<String, Object>,
     uploads: HashMap<String, PendingUpload>,
+    /// Deleted objects that listings still show, until the given moment.
+    listed_after_delete: BTreeMap<String, (Object, Instant)>,
+    listing_lag: Duration,
 }
 
 pub struct MemoryStore {
@@ -63,14 +69,53 @@ impl MemoryStore {
     pub fn insert(&self, key: &str, data: impl Into<Bytes>) -> String {
         let data = data.into();
         let etag = self.new_etag(&data);
+        let mut state = self.state.lock();
         let object = Object {
             data,
             etag: etag.clone(),
             last_modified: SystemTime::now(),
             marks: WriteMarks::default(),
+            listed_from: Instant::now() + state.listing_lag,
         };
-        self.state.lock().objects.insert(key.to_owned(), object);
+        Self::place(&mut state, key, object);
         etag
+    }
+
+    /// Stores `object` under `key`; while listings lag, they show the
+    /// version it replaced until they show it.
+    fn place(state: &mut MemoryBucket, key: &str, object: Object) {
+        let listed_from = object.listed_from;
+        let replaced = state.objects.insert(key.to_owned(), object);
+        if let (Some(old), false) = (replaced, state.listing_lag.is_zero()) {
+            state
+                .listed_after_delete
+                .insert(key.to_owned(), (old, listed_from));
+        }
+    }
+
+    /// Makes listings lag behind writes by `lag`, as S3's did before 2020
+    /// and some S3-compatible stores' still do: a new object is listed
+    /// only `lag` after it was written, and a deleted one still listed
+    /// until `lag` after its delete. Reads and HEADs see writes at once.
+    pub fn set_listing_lag(&self, lag: Duration) {
+        self.state.lock().listing_lag = lag;
+    }
+
+    /// Removes `key` as another client would.
+    pub fn remove(&self, key: &str) {
+        let mut state = self.state.lock();
+        Self::forget(&mut state, key);
+    }
+
+    fn forget(state: &mut MemoryBucket, key: &str) {
+        if let Some(object) = state.objects.remove(key) {
+            if !state.listing_lag.is_zero() {
+                let until = Instant::now() + state.listing_lag;
+                state
+                    .listed_after_delete
+                    .insert(key.to_owned(), (object, until));
+            }
+        }
     }
 
     /// The bytes of `key`, if it holds an object.
@@ -133,15 +178,14 @@ impl MemoryStore {
         etag: String,
         marks: WriteMarks,
     ) -> String {
-        state.objects.insert(
-            key.to_owned(),
-            Object {
-                data,
-                etag: etag.clone(),
-                last_modified: SystemTime::now(),
-                marks,
-            },
-        );
+        let object = Object {
+            data,
+            etag: etag.clone(),
+            last_modified: SystemTime::now(),
+            marks,
+            listed_from: Instant::now() + state.listing_lag,
+        };
+        Self::place(state, key, object);
         etag
     }
 }
@@ -199,10 +243,22 @@ impl ObjectStore for MemoryStore {
         let mut page = ListPage::default();
         let after = continuation.unwrap_or_default();
         let mut last = String::new();
-        for (key, object) in state.objects.range(prefix.to_owned()..) {
+        let now = Instant::now();
+        let mut listed: BTreeMap<&String, &Object> = state
+            .objects
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(_, o)| o.listed_from <= now)
+            .collect();
+        for (key, (object, until)) in state.listed_after_delete.range(prefix.to_owned()..) {
             if !key.starts_with(prefix) {
                 break;
             }
+            if *until > now {
+                listed.entry(key).or_insert(object);
+            }
+        }
+        for (key, object) in listed {
             let rolled = delimiter.and_then(|d| {
                 let rest = &key[prefix.len()..];
                 rest.find(d)
@@ -400,7 +456,7 @@ impl ObjectStore for MemoryStore {
                 Some(_) => {}
             }
         }
-        state.objects.remove(key);
+        Self::forget(&mut state, key);
         Ok(())
     }
 
@@ -429,6 +485,34 @@ pub fn run_on_one_thread<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// Runs `futures` together on the current task and returns their outputs
+/// in order: on one thread they interleave at every request, as
+/// concurrent clients of one server do.
+#[cfg(test)]
+pub async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in set.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => std::task::Poll::Pending,
+            false => std::task::Poll::Ready(()),
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
 }
 
 #[cfg(test)]
@@ -473,6 +557,26 @@ mod tests {
         let lax = MemoryStore::new(false);
         lax.insert("k", "v1");
         assert!(run(lax.put("k", Body::Empty, WriteCondition::IfAbsent)).is_ok());
+    }
+
+    #[test]
+    fn with_a_listing_lag_listings_show_writes_and_deletes_late() {
+        let store = MemoryStore::new(true);
+        store.insert("old", "x");
+        store.set_listing_lag(std::time::Duration::from_millis(200));
+        store.insert("new", "y");
+        store.remove("old");
+        let listed = |store: &MemoryStore| -> Vec<String> {
+            let page = run(store.list_page("", None, None, None)).unwrap();
+            page.objects.into_iter().map(|o| o.key).collect()
+        };
+        assert_eq!(listed(&store), ["old"]);
+        assert!(
+            run(store.head("new")).is_ok(),
+            "reads see the write at once"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(listed(&store), ["new"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! act on (not found, changed, denied, unreachable).
 
 mod fan_out;
+mod faults;
 pub(crate) mod memory;
 mod pieces;
 mod retry;
@@ -19,6 +20,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 pub use fan_out::FanOut;
+pub use faults::{FaultCounts, FaultPlan, FaultyStore};
 pub use memory::MemoryStore;
 pub use pieces::limit_pool;
 pub use s3::{S3Settings, S3Store};
