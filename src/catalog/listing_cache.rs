@@ -47,6 +47,12 @@ pub(super) struct Listings<S> {
     pub(super) in_flight: Arc<ListingOpsInFlight>,
     /// Size of `changes` at which changes no listing in flight needs are swept.
     pub(super) sweep_changes_at: std::sync::atomic::AtomicUsize,
+    /// Trees forgotten (a directory renamed away) while a listing operation
+    /// was in flight, and when: a listing of them begun earlier is stale
+    /// and must not land in memory or on disk.
+    pub(super) forgotten: Mutex<Vec<(String, SystemTime)>>,
+    /// Held by a background save from its check to its write.
+    pub(super) one_save: Mutex<()>,
 }
 
 impl<S: ObjectStore> Listings<S> {
@@ -72,10 +78,25 @@ impl<S: ObjectStore> Listings<S> {
             let _op = op;
             if let Some(db) = &me.db {
                 for (prefix, listing) in listings {
+                    // Saves of two listings of one directory run in either
+                    // order: one replaced in memory meanwhile is not saved.
+                    // The check and the save are one step for every saver.
+                    let _one_save = me.one_save.lock();
+                    let replaced = me.memory.get(&prefix).is_some_and(|now| {
+                        !Arc::ptr_eq(&now, &listing) && now.listed_at > listing.listed_at
+                    });
+                    if replaced || me.forgotten_since(&prefix, listing.listed_at) {
+                        continue;
+                    }
                     // A listing left on disk is stored already.
                     if let Some(entries) = listing.entries() {
                         db.save(&prefix, entries, listing.listed_at);
                         me.reapply_to_disk(db, &prefix, listing.listed_at);
+                        // Forgotten while it was written: undone. (A forget
+                        // noted after this check deletes it on disk itself.)
+                        if me.forgotten_since(&prefix, listing.listed_at) {
+                            db.forget_tree(&prefix);
+                        }
                     }
                 }
             }
@@ -169,12 +190,14 @@ impl<S: ObjectStore> Listings<S> {
         let growing = Arc::new(GrowingListing::new(self.db.clone()));
         self.growing.lock().insert(prefix.clone(), growing.clone());
         let op = self.in_flight.begin();
+        let registered = rx.clone();
         tokio::spawn(async move {
             let op = op;
             let mut guard = RefreshGuard {
                 listings: &me,
                 prefix: &prefix,
                 growing: &growing,
+                registered: &registered,
                 done: false,
             };
             let result =
@@ -189,8 +212,7 @@ impl<S: ObjectStore> Listings<S> {
                 me.install(&prefix, listing)
             });
             growing.finish(result.as_ref().map(|_| ()).map_err(Clone::clone));
-            me.growing.lock().remove(&prefix);
-            me.refreshing.lock().remove(&prefix);
+            me.end_refresh(&prefix, &registered, Some(&growing));
             // A listing left on disk was stored page by page already.
             let saved = result
                 .as_ref()
@@ -220,29 +242,80 @@ impl<S: ObjectStore> Listings<S> {
 
     /// Drops what is known of `prefix` and every directory below it.
     pub(super) fn forget_tree(&self, prefix: &str) {
-        let below: Vec<String> = self
-            .memory
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| (*k).clone())
-            .collect();
-        for k in below {
-            self.memory.invalidate(&k);
+        {
+            // Under the changes lock, which `install` holds while it checks
+            // and lands a listing: none begun earlier lands after this.
+            let mut changes = self.changes.lock();
+            let mut forgotten = self.forgotten.lock();
+            let horizon = self.in_flight.horizon();
+            forgotten.retain(|(_, at)| horizon.is_some_and(|h| *at >= h));
+            if horizon.is_some() {
+                forgotten.push((prefix.to_owned(), SystemTime::now()));
+            }
+            drop(forgotten);
+            let below: Vec<String> = self
+                .memory
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| (*k).clone())
+                .collect();
+            for k in below {
+                self.memory.invalidate(&k);
+            }
+            changes.retain(|k, _| !k.starts_with(prefix));
         }
-        self.changes.lock().retain(|k, _| !k.starts_with(prefix));
+        // Listings of it under way began before: who asks from now on
+        // gets a new one.
+        self.refreshing.lock().retain(|k, _| !k.starts_with(prefix));
+        self.growing.lock().retain(|k, _| !k.starts_with(prefix));
         if let Some(db) = &self.db {
             db.forget_tree(prefix);
         }
+    }
+
+    /// Whether the tree holding `prefix` was forgotten after a listing of
+    /// it listed at `listed_at` began.
+    pub(super) fn forgotten_since(&self, prefix: &str, listed_at: SystemTime) -> bool {
+        self.forgotten
+            .lock()
+            .iter()
+            .any(|(tree, at)| prefix.starts_with(tree.as_str()) && *at >= listed_at)
     }
 }
 
 /// Cleans up after a refresh task that ended without finishing (a panic):
 /// readers of its growing listing get an error instead of waiting forever,
 /// and the next caller lists the directory again.
+impl<S> Listings<S> {
+    /// Ends the refresh of `prefix` registered as `registered` (and its
+    /// growing listing), unless a forget has made way for a newer one.
+    pub(super) fn end_refresh(
+        &self,
+        prefix: &str,
+        registered: &watch::Receiver<RefreshResult>,
+        growing: Option<&Arc<GrowingListing>>,
+    ) {
+        if let Some(growing) = growing {
+            let mut all = self.growing.lock();
+            if all.get(prefix).is_some_and(|g| Arc::ptr_eq(g, growing)) {
+                all.remove(prefix);
+            }
+        }
+        let mut refreshing = self.refreshing.lock();
+        if refreshing
+            .get(prefix)
+            .is_some_and(|r| r.same_channel(registered))
+        {
+            refreshing.remove(prefix);
+        }
+    }
+}
+
 struct RefreshGuard<'a, S> {
     listings: &'a Listings<S>,
     prefix: &'a str,
-    growing: &'a GrowingListing,
+    growing: &'a Arc<GrowingListing>,
+    registered: &'a watch::Receiver<RefreshResult>,
     done: bool,
 }
 
@@ -251,10 +324,8 @@ impl<S> Drop for RefreshGuard<'_, S> {
         if !self.done {
             // Runs while a panic unwinds: a poisoned lock must not abort.
             self.growing.finish(Err(FsError::Abandoned));
-            let growing = &self.listings.growing;
-            growing.lock().remove(self.prefix);
-            let refreshing = &self.listings.refreshing;
-            refreshing.lock().remove(self.prefix);
+            self.listings
+                .end_refresh(self.prefix, self.registered, Some(self.growing));
         }
     }
 }

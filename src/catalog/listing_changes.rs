@@ -54,7 +54,7 @@ impl ListingOpsInFlight {
 
     /// Changes older than this are in every listing that may still land;
     /// `None` when nothing is in flight.
-    fn horizon(&self) -> Option<SystemTime> {
+    pub(super) fn horizon(&self) -> Option<SystemTime> {
         let oldest = self.started.lock().values().min().copied()?;
         // Wall-clock times: allow for small steps of the clock.
         Some(oldest - CLOCK_SLACK)
@@ -101,6 +101,10 @@ impl<S: ObjectStore> Listings<S> {
     /// overwrite each other.
     pub(super) fn install(&self, prefix: &str, listing: Arc<Listing>) -> Arc<Listing> {
         let mut changes = self.changes.lock();
+        // Of a directory renamed away since: served to its caller, not kept.
+        if self.forgotten_since(prefix, listing.listed_at) {
+            return listing;
+        }
         // A listing that started earlier than the one in memory (a load from
         // disk racing a refresh, say) does not replace it.
         if let Some(current) = self.memory.get(prefix) {

@@ -127,6 +127,8 @@ impl<S: ObjectStore> Catalog<S> {
                 walked: Mutex::new(HashMap::new()),
                 changes: Mutex::new(HashMap::new()),
                 sweep_changes_at: std::sync::atomic::AtomicUsize::new(1024),
+                forgotten: Mutex::default(),
+                one_save: Mutex::default(),
                 in_flight: Arc::default(),
             }),
             inodes: Mutex::new(InodeTable::new(root_prefix)),

@@ -130,9 +130,8 @@ impl<S: ObjectStore> Listings<S> {
     /// Hands registered directories back to ordinary listing: their readers
     /// see the channel close and list on their own.
     fn release(&self, waiting: HashMap<String, watch::Sender<RefreshResult>>) {
-        let mut refreshing = self.refreshing.lock();
-        for prefix in waiting.keys() {
-            refreshing.remove(prefix);
+        for (prefix, tx) in &waiting {
+            self.end_refresh(prefix, &tx.subscribe(), None);
         }
     }
 
@@ -188,7 +187,7 @@ impl<S: ObjectStore> Listings<S> {
             };
             let listing = self.install(&prefix, built);
             if let Some(tx) = waiting.remove(&prefix) {
-                self.refreshing.lock().remove(&prefix);
+                self.end_refresh(&prefix, &tx.subscribe(), None);
                 let _ = tx.send(Some(Ok(listing.clone())));
             }
             published.push((prefix, listing));

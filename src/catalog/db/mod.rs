@@ -272,6 +272,20 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_save_of_a_listing_older_than_the_stored_one_is_dropped() {
+        let dir = tmp("order");
+        let db = CatalogDb::open(&dir, "t").unwrap();
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        db.save("p/", &entries(), at);
+        db.save("p/", &numbered(3), at - Duration::from_secs(1));
+        assert_eq!(loaded(db.load("p/", 100).unwrap().body), entries());
+        db.save("p/", &numbered(3), at + Duration::from_secs(1));
+        assert_eq!(loaded(db.load("p/", 100).unwrap().body), numbered(3));
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_second_open_of_the_same_target_is_refused_while_the_first_lives() {
         let dir = tmp("lock");
         let first = CatalogDb::open(&dir, "t").unwrap();

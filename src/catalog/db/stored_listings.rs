@@ -161,8 +161,20 @@ impl CatalogDb {
     pub fn commit(&self, prefix: &str, stored: &StoredEntries, listed_at: SystemTime) {
         blocking(|| {
             let mut conn = self.conn.lock();
-            let result = (|| -> rusqlite::Result<()> {
+            let result = (|| -> rusqlite::Result<bool> {
                 let tx = conn.transaction()?;
+                // Saves of two listings of one directory may land in either
+                // order: one listed earlier than what is stored is dropped.
+                let stored_at: Option<i64> = tx
+                    .query_row(
+                        "SELECT listed_at_ms FROM dirs WHERE prefix = ?1",
+                        [prefix],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if stored_at.is_some_and(|at| at > millis(listed_at)) {
+                    return Ok(false);
+                }
                 let len: i64 = tx.query_row(
                     "SELECT count(*) FROM entries WHERE lid = ?1",
                     [stored.lid],
@@ -176,10 +188,12 @@ impl CatalogDb {
                 tx.commit()?;
                 stored.current.store(true, Ordering::Release);
                 self.release_retired(old);
-                Ok(())
+                Ok(true)
             })();
-            if let Err(e) = result {
-                self.write_failed(&format!("store the listing of {prefix}"), &e);
+            match result {
+                Ok(true) => {}
+                Ok(false) => self.release_retired(Some(stored.lid)),
+                Err(e) => self.write_failed(&format!("store the listing of {prefix}"), &e),
             }
             drop(conn);
             self.collect_garbage();
