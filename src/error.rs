@@ -61,6 +61,18 @@ pub enum FsError {
 }
 
 impl FsError {
+    /// Whether the name or object is gone, whichever layer found it so.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            FsError::NotFound
+                | FsError::Store {
+                    source: StoreError::NotFound,
+                    ..
+                }
+        )
+    }
+
     pub fn store(key: &str, source: StoreError) -> Self {
         FsError::Store {
             key: key.to_owned(),

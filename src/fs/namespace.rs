@@ -288,7 +288,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 (None, Some(EntryKind::File { size, etag })) => {
                     let moved =
                         move_object(&*store, &key, &etag, size, &new_key, target, no_replace).await;
-                    if let Err(FsError::NotFound) = moved {
+                    if moved.as_ref().is_err_and(FsError::is_not_found) {
                         // Gone to another mount: so it is here too.
                         self.catalog.record(parent, name, None)?;
                     }
@@ -442,7 +442,9 @@ pub(super) async fn move_object<S: ObjectStore>(
             Err(FsError::NotFound)
         }
         // The source could not be deleted: the copy is taken back while the
-        // source is still there, so the file is moved once or not at all.
+        // source is still there, so the file is moved once or not at all,
+        // and the rename can be tried again. (A copy that replaced a file
+        // leaves the target name empty then: that file was replaced.)
         Err(e) => {
             if let Ok(now) = store.head(from).await {
                 if same_etag(&now.etag, etag) {
@@ -529,7 +531,7 @@ fn same_etag(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::run_on_one_thread as run;
+    use crate::store::memory::{join_all, run_on_one_thread as run};
     use crate::store::MemoryStore;
 
     /// `claimants` moves of `from` at once, to `targets[i % len]`; the
@@ -557,37 +559,8 @@ mod tests {
                     .await
                 }
             });
-            futures_join_all(moves).await
+            join_all(moves).await
         })
-    }
-
-    async fn futures_join_all<F: std::future::Future>(
-        futures: impl Iterator<Item = F>,
-    ) -> Vec<F::Output> {
-        // Polled together on one thread: they interleave at every request.
-        let mut set = Vec::new();
-        for f in futures {
-            set.push(Box::pin(f));
-        }
-        let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (i, f) in set.iter_mut().enumerate() {
-                if out[i].is_none() {
-                    match f.as_mut().poll(cx) {
-                        std::task::Poll::Ready(v) => out[i] = Some(v),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        out.into_iter().map(Option::unwrap).collect()
     }
 
     impl MemoryStore {
