@@ -7,6 +7,8 @@
 //! requests into these calls. docs/SEMANTICS.md says what each does on S3.
 
 mod namespace;
+#[cfg(test)]
+mod tests;
 mod write_ops;
 
 use std::collections::HashMap;
