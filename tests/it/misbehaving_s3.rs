@@ -360,7 +360,7 @@ fn malformed_listings_and_stalled_bodies_are_retried_then_reported() {
         "no malformed page was sent"
     );
 
-    proxy.set_rules(vec![Rule::new(Fault::StallBody, 0.3, &[Kind::Get])]);
+    proxy.set_rules(vec![Rule::every(Fault::StallBody, 3, &[Kind::Get])]);
     let read = std::fs::read(mnt.join("f.bin")).expect("read through stalled bodies");
     assert!(read == data, "bytes read through stalls differ");
     assert!(proxy.injected(Kind::Get) > 0, "no body was stalled");
