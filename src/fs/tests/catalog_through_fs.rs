@@ -80,7 +80,7 @@ fn an_expired_listing_is_listed_again() {
             ttl: Duration::from_millis(50),
             ..Settings::default()
         };
-        let m = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let m = TestMount::with(settings);
         m.store().insert("d/a", "x");
         assert_eq!(m.list("d").await.unwrap(), ["a"]);
         m.store().insert("d/b", "x");
@@ -159,7 +159,7 @@ fn another_mount_sees_a_new_file_once_its_listing_expires() {
             ttl: Duration::from_millis(50),
             ..Settings::default()
         };
-        let a = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let a = TestMount::with(settings);
         let b = a.another();
         assert_eq!(b.list("").await.unwrap(), Vec::<String>::new());
         a.write_file("f", b"from a").await.unwrap();

@@ -344,13 +344,7 @@ fn on_a_read_only_mount_every_change_is_erofs() {
             read_only: true,
             ..WritePolicy::default()
         };
-        let m = TestMount::over(
-            store.clone(),
-            Settings {
-                policy,
-                ..Settings::default()
-            },
-        );
+        let m = TestMount::over(store.clone(), Settings::policy(policy));
         assert_eq!(errno_of(m.write_file("g", b"y").await), libc::EROFS);
         assert_eq!(errno_of(m.append("d/f", b"y").await), libc::EROFS);
         assert_eq!(errno_of(m.unlink("d/f").await), libc::EROFS);
@@ -371,13 +365,7 @@ fn with_no_overwrite_existing_files_stay_as_they_are() {
             no_overwrite: true,
             ..WritePolicy::default()
         };
-        let m = TestMount::over(
-            store.clone(),
-            Settings {
-                policy,
-                ..Settings::default()
-            },
-        );
+        let m = TestMount::over(store.clone(), Settings::policy(policy));
         assert_eq!(errno_of(m.write_file("f", b"new").await), libc::EPERM);
         assert_eq!(errno_of(m.append("f", b"+").await), libc::EPERM);
         assert!(m.rename("g", "f", false).await.is_err());

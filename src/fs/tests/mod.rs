@@ -83,7 +83,22 @@ const READ_SIZE: u32 = 128 * 1024;
 impl TestMount<MemoryStore> {
     /// A mount of a new in-memory bucket that enforces write conditions.
     pub fn new() -> Self {
-        Self::over(Arc::new(MemoryStore::new(true)), Settings::default())
+        Self::with(Settings::default())
+    }
+
+    /// The same, built with `settings`.
+    pub fn with(settings: Settings) -> Self {
+        Self::over(Arc::new(MemoryStore::new(true)), settings)
+    }
+}
+
+impl Settings {
+    /// The default settings with the write policy `policy`.
+    pub fn policy(policy: WritePolicy) -> Self {
+        Settings {
+            policy,
+            ..Settings::default()
+        }
     }
 }
 

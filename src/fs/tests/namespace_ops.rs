@@ -285,13 +285,7 @@ fn with_no_delete_unlink_and_rmdir_are_eperm_but_renames_work() {
             no_delete: true,
             ..WritePolicy::default()
         };
-        let m = TestMount::over(
-            store.clone(),
-            Settings {
-                policy,
-                ..Settings::default()
-            },
-        );
+        let m = TestMount::over(store.clone(), Settings::policy(policy));
         assert_eq!(errno_of(m.unlink("f").await), libc::EPERM);
         assert_eq!(errno_of(m.rmdir("d").await), libc::EPERM);
         m.rename("f", "d/f", false).await.unwrap();

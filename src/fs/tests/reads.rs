@@ -10,6 +10,13 @@ fn pattern(n: u64, seed: u8) -> Vec<u8> {
     (0..n).map(|i| (i % 249) as u8 ^ seed).collect()
 }
 
+/// A mount with the faults of `plan` over a store holding `data` as `key`.
+fn faulty_holding(key: &str, data: &[u8], plan: FaultPlan) -> TestMount<FaultyStore<MemoryStore>> {
+    let memory = Arc::new(MemoryStore::new(true));
+    memory.insert(key, data.to_vec());
+    TestMount::faulty(memory, plan, Settings::default())
+}
+
 fn fetched<S: ObjectStore>(m: &TestMount<S>) -> u64 {
     m.fs().read_stats().fetched_bytes.load(Ordering::Relaxed)
 }
@@ -102,7 +109,7 @@ fn memory_stays_within_its_budget_while_a_large_file_is_read() {
             },
             ..Settings::default()
         };
-        let m = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let m = TestMount::with(settings);
         let data = pattern(96 * MIB, 5);
         m.store().insert("f", data.clone());
         let (fh, ino) = m.open("f", libc::O_RDONLY).await.unwrap();
@@ -144,15 +151,13 @@ fn a_second_open_of_an_unchanged_file_keeps_the_kernels_pages_and_a_changed_one_
 #[test]
 fn bodies_that_break_off_give_the_right_bytes_or_an_error_never_wrong_ones() {
     run(async {
-        let memory = Arc::new(MemoryStore::new(true));
         let data = pattern(6 * MIB, 7);
-        memory.insert("f", data.clone());
         let plan = FaultPlan {
             seed: 3,
             cut_body: 0.5,
             ..FaultPlan::default()
         };
-        let m = TestMount::faulty(memory, plan, Settings::default());
+        let m = faulty_holding("f", &data, plan);
         let mut tries = 0;
         loop {
             tries += 1;
@@ -173,15 +178,13 @@ fn bodies_that_break_off_give_the_right_bytes_or_an_error_never_wrong_ones() {
 #[test]
 fn units_that_arrived_before_a_break_are_not_fetched_again() {
     run(async {
-        let memory = Arc::new(MemoryStore::new(true));
         let data = pattern(16 * MIB, 8);
-        memory.insert("f", data.clone());
         let plan = FaultPlan {
             seed: 11,
             cut_body: 1.0,
             ..FaultPlan::default()
         };
-        let m = TestMount::faulty(memory, plan, Settings::default());
+        let m = faulty_holding("f", &data, plan);
         let _ = m.read_file("f").await;
         let after_cut = fetched(&m);
         m.store().set_enabled(false);
@@ -197,15 +200,13 @@ fn units_that_arrived_before_a_break_are_not_fetched_again() {
 #[test]
 fn stalled_bodies_still_deliver_the_right_bytes() {
     run(async {
-        let memory = Arc::new(MemoryStore::new(true));
         let data = pattern(20 * MIB, 9);
-        memory.insert("f", data.clone());
         let plan = FaultPlan {
             seed: 5,
             stall: Some((0.5, Duration::from_millis(20))),
             ..FaultPlan::default()
         };
-        let m = TestMount::faulty(memory, plan, Settings::default());
+        let m = faulty_holding("f", &data, plan);
         assert_eq!(m.read_file("f").await.unwrap(), data);
         assert!(m.store().counts().stalls > 0);
     })
@@ -214,14 +215,12 @@ fn stalled_bodies_still_deliver_the_right_bytes() {
 #[test]
 fn a_refused_read_is_eio_and_a_later_one_succeeds() {
     run(async {
-        let memory = Arc::new(MemoryStore::new(true));
-        memory.insert("f", "contents");
         let plan = FaultPlan {
             seed: 1,
             refuse: 1.0,
             ..FaultPlan::default()
         };
-        let m = TestMount::faulty(memory, plan, Settings::default());
+        let m = faulty_holding("f", b"contents", plan);
         m.store().set_enabled(false);
         m.resolve("f").await.unwrap();
         m.store().set_enabled(true);
@@ -234,14 +233,12 @@ fn a_refused_read_is_eio_and_a_later_one_succeeds() {
 #[test]
 fn a_listing_s3_refuses_is_eio_and_a_later_one_succeeds() {
     run(async {
-        let memory = Arc::new(MemoryStore::new(true));
-        memory.insert("d/f", "x");
         let plan = FaultPlan {
             seed: 1,
             refuse: 1.0,
             ..FaultPlan::default()
         };
-        let m = TestMount::faulty(memory, plan, Settings::default());
+        let m = faulty_holding("d/f", b"x", plan);
         assert_eq!(errno_of(m.list("").await), libc::EIO);
         m.store().set_enabled(false);
         assert_eq!(m.list("").await.unwrap(), ["d"]);
@@ -255,7 +252,7 @@ fn with_a_data_cache_a_remount_reads_without_any_request() {
             data_cache: Some(256 * MIB),
             ..Settings::default()
         };
-        let mut m = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let mut m = TestMount::with(settings);
         let data = pattern(20 * MIB, 10);
         m.store().insert("f", data.clone());
         assert_eq!(m.read_file("f").await.unwrap(), data);
@@ -273,7 +270,7 @@ fn with_a_data_cache_a_file_written_here_is_read_back_from_disk() {
             data_cache: Some(256 * MIB),
             ..Settings::default()
         };
-        let mut m = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let mut m = TestMount::with(settings);
         let data = pattern(3 * MIB, 11);
         m.write_file("f", &data).await.unwrap();
         // The copy into the cache runs in the background.
@@ -293,7 +290,7 @@ fn a_cached_version_is_not_served_once_the_object_changed() {
             ttl: Duration::from_millis(50),
             ..Settings::default()
         };
-        let mut m = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let mut m = TestMount::with(settings);
         m.store().insert("f", pattern(MIB, 12));
         m.read_file("f").await.unwrap();
         let new = pattern(MIB, 13);
@@ -314,7 +311,7 @@ fn the_footer_of_a_columnar_file_is_read_without_fetching_the_rest() {
             },
             ..Settings::default()
         };
-        let m = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let m = TestMount::with(settings);
         let data = pattern(64 * MIB, 14);
         m.store().insert("t.parquet", data.clone());
         let (fh, ino) = m.open("t.parquet", libc::O_RDONLY).await.unwrap();
@@ -339,7 +336,7 @@ fn columnar_files_open_without_the_kernels_page_cache_and_others_with_it() {
             },
             ..Settings::default()
         };
-        let m = TestMount::over(Arc::new(MemoryStore::new(true)), settings);
+        let m = TestMount::with(settings);
         m.store().insert("t.parquet", "x");
         m.store().insert("t.csv", "x");
         let parquet = m.resolve("t.parquet").await.unwrap();
