@@ -17,6 +17,11 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// enforces (see `ObjectStore::probe_conditions`); never shown.
 pub const PROBE_NAME_PREFIX: &str = ".s3mount-probe-";
 
+/// The directory, under the mount's prefix, of the locks that decide which
+/// mount wins a rename claimed by several (see `fs::claim_lock`); never
+/// shown.
+pub const CLAIM_DIR_NAME: &str = ".s3mount-claims";
+
 /// Why a listing entry cannot be shown as a file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unrepresentable {
@@ -25,8 +30,8 @@ pub enum Unrepresentable {
     DotDot,
     TooLong,
     Nul,
-    /// One of s3mount's own short-lived probe objects.
-    Probe,
+    /// One of s3mount's own objects: a short-lived probe, or the claim locks.
+    Internal,
 }
 
 /// Checks that `name` can be a single path component.
@@ -37,7 +42,9 @@ pub fn check_name(name: &str) -> Result<(), Unrepresentable> {
         ".." => Err(Unrepresentable::DotDot),
         _ if name.len() > NAME_MAX => Err(Unrepresentable::TooLong),
         _ if name.contains('\0') => Err(Unrepresentable::Nul),
-        _ if name.starts_with(PROBE_NAME_PREFIX) => Err(Unrepresentable::Probe),
+        _ if name.starts_with(PROBE_NAME_PREFIX) || name == CLAIM_DIR_NAME => {
+            Err(Unrepresentable::Internal)
+        }
         _ => Ok(()),
     }
 }

@@ -6,6 +6,7 @@
 //! rename. The FUSE adapter in [`crate::fuse`] only translates kernel
 //! requests into these calls. docs/SEMANTICS.md says what each does on S3.
 
+mod claim_lock;
 mod namespace;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use crate::error::FsError;
 use crate::read::{PageCache, Reader, Repinned};
 use crate::store::ObjectStore;
 use crate::write::{Access, Uploads, Writer};
+pub use claim_lock::LOCK_TOMBSTONE as CLAIM_LOCK_TOMBSTONE;
 pub use write_ops::{Release, WritePolicy};
 
 /// What a read did to the attributes the kernel holds of its file; the
@@ -97,6 +99,8 @@ pub struct S3Fs<S: ObjectStore> {
     stopping: std::sync::atomic::AtomicBool,
     /// See [`S3Fs::offer_backing_files`].
     offer_backing: std::sync::atomic::AtomicBool,
+    /// The locks of the renames this mount claims (docs/SEMANTICS.md, "Claims").
+    claims: claim_lock::ClaimLocks,
     /// Fault injection for tests: a lookup of this name panics
     /// (`S3MOUNT_TEST_PANIC_ON_LOOKUP`), to show that a panicking handler
     /// answers EIO and the mount goes on.
@@ -112,7 +116,9 @@ impl<S: ObjectStore> S3Fs<S> {
         owner: Ownership,
     ) -> Self {
         let reader = Arc::new(reader);
+        let root_prefix = catalog.dir_prefix(ROOT_INO).unwrap_or_default();
         S3Fs {
+            claims: claim_lock::ClaimLocks::new(&root_prefix, policy.claim_lock_tombstone),
             catalog,
             writer: Writer::new(uploads, reader.clone()),
             reader,

@@ -286,8 +286,9 @@ impl<S: ObjectStore> S3Fs<S> {
                         .await?
                 }
                 (None, Some(EntryKind::File { size, etag })) => {
-                    let moved =
-                        move_object(&*store, &key, &etag, size, &new_key, target, no_replace).await;
+                    let moved = self
+                        .claim_and_move(&key, &etag, size, &new_key, target, no_replace)
+                        .await;
                     if moved.as_ref().is_err_and(FsError::is_not_found) {
                         // Gone to another mount: so it is here too.
                         self.catalog.record(parent, name, None)?;
@@ -309,6 +310,36 @@ impl<S: ObjectStore> S3Fs<S> {
             self.keep_dir(parent).await;
         }
         Ok(())
+    }
+
+    /// Moves one listed file (version `etag` of `from`) as a claim: under
+    /// its claim lock where the store enforces write conditions, so that
+    /// of several mounts renaming it at once exactly one wins, whatever
+    /// names they move it to (see `claim_lock`).
+    async fn claim_and_move(
+        &self,
+        from: &str,
+        etag: &str,
+        size: u64,
+        to: &str,
+        target: MoveTarget,
+        no_replace: bool,
+    ) -> Result<String, FsError> {
+        let store = self.store();
+        if !store.enforces_conditions() {
+            return move_object(&**store, from, etag, size, to, target, no_replace).await;
+        }
+        let Some(lock) = self.claims.take(&**store, from, etag).await? else {
+            return Err(FsError::NotFound);
+        };
+        let moved = move_object(&**store, from, etag, size, to, target, no_replace).await;
+        match moved {
+            Ok(_) => self.claims.retire(store, lock).await,
+            // Lost, or failed with the file left where it was (a copy made
+            // is taken back while the source is there): free for a claim.
+            Err(_) => self.claims.release(&**store, lock).await,
+        }
+        moved
     }
 
     /// Moves every object under prefix `from` to the same place under `to`,

@@ -30,6 +30,9 @@ pub struct WritePolicy {
     /// Refuse replacing or changing an existing file, by writing or by
     /// renaming onto it.
     pub no_overwrite: bool,
+    /// How long a rename that won a claim keeps its lock before deleting
+    /// it (see `claim_lock`); zero deletes it before the rename returns.
+    pub claim_lock_tombstone: std::time::Duration,
 }
 
 /// What the kernel's RELEASE of a handle leaves to do; see
@@ -394,6 +397,12 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Aborts every upload not completed yet (at shutdown).
     pub async fn abort_uploads(&self) {
         self.writer.abort_all().await;
+    }
+
+    /// Deletes the claim locks this mount still keeps after its wins
+    /// (at shutdown: nobody would delete them later).
+    pub async fn drop_claim_locks(&self) {
+        self.claims.drop_kept(&**self.store()).await;
     }
 
     /// Files open for writing.

@@ -368,6 +368,12 @@ async fn serve_until_end(
     {
         warn!("aborting uploads in flight took too long; lifecycle rules will clean up");
     }
+    if tokio::time::timeout(UNMOUNT_GRACE, fs.drop_claim_locks())
+        .await
+        .is_err()
+    {
+        warn!("deleting the claim locks kept took too long; they are broken after their lease");
+    }
     log_read_stats(fs, store);
     if let Err(e) = unmount(false) {
         warn!(error = %e, "unmount failed (busy?); detaching lazily");

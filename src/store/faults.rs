@@ -34,6 +34,11 @@ pub struct FaultPlan {
     pub stall: Option<(f64, Duration)>,
     /// Every request waits up to this long first (uniform).
     pub max_delay: Duration,
+    /// Every delete is in doubt: its first attempt never reaches the store,
+    /// and after this long it is sent again, a key then missing counting as
+    /// deleted by the first attempt (how the S3 client settles a delete
+    /// whose answer was lost).
+    pub delete_in_doubt: Option<Duration>,
 }
 
 /// Faults injected so far, by kind.
@@ -43,6 +48,7 @@ pub struct FaultCounts {
     pub answers_lost: u64,
     pub bodies_cut: u64,
     pub stalls: u64,
+    pub deletes_in_doubt: u64,
 }
 
 #[derive(Default)]
@@ -51,6 +57,7 @@ struct Counters {
     answers_lost: AtomicU64,
     bodies_cut: AtomicU64,
     stalls: AtomicU64,
+    deletes_in_doubt: AtomicU64,
 }
 
 pub struct FaultyStore<S> {
@@ -98,6 +105,7 @@ impl<S: ObjectStore> FaultyStore<S> {
             answers_lost: c.answers_lost.load(Ordering::Relaxed),
             bodies_cut: c.bodies_cut.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
+            deletes_in_doubt: c.deletes_in_doubt.load(Ordering::Relaxed),
         }
     }
 
@@ -286,6 +294,16 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     }
 
     async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), StoreError> {
+        if let Some(wait) = self.plan.delete_in_doubt {
+            if self.enabled.load(Ordering::Relaxed) {
+                self.counts.deletes_in_doubt.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+                return match self.inner.delete(key, if_match).await {
+                    Err(StoreError::NotFound) => Ok(()),
+                    settled => settled,
+                };
+            }
+        }
         self.request(self.inner.delete(key, if_match)).await
     }
 

@@ -206,6 +206,7 @@ fn meta(key: &str, o: &Object) -> ObjectMeta {
 fn body_bytes(body: &Body) -> Result<Bytes, StoreError> {
     match body {
         Body::Empty => Ok(Bytes::new()),
+        Body::Small(bytes) => Ok(bytes.clone()),
         Body::File { path, offset, len } => {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(path)

@@ -74,6 +74,8 @@ pub struct ListPage {
 #[derive(Debug, Clone)]
 pub enum Body {
     Empty,
+    /// A few bytes held in memory (a claim lock's owner).
+    Small(Bytes),
     /// `len` bytes of a local file from `offset`. The file is read as the
     /// request is sent (and again if it is retried), so no part has to be
     /// held in memory.
@@ -89,6 +91,7 @@ impl Body {
     pub fn byte_len(&self) -> u64 {
         match self {
             Body::Empty => 0,
+            Body::Small(bytes) => bytes.len() as u64,
             Body::File { len, .. } => *len,
         }
     }

@@ -97,6 +97,106 @@ fn of_loaders_using_mv_n_exactly_one_wins_and_the_others_see_enoent_or_eexist() 
     })
 }
 
+/// The double claim that copy-then-delete alone allows: two mounts move
+/// one file to different names, and the first one's delete of the source
+/// is in doubt (lost before it reached the store, then sent again); the
+/// other's delete removes the source meanwhile, and the retry, finding it
+/// gone, counts it as its own. The claim lock lets only one of them copy.
+#[test]
+fn of_claims_to_different_names_whose_deletes_are_in_doubt_exactly_one_wins() {
+    run(async {
+        let memory = Arc::new(MemoryStore::new(true));
+        memory.insert("incoming/f", "the file");
+        memory.insert("processing/", "");
+        let plan = FaultPlan {
+            delete_in_doubt: Some(Duration::from_millis(50)),
+            ..FaultPlan::default()
+        };
+        let doubtful = TestMount::faulty(memory.clone(), plan, Settings::default());
+        let plain = TestMount::over(memory.clone(), Settings::default());
+        // Both have listed the drop folder, as loaders that found the file.
+        for dir in ["incoming", "processing"] {
+            doubtful.list(dir).await.unwrap();
+            plain.list(dir).await.unwrap();
+        }
+        let (a, b) = tokio::join!(
+            doubtful.rename("incoming/f", "processing/by-a", false),
+            plain.rename("incoming/f", "processing/by-b", false),
+        );
+        let outcomes = [a, b];
+        assert_eq!(oks(&outcomes), 1, "{outcomes:?}");
+        let loser = outcomes.iter().find(|r| r.is_err()).unwrap();
+        assert_eq!(loser.as_ref().unwrap_err().errno(), libc::ENOENT);
+        let files: Vec<_> = memory
+            .keys()
+            .into_iter()
+            .filter(|k| !k.ends_with('/'))
+            .collect();
+        assert_eq!(files.len(), 1, "copies left behind: {files:?}");
+        assert_eq!(memory.bytes(&files[0]).unwrap(), "the file");
+    })
+}
+
+#[test]
+fn a_winner_keeps_its_hidden_lock_a_while_then_deletes_it() {
+    run(async {
+        let store = Arc::new(MemoryStore::new(true));
+        let etag = store.insert("incoming/f", "x");
+        store.insert("processing/", "");
+        let tombstone = Duration::from_millis(100);
+        let m = TestMount::over(
+            store.clone(),
+            Settings::policy(WritePolicy {
+                claim_lock_tombstone: tombstone,
+                ..WritePolicy::default()
+            }),
+        );
+        m.rename("incoming/f", "processing/f", false).await.unwrap();
+        let locks = || {
+            store
+                .keys()
+                .into_iter()
+                .filter(|k| k.starts_with(".s3mount-claims/"))
+                .count()
+        };
+        assert_eq!(locks(), 1, "{:?}", store.keys());
+        assert_eq!(m.fs().claims.kept_count(), 1);
+        assert_eq!(m.list("").await.unwrap(), ["incoming", "processing"]);
+        // A mount whose listing still shows the moved version cannot take
+        // its lock while the tombstone stands.
+        let stale = TestMount::over(store.clone(), Settings::default());
+        let taken = stale.fs().claims.take(&*store, "incoming/f", &etag).await;
+        assert!(taken.unwrap().is_none());
+        tokio::time::sleep(tombstone * 3).await;
+        assert_eq!(locks(), 0, "{:?}", store.keys());
+        assert_eq!(m.fs().claims.kept_count(), 0);
+    })
+}
+
+#[test]
+fn at_shutdown_a_mount_deletes_the_locks_it_keeps() {
+    run(async {
+        let store = Arc::new(MemoryStore::new(true));
+        store.insert("incoming/f", "x");
+        store.insert("processing/", "");
+        let m = TestMount::over(
+            store.clone(),
+            Settings::policy(WritePolicy {
+                claim_lock_tombstone: Duration::from_secs(3600),
+                ..WritePolicy::default()
+            }),
+        );
+        m.rename("incoming/f", "processing/f", false).await.unwrap();
+        assert_eq!(m.fs().claims.kept_count(), 1);
+        m.fs().drop_claim_locks().await;
+        assert_eq!(
+            store.keys(),
+            ["incoming/", "processing/", "processing/f"],
+            "a lock is left behind"
+        );
+    })
+}
+
 /// What one mount's loaders got: files they won, and files whose claim
 /// failed with EIO (in doubt).
 #[derive(Default)]
@@ -252,12 +352,14 @@ fn with_lost_answers_no_file_is_claimed_twice_or_lost() {
                 mounts.iter().any(|m| m.store().counts().answers_lost > 0),
                 "seed {seed}: no answer was lost"
             );
-            // A sweep without faults claims what is left.
-            let sweeper = &mounts[0];
-            sweeper.store().set_enabled(false);
-            let dir = sweeper.resolve("incoming").await.unwrap();
-            sweeper.fs().refresh(dir.ino).await.unwrap();
-            let swept = load_all(std::slice::from_ref(sweeper), 1).await;
+            // The loaders run again without faults and claim what is left
+            // (a mount whose take of a lock was in doubt finds its own).
+            for m in &mounts {
+                m.store().set_enabled(false);
+                let dir = m.resolve("incoming").await.unwrap();
+                m.fs().refresh(dir.ino).await.unwrap();
+            }
+            let swept = load_all(&mounts, 1).await;
             claimed.won.extend(swept.won);
             claimed.won.sort();
             let twice: Vec<_> = claimed.won.windows(2).filter(|w| w[0] == w[1]).collect();

@@ -221,9 +221,16 @@ impl Model {
 
     /// What the store holds, read back as a model: files are the keys not
     /// ending in `/`, and a directory exists when any key is under it.
+    /// s3mount's own objects (claim locks), which no listing shows, are
+    /// not part of the tree.
     fn of_store(store: &MemoryStore) -> Model {
         let mut model = Model::default();
-        for key in store.keys() {
+        let internal = format!("{}/", crate::names::CLAIM_DIR_NAME);
+        for key in store
+            .keys()
+            .into_iter()
+            .filter(|k| !k.starts_with(&internal))
+        {
             if let Some(dir) = DIRS.iter().find(|d| key.starts_with(&format!("{d}/"))) {
                 model.dirs.insert(dir);
             }

@@ -470,6 +470,7 @@ pub fn content_type(key: &str) -> String {
 async fn byte_stream(body: Body) -> Result<ByteStream, StoreError> {
     match body {
         Body::Empty => Ok(ByteStream::from_static(b"")),
+        Body::Small(bytes) => Ok(ByteStream::from(bytes)),
         Body::File { path, offset, len } => ByteStream::read_from()
             .path(&path)
             .offset(offset)

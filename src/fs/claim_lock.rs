@@ -1,0 +1,250 @@
+//! Claim locks: the one object that decides which mount moves a file when
+//! several rename the same version at once (docs/SEMANTICS.md, "Claims").
+//!
+//! A rename's copy-then-delete alone cannot tell its winner in every case:
+//! when two mounts copy one file to *different* names and the winner's
+//! delete of the source is in doubt (its answer lost), the retry finds the
+//! source gone and cannot know whose delete removed it. So before it copies,
+//! a rename takes the lock of the version it moves: a create-only PUT of an
+//! empty object named after the source key and ETag. Exactly one mount
+//! creates it (a retry after a lost answer recognises its own write by the
+//! store's marks); the others lose at once, before they write anything.
+//! Only the holder ever deletes the source at that version, so a delete in
+//! doubt that finds it gone was the holder's own.
+//!
+//! A winner keeps its lock a little while as a tombstone, so a mount whose
+//! listing still shows the moved version cannot claim it again (on a store
+//! that is slow to forget a deleted source), then deletes it; at shutdown
+//! the mount deletes the ones it still keeps. A lock older than
+//! [`LOCK_LEASE`] is one a mount left when it died mid-claim, and the next
+//! claimer breaks it. Locks are taken only where the store enforces write
+//! conditions: elsewhere they would not be exclusive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tracing::{debug, warn};
+
+use crate::error::FsError;
+use crate::names::CLAIM_DIR_NAME;
+use crate::stable_hash::stable_hash;
+use crate::store::{Body, ObjectMeta, ObjectStore, StoreError, WriteCondition};
+
+/// How long a winner keeps its lock before deleting it.
+pub const LOCK_TOMBSTONE: Duration = Duration::from_secs(30);
+
+/// Age past which a lock is taken to be left by a mount that stopped
+/// mid-claim, and may be broken. Longer than any claim takes: a claim is a
+/// server-side copy, and even one of several GiB is done well within it.
+pub const LOCK_LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// The locks a mount holds or keeps as tombstones, and for how long.
+pub struct ClaimLocks {
+    root_prefix: String,
+    tombstone: Duration,
+    /// Locks kept after a win, by key, with the ETag of the lock object.
+    kept: Arc<Mutex<HashMap<String, String>>>,
+    /// Locks this mount tried to take without learning whether it did, by
+    /// key, with the owner id it wrote.
+    in_doubt: Mutex<HashMap<String, Bytes>>,
+}
+
+/// A lock this mount holds on one version of one key.
+///
+/// The lock object's body is a random owner id, so a take whose answer
+/// was lost can tell its own lock from another mount's.
+#[must_use = "a lock is released or retired"]
+pub struct HeldLock {
+    key: String,
+    etag: String,
+    owner: Bytes,
+}
+
+impl ClaimLocks {
+    /// Locks under the mount's `root_prefix`, kept `tombstone` after a win.
+    pub fn new(root_prefix: &str, tombstone: Duration) -> Self {
+        ClaimLocks {
+            root_prefix: root_prefix.to_owned(),
+            tombstone,
+            kept: Arc::default(),
+            in_doubt: Mutex::default(),
+        }
+    }
+
+    /// The lock's key for version `etag` of `key`: flat and short whatever
+    /// the source key, under a directory listings never show.
+    fn lock_key(&self, key: &str, etag: &str) -> String {
+        let id = stable_hash(format!("{key}\n{}", etag.trim_matches('"')).as_bytes());
+        format!("{}{CLAIM_DIR_NAME}/{id:016x}", self.root_prefix)
+    }
+
+    /// Takes the lock of version `etag` of `key`: `Some` for the one mount
+    /// that gets it, `None` when another mount claims that version now (or
+    /// has just moved it).
+    pub async fn take<S: ObjectStore>(
+        &self,
+        store: &S,
+        key: &str,
+        etag: &str,
+    ) -> Result<Option<HeldLock>, FsError> {
+        let lock_key = self.lock_key(key, etag);
+        // An earlier take of this lock whose answer was lost may have
+        // created it: the lock then names this mount's owner id.
+        let owner = self
+            .in_doubt
+            .lock()
+            .get(&lock_key)
+            .cloned()
+            .unwrap_or_else(|| Bytes::from(format!("{:032x}", fastrand::u128(..))));
+        // A second try only after breaking a stale lock or finding one gone.
+        for _ in 0..2 {
+            let put = store
+                .put(
+                    &lock_key,
+                    Body::Small(owner.clone()),
+                    WriteCondition::IfAbsent,
+                )
+                .await;
+            let held = match put {
+                Ok(lock_etag) => Some(lock_etag),
+                Err(StoreError::PreconditionFailed) => None,
+                Err(e) if e.may_have_been_carried_out() => {
+                    self.in_doubt.lock().insert(lock_key.clone(), owner.clone());
+                    None
+                }
+                Err(e) => return Err(FsError::store(&lock_key, e)),
+            };
+            let created = held.is_some();
+            let lock = match held {
+                Some(etag) => ObjectMeta {
+                    key: lock_key.clone(),
+                    size: owner.len() as u64,
+                    last_modified: SystemTime::now(),
+                    etag,
+                },
+                None => match store.head(&lock_key).await {
+                    Ok(lock) => lock,
+                    // Released meanwhile (its holder failed): try again.
+                    Err(StoreError::NotFound) => continue,
+                    Err(e) => return Err(FsError::store(&lock_key, e)),
+                },
+            };
+            if created || self.is_own(store, &lock, &owner).await? {
+                self.in_doubt.lock().remove(&lock_key);
+                return Ok(Some(HeldLock {
+                    key: lock_key,
+                    etag: lock.etag,
+                    owner,
+                }));
+            }
+            if !is_stale(lock.last_modified) {
+                debug!(
+                    key,
+                    etag, "another mount holds the claim lock: the rename is lost"
+                );
+                return Ok(None);
+            }
+            warn!(
+                key,
+                lock = lock_key,
+                "breaking a claim lock left by a mount that stopped mid-claim"
+            );
+            match store.delete(&lock_key, Some(&lock.etag)).await {
+                Ok(()) | Err(StoreError::NotFound | StoreError::PreconditionFailed) => {}
+                Err(e) => return Err(FsError::store(&lock_key, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `lock` names `owner`: a lock this mount created with a
+    /// take whose answer was lost. Only then is its body read.
+    async fn is_own<S: ObjectStore>(
+        &self,
+        store: &S,
+        lock: &ObjectMeta,
+        owner: &Bytes,
+    ) -> Result<bool, FsError> {
+        if !self.in_doubt.lock().contains_key(&lock.key) || lock.size != owner.len() as u64 {
+            return Ok(false);
+        }
+        let mut body = Vec::new();
+        match store
+            .get_range(
+                &lock.key,
+                &lock.etag,
+                0..lock.size,
+                &[lock.size],
+                &mut |b| body.extend_from_slice(&b),
+            )
+            .await
+        {
+            Ok(()) => Ok(body == owner[..]),
+            Err(StoreError::NotFound | StoreError::PreconditionFailed) => Ok(false),
+            Err(e) => Err(FsError::store(&lock.key, e)),
+        }
+    }
+
+    /// The claim failed and the file stays where it was: the lock goes at
+    /// once, so the file can be claimed again.
+    pub async fn release<S: ObjectStore>(&self, store: &S, lock: HeldLock) {
+        match store.delete(&lock.key, Some(&lock.etag)).await {
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => {
+                // Still this mount's to take again; others wait for its lease.
+                warn!(lock = lock.key, error = %e, "cannot release a claim lock");
+                self.in_doubt.lock().insert(lock.key, lock.owner);
+            }
+        }
+    }
+
+    /// The claim won: the lock stays as a tombstone for a while, then is
+    /// deleted in the background (or at shutdown, by [`Self::drop_kept`]).
+    pub async fn retire<S: ObjectStore>(&self, store: &Arc<S>, lock: HeldLock) {
+        if self.tombstone.is_zero() {
+            delete_lock(&**store, &lock.key, &lock.etag).await;
+            return;
+        }
+        self.kept.lock().insert(lock.key.clone(), lock.etag);
+        let (store, kept, wait) = (store.clone(), self.kept.clone(), self.tombstone);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let etag = kept.lock().remove(&lock.key);
+            if let Some(etag) = etag {
+                delete_lock(&*store, &lock.key, &etag).await;
+            }
+        });
+    }
+
+    /// Deletes every lock still kept as a tombstone (at shutdown).
+    pub async fn drop_kept<S: ObjectStore>(&self, store: &S) {
+        let kept: Vec<_> = self.kept.lock().drain().collect();
+        for (key, etag) in kept {
+            delete_lock(store, &key, &etag).await;
+        }
+    }
+
+    /// How many locks this mount keeps as tombstones now.
+    #[cfg(test)]
+    pub fn kept_count(&self) -> usize {
+        self.kept.lock().len()
+    }
+}
+
+async fn delete_lock<S: ObjectStore>(store: &S, key: &str, etag: &str) {
+    match store.delete(key, Some(etag)).await {
+        Ok(()) | Err(StoreError::NotFound) => {}
+        Err(e) => {
+            warn!(lock = key, error = %e, "cannot delete a claim lock; it is broken after its lease")
+        }
+    }
+}
+
+fn is_stale(written: SystemTime) -> bool {
+    SystemTime::now()
+        .duration_since(written)
+        .is_ok_and(|age| age > LOCK_LEASE)
+}
