@@ -12,13 +12,14 @@
 //! Only the holder ever deletes the source at that version, so a delete in
 //! doubt that finds it gone was the holder's own.
 //!
-//! A winner keeps its lock a little while as a tombstone, so a mount whose
-//! listing still shows the moved version cannot claim it again (on a store
-//! that is slow to forget a deleted source), then deletes it; at shutdown
-//! the mount deletes the ones it still keeps. A lock older than
-//! [`LOCK_LEASE`] is one a mount left when it died mid-claim, and the next
-//! claimer breaks it. Locks are taken only where the store enforces write
-//! conditions: elsewhere they would not be exclusive.
+//! A winner deletes its lock once its rename has returned (in the
+//! background, unless told to before), and a mount that stops deletes the
+//! ones it has not yet. A lock this mount could not delete, or took without
+//! learning so, stays its own: its next take of that version finds it by
+//! its owner id. A lock older than [`LOCK_LEASE`] is one a mount left when
+//! it died mid-claim, and the next claimer breaks it. Locks are taken only
+//! where the store enforces write conditions: elsewhere they would not be
+//! exclusive.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,23 +34,32 @@ use crate::names::CLAIM_DIR_NAME;
 use crate::stable_hash::stable_hash;
 use crate::store::{Body, ObjectMeta, ObjectStore, StoreError, WriteCondition};
 
-/// How long a winner keeps its lock before deleting it.
-pub const LOCK_TOMBSTONE: Duration = Duration::from_secs(30);
-
 /// Age past which a lock is taken to be left by a mount that stopped
 /// mid-claim, and may be broken. Longer than any claim takes: a claim is a
 /// server-side copy, and even one of several GiB is done well within it.
 pub const LOCK_LEASE: Duration = Duration::from_secs(15 * 60);
 
-/// The locks a mount holds or keeps as tombstones, and for how long.
+/// The locks a mount holds, is deleting, or may hold after a lost answer
+/// (clones share them).
+#[derive(Clone)]
 pub struct ClaimLocks {
     root_prefix: String,
-    tombstone: Duration,
-    /// Locks kept after a win, by key, with the ETag of the lock object.
-    kept: Arc<Mutex<HashMap<String, String>>>,
-    /// Locks this mount tried to take without learning whether it did, by
-    /// key, with the owner id it wrote.
-    in_doubt: Mutex<HashMap<String, Bytes>>,
+    /// Whether a winner's lock is deleted after its rename returns rather
+    /// than before.
+    release_in_background: bool,
+    /// Locks won and not yet deleted, by key.
+    won: Arc<Mutex<HashMap<String, WonLock>>>,
+    /// Locks this mount may hold without knowing it (a take whose answer
+    /// was lost, a delete that failed), by key, with the owner id written.
+    in_doubt: Arc<Mutex<HashMap<String, Bytes>>>,
+}
+
+/// A lock whose claim won, until its delete is done.
+struct WonLock {
+    etag: String,
+    owner: Bytes,
+    /// Its delete has been sent: a take of it waits for the outcome.
+    deleting: bool,
 }
 
 /// A lock this mount holds on one version of one key.
@@ -64,13 +74,14 @@ pub struct HeldLock {
 }
 
 impl ClaimLocks {
-    /// Locks under the mount's `root_prefix`, kept `tombstone` after a win.
-    pub fn new(root_prefix: &str, tombstone: Duration) -> Self {
+    /// Locks under the mount's `root_prefix`; see
+    /// [`ClaimLocks::release_in_background`].
+    pub fn new(root_prefix: &str, release_in_background: bool) -> Self {
         ClaimLocks {
             root_prefix: root_prefix.to_owned(),
-            tombstone,
-            kept: Arc::default(),
-            in_doubt: Mutex::default(),
+            release_in_background,
+            won: Arc::default(),
+            in_doubt: Arc::default(),
         }
     }
 
@@ -91,6 +102,30 @@ impl ClaimLocks {
         etag: &str,
     ) -> Result<Option<HeldLock>, FsError> {
         let lock_key = self.lock_key(key, etag);
+        // A lock this mount won with a claim of this very version (a file
+        // moved away and back) and has not deleted yet is taken over; one
+        // being deleted is waited for.
+        loop {
+            let deleting = {
+                let mut won = self.won.lock();
+                match won.get(&lock_key) {
+                    Some(w) if w.deleting => true,
+                    Some(_) => {
+                        let w = won.remove(&lock_key).expect("present");
+                        return Ok(Some(HeldLock {
+                            key: lock_key,
+                            etag: w.etag,
+                            owner: w.owner,
+                        }));
+                    }
+                    None => false,
+                }
+            };
+            if !deleting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // An earlier take of this lock whose answer was lost may have
         // created it: the lock then names this mount's owner id.
         let owner = self
@@ -100,6 +135,7 @@ impl ClaimLocks {
             .cloned()
             .unwrap_or_else(|| Bytes::from(format!("{:032x}", fastrand::u128(..))));
         // A second try only after breaking a stale lock or finding one gone.
+        let mut failed = None;
         for _ in 0..2 {
             let put = store
                 .put(
@@ -113,6 +149,7 @@ impl ClaimLocks {
                 Err(StoreError::PreconditionFailed) => None,
                 Err(e) if e.may_have_been_carried_out() => {
                     self.in_doubt.lock().insert(lock_key.clone(), owner.clone());
+                    failed = Some(e);
                     None
                 }
                 Err(e) => return Err(FsError::store(&lock_key, e)),
@@ -127,6 +164,11 @@ impl ClaimLocks {
                 },
                 None => match store.head(&lock_key).await {
                     Ok(lock) => lock,
+                    // Not created by the take that failed: its error stands.
+                    Err(StoreError::NotFound) if failed.is_some() => {
+                        let e = failed.take().expect("checked");
+                        return Err(FsError::store(&lock_key, e));
+                    }
                     // Released meanwhile (its holder failed): try again.
                     Err(StoreError::NotFound) => continue,
                     Err(e) => return Err(FsError::store(&lock_key, e)),
@@ -157,7 +199,10 @@ impl ClaimLocks {
                 Err(e) => return Err(FsError::store(&lock_key, e)),
             }
         }
-        Ok(None)
+        Err(FsError::store(
+            &lock_key,
+            StoreError::Other("the claim lock changed hands during the take; try again".into()),
+        ))
     }
 
     /// Whether `lock` names `owner`: a lock this mount created with a
@@ -191,54 +236,67 @@ impl ClaimLocks {
     /// The claim failed and the file stays where it was: the lock goes at
     /// once, so the file can be claimed again.
     pub async fn release<S: ObjectStore>(&self, store: &S, lock: HeldLock) {
-        match store.delete(&lock.key, Some(&lock.etag)).await {
-            Ok(()) | Err(StoreError::NotFound) => {}
-            Err(e) => {
-                // Still this mount's to take again; others wait for its lease.
-                warn!(lock = lock.key, error = %e, "cannot release a claim lock");
-                self.in_doubt.lock().insert(lock.key, lock.owner);
-            }
+        if !delete_lock(store, &lock.key, &lock.etag).await {
+            // Still this mount's to take again; others wait for its lease.
+            self.in_doubt.lock().insert(lock.key, lock.owner);
         }
     }
 
-    /// The claim won: the lock stays as a tombstone for a while, then is
-    /// deleted in the background (or at shutdown, by [`Self::drop_kept`]).
+    /// The claim won: the lock is deleted, before this returns or, with
+    /// `release_in_background`, right after.
     pub async fn retire<S: ObjectStore>(&self, store: &Arc<S>, lock: HeldLock) {
-        if self.tombstone.is_zero() {
-            delete_lock(&**store, &lock.key, &lock.etag).await;
+        let won = WonLock {
+            etag: lock.etag,
+            owner: lock.owner,
+            deleting: false,
+        };
+        self.won.lock().insert(lock.key.clone(), won);
+        if !self.release_in_background {
+            self.delete_won(&**store, &lock.key).await;
             return;
         }
-        self.kept.lock().insert(lock.key.clone(), lock.etag);
-        let (store, kept, wait) = (store.clone(), self.kept.clone(), self.tombstone);
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let etag = kept.lock().remove(&lock.key);
-            if let Some(etag) = etag {
-                delete_lock(&*store, &lock.key, &etag).await;
-            }
-        });
+        let (store, locks) = (store.clone(), self.clone());
+        tokio::spawn(async move { locks.delete_won(&*store, &lock.key).await });
     }
 
-    /// Deletes every lock still kept as a tombstone (at shutdown).
-    pub async fn drop_kept<S: ObjectStore>(&self, store: &S) {
-        let kept: Vec<_> = self.kept.lock().drain().collect();
-        for (key, etag) in kept {
-            delete_lock(store, &key, &etag).await;
+    /// Deletes the won lock `key` unless a take has taken it over meanwhile.
+    async fn delete_won<S: ObjectStore>(&self, store: &S, key: &str) {
+        let etag = match self.won.lock().get_mut(key) {
+            Some(w) if !w.deleting => {
+                w.deleting = true;
+                w.etag.clone()
+            }
+            _ => return,
+        };
+        let deleted = delete_lock(store, key, &etag).await;
+        let w = self.won.lock().remove(key);
+        if let (false, Some(w)) = (deleted, w) {
+            self.in_doubt.lock().insert(key.to_owned(), w.owner);
         }
     }
 
-    /// How many locks this mount keeps as tombstones now.
+    /// Deletes every won lock not yet deleted (at shutdown).
+    pub async fn drop_kept<S: ObjectStore>(&self, store: &S) {
+        let keys: Vec<String> = self.won.lock().keys().cloned().collect();
+        for key in keys {
+            self.delete_won(store, &key).await;
+        }
+    }
+
+    /// How many won locks are not deleted yet.
     #[cfg(test)]
-    pub fn kept_count(&self) -> usize {
-        self.kept.lock().len()
+    pub fn won_count(&self) -> usize {
+        self.won.lock().len()
     }
 }
 
-async fn delete_lock<S: ObjectStore>(store: &S, key: &str, etag: &str) {
+/// Deletes a lock at its version; whether it is gone.
+async fn delete_lock<S: ObjectStore>(store: &S, key: &str, etag: &str) -> bool {
     match store.delete(key, Some(etag)).await {
-        Ok(()) | Err(StoreError::NotFound) => {}
+        Ok(()) | Err(StoreError::NotFound) => true,
         Err(e) => {
-            warn!(lock = key, error = %e, "cannot delete a claim lock; it is broken after its lease")
+            warn!(lock = key, error = %e, "cannot delete a claim lock");
+            false
         }
     }
 }

@@ -27,7 +27,6 @@ use crate::error::FsError;
 use crate::read::{PageCache, Reader, Repinned};
 use crate::store::ObjectStore;
 use crate::write::{Access, Uploads, Writer};
-pub use claim_lock::LOCK_TOMBSTONE as CLAIM_LOCK_TOMBSTONE;
 pub use write_ops::{Release, WritePolicy};
 
 /// What a read did to the attributes the kernel holds of its file; the
@@ -118,7 +117,10 @@ impl<S: ObjectStore> S3Fs<S> {
         let reader = Arc::new(reader);
         let root_prefix = catalog.dir_prefix(ROOT_INO).unwrap_or_default();
         S3Fs {
-            claims: claim_lock::ClaimLocks::new(&root_prefix, policy.claim_lock_tombstone),
+            claims: claim_lock::ClaimLocks::new(
+                &root_prefix,
+                policy.release_claim_locks_in_background,
+            ),
             catalog,
             writer: Writer::new(uploads, reader.clone()),
             reader,

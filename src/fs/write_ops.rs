@@ -30,9 +30,9 @@ pub struct WritePolicy {
     /// Refuse replacing or changing an existing file, by writing or by
     /// renaming onto it.
     pub no_overwrite: bool,
-    /// How long a rename that won a claim keeps its lock before deleting
-    /// it (see `claim_lock`); zero deletes it before the rename returns.
-    pub claim_lock_tombstone: std::time::Duration,
+    /// Whether a rename that won a claim deletes its lock after it
+    /// returns (in the background) rather than before (see `claim_lock`).
+    pub release_claim_locks_in_background: bool,
 }
 
 /// What the kernel's RELEASE of a handle leaves to do; see

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogDb, Freshness, IN_MEMORY_LIMIT};
 use crate::cli::{Args, Target};
-use crate::fs::{Ownership, S3Fs, WritePolicy, CLAIM_LOCK_TOMBSTONE};
+use crate::fs::{Ownership, S3Fs, WritePolicy};
 use crate::read::disk_cache::DiskCache;
 use crate::read::{ReadConfig, Reader};
 use crate::service::kernel_mount;
@@ -55,7 +55,8 @@ pub(super) fn build_layers(
         read_only: args.read_only,
         no_delete: args.no_delete,
         no_overwrite: args.no_overwrite,
-        claim_lock_tombstone: CLAIM_LOCK_TOMBSTONE,
+        // Off the rename's path: one round trip less per claim.
+        release_claim_locks_in_background: true,
     };
     Arc::new(S3Fs::new(
         catalog,

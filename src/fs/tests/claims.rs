@@ -137,63 +137,89 @@ fn of_claims_to_different_names_whose_deletes_are_in_doubt_exactly_one_wins() {
     })
 }
 
+/// A mount over `store` that deletes the locks of its won claims after
+/// the rename returns, as the daemon does.
+fn releasing_in_background(store: &Arc<MemoryStore>) -> TestMount<MemoryStore> {
+    TestMount::over(
+        store.clone(),
+        Settings::policy(WritePolicy {
+            release_claim_locks_in_background: true,
+            ..WritePolicy::default()
+        }),
+    )
+}
+
+fn claim_locks(store: &MemoryStore) -> Vec<String> {
+    let dir = format!("{}/", crate::names::CLAIM_DIR_NAME);
+    store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with(&dir))
+        .collect()
+}
+
 #[test]
-fn a_winner_keeps_its_hidden_lock_a_while_then_deletes_it() {
+fn a_winners_lock_is_never_listed_and_goes_right_after_the_rename() {
     run(async {
         let store = Arc::new(MemoryStore::new(true));
-        let etag = store.insert("incoming/f", "x");
+        store.insert("incoming/f", "x");
+        store.insert("incoming/other", "y");
         store.insert("processing/", "");
-        let tombstone = Duration::from_millis(100);
-        let m = TestMount::over(
-            store.clone(),
-            Settings::policy(WritePolicy {
-                claim_lock_tombstone: tombstone,
-                ..WritePolicy::default()
-            }),
-        );
+        let m = releasing_in_background(&store);
         m.rename("incoming/f", "processing/f", false).await.unwrap();
-        let locks = || {
-            store
-                .keys()
-                .into_iter()
-                .filter(|k| k.starts_with(".s3mount-claims/"))
-                .count()
-        };
-        assert_eq!(locks(), 1, "{:?}", store.keys());
-        assert_eq!(m.fs().claims.kept_count(), 1);
+        assert_eq!(claim_locks(&store).len(), 1, "{:?}", store.keys());
         assert_eq!(m.list("").await.unwrap(), ["incoming", "processing"]);
-        // A mount whose listing still shows the moved version cannot take
-        // its lock while the tombstone stands.
-        let stale = TestMount::over(store.clone(), Settings::default());
-        let taken = stale.fs().claims.take(&*store, "incoming/f", &etag).await;
-        assert!(taken.unwrap().is_none());
-        tokio::time::sleep(tombstone * 3).await;
-        assert_eq!(locks(), 0, "{:?}", store.keys());
-        assert_eq!(m.fs().claims.kept_count(), 0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(claim_locks(&store), Vec::<String>::new());
+        assert_eq!(m.fs().claims.won_count(), 0);
     })
 }
 
 #[test]
-fn at_shutdown_a_mount_deletes_the_locks_it_keeps() {
+fn a_file_moved_away_and_back_moves_again_on_this_mount_and_another() {
+    run(async {
+        let store = Arc::new(MemoryStore::new(true));
+        store.insert("a/f", "x");
+        store.insert("b/", "");
+        let (m, inline) = (
+            releasing_in_background(&store),
+            TestMount::over(store.clone(), Settings::default()),
+        );
+        // Each copy keeps the ETag, so the same version is claimed again
+        // under the same name: its lock must be free or this mount's own.
+        for round in 0..3 {
+            m.rename("a/f", "b/f", false)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            m.rename("b/f", "a/f", false)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for dir in ["a", "b"] {
+            let attr = inline.resolve(dir).await.unwrap();
+            inline.fs().refresh(attr.ino).await.unwrap();
+        }
+        inline.rename("a/f", "b/f", false).await.unwrap();
+        inline.rename("b/f", "a/f", false).await.unwrap();
+        assert_eq!(store.bytes("a/f").unwrap(), "x");
+        assert_eq!(claim_locks(&store), Vec::<String>::new());
+    })
+}
+
+#[test]
+fn at_shutdown_a_mount_deletes_the_locks_not_yet_deleted() {
     run(async {
         let store = Arc::new(MemoryStore::new(true));
         store.insert("incoming/f", "x");
+        store.insert("incoming/other", "y");
         store.insert("processing/", "");
-        let m = TestMount::over(
-            store.clone(),
-            Settings::policy(WritePolicy {
-                claim_lock_tombstone: Duration::from_secs(3600),
-                ..WritePolicy::default()
-            }),
-        );
+        let m = releasing_in_background(&store);
         m.rename("incoming/f", "processing/f", false).await.unwrap();
-        assert_eq!(m.fs().claims.kept_count(), 1);
+        assert_eq!(m.fs().claims.won_count(), 1);
         m.fs().drop_claim_locks().await;
-        assert_eq!(
-            store.keys(),
-            ["incoming/", "processing/", "processing/f"],
-            "a lock is left behind"
-        );
+        assert_eq!(claim_locks(&store), Vec::<String>::new());
+        assert_eq!(m.fs().claims.won_count(), 0);
     })
 }
 
