@@ -14,8 +14,9 @@ use crate::support::http_proxy::{Fault, Rule};
 use crate::support::*;
 
 /// A loader: claims each file it lists in `incoming/` by renaming it into
-/// `processing/`, "loads" it (its name and checksum into a local log), then
-/// moves it to `processed/`; stops once the producers are done and
+/// `processing/` (under a name of the loader's own when $TAG is set),
+/// "loads" it (its name and checksum into a local log), then moves it to
+/// `processed/`; stops once the producers are done and
 /// `processed/` holds as many files as they dropped (the count in $DONE).
 /// Every loader tries the files in the same order, so they collide often.
 const LOADER: &str = r#"
@@ -23,10 +24,10 @@ set -u
 cd "$MNT"
 while :; do
   for n in $(ls incoming); do
-    if mv "incoming/$n" "processing/$n" 2>/dev/null; then
-      sum=$(sha256sum "processing/$n" | cut -d' ' -f1) || { echo "UNREADABLE $n" >> "$LOG"; continue; }
+    if mv "incoming/$n" "processing/$TAG$n" 2>/dev/null; then
+      sum=$(sha256sum "processing/$TAG$n" | cut -d' ' -f1) || { echo "UNREADABLE $n" >> "$LOG"; continue; }
       echo "$n $sum" >> "$LOG"
-      err=$(mv "processing/$n" "processed/$n" 2>&1) || echo "NOT-MOVED $n $err" >> "$LOG"
+      err=$(mv "processing/$TAG$n" "processed/$n" 2>&1) || echo "NOT-MOVED $n $err" >> "$LOG"
     fi
   done
   if [ -e "$DONE" ] && [ "$(ls processed | wc -l)" -ge "$(cat "$DONE")" ]; then break; fi
@@ -72,7 +73,21 @@ impl Drop for Loaders {
 /// 3 loader mounts (each its own process and cache dir, as 3 machines) × 2
 /// loaders, and a 4th mount whose producers drop `files`; checks that every
 /// file was loaded exactly once and ends in `processed/` byte for byte.
-fn fleet_race(loader_endpoint: &Endpoint, s3: &TestS3, files: &[(String, Vec<u8>)]) {
+/// Which names the loaders claim files under.
+#[derive(Clone, Copy, PartialEq)]
+enum ClaimNames {
+    /// `processing/NAME` on every loader.
+    Same,
+    /// `processing/LOADER.NAME`: each loader its own.
+    OwnPerLoader,
+}
+
+fn fleet_race(
+    loader_endpoint: &Endpoint,
+    s3: &TestS3,
+    files: &[(String, Vec<u8>)],
+    claim_names: ClaimNames,
+) {
     let bucket = s3.bucket("fleet");
     let producer = Mounted::start(s3, &bucket.name, &[]);
     for dir in ["incoming", "processing", "processed"] {
@@ -95,6 +110,13 @@ fn fleet_race(loader_endpoint: &Endpoint, s3: &TestS3, files: &[(String, Vec<u8>
                 .env("MNT", mount.path())
                 .env("LOG", &log)
                 .env("DONE", &done)
+                .env(
+                    "TAG",
+                    match claim_names {
+                        ClaimNames::Same => String::new(),
+                        ClaimNames::OwnPerLoader => format!("m{m}l{l}."),
+                    },
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -211,7 +233,7 @@ fn fleet_race(loader_endpoint: &Endpoint, s3: &TestS3, files: &[(String, Vec<u8>
 #[test]
 fn three_mounts_of_loaders_load_each_dropped_file_exactly_once() {
     let s3 = TestS3::conditional();
-    fleet_race(&s3.endpoint, &s3, &dropped_files(2000));
+    fleet_race(&s3.endpoint, &s3, &dropped_files(2000), ClaimNames::Same);
 }
 
 #[test]
@@ -220,7 +242,28 @@ fn lost_answers_to_conditional_requests_neither_lose_nor_duplicate_a_claim() {
     let (proxy, endpoint) = s3.http_proxied();
     // Every 10th conditional request: S3 acts, the answer never arrives.
     proxy.set_rules(vec![Rule::conditional_every(Fault::LoseAnswer, 10)]);
-    fleet_race(&endpoint, &s3, &dropped_files(60));
+    fleet_race(&endpoint, &s3, &dropped_files(60), ClaimNames::Same);
+    assert!(
+        proxy.injected_total() >= 10,
+        "only {} answers were lost",
+        proxy.injected_total()
+    );
+}
+
+/// Loaders that claim into names of their own (`processing/LOADER.NAME`):
+/// the case where copy-then-delete alone let two claims of one file both
+/// win when the first one's delete was in doubt; the claim lock decides.
+#[test]
+fn loaders_claiming_under_names_of_their_own_load_each_file_exactly_once() {
+    let s3 = TestS3::conditional();
+    let (proxy, endpoint) = s3.http_proxied();
+    proxy.set_rules(vec![Rule::conditional_every(Fault::LoseAnswer, 10)]);
+    fleet_race(
+        &endpoint,
+        &s3,
+        &dropped_files(100),
+        ClaimNames::OwnPerLoader,
+    );
     assert!(
         proxy.injected_total() >= 10,
         "only {} answers were lost",
