@@ -242,7 +242,8 @@ fn lost_answers_to_conditional_requests_neither_lose_nor_duplicate_a_claim() {
     let (proxy, endpoint) = s3.http_proxied();
     // Every 10th conditional request: S3 acts, the answer never arrives.
     proxy.set_rules(vec![Rule::conditional_every(Fault::LoseAnswer, 10)]);
-    fleet_race(&endpoint, &s3, &dropped_files(60), ClaimNames::Same);
+    let files = env_u64("S3MOUNT_TEST_LOST_ANSWER_FILES", 2000) as usize;
+    fleet_race(&endpoint, &s3, &dropped_files(files), ClaimNames::Same);
     assert!(
         proxy.injected_total() >= 10,
         "only {} answers were lost",
@@ -261,7 +262,7 @@ fn loaders_claiming_under_names_of_their_own_load_each_file_exactly_once() {
     fleet_race(
         &endpoint,
         &s3,
-        &dropped_files(100),
+        &dropped_files(env_u64("S3MOUNT_TEST_OWN_NAMES_FILES", 300) as usize),
         ClaimNames::OwnPerLoader,
     );
     assert!(
