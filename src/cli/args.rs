@@ -126,6 +126,13 @@ pub struct Args {
     #[arg(long, value_parser = parse_size_or_zero, default_value = "1M", value_name = "SIZE")]
     pub kernel_readahead: u64,
 
+    /// Largest FUSE request the mount asks the kernel for: a large read on a
+    /// direct-I/O handle (columnar files) reaches the daemon whole. Raises
+    /// the system's `fs.fuse.max_pages_limit` when it is lower (root only);
+    /// 0 leaves it alone.
+    #[arg(long, value_parser = parse_size_or_zero, default_value = "8M", value_name = "SIZE")]
+    pub max_fuse_request: u64,
+
     /// Abandon and resume a download that delivers no byte for this long.
     #[arg(long, default_value_t = 5, value_name = "SECONDS")]
     pub read_stall_timeout: u64,

@@ -96,6 +96,9 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     let passthrough = args.data_cache.is_some() && !args.no_passthrough;
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), passthrough);
     let notifier = adapter.kernel_notifier();
+    if args.max_fuse_request > 0 {
+        raise_fuse_request_limit(args.max_fuse_request);
+    }
     let (session, mut unmount) = mount_session(adapter, &args, &target, &mountpoint)?;
     let _ = notifier.set(session.notifier());
     let done_rx = spawn_request_loop(session, &mountpoint)?;
@@ -386,6 +389,43 @@ async fn serve_until_end(
         warn!("request loop did not finish after unmount; exiting anyway");
     }
     None
+}
+
+/// Raises the kernel's ceiling on the size of one FUSE request
+/// (`fs.fuse.max_pages_limit`, 256 pages = 1 MiB by default) to `bytes`
+/// (`--max-fuse-request`) before mounting, since the kernel reads it when the
+/// mount starts. A read of a column chunk on a direct-I/O handle then
+/// reaches the daemon whole, and is fetched in parallel parts, instead of as
+/// 1 MiB pieces the kernel sends one after the other, each waiting a round
+/// trip. It only raises a ceiling: every FUSE filesystem still gets at most
+/// what it asks for. Best effort: it needs root, and the mount works
+/// without it.
+fn raise_fuse_request_limit(bytes: u64) {
+    const LIMIT: &str = "/proc/sys/fs/fuse/max_pages_limit";
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p.max(4096) as u64);
+    let wanted = bytes.div_ceil(page).min(u32::MAX as u64) as u32;
+    let Ok(now) = std::fs::read_to_string(LIMIT) else {
+        return;
+    };
+    let Ok(now) = now.trim().parse::<u32>() else {
+        return;
+    };
+    if now >= wanted {
+        return;
+    }
+    match std::fs::write(LIMIT, wanted.to_string()) {
+        Ok(()) => info!(
+            from = now,
+            to = wanted,
+            "raised fs.fuse.max_pages_limit so large reads reach the daemon whole"
+        ),
+        Err(e) => {
+            debug!(error = %e, pages = now, "cannot raise fs.fuse.max_pages_limit; FUSE requests stay as small")
+        }
+    }
 }
 
 /// Raises the kernel's readahead for this mount, so sequential readers get
