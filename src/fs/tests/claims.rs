@@ -158,15 +158,24 @@ fn claim_locks(store: &MemoryStore) -> Vec<String> {
         .collect()
 }
 
+/// A store with `incoming/f` moved to `processing/f` (and `incoming/other`
+/// left, so no directory marker is written after it), by the mount
+/// returned.
+async fn one_claim_won_by_a_mount_releasing_in_background(
+) -> (Arc<MemoryStore>, TestMount<MemoryStore>) {
+    let store = Arc::new(MemoryStore::new(true));
+    store.insert("incoming/f", "x");
+    store.insert("incoming/other", "y");
+    store.insert("processing/", "");
+    let m = releasing_in_background(&store);
+    m.rename("incoming/f", "processing/f", false).await.unwrap();
+    (store, m)
+}
+
 #[test]
 fn a_winners_lock_is_never_listed_and_goes_right_after_the_rename() {
     run(async {
-        let store = Arc::new(MemoryStore::new(true));
-        store.insert("incoming/f", "x");
-        store.insert("incoming/other", "y");
-        store.insert("processing/", "");
-        let m = releasing_in_background(&store);
-        m.rename("incoming/f", "processing/f", false).await.unwrap();
+        let (store, m) = one_claim_won_by_a_mount_releasing_in_background().await;
         assert_eq!(claim_locks(&store).len(), 1, "{:?}", store.keys());
         assert_eq!(m.list("").await.unwrap(), ["incoming", "processing"]);
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -210,12 +219,7 @@ fn a_file_moved_away_and_back_moves_again_on_this_mount_and_another() {
 #[test]
 fn at_shutdown_a_mount_deletes_the_locks_not_yet_deleted() {
     run(async {
-        let store = Arc::new(MemoryStore::new(true));
-        store.insert("incoming/f", "x");
-        store.insert("incoming/other", "y");
-        store.insert("processing/", "");
-        let m = releasing_in_background(&store);
-        m.rename("incoming/f", "processing/f", false).await.unwrap();
+        let (store, m) = one_claim_won_by_a_mount_releasing_in_background().await;
         assert_eq!(m.fs().claims.won_count(), 1);
         m.fs().drop_claim_locks().await;
         assert_eq!(claim_locks(&store), Vec::<String>::new());
