@@ -174,8 +174,16 @@ impl ClaimLocks {
                     Err(e) => return Err(FsError::store(&lock_key, e)),
                 },
             };
-            if created || self.is_own(store, &lock, &owner).await? {
+            // Of two takes on this mount that find its own lock from a
+            // lost answer, only the one that clears the doubt gets it.
+            let own = if created {
                 self.in_doubt.lock().remove(&lock_key);
+                true
+            } else {
+                self.is_own(store, &lock, &owner).await?
+                    && self.in_doubt.lock().remove(&lock_key).is_some()
+            };
+            if own {
                 return Ok(Some(HeldLock {
                     key: lock_key,
                     etag: lock.etag,

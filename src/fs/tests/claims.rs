@@ -417,3 +417,33 @@ fn with_lost_answers_no_file_is_claimed_twice_or_lost() {
         })
     }
 }
+
+#[test]
+fn a_lock_taken_with_a_lost_answer_goes_to_one_later_take_of_this_mount() {
+    run(async {
+        let memory = Arc::new(MemoryStore::new(true));
+        let etag = memory.insert("incoming/f", "x");
+        let plan = FaultPlan {
+            lose_answer: 1.0,
+            ..FaultPlan::default()
+        };
+        let m = TestMount::faulty(memory.clone(), plan, Settings::default());
+        let claims = &m.fs().claims;
+        // The PUT creates the lock but its answer is lost, and so is the
+        // HEAD that would tell: the take fails, the lock stays.
+        let first = claims.take(&**m.store(), "incoming/f", &etag).await;
+        assert!(first.is_err());
+        assert_eq!(claim_locks(&memory).len(), 1);
+        m.store().set_enabled(false);
+        let (a, b) = tokio::join!(
+            claims.take(&**m.store(), "incoming/f", &etag),
+            claims.take(&**m.store(), "incoming/f", &etag),
+        );
+        let held: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+        assert_eq!(held.len(), 1, "both takes got the lock");
+        for lock in held {
+            claims.release(&**m.store(), lock).await;
+        }
+        assert_eq!(claim_locks(&memory), Vec::<String>::new());
+    })
+}
