@@ -5,8 +5,9 @@
 //! when two mounts copy one file to *different* names and the winner's
 //! delete of the source is in doubt (its answer lost), the retry finds the
 //! source gone and cannot know whose delete removed it. So before it copies,
-//! a rename takes the lock of the version it moves: a create-only PUT of an
-//! empty object named after the source key and ETag. Exactly one mount
+//! a rename takes the lock of the version it moves: a create-only PUT of a
+//! small object named after the source key and ETag, holding a random
+//! owner id. Exactly one mount
 //! creates it (a retry after a lost answer recognises its own write by the
 //! store's marks); the others lose at once, before they write anything.
 //! Only the holder ever deletes the source at that version, so a delete in
@@ -74,8 +75,8 @@ pub struct HeldLock {
 }
 
 impl ClaimLocks {
-    /// Locks under the mount's `root_prefix`; see
-    /// [`ClaimLocks::release_in_background`].
+    /// Locks under the mount's `root_prefix`, a won one deleted after the
+    /// rename returns when `release_in_background`, else before.
     pub fn new(root_prefix: &str, release_in_background: bool) -> Self {
         ClaimLocks {
             root_prefix: root_prefix.to_owned(),
