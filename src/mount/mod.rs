@@ -351,6 +351,7 @@ async fn serve_until_end(
             error!(error = %why, "the request loop ended abnormally; unmounting");
             fs.stop_writes();
             let _ = tokio::time::timeout(UNMOUNT_GRACE, fs.abort_uploads()).await;
+            let _ = tokio::time::timeout(UNMOUNT_GRACE, fs.drop_claim_locks()).await;
             if let Err(e) = unmount(true) {
                 warn!(error = %e, "lazy unmount failed");
             }
