@@ -162,6 +162,12 @@ pub struct Args {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub data_cache_size: Option<u64>,
 
+    /// After the last close of an object --data-cache holds at least half
+    /// of, fetch the rest (when at most SIZE is missing) in the background,
+    /// so its next open is read by the kernel itself; 0 turns this off.
+    #[arg(long, value_parser = parse_size, default_value = "256M", value_name = "SIZE")]
+    pub data_cache_complete: u64,
+
     /// Name endings of columnar files (comma-separated; empty for none):
     /// read without the kernel's page cache and its readahead, so a query
     /// fetches the column chunks it reads, not what follows them.

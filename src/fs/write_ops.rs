@@ -17,6 +17,7 @@ use super::{Attr, S3Fs};
 use crate::catalog::{Entry, EntryKind, Ino};
 use crate::error::FsError;
 use crate::names;
+use crate::read::ClosedRead;
 use crate::store::{Body, ObjectStore, WriteCondition};
 use crate::write::{Access, Committed, Place, WritableFile, Writer};
 
@@ -39,7 +40,7 @@ pub struct WritePolicy {
 /// [`S3Fs::begin_release`].
 pub enum Release<S: ObjectStore> {
     /// A read handle, closed already; its key may have a delete due.
-    Read(Option<Arc<str>>),
+    Read(Option<ClosedRead>),
     /// The last descriptor of a file open for writing: store it.
     LastWrite(Arc<WritableFile<S>>),
     Nothing,
@@ -351,7 +352,10 @@ impl<S: ObjectStore> S3Fs<S> {
         let key: Arc<str> = match release {
             Release::Nothing => return,
             Release::Read(None) => return,
-            Release::Read(Some(key)) => key,
+            Release::Read(Some(closed)) => {
+                self.reader.after_release(&closed);
+                closed.key
+            }
             Release::LastWrite(file) => {
                 let place = file.place();
                 let record = |c: &Committed| {

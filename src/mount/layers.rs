@@ -100,6 +100,7 @@ pub(super) fn read_config(args: &Args) -> Result<ReadConfig, MountError> {
     };
     config.window.max_window = args.max_read_window.max(config.window.initial_window);
     config.window.small_object = args.small_object_size;
+    config.data_cache_complete = args.data_cache_complete;
     config.columnar_suffixes = args
         .columnar_suffixes
         .split(',')

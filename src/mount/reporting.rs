@@ -126,6 +126,12 @@ fn snapshot<S: ObjectStore>(
         data_cache_files_checked: fs
             .data_cache_stats()
             .map_or(0, |d| d.files_checked.load(Relaxed)),
+        data_cache_completions: fs.data_cache_stats().map_or([0; 2], |d| {
+            [
+                d.completions.load(Relaxed),
+                d.completion_bytes.load(Relaxed),
+            ]
+        }),
         kernel_reads: read.kernel_reads.load(Relaxed),
         passthrough_opens: read.passthrough_opens.load(Relaxed),
         request_limit: store.congestion().0 as u64,

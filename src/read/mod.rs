@@ -41,6 +41,9 @@ pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// a second, and dropping its data then means fetching it again.
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(10);
 
+/// `--data-cache-complete`'s default.
+pub const DEFAULT_DATA_CACHE_COMPLETE: u64 = 256 << 20;
+
 /// Settings of the read path; filled from the command line.
 #[derive(Debug, Clone)]
 pub struct ReadConfig {
@@ -54,6 +57,10 @@ pub struct ReadConfig {
     /// Name endings of columnar files (`.parquet`, ...), opened as direct
     /// handles: no kernel page cache, see [`ReadWindow::direct`].
     pub columnar_suffixes: Vec<String>,
+    /// `--data-cache-complete`: an object the disk cache holds at least
+    /// half of, missing at most this many bytes, is fetched whole after its
+    /// last close (zero: never).
+    pub data_cache_complete: u64,
 }
 
 impl Default for ReadConfig {
@@ -64,6 +71,7 @@ impl Default for ReadConfig {
             max_requests: 64,
             memory_limit: 512 * 1024 * 1024,
             columnar_suffixes: Vec::new(),
+            data_cache_complete: DEFAULT_DATA_CACHE_COMPLETE,
         }
     }
 }
@@ -189,6 +197,14 @@ pub struct Reader<S> {
     closed_runs: Mutex<Vec<ClosedRun>>,
 }
 
+/// A read handle just closed (see [`Reader::release`]).
+pub struct ClosedRead {
+    /// The key it read.
+    pub key: Arc<str>,
+    /// Its object version, when no other handle reads that version.
+    last_of_version: Option<Arc<ObjectVersion>>,
+}
+
 /// Key, ETag and start of a closed reader's run (see `Reader::closed_runs`).
 type ClosedRun = (Arc<str>, Arc<str>, u64);
 
@@ -201,18 +217,7 @@ impl<S: ObjectStore> Reader<S> {
         // fragment the heap: measured as 10-15 MiB more peak RSS at 64M.
         crate::store::limit_pool((config.memory_limit / 8) as usize);
         Reader {
-            fetcher: Fetcher::new(
-                store.clone(),
-                config.window.block,
-                config.part_size,
-                config.cache_budget(),
-                // Slack over what windows may request: partly read segments
-                // and reads that arrive out of order stay held a little
-                // longer than their window counts them.
-                config.ahead_budget() + config.ahead_budget() / 8,
-                config.gets_in_flight(),
-                disk,
-            ),
+            fetcher: Fetcher::new(store.clone(), &config, disk),
             store,
             config,
             handles: Mutex::new(HashMap::new()),
@@ -299,22 +304,34 @@ impl<S: ObjectStore> Reader<S> {
     }
 
     /// Closes handle `fh`; returns the key it read.
-    pub fn release(&self, fh: u64) -> Option<Arc<str>> {
+    pub fn release(&self, fh: u64) -> Option<ClosedRead> {
         let file = self.handles.lock().remove(&fh)?;
         let mine = file.ahead.swap(0, Ordering::Relaxed);
         self.ahead_total.fetch_sub(mine as i64, Ordering::Relaxed);
         let version = file.version.lock().clone();
-        self.note_closed_run(&file, &version);
+        let still_open = self.note_closed_run(&file, &version);
         if mine > 0 {
             self.release_unwanted_ahead();
         }
-        Some(version.key.clone())
+        Some(ClosedRead {
+            key: version.key.clone(),
+            last_of_version: (!still_open).then_some(version),
+        })
+    }
+
+    /// What is left to do once a handle has closed, off the request loop:
+    /// an object its last reader left mostly cached is completed on disk.
+    /// Must run inside the tokio runtime.
+    pub fn after_release(&self, closed: &ClosedRead) {
+        if let Some(version) = &closed.last_of_version {
+            self.fetcher.complete_in_background(version);
+        }
     }
 
     /// Remembers where a closing sequential reader began while other
     /// handles of the same version are open; forgets the version's runs
-    /// once none is.
-    fn note_closed_run(&self, file: &ReadHandle, version: &ObjectVersion) {
+    /// once none is. Returns whether any is.
+    fn note_closed_run(&self, file: &ReadHandle, version: &ObjectVersion) -> bool {
         let same = |v: &ObjectVersion| v.key == version.key && v.etag == version.etag;
         let still_open = self
             .handles
@@ -331,6 +348,7 @@ impl<S: ObjectStore> Reader<S> {
                 file.run_start.load(Ordering::Relaxed),
             ));
         }
+        still_open
     }
 
     /// Data held ahead of readers that no open handle's window wants any

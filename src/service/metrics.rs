@@ -106,6 +106,9 @@ pub struct Snapshot {
     pub data_cache: [u64; 6],
     /// Objects the disk cache checked whole before the kernel read them.
     pub data_cache_files_checked: u64,
+    /// Objects completed in the background after their last close, and
+    /// the bytes that fetched.
+    pub data_cache_completions: [u64; 2],
     /// READ requests the kernel sent the daemon.
     pub kernel_reads: u64,
     /// Opens the kernel reads itself from the disk cache (passthrough).
@@ -172,7 +175,7 @@ pub fn render(handle: &PrometheusHandle, snap: &Snapshot) -> String {
 }
 
 /// Every single-valued series of `snap`: name, type, help, value.
-fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 43] {
+fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 45] {
     [
         (
             "s3mount_data_cache_hits_total",
@@ -215,6 +218,18 @@ fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 43] {
             Kind::Counter,
             "Objects the disk cache checked whole against their checksums before the kernel read them itself.",
             snap.data_cache_files_checked as f64,
+        ),
+        (
+            "s3mount_data_cache_completions_total",
+            Kind::Counter,
+            "Objects the disk cache held mostly whose rest was fetched after their last close (--data-cache-complete), so the kernel reads them itself next time.",
+            snap.data_cache_completions[0] as f64,
+        ),
+        (
+            "s3mount_data_cache_completion_bytes_total",
+            Kind::Counter,
+            "Bytes fetched to complete mostly cached objects in the background.",
+            snap.data_cache_completions[1] as f64,
         ),
         (
             "s3mount_kernel_read_requests_total",

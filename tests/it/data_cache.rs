@@ -309,7 +309,7 @@ fn a_file_just_written_reads_back_from_the_disk_cache() {
 
 /// Reads `len` bytes at `offset` with O_DIRECT, so the kernel's page cache
 /// and its readahead add no read of their own: the mount sees exactly this.
-fn read_direct(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+pub(crate) fn read_direct(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let f = std::fs::OpenOptions::new()
         .read(true)

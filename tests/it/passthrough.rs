@@ -2,12 +2,13 @@
 //! passthrough): no READ request reaches the daemon and no GET goes to S3;
 //! a damaged cache file is never handed to the kernel; a handle keeps
 //! reading the version it opened; `--no-passthrough` reads them through
-//! the daemon, as does every file the cache holds only in part.
+//! the daemon, as does every file the cache holds only in part, until a
+//! file left mostly cached is completed after its last close.
 
 use std::io::Read;
 use std::time::Duration;
 
-use crate::data_cache::{fixture, object_gets, wait_written};
+use crate::data_cache::{fixture, object_gets, read_direct, wait_written};
 use crate::support::*;
 
 fn counter(addr: &str, name: &str) -> f64 {
@@ -171,4 +172,43 @@ fn a_file_read_then_unmounted_at_once_is_whole_after_the_remount() {
     f.read_all(&m);
     assert_eq!(object_gets(&proxy) - gets, 0, "GETs after the remount");
     assert_eq!(counter(&addr, "s3mount_passthrough_opens_total"), 3.0);
+}
+
+#[test]
+fn a_file_left_mostly_cached_is_completed_and_then_read_by_the_kernel() {
+    let f = fixture("pt-complete");
+    let (proxy, endpoint) = f.s3.proxied();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (name, data) = &f.files[0];
+    assert_eq!(data.len(), 20 << 20);
+    const M: u64 = 1 << 20;
+    let m = f.mount(&endpoint, &addr, &[]);
+    let path = m.path().join(name);
+    // 12 of its 20 MiB in 64 KiB direct reads, last first: fetched block by
+    // block, nothing ahead.
+    for i in (0..192u64).rev() {
+        let at = i * 64 * 1024;
+        let got = read_direct(&path, at, 64 * 1024);
+        assert!(got[..] == data[at as usize..at as usize + 64 * 1024]);
+    }
+    eventually_ok(
+        "the rest of the file to be fetched",
+        Duration::from_secs(30),
+        || match counter(&addr, "s3mount_data_cache_completion_bytes_total") {
+            n if n >= (8 * M) as f64 => Ok(()),
+            n => Err(format!("{n} bytes completed")),
+        },
+    );
+    assert_eq!(counter(&addr, "s3mount_data_cache_completions_total"), 1.0);
+    wait_written(&addr, 20 * M);
+    drop(m);
+
+    let m = f.mount(&endpoint, &addr, &[]);
+    let gets = object_gets(&proxy);
+    let path = m.path().join(name);
+    // Checked whole at its first open, then read by the kernel.
+    assert!(std::fs::read(&path).unwrap() == *data);
+    assert_eq!(object_gets(&proxy) - gets, 0, "GETs for a completed file");
+    assert_eq!(counter(&addr, "s3mount_passthrough_opens_total"), 1.0);
+    assert_eq!(counter(&addr, "s3mount_kernel_read_requests_total"), 0.0);
 }

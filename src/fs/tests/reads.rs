@@ -282,6 +282,82 @@ fn with_a_data_cache_a_file_written_here_is_read_back_from_disk() {
     })
 }
 
+/// Reads the first `len` bytes of `path` and closes it.
+async fn read_head<S: ObjectStore>(m: &TestMount<S>, path: &str, len: u64) -> Vec<u8> {
+    let (fh, ino) = m.open(path, libc::O_RDONLY).await.unwrap();
+    let head = m.read_at(fh, ino, 0, len).await.unwrap();
+    m.close(fh, ino).await.unwrap();
+    head
+}
+
+/// Bytes the mount fetched to complete objects in the disk cache, once
+/// they stop growing.
+async fn completed_bytes<S: ObjectStore>(m: &TestMount<S>) -> u64 {
+    let stats = m.fs().data_cache_stats().expect("a data cache");
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = stats.completion_bytes.load(Ordering::Relaxed);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn an_object_left_mostly_cached_is_completed_after_its_last_close() {
+    run(async {
+        let settings = Settings {
+            data_cache: Some(256 * MIB),
+            ..Settings::default()
+        };
+        let mut m = TestMount::with(settings);
+        let data = pattern(64 * MIB, 14);
+        m.store().insert("f", data.clone());
+        // Two readers of the first 36 MiB: nothing is completed while the
+        // second is still open.
+        let (fh, ino) = m.open("f", libc::O_RDONLY).await.unwrap();
+        assert!(m.read_at(fh, ino, 0, 36 * MIB).await.unwrap() == data[..36 * MIB as usize]);
+        assert!(read_head(&m, "f", 36 * MIB).await == data[..36 * MIB as usize]);
+        assert_eq!(completed_bytes(&m).await, 0, "completed while open");
+        m.close(fh, ino).await.unwrap();
+        let rest = completed_bytes(&m).await;
+        let read = fetched(&m) - rest;
+        assert!(
+            rest > 0 && rest + read >= 64 * MIB,
+            "completed {rest} bytes, {read} fetched for the readers"
+        );
+        m.remount().await;
+        let before = m.store().requests();
+        assert_eq!(m.read_file("f").await.unwrap(), data);
+        assert_eq!(m.store().requests(), before, "the remount asked S3");
+    })
+}
+
+#[test]
+fn an_object_cached_only_in_small_part_is_not_completed() {
+    for (head, complete) in [(2 * MIB, 256 * MIB), (36 * MIB, 0)] {
+        run(async move {
+            let mut settings = Settings {
+                data_cache: Some(256 * MIB),
+                ..Settings::default()
+            };
+            settings.read.data_cache_complete = complete;
+            let m = TestMount::with(settings);
+            let data = pattern(64 * MIB, 15);
+            m.store().insert("f", data.clone());
+            assert!(read_head(&m, "f", head).await == data[..head as usize]);
+            assert_eq!(
+                completed_bytes(&m).await,
+                0,
+                "{head} bytes read, limit {complete}"
+            );
+            assert!(fetched(&m) < 64 * MIB, "the readers fetched it all");
+        })
+    }
+}
+
 #[test]
 fn a_cached_version_is_not_served_once_the_object_changed() {
     run(async {

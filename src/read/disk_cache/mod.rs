@@ -80,6 +80,11 @@ pub struct DiskCacheStats {
     pub size: AtomicU64,
     /// Whole objects checked against their checksums (before passthrough).
     pub files_checked: AtomicU64,
+    /// Objects cached in part whose rest was fetched after their last
+    /// close, so that their next open is passed through.
+    pub completions: AtomicU64,
+    /// Bytes those completions fetched.
+    pub completion_bytes: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -360,6 +365,32 @@ impl DiskCache {
         let chunks = id.offset / CHUNK..(id.offset + id.len).div_ceil(CHUNK);
         read_entries(&map, &files, chunks)
             .is_some_and(|entries| entries.iter().all(|e| decode_entry(*e).is_some()))
+    }
+
+    /// The bytes of an object version the cache does not hold, in
+    /// chunk-aligned ranges, when it holds some of them (`None` when it
+    /// holds none, or keeps no more of the object than its first half-cache
+    /// of bytes: see [`DiskCache::write`]). Blocks on the disk.
+    pub fn missing_ranges(&self, key: &str, etag: &str, size: u64) -> Option<Vec<Range<u64>>> {
+        if size == 0 || size > self.limit / 2 {
+            return None;
+        }
+        let files = self.files_of(key, etag);
+        let map = File::open(&files.map).ok()?;
+        let entries = read_entries(&map, &files, 0..size.div_ceil(CHUNK))?;
+        let mut missing: Vec<Range<u64>> = Vec::new();
+        for (c, raw) in entries.iter().enumerate() {
+            if decode_entry(*raw).is_some() {
+                continue;
+            }
+            let at = c as u64 * CHUNK;
+            let end = (at + CHUNK).min(size);
+            match missing.last_mut() {
+                Some(last) if last.end == at => last.end = end,
+                _ => missing.push(at..end),
+            }
+        }
+        Some(missing)
     }
 
     /// Stores a unit; best effort. Blocks on the disk. Only the first

@@ -32,13 +32,14 @@
 //! disk cache between memory and S3).
 
 mod block_cache;
+mod completion;
 mod disk_tier;
 mod part_get;
 mod request_plan;
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -47,6 +48,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use super::disk_cache::DiskCache;
+use super::ReadConfig;
 use crate::store::{ObjectStore, StoreError};
 use block_cache::{Found, UnitKey};
 use part_get::Pending;
@@ -111,19 +113,23 @@ pub struct Fetcher<S> {
     /// of a block; they may hold memory the cache has let go); beyond it a
     /// unit is not cached.
     disk_writes: Arc<Semaphore>,
+    /// `--data-cache-complete`: see the `completion` module.
+    complete_limit: u64,
+    /// Set while an object is being completed in the background.
+    completing: AtomicBool,
     pub stats: ReadStats,
 }
 
 impl<S: ObjectStore> Fetcher<S> {
-    pub fn new(
-        store: Arc<S>,
-        block: u64,
-        part_size: u64,
-        cache_bytes: u64,
-        held_limit: u64,
-        max_requests: usize,
-        disk: Option<Arc<DiskCache>>,
-    ) -> Arc<Self> {
+    /// A fetcher within the budgets `config` sets; with `disk`, units are
+    /// kept on local disk too.
+    pub fn new(store: Arc<S>, config: &ReadConfig, disk: Option<Arc<DiskCache>>) -> Arc<Self> {
+        let block = config.window.block;
+        let cache_bytes = config.cache_budget();
+        // Slack over what windows may request: partly read segments and
+        // reads that arrive out of order stay held a little longer than
+        // their window counts them.
+        let held_limit = config.ahead_budget() + config.ahead_budget() / 8;
         let cache = moka::sync::Cache::builder()
             .max_capacity(cache_bytes)
             .weigher(|_k: &UnitKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
@@ -132,7 +138,7 @@ impl<S: ObjectStore> Fetcher<S> {
         Arc::new(Fetcher {
             store,
             block,
-            part_size: part_size.max(block),
+            part_size: config.part_size.max(block),
             cache,
             unevicted: AtomicU64::new(0),
             evict_every: (cache_bytes / 32).max(1),
@@ -140,9 +146,11 @@ impl<S: ObjectStore> Fetcher<S> {
             held: Mutex::new(HashMap::new()),
             held_bytes: AtomicU64::new(0),
             held_limit,
-            permits: Arc::new(Semaphore::new(max_requests.max(1))),
+            permits: Arc::new(Semaphore::new(config.gets_in_flight().max(1))),
             disk,
             disk_writes: Arc::new(Semaphore::new(DISK_WRITE_BACKLOG as usize)),
+            complete_limit: config.data_cache_complete,
+            completing: AtomicBool::new(false),
             stats: ReadStats::default(),
         })
     }
