@@ -629,6 +629,7 @@ fn bench_data_cache(b: &Bench) -> Vec<String> {
             if !passthrough {
                 args.push("--no-passthrough".into());
             }
+            args.extend(b.mount_args.split_whitespace().map(String::from));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             // A first mount runs the queries (which read a part of each
             // file) and reads the big file whole.
