@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use s3mount::service::{daemon, doctor, generate, kernel_mount, mount_helper, notify, refresh};
+use s3mount::service::{
+    catalog_command, daemon, doctor, generate, kernel_mount, mount_helper, notify, refresh,
+};
 use s3mount::{cli, mount};
 use tracing_subscriber::EnvFilter;
 
@@ -15,6 +17,7 @@ fn main() -> ExitCode {
     match argv.get(1).and_then(|a| a.to_str()) {
         Some("refresh") => return refresh::run(&argv[2..]),
         Some("doctor") => return doctor::run(&argv[1..]),
+        Some("catalog") => return catalog_command::run(&argv[1..]),
         Some(kernel_mount::WATCHDOG_COMMAND) => return kernel_mount::run_watchdog(&argv[2..]),
         Some(generate::COMMAND) => return generate::run(&argv[2..]),
         _ => {}

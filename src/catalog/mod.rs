@@ -37,6 +37,7 @@ mod inodes;
 mod listing;
 mod listing_cache;
 mod listing_changes;
+pub mod snapshot;
 mod walk;
 
 use std::collections::HashMap;
@@ -186,6 +187,16 @@ impl<S: ObjectStore> Catalog<S> {
             return Err(FsError::IsADirectory);
         }
         Ok(node.key)
+    }
+
+    /// The listing of the directory at S3 prefix `prefix` as this catalog
+    /// holds it, whatever its age; listed from S3 when it holds none (for
+    /// snapshots, which keep each listing's time).
+    pub async fn held_or_listed(&self, prefix: &str) -> Result<Arc<Listing>, FsError> {
+        match self.listings.known(prefix) {
+            Some(listing) => Ok(listing),
+            None => self.listings.fetch_now(prefix).await,
+        }
     }
 
     /// The listing of directory `ino`.

@@ -152,6 +152,13 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Start from the listing snapshot at s3://BUCKET/KEY (written by
+    /// `s3mount catalog publish`) when the catalog is empty: one GET instead
+    /// of listing every directory again. A snapshot that is missing,
+    /// damaged or of another target is reported and the mount lists from S3.
+    #[arg(long, value_name = "URL", value_parser = parse_object_url)]
+    pub catalog_snapshot: Option<crate::cli::ObjectUrl>,
+
     /// Keep object data on local disk in DIR, across remounts: a second
     /// read of the same object version is served from disk (off by default).
     #[arg(long, value_name = "DIR")]
@@ -319,6 +326,10 @@ pub fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     port.parse::<u16>()
         .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .map_err(|_| format!("'{s}' is not HOST:PORT or a port number"))
+}
+
+fn parse_object_url(s: &str) -> Result<crate::cli::ObjectUrl, String> {
+    crate::cli::ObjectUrl::parse(s)
 }
 
 #[cfg(test)]

@@ -14,4 +14,4 @@ mod target;
 pub use args::{parse_metrics_addr, Args, ChecksumMode, Connection, LogFormat};
 pub use env_file::load_env_file;
 pub use mount_options::expand_mount_options;
-pub use target::Target;
+pub use target::{ObjectUrl, Target};

@@ -24,6 +24,7 @@ pub(super) fn build_layers(
     args: &Args,
     target: &Target,
     store: &Arc<S3Store>,
+    db: Option<Arc<CatalogDb>>,
     (read_config, data_cache): (ReadConfig, Option<Arc<DiskCache>>),
     upload_config: UploadConfig,
 ) -> Arc<S3Fs<S3Store>> {
@@ -37,10 +38,6 @@ pub(super) fn build_layers(
         ttl: Duration::from_secs(args.metadata_ttl),
         serve_stale: args.stale_while_revalidate,
     };
-    let db = cache_dir(args).and_then(|dir| {
-        let identity = format!("{}|{}|{}", store.endpoint(), target.bucket, target.prefix);
-        CatalogDb::open(&dir, &identity)
-    });
     // Listings in memory get a sixteenth of the budget (about 160 bytes an
     // entry), out of the quarter the read path leaves for other memory.
     let listing_entries = (args.memory_limit / 16 / 160).max(IN_MEMORY_LIMIT as u64 * 2);
@@ -131,7 +128,10 @@ pub(super) fn upload_config(args: &Args) -> Result<UploadConfig, MountError> {
             args.write_part_size
         )));
     }
-    let spool_dir = match (&args.spool_dir, cache_dir(args)) {
+    let spool_dir = match (
+        &args.spool_dir,
+        listing_cache_dir(args.cache_dir.as_deref()),
+    ) {
         (Some(dir), _) => dir.clone(),
         (None, Some(cache)) => cache.join("spool"),
         (None, None) => std::env::temp_dir(),
@@ -157,10 +157,28 @@ pub(super) fn upload_config(args: &Args) -> Result<UploadConfig, MountError> {
 }
 
 /// The directory for the persistent catalog, if any.
-pub(super) fn cache_dir(args: &Args) -> Option<PathBuf> {
-    match &args.cache_dir {
+/// The on-disk catalog of `target` as `store` reaches it, under the
+/// listing cache directory, unless the options keep listings in memory.
+pub(super) fn open_catalog_db(
+    args: &Args,
+    target: &Target,
+    store: &S3Store,
+) -> Option<Arc<CatalogDb>> {
+    let dir = listing_cache_dir(args.cache_dir.as_deref())?;
+    CatalogDb::open(&dir, &catalog_identity(store, target))
+}
+
+/// What a catalog database belongs to: endpoint, bucket and prefix.
+pub(crate) fn catalog_identity(store: &S3Store, target: &Target) -> String {
+    format!("{}|{}|{}", store.endpoint(), target.bucket, target.prefix)
+}
+
+/// `--cache-dir`, or where listings are kept by default; `None` for
+/// `--cache-dir none`.
+pub(crate) fn listing_cache_dir(cache_dir: Option<&std::path::Path>) -> Option<PathBuf> {
+    match cache_dir {
         Some(dir) if dir.as_os_str() == "none" => None,
-        Some(dir) => Some(dir.clone()),
+        Some(dir) => Some(dir.to_path_buf()),
         // Mounted from fstab at boot there is no HOME; root then keeps
         // its catalog where system services keep caches.
         None => std::env::var_os("XDG_CACHE_HOME")

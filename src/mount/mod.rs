@@ -8,8 +8,9 @@
 //! unmount and exit 0, and an external `umount` ends the daemon with exit 0
 //! too.
 
+mod catalog_snapshot;
 mod error;
-mod layers;
+pub(crate) mod layers;
 pub mod preflight;
 mod reporting;
 
@@ -76,10 +77,22 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
         rt.block_on(check_conditional_writes(&store, &target, &args))?;
     }
 
+    let db = layers::open_catalog_db(&args, &target, &store);
+    let snapshot_loaded = match (&args.catalog_snapshot, &db) {
+        (Some(url), Some(db)) => rt.block_on(catalog_snapshot::load_catalog_snapshot(
+            &args, &target, &store, db, url,
+        )),
+        (Some(url), None) => {
+            warn!(snapshot = %url, "the catalog is kept in memory only (--cache-dir none, or in use); the snapshot is not loaded");
+            None
+        }
+        _ => None,
+    };
     let fs = build_layers(
         &args,
         &target,
         &store,
+        db,
         (read_config, data_cache),
         upload_config,
     );
@@ -121,7 +134,15 @@ pub fn run(args: Args, on_ready: impl FnOnce()) -> Result<(), MountError> {
     } else {
         None
     };
-    start_reporting(&rt, &args, &fs, &store, &mountpoint, metrics_listener);
+    start_reporting(
+        &rt,
+        &args,
+        &fs,
+        &store,
+        &mountpoint,
+        metrics_listener,
+        snapshot_loaded,
+    );
     info!(target = %store.describe(), prefix = %target.prefix, mountpoint = %mountpoint.display(), "mounted");
     notify::ready(&format!(
         "Mounted {}/{} at {}",

@@ -2,8 +2,10 @@
 //! `--count-dir` counters, the periodic summary line and the statistics
 //! logged at unmount, all read from the layers' own counters.
 
+use super::catalog_snapshot::SnapshotLoaded;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
@@ -22,13 +24,26 @@ pub(super) fn start_reporting(
     store: &Arc<S3Store>,
     mountpoint: &Path,
     metrics_listener: Option<tokio::net::TcpListener>,
+    snapshot_loaded: Option<SnapshotLoaded>,
 ) {
     let live_since = Instant::now();
     let count_dirs = Arc::new(CountDirs::new(&args.count_dir, mountpoint));
     let snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync> = {
         let (fs, store, count_dirs) = (fs.clone(), store.clone(), count_dirs.clone());
         let read_only = args.read_only;
-        Arc::new(move || snapshot(&fs, &store, &count_dirs, live_since, read_only))
+        Arc::new(move || {
+            let mut snap = snapshot(&fs, &store, &count_dirs, live_since, read_only);
+            if let Some(loaded) = snapshot_loaded {
+                snap.catalog_snapshot = Some((
+                    loaded.entries,
+                    SystemTime::now()
+                        .duration_since(loaded.created)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                ));
+            }
+            snap
+        })
     };
     let _guard = rt.enter();
     if let Some(listener) = metrics_listener {
@@ -126,6 +141,7 @@ fn snapshot<S: ObjectStore>(
         data_cache_files_checked: fs
             .data_cache_stats()
             .map_or(0, |d| d.files_checked.load(Relaxed)),
+        catalog_snapshot: None,
         data_cache_completions: fs.data_cache_stats().map_or([0; 2], |d| {
             [
                 d.completions.load(Relaxed),

@@ -109,6 +109,9 @@ pub struct Snapshot {
     /// Objects completed in the background after their last close, and
     /// the bytes that fetched.
     pub data_cache_completions: [u64; 2],
+    /// Entries loaded from a `--catalog-snapshot` at start, and the
+    /// snapshot's age now (seconds); `None` when none was loaded.
+    pub catalog_snapshot: Option<(u64, f64)>,
     /// READ requests the kernel sent the daemon.
     pub kernel_reads: u64,
     /// Opens the kernel reads itself from the disk cache (passthrough).
@@ -175,7 +178,7 @@ pub fn render(handle: &PrometheusHandle, snap: &Snapshot) -> String {
 }
 
 /// Every single-valued series of `snap`: name, type, help, value.
-fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 45] {
+fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 47] {
     [
         (
             "s3mount_data_cache_hits_total",
@@ -218,6 +221,18 @@ fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 45] {
             Kind::Counter,
             "Objects the disk cache checked whole against their checksums before the kernel read them itself.",
             snap.data_cache_files_checked as f64,
+        ),
+        (
+            "s3mount_catalog_snapshot_entries_loaded",
+            Kind::Gauge,
+            "Listing entries the mount started from (--catalog-snapshot); 0 when it loaded none.",
+            snap.catalog_snapshot.map_or(0.0, |s| s.0 as f64),
+        ),
+        (
+            "s3mount_catalog_snapshot_age_seconds",
+            Kind::Gauge,
+            "Age of the catalog snapshot the mount started from; 0 when it loaded none.",
+            snap.catalog_snapshot.map_or(0.0, |s| s.1),
         ),
         (
             "s3mount_data_cache_completions_total",

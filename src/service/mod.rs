@@ -6,6 +6,7 @@
 //! `s3mount refresh` ([`refresh`]) and the man page and completions
 //! ([`generate`]).
 
+pub mod catalog_command;
 pub mod daemon;
 pub mod doctor;
 pub mod generate;

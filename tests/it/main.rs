@@ -9,6 +9,7 @@ mod support;
 
 mod bad_input;
 mod catalog;
+mod catalog_snapshot;
 mod claims;
 mod data_cache;
 mod everyday_tools;

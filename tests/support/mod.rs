@@ -397,6 +397,22 @@ impl TestBucket {
         .unwrap_or_else(|e| panic!("put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)));
     }
 
+    pub fn delete(&self, key: &str) {
+        block_on(
+            self.client
+                .delete_object()
+                .bucket(&self.name)
+                .key(key)
+                .send(),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "delete {key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )
+        });
+    }
+
     pub fn head(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
         block_on(self.client.head_object().bucket(&self.name).key(key).send()).unwrap_or_else(|e| {
             panic!("head {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))

@@ -78,10 +78,7 @@ impl CatalogDb {
             warn!(dir = %dir.display(), error = %e, "cannot create the cache directory; listings are kept in memory only");
             return None;
         }
-        let path = dir.join(format!(
-            "catalog-{:016x}.sqlite3",
-            stable_hash(target.as_bytes())
-        ));
+        let path = Self::file_of(dir, target);
         let lock = match private_file(&path.with_extension("lock")) {
             Ok(f) => f,
             Err(e) => {
@@ -144,6 +141,54 @@ impl CatalogDb {
             garbage: Mutex::new(Vec::new()),
             disk_full: AtomicBool::new(false),
         }))
+    }
+
+    /// Opens the catalog of `target` under `dir` for reading only, beside
+    /// the mount that may hold it (SQLite lets readers share a database in
+    /// WAL mode); nothing is ever written through it. `None` when there is
+    /// none, or it is of another target or schema.
+    pub fn open_read_only(dir: &Path, target: &str) -> Option<Arc<CatalogDb>> {
+        use rusqlite::OpenFlags;
+        let path = Self::file_of(dir, target);
+        let lock = File::open(path.with_extension("lock")).ok()?;
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        conn.busy_timeout(Duration::from_secs(5)).ok()?;
+        let meta = |key: &str| -> Option<String> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .ok()
+        };
+        if meta("schema")? != SCHEMA_VERSION || meta("target")? != target {
+            return None;
+        }
+        Some(Arc::new(CatalogDb {
+            conn: Mutex::new(conn),
+            path,
+            _lock: lock,
+            next_lid: AtomicI64::new(i64::MAX / 2),
+            held: Mutex::new(HashMap::new()),
+            garbage: Mutex::new(Vec::new()),
+            // Never written: as if its disk were full.
+            disk_full: AtomicBool::new(true),
+        }))
+    }
+
+    /// Whether no directory listing is stored.
+    pub fn is_empty(&self) -> bool {
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT count(*) FROM (SELECT 1 FROM dirs LIMIT 1)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_or(true, |n| n == 0)
+    }
+
+    /// The database file of `target` under `dir`.
+    fn file_of(dir: &Path, target: &str) -> PathBuf {
+        dir.join(format!(
+            "catalog-{:016x}.sqlite3",
+            stable_hash(target.as_bytes())
+        ))
     }
 
     pub fn path(&self) -> &Path {

@@ -1,0 +1,217 @@
+//! `s3mount catalog publish BUCKET[/PREFIX] s3://BUCKET/KEY`: writes the
+//! listings a catalog holds for a target (listing from S3 the directories
+//! it lacks) to one snapshot object, which new mounts start from
+//! (`--catalog-snapshot`). The snapshot is written to a local file first
+//! and uploaded whole, conditional on the object it replaces, so readers
+//! only ever see a whole snapshot and two publishers never mix theirs.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+
+use crate::blocking::blocking;
+use crate::catalog::snapshot::{SnapshotCounts, SnapshotHeader, SnapshotWriter};
+use crate::catalog::{Catalog, CatalogDb, Freshness};
+use crate::cli::{Connection, ObjectUrl, Target};
+use crate::mount::layers::{catalog_identity, listing_cache_dir};
+use crate::store::{Body, ObjectStore, S3Store, StoreError, WriteCondition};
+
+/// Share listing catalogs between machines.
+#[derive(Debug, Parser)]
+#[command(name = "s3mount catalog", bin_name = "s3mount catalog")]
+pub struct CatalogArgs {
+    #[command(subcommand)]
+    pub command: CatalogCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Write the catalog's listings of BUCKET[/PREFIX] to one snapshot
+    /// object that mounts start from with --catalog-snapshot.
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Whose listings: BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX, as mounted.
+    pub target: String,
+    /// Where the snapshot goes: s3://BUCKET/KEY.
+    pub snapshot: String,
+    #[command(flatten)]
+    pub connection: Connection,
+    /// The mount's listing cache directory (as given to the mount).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Read KEY=VALUE lines into the environment first (as for mounting).
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+}
+
+pub fn run(argv: &[OsString]) -> ExitCode {
+    if let Err(e) = crate::cli::load_env_file(argv) {
+        eprintln!("s3mount: error: {e}");
+        return ExitCode::from(2);
+    }
+    let args = CatalogArgs::parse_from(argv);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("s3mount: error: cannot start the I/O runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = match &args.command {
+        CatalogCommand::Publish(p) => rt.block_on(publish(p)),
+    };
+    match outcome {
+        Ok(said) => {
+            println!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("s3mount: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn publish(args: &PublishArgs) -> Result<String, String> {
+    let target = Target::parse(&args.target)?;
+    let url = ObjectUrl::parse(&args.snapshot)?;
+    let settings = args.connection.settings(&target.bucket);
+    let store = Arc::new(
+        crate::mount::preflight::preflight(&settings, &target)
+            .await
+            .map_err(|e| e.0)?,
+    );
+    let dir = listing_cache_dir(args.cache_dir.as_deref());
+    let db = dir
+        .as_deref()
+        .and_then(|d| CatalogDb::open_read_only(d, &catalog_identity(&store, &target)));
+    let held = db.is_some();
+    // Listings are taken as the catalog holds them, whatever their age.
+    let freshness = Freshness {
+        ttl: Duration::from_secs(u64::MAX / 4),
+        serve_stale: false,
+    };
+    let catalog = Catalog::new(store.clone(), &target.prefix, freshness, db, 100_000);
+    let tmp = dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("publish-{}.s3msnap.tmp", std::process::id()));
+    let _ = std::fs::create_dir_all(tmp.parent().expect("a file in a directory"));
+    let written = write_snapshot(&catalog, &target, &tmp).await;
+    let outcome = match written {
+        Ok(counts) => upload(&store, &args.connection, &target, &url, &tmp)
+            .await
+            .map(|bytes| {
+                let lists = catalog.stats().refreshes.load(std::sync::atomic::Ordering::Relaxed);
+                format!(
+                    "published {} directories, {} entries ({bytes} bytes) to {url}; {lists} directories listed from S3{}",
+                    counts.dirs,
+                    counts.entries,
+                    if held { "" } else { " (no catalog found under the cache directory)" }
+                )
+            }),
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    outcome
+}
+
+/// Writes every directory under the target, breadth first, to `file`.
+async fn write_snapshot(
+    catalog: &Catalog<S3Store>,
+    target: &Target,
+    file: &std::path::Path,
+) -> Result<SnapshotCounts, String> {
+    let out =
+        std::fs::File::create(file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    let header = SnapshotHeader {
+        bucket: target.bucket.clone(),
+        prefix: target.prefix.clone(),
+        created: SystemTime::now(),
+    };
+    let io = |e: std::io::Error| format!("cannot write {}: {e}", file.display());
+    let mut w = SnapshotWriter::new(BufWriter::new(out), &header).map_err(io)?;
+    let mut dirs: VecDeque<String> = VecDeque::from([String::new()]);
+    while let Some(dir) = dirs.pop_front() {
+        let prefix = format!("{}{dir}", target.prefix);
+        let listing = catalog
+            .held_or_listed(&prefix)
+            .await
+            .map_err(|e| format!("cannot list s3://{}/{prefix}: {e}", target.bucket))?;
+        w.dir(&dir, listing.listed_at).map_err(io)?;
+        let mut after = 0;
+        loop {
+            let page = blocking(|| listing.page(after, 1000));
+            let Some(&(last, _)) = page.last() else { break };
+            for (_, e) in &page {
+                w.entry(e).map_err(io)?;
+                if e.is_dir() {
+                    dirs.push_back(format!("{dir}{}/", e.name));
+                }
+            }
+            after = last;
+        }
+    }
+    let (out, counts) = w.finish().map_err(io)?;
+    out.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
+    Ok(counts)
+}
+
+/// Uploads the snapshot whole, over the version it replaces (or only if
+/// there is none), so a publisher that raced another fails instead of
+/// overwriting it unseen. Returns its size.
+async fn upload(
+    store: &Arc<S3Store>,
+    connection: &Connection,
+    target: &Target,
+    url: &ObjectUrl,
+    file: &std::path::Path,
+) -> Result<u64, String> {
+    let len = std::fs::metadata(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?
+        .len();
+    let other;
+    let dest: &S3Store = if url.bucket == target.bucket {
+        store
+    } else {
+        other = S3Store::connect(&connection.settings(&url.bucket)).await;
+        &other
+    };
+    let seen = match dest.head(&url.key).await {
+        Ok(meta) => Some(meta.etag),
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(format!("cannot look at {url}: {e}")),
+    };
+    let condition = match &seen {
+        Some(etag) => WriteCondition::IfMatch(etag),
+        None => WriteCondition::IfAbsent,
+    };
+    let body = Body::File {
+        path: file.to_path_buf(),
+        offset: 0,
+        len,
+    };
+    match dest.put(&url.key, body, condition).await {
+        Ok(_) => Ok(len),
+        Err(StoreError::PreconditionFailed) => Err(format!(
+            "another publisher wrote {url} while this one ran; run again to publish over it"
+        )),
+        Err(e) => Err(format!("cannot upload {url}: {e}")),
+    }
+}

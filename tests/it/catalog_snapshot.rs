@@ -1,0 +1,213 @@
+//! Listing snapshots shared by a fleet: one mount lists a prefix and
+//! publishes its catalog (`s3mount catalog publish`); a new machine's mount
+//! (`--catalog-snapshot`, fresh cache directory) starts from it with one GET
+//! and no LIST, shows the same tree, and picks up later changes in S3
+//! through the ordinary TTL refreshes. A damaged, cut, missing or foreign
+//! snapshot is reported in one line and the mount lists from S3.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::data_cache::object_gets;
+use crate::support::*;
+
+const SNAPSHOT_KEY: &str = "snapshots/data.s3msnap";
+
+/// `s3mount catalog publish` of `bucket/data` from the catalog in `cache`.
+fn publish(endpoint: &Endpoint, bucket: &str, cache: &Path) -> String {
+    let out = s3mount_command(endpoint)
+        .args(["catalog", "publish"])
+        .args(endpoint_args(endpoint))
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg(format!("{bucket}/data"))
+        .arg(format!("s3://{bucket}/{SNAPSHOT_KEY}"))
+        .output()
+        .expect("run s3mount catalog publish");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "publish failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
+/// Every path under `root`, relative and sorted, with its size.
+fn tree(root: &Path) -> Vec<String> {
+    let (code, out, err) = sh(&format!(
+        "cd '{}' && find . -printf '%p %s %y\\n' | sort",
+        root.display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(str::to_owned).collect()
+}
+
+fn fresh_mount(endpoint: &Endpoint, bucket: &str, cache: &TempDir, extra: &[&str]) -> Mounted {
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    let snapshot = format!("--catalog-snapshot=s3://{bucket}/{SNAPSHOT_KEY}");
+    let mut args = vec![cache_arg.as_str(), snapshot.as_str()];
+    args.extend_from_slice(extra);
+    Mounted::start_at(endpoint, &format!("{bucket}/data"), &args)
+}
+
+#[test]
+fn a_new_machine_starts_from_a_published_snapshot_with_one_get_and_no_list() {
+    let keys = env_u64("S3MOUNT_TEST_SNAPSHOT_KEYS", 100_000) as usize;
+    let dirs = (keys / 100).max(1);
+    let s3 = TestS3::start();
+    let b = s3.bucket("snap-big");
+    b.put_many(
+        (0..keys)
+            .map(|i| format!("data/d{:04}/k{i:06}", i % dirs))
+            .collect(),
+        |i| vec![b'x'; i % 7],
+    );
+    let (proxy, endpoint) = s3.proxied();
+    let cache_a = TempDir::new("snap-a");
+    let cache_arg = format!("--cache-dir={}", cache_a.path().display());
+    let a = Mounted::start_at(
+        &endpoint,
+        &format!("{}/data", b.name),
+        &[&cache_arg, "--metadata-ttl=3600"],
+    );
+    let want = tree(&a.path());
+    assert_eq!(want.len(), 1 + dirs + keys, "mount A's find");
+    let said = publish(&endpoint, &b.name, cache_a.path());
+    assert!(
+        said.contains(&format!("{} entries", dirs + keys))
+            && said.contains(" 0 directories listed from S3"),
+        "{said}"
+    );
+    drop(a);
+
+    // A new machine: an empty cache directory.
+    let cache_b = TempDir::new("snap-b");
+    let (gets, lists) = (object_gets(&proxy), proxy.list_requests());
+    let m = fresh_mount(&endpoint, &b.name, &cache_b, &["--metadata-ttl=3600"]);
+    let lists_at_mount = proxy.list_requests() - lists;
+    let got = tree(&m.path());
+    let (code, out, err) = sh(&format!("ls -lR '{}' | grep -c '^-'", m.path().display()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), keys.to_string(), "ls -lR files");
+    assert!(
+        got == want,
+        "B's tree differs from A's ({} vs {} lines)",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(object_gets(&proxy) - gets, 1, "GETs: only the snapshot");
+    // The mount's own checks of the bucket list at most one page (before
+    // it is live); the tree itself lists nothing.
+    assert!(lists_at_mount <= 1, "{lists_at_mount} LISTs while mounting");
+    assert_eq!(
+        proxy.list_requests() - lists - lists_at_mount,
+        0,
+        "find and ls -lR listed S3"
+    );
+    assert!(
+        m.log_text().contains("started from the catalog snapshot"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn changes_in_s3_after_the_snapshot_show_through_the_usual_refreshes() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("snap-change");
+    for k in ["data/a/one", "data/a/two", "data/b/three"] {
+        b.put(k, "x");
+    }
+    let cache_a = TempDir::new("snap-ca");
+    let cache_arg = format!("--cache-dir={}", cache_a.path().display());
+    let a = Mounted::start(&s3, &format!("{}/data", b.name), &[&cache_arg]);
+    tree(&a.path());
+    drop(a);
+    publish(&s3.endpoint, &b.name, cache_a.path());
+    b.put("data/a/new", "y");
+    b.delete("data/a/two");
+
+    let cache_b = TempDir::new("snap-cb");
+    let m = fresh_mount(&s3.endpoint, &b.name, &cache_b, &["--metadata-ttl=2"]);
+    assert!(
+        m.log_text().contains("started from the catalog snapshot"),
+        "{}",
+        m.log_text()
+    );
+    eventually_ok(
+        "the changes to show",
+        Duration::from_secs(20),
+        || match names(&m.path().join("a")) {
+            n if n == ["new", "one"] => Ok(()),
+            n => Err(format!("a/ holds {n:?}")),
+        },
+    );
+    assert_eq!(names(&m.path().join("b")), ["three"]);
+}
+
+#[test]
+fn a_damaged_cut_missing_or_foreign_snapshot_is_reported_and_the_mount_lists_from_s3() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("snap-bad");
+    for k in ["data/a/one", "data/b/two", "other/c/three"] {
+        b.put(k, "x");
+    }
+    let cache_a = TempDir::new("snap-ba");
+    let cache_arg = format!("--cache-dir={}", cache_a.path().display());
+    let a = Mounted::start(&s3, &format!("{}/data", b.name), &[&cache_arg]);
+    let want = tree(&a.path());
+    drop(a);
+    publish(&s3.endpoint, &b.name, cache_a.path());
+    let good = b.get(SNAPSHOT_KEY);
+
+    let mut flipped = good.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x5a;
+    let cut = good[..good.len() - 5].to_vec();
+    // A snapshot of `other/` published where `data/`'s is expected.
+    let other_cache = TempDir::new("snap-bo");
+    let other_arg = format!("--cache-dir={}", other_cache.path().display());
+    let o = Mounted::start(&s3, &format!("{}/other", b.name), &[&other_arg]);
+    tree(&o.path());
+    drop(o);
+    let out = s3mount_command(&s3.endpoint)
+        .args(["catalog", "publish"])
+        .args(endpoint_args(&s3.endpoint))
+        .arg(&other_arg)
+        .arg(format!("{}/other", b.name))
+        .arg(format!("s3://{}/snapshots/other.s3msnap", b.name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let foreign = b.get("snapshots/other.s3msnap");
+
+    for (what, body) in [
+        ("a byte flipped", Some(flipped)),
+        ("cut short", Some(cut)),
+        ("another prefix's", Some(foreign)),
+        ("missing", None),
+    ] {
+        match body {
+            Some(body) => b.put(SNAPSHOT_KEY, body),
+            None => b.delete(SNAPSHOT_KEY),
+        }
+        let cache = TempDir::new("snap-bb");
+        let m = fresh_mount(&s3.endpoint, &b.name, &cache, &[]);
+        let log = m.log_text();
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("not starting from the catalog snapshot"))
+            .count();
+        assert_eq!(lines, 1, "{what}: {log}");
+        assert!(
+            !log.contains("started from the catalog snapshot"),
+            "{what}: {log}"
+        );
+        assert!(tree(&m.path()) == want, "{what}: the tree differs");
+    }
+}
