@@ -34,6 +34,7 @@
 pub mod db;
 mod growing;
 mod inodes;
+pub mod inventory;
 mod listing;
 mod listing_cache;
 mod listing_changes;

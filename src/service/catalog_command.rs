@@ -4,6 +4,10 @@
 //! (`--catalog-snapshot`). The snapshot is written to a local file first
 //! and uploaded whole, conditional on the object it replaces, so readers
 //! only ever see a whole snapshot and two publishers never mix theirs.
+//!
+//! `s3mount catalog import-inventory s3://.../manifest.json BUCKET[/PREFIX]
+//! s3://BUCKET/KEY` makes the same snapshot from an S3 Inventory report,
+//! without a single LIST.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -16,7 +20,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 
 use crate::blocking::blocking;
-use crate::catalog::snapshot::{SnapshotCounts, SnapshotHeader, SnapshotWriter};
+use crate::catalog::inventory::{InventoryManifest, InventoryTree};
+use crate::catalog::snapshot::{download_to_file, SnapshotCounts, SnapshotHeader, SnapshotWriter};
 use crate::catalog::{Catalog, CatalogDb, Freshness};
 use crate::cli::{Connection, ObjectUrl, Target};
 use crate::mount::layers::{catalog_identity, listing_cache_dir};
@@ -35,6 +40,29 @@ pub enum CatalogCommand {
     /// Write the catalog's listings of BUCKET[/PREFIX] to one snapshot
     /// object that mounts start from with --catalog-snapshot.
     Publish(PublishArgs),
+    /// Turn an S3 Inventory report (manifest.json and its CSV files) into
+    /// a snapshot of BUCKET[/PREFIX], without listing anything.
+    ImportInventory(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The report's manifest: s3://BUCKET/.../manifest.json.
+    pub manifest: String,
+    /// Whose listings: BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX, as
+    /// mounted (the report's source bucket).
+    pub target: String,
+    /// Where the snapshot goes: s3://BUCKET/KEY.
+    pub snapshot: String,
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Where the report's rows are sorted into directories meanwhile
+    /// (default: the system's temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Read KEY=VALUE lines into the environment first (as for mounting).
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +100,7 @@ pub fn run(argv: &[OsString]) -> ExitCode {
     };
     let outcome = match &args.command {
         CatalogCommand::Publish(p) => rt.block_on(publish(p)),
+        CatalogCommand::ImportInventory(i) => rt.block_on(import_inventory(i)),
     };
     match outcome {
         Ok(said) => {
@@ -126,6 +155,78 @@ async fn publish(args: &PublishArgs) -> Result<String, String> {
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_file(&tmp);
+    outcome
+}
+
+async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
+    let target = Target::parse(&args.target)?;
+    let url = ObjectUrl::parse(&args.snapshot)?;
+    let manifest_url = ObjectUrl::parse(&args.manifest)?;
+    let settings = args.connection.settings(&target.bucket);
+    let store = Arc::new(
+        crate::mount::preflight::preflight(&settings, &target)
+            .await
+            .map_err(|e| e.0)?,
+    );
+    let work = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&work)
+        .map_err(|e| format!("cannot use --work-dir {}: {e}", work.display()))?;
+    let scratch =
+        |what: &str| work.join(format!("s3mount-inventory-{}.{what}", std::process::id()));
+    let (manifest_file, data_file, rows_file, snapshot_file) = (
+        scratch("manifest.json"),
+        scratch("csv.gz"),
+        scratch("rows.sqlite3"),
+        scratch("s3msnap"),
+    );
+    let outcome = async {
+        let reports = S3Store::connect(&args.connection.settings(&manifest_url.bucket)).await;
+        download_to_file(&reports, &manifest_url.key, &manifest_file)
+            .await
+            .map_err(|e| format!("cannot read {manifest_url}: {e}"))?;
+        let json = std::fs::read(&manifest_file).map_err(|e| e.to_string())?;
+        let manifest = InventoryManifest::parse(&json).map_err(|e| format!("{manifest_url}: {e}"))?;
+        if manifest.source_bucket != target.bucket {
+            return Err(format!(
+                "{manifest_url} is an inventory of bucket {}, not of {}; give that bucket as the target",
+                manifest.source_bucket, target.bucket
+            ));
+        }
+        let data = S3Store::connect(&args.connection.settings(&manifest.destination_bucket)).await;
+        let mut tree = InventoryTree::new(&rows_file, &target.prefix, &manifest).map_err(|e| e.to_string())?;
+        for key in &manifest.files {
+            download_to_file(&data, key, &data_file)
+                .await
+                .map_err(|e| format!("cannot read s3://{}/{key}: {e}", manifest.destination_bucket))?;
+            let file = std::fs::File::open(&data_file).map_err(|e| e.to_string())?;
+            let csv = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
+            blocking(|| tree.add_csv(key, csv)).map_err(|e| e.to_string())?;
+        }
+        let keys = tree.keys();
+        let header = SnapshotHeader {
+            bucket: target.bucket.clone(),
+            prefix: target.prefix.clone(),
+            created: manifest.created,
+        };
+        let out = std::fs::File::create(&snapshot_file).map_err(|e| e.to_string())?;
+        let w = SnapshotWriter::new(BufWriter::new(out), &header).map_err(|e| e.to_string())?;
+        let (out, counts) = blocking(|| tree.write_snapshot(w)).map_err(|e| e.to_string())?;
+        out.into_inner()
+            .map_err(|e| e.into_error().to_string())?
+            .sync_all()
+            .map_err(|e| e.to_string())?;
+        let bytes = upload(&store, &args.connection, &target, &url, &snapshot_file).await?;
+        Ok(format!(
+            "imported {keys} keys of {} data files as {} directories, {} entries ({bytes} bytes) to {url}",
+            manifest.files.len(),
+            counts.dirs,
+            counts.entries
+        ))
+    }
+    .await;
+    for f in [&manifest_file, &data_file, &rows_file, &snapshot_file] {
+        let _ = std::fs::remove_file(f);
+    }
     outcome
 }
 

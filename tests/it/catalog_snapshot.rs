@@ -211,3 +211,117 @@ fn a_damaged_cut_missing_or_foreign_snapshot_is_reported_and_the_mount_lists_fro
         assert!(tree(&m.path()) == want, "{what}: the tree differs");
     }
 }
+
+/// A key as S3 Inventory writes it: URL-encoded.
+fn inventory_encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn an_inventory_report_makes_the_same_entries_as_a_listing() {
+    use std::io::Write;
+    let s3 = TestS3::start();
+    let b = s3.bucket("snap-inv");
+    let mut keys: Vec<String> = (0..300)
+        .map(|i| format!("data/d{}/k{i:03}", i % 10))
+        .collect();
+    keys.extend(
+        [
+            "data/with space.txt",
+            "data/été/ünï.csv",
+            "data/marked/",
+            "data/top",
+            "data/d1/k001x",
+        ]
+        .map(String::from),
+    );
+    b.put_many(keys, |i| vec![b'z'; i % 5]);
+    b.put("outside/never", "x");
+
+    // The report, as S3 Inventory writes one (CSV, gzip, a manifest).
+    let listed = block_on(async {
+        let mut rows = Vec::new();
+        let mut pages = b
+            .client
+            .list_objects_v2()
+            .bucket(&b.name)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            for o in page.unwrap().contents() {
+                rows.push(o.clone());
+            }
+        }
+        rows
+    });
+    let mut csv = Vec::new();
+    for o in &listed {
+        let modified = o
+            .last_modified()
+            .unwrap()
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .unwrap();
+        writeln!(
+            csv,
+            "\"{}\",\"{}\",\"{}\",\"{modified}\",\"{}\",\"STANDARD\"",
+            b.name,
+            inventory_encode(o.key().unwrap()),
+            o.size().unwrap(),
+            o.e_tag().unwrap().trim_matches('"')
+        )
+        .unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&csv).unwrap();
+    let data_key = format!("inventory/{}/daily/data/part-0.csv.gz", b.name);
+    b.put(&data_key, gz.finish().unwrap());
+    let manifest = format!(
+        r#"{{"sourceBucket": "{name}", "destinationBucket": "arn:aws:s3:::{name}",
+            "version": "2016-11-30", "creationTimestamp": "{now}", "fileFormat": "CSV",
+            "fileSchema": "Bucket, Key, Size, LastModifiedDate, ETag, StorageClass",
+            "files": [{{"key": "{data_key}", "size": 1, "MD5checksum": "0"}}]}}"#,
+        name = b.name,
+        now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    let manifest_key = format!("inventory/{}/daily/2026-12-07T00-00Z/manifest.json", b.name);
+    b.put(&manifest_key, manifest);
+
+    let out = s3mount_command(&s3.endpoint)
+        .args(["catalog", "import-inventory"])
+        .args(endpoint_args(&s3.endpoint))
+        .arg(format!("s3://{}/{manifest_key}", b.name))
+        .arg(format!("{}/data", b.name))
+        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("imported 305 keys"), "{said}");
+
+    // What a mount listing S3 shows, next to what one started from the
+    // report shows (listing nothing).
+    let want = tree(&Mounted::start(&s3, &format!("{}/data", b.name), &[]).path());
+    assert!(want.iter().any(|l| l.contains("été/ünï.csv")), "{want:?}");
+    let (proxy, endpoint) = s3.proxied();
+    let cache = TempDir::new("snap-inv");
+    let m = fresh_mount(&endpoint, &b.name, &cache, &["--metadata-ttl=3600"]);
+    let lists = proxy.list_requests();
+    let got = tree(&m.path());
+    assert_eq!(got, want);
+    assert_eq!(proxy.list_requests() - lists, 0, "the tree listed S3");
+}
