@@ -41,6 +41,11 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+/// From this many objects (or this long a full listing), every new machine
+/// listing the prefix costs enough that a shared listing snapshot pays.
+const SNAPSHOT_FROM_OBJECTS: u64 = 100_000;
+const SNAPSHOT_FROM_SECONDS: f64 = 30.0;
+
 /// Ranged GET size of the throughput measurements (the mount's default part).
 const PART: u64 = 8 << 20;
 /// Objects from this size amortise the per-request latency well.
@@ -392,6 +397,16 @@ impl Report {
                 ));
             }
         }
+        if let Some((seconds, at_least)) = self.full_listing_s() {
+            if self.wants_snapshot() {
+                advice.push(format!(
+                    "A full listing of the prefix takes {}{seconds:.0} s ({}{} billed LIST pages), and every new machine pays it again: publish the catalog once (s3mount catalog publish BUCKET/PREFIX s3://BUCKET/KEY, or catalog import-inventory from an S3 Inventory report) and mount with --catalog-snapshot s3://BUCKET/KEY.",
+                    if at_least { "at least " } else { "" },
+                    if at_least { "over " } else { "" },
+                    self.list_page_ms.len()
+                ));
+            }
+        }
         if let Some(ttfb) = ttfb {
             if ttfb > 50.0 {
                 advice.push(format!(
@@ -402,12 +417,32 @@ impl Report {
         advice
     }
 
+    /// How long listing the whole prefix takes, from the pages read (at
+    /// least that when the listing was cut at --max-objects): one flat
+    /// listing; a mount listing directory by directory makes more pages.
+    fn full_listing_s(&self) -> Option<(f64, bool)> {
+        let page = median(&self.list_page_ms)?;
+        let pages = self.list_page_ms.len() as f64;
+        Some((page * pages / 1000.0, self.sampled))
+    }
+
+    /// Whether a shared listing snapshot is worth publishing.
+    fn wants_snapshot(&self) -> bool {
+        self.objects >= SNAPSHOT_FROM_OBJECTS
+            || self.sampled
+            || self
+                .full_listing_s()
+                .is_some_and(|(s, _)| s >= SNAPSHOT_FROM_SECONDS)
+    }
+
     fn to_json(&self) -> serde_json::Value {
         json!({
             "target": self.target,
             "endpoint": self.endpoint,
             "permissions": { "list": true, "read": self.can_read },
             "list_page_ms": { "median": median(&self.list_page_ms), "pages": self.list_page_ms.len() },
+            "full_listing": self.full_listing_s().map(|(s, at_least)| json!({"seconds": s, "at_least": at_least})),
+            "catalog_snapshot_recommended": self.wants_snapshot(),
             "objects": {
                 "count": self.objects,
                 "sampled": self.sampled,
@@ -463,6 +498,21 @@ impl Report {
                     ms(median(&self.list_page_ms)),
                     self.list_page_ms.len()
                 ),
+            ),
+            (
+                "full listing".into(),
+                match self.full_listing_s() {
+                    Some((s, at_least)) => format!(
+                        "{}{s:.1} s{}",
+                        if at_least { "at least " } else { "" },
+                        if self.wants_snapshot() {
+                            ": publish a catalog snapshot (see advice)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    None => "-".into(),
+                },
             ),
             ("HEAD latency".into(), ms(median(&self.head_ms))),
             ("GET first byte".into(), ms(median(&self.first_byte_ms))),
@@ -606,6 +656,22 @@ mod tests {
         assert!(advice.contains("add little"), "{advice}");
         assert!(!advice.contains("stops growing"), "{advice}");
         assert!(advice.contains("Listing is quick"), "{advice}");
+        assert!(!advice.contains("--catalog-snapshot"), "{advice}");
+    }
+
+    #[test]
+    fn a_snapshot_is_advised_for_big_or_slowly_listed_prefixes() {
+        let mut many = report(vec![1; 10], &[], 100.0, 1.0);
+        many.objects = 150_000;
+        many.list_page_ms = vec![100.0; 150];
+        let advice = many.advice().join("\n");
+        assert!(advice.contains("--catalog-snapshot"), "{advice}");
+        assert!(advice.contains("takes 15 s (150 billed"), "{advice}");
+        let mut cut = report(vec![1; 10], &[], 50.0, 1.0);
+        cut.sampled = true;
+        assert!(cut.advice().join("\n").contains("at least"));
+        let few = report(vec![1; 10], &[], 50.0, 1.0);
+        assert!(!few.advice().join("\n").contains("--catalog-snapshot"));
     }
 
     #[test]

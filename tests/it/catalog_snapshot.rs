@@ -325,3 +325,92 @@ fn an_inventory_report_makes_the_same_entries_as_a_listing() {
     assert_eq!(got, want);
     assert_eq!(proxy.list_requests() - lists, 0, "the tree listed S3");
 }
+
+/// Peak RSS (KiB) of the largest child process this test has waited for.
+fn children_peak_rss_kib() -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage the call may fill.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0, "getrusage");
+    usage.ru_maxrss as u64
+}
+
+#[test]
+fn a_million_entry_snapshot_is_written_and_loaded_in_bounded_memory() {
+    use std::io::Write;
+    let count = env_u64("S3MOUNT_TEST_SNAPSHOT_MILLION", 1_000_000);
+    let s3 = TestS3::start();
+    let b = s3.bucket("snap-million");
+    // An inventory of keys that need not exist: only listings are loaded.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for i in 0..count {
+        writeln!(
+            gz,
+            "\"{}\",\"data/d{:03}/k{i:07}\",\"{}\",\"2026-01-02T03:04:05.000Z\",\"{i:032x}\"",
+            b.name,
+            i % 1000,
+            i % 4096
+        )
+        .unwrap();
+    }
+    let data_key = "inventory/data/million.csv.gz";
+    b.put(data_key, gz.finish().unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    b.put(
+        "inventory/manifest.json",
+        format!(
+            r#"{{"sourceBucket": "{0}", "destinationBucket": "arn:aws:s3:::{0}", "version": "2016-11-30",
+                "creationTimestamp": "{now}", "fileFormat": "CSV",
+                "fileSchema": "Bucket, Key, Size, LastModifiedDate, ETag",
+                "files": [{{"key": "{data_key}", "size": 1, "MD5checksum": "0"}}]}}"#,
+            b.name
+        ),
+    );
+    let out = s3mount_command(&s3.endpoint)
+        .args(["catalog", "import-inventory"])
+        .args(endpoint_args(&s3.endpoint))
+        .arg(format!("s3://{}/inventory/manifest.json", b.name))
+        .arg(format!("{}/data", b.name))
+        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let import_mib = children_peak_rss_kib() / 1024;
+
+    let (proxy, endpoint) = s3.proxied();
+    let cache = TempDir::new("snap-million");
+    let m = fresh_mount(
+        &endpoint,
+        &b.name,
+        &cache,
+        &["--metadata-ttl=3600", "--memory-limit=64M"],
+    );
+    let load_mib = peak_rss_kib(m.pid()) / 1024;
+    let lists = proxy.list_requests();
+    let per_dir = (count / 1000).to_string();
+    let (code, out, err) = sh(&format!("ls '{}/d500' | wc -l", m.path().display()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), per_dir);
+    assert_eq!(proxy.list_requests() - lists, 0, "ls listed S3");
+    let log = m.log_text();
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("started from the catalog snapshot"))
+        .unwrap_or_else(|| panic!("no snapshot loaded: {log}"));
+    eprintln!("{count} entries: import-inventory peaked at {import_mib} MiB, the mount at {load_mib} MiB after loading; {loaded}");
+    // The stated constant over --memory-limit: 64 MiB (the runtime, the
+    // SDK, SQLite's page cache), whatever the snapshot's size.
+    assert!(load_mib < 64 + 64, "loading peaked at {load_mib} MiB");
+    assert!(
+        import_mib < 96,
+        "import-inventory peaked at {import_mib} MiB"
+    );
+}
