@@ -1,6 +1,6 @@
 //! S3 Inventory reports as a source of listings: the keys of a report's
-//! CSV data files (as AWS documents them: a `manifest.json` naming the
-//! source bucket, the column schema and the gzip CSV files) turned into the
+//! data files (as AWS documents them: a `manifest.json` naming the source
+//! bucket, the format, the column schema and the gzip CSV or Parquet files) turned into the
 //! directories a mount would list, then written as a catalog snapshot.
 //!
 //! Reports are not sorted by directory, and may hold hundreds of millions
@@ -25,7 +25,7 @@ use crate::names;
 pub enum InventoryError {
     #[error("the inventory manifest is not what AWS documents: {0}")]
     Manifest(String),
-    #[error("the inventory's format is {0}; s3mount reads CSV inventories (set the inventory's output format to CSV)")]
+    #[error("the inventory's format is {0}; s3mount reads CSV and Parquet inventories (set the inventory's output format to one of them)")]
     Format(String),
     #[error("inventory data file {file}, line {line}: {why}")]
     Row {
@@ -110,6 +110,17 @@ struct Columns {
     is_delete_marker: Option<usize>,
 }
 
+/// One row of a report, whatever its format.
+#[derive(Debug, Default)]
+struct InventoryRow {
+    key: Option<String>,
+    size: Option<u64>,
+    modified: Option<SystemTime>,
+    etag: Option<String>,
+    old_version: bool,
+    delete_marker: bool,
+}
+
 /// The directories an inventory's keys make, gathered in a scratch file.
 pub struct InventoryTree {
     conn: Connection,
@@ -127,18 +138,30 @@ impl InventoryTree {
         prefix: &str,
         manifest: &InventoryManifest,
     ) -> Result<InventoryTree, InventoryError> {
-        if !manifest.file_format.eq_ignore_ascii_case("CSV") {
-            return Err(InventoryError::Format(manifest.file_format.clone()));
-        }
-        let at = |name: &str| manifest.schema.iter().position(|c| c == name);
-        let columns = Columns {
-            key: at("Key")
-                .ok_or_else(|| InventoryError::Manifest("fileSchema has no Key".into()))?,
-            size: at("Size"),
-            modified: at("LastModifiedDate"),
-            etag: at("ETag"),
-            is_latest: at("IsLatest"),
-            is_delete_marker: at("IsDeleteMarker"),
+        // Parquet files name their columns themselves; a CSV row's order is
+        // the manifest's schema.
+        let columns = match manifest.file_format.to_ascii_uppercase().as_str() {
+            "CSV" => {
+                let at = |name: &str| manifest.schema.iter().position(|c| c == name);
+                Columns {
+                    key: at("Key")
+                        .ok_or_else(|| InventoryError::Manifest("fileSchema has no Key".into()))?,
+                    size: at("Size"),
+                    modified: at("LastModifiedDate"),
+                    etag: at("ETag"),
+                    is_latest: at("IsLatest"),
+                    is_delete_marker: at("IsDeleteMarker"),
+                }
+            }
+            "PARQUET" => Columns {
+                key: 0,
+                size: None,
+                modified: None,
+                etag: None,
+                is_latest: None,
+                is_delete_marker: None,
+            },
+            _ => return Err(InventoryError::Format(manifest.file_format.clone())),
         };
         let scratch_err = |e: rusqlite::Error| InventoryError::Scratch {
             path: scratch.display().to_string(),
@@ -170,6 +193,61 @@ impl InventoryTree {
         self.keys
     }
 
+    /// Adds the rows of one Parquet data file, by the column names AWS
+    /// gives them (`key`, `size`, `last_modified_date`, `e_tag`,
+    /// `is_latest`, `is_delete_marker`); keys are not URL-encoded there.
+    pub fn add_parquet(&mut self, file: &str, path: &Path) -> Result<(), InventoryError> {
+        use parquet::file::reader::SerializedFileReader;
+        use parquet::record::Field;
+        let row_err = |line: u64, why: String| InventoryError::Row {
+            file: file.to_owned(),
+            line,
+            why,
+        };
+        let opened = std::fs::File::open(path).map_err(|e| row_err(0, e.to_string()))?;
+        let reader =
+            SerializedFileReader::try_from(opened).map_err(|e| row_err(0, e.to_string()))?;
+        for (n, row) in reader.into_iter().enumerate() {
+            let n = n as u64 + 1;
+            let row = row.map_err(|e| row_err(n, e.to_string()))?;
+            let mut r = InventoryRow::default();
+            for (name, field) in row.get_column_iter() {
+                match (name.as_str(), field) {
+                    ("key", Field::Str(k)) => r.key = Some(k.clone()),
+                    ("size", Field::Long(s)) => r.size = Some((*s).max(0) as u64),
+                    ("last_modified_date", Field::TimestampMillis(ms)) => {
+                        r.modified = Some(UNIX_EPOCH + Duration::from_millis((*ms).max(0) as u64))
+                    }
+                    ("last_modified_date", Field::TimestampMicros(us)) => {
+                        r.modified = Some(UNIX_EPOCH + Duration::from_micros((*us).max(0) as u64))
+                    }
+                    ("e_tag", Field::Str(e)) => r.etag = Some(e.clone()),
+                    ("is_latest", Field::Bool(b)) => r.old_version = !b,
+                    ("is_delete_marker", Field::Bool(b)) => r.delete_marker = *b,
+                    _ => {}
+                }
+            }
+            let key = r.key.take().ok_or_else(|| row_err(n, "no key".into()))?;
+            self.add_row(&key, r)
+                .map_err(|e| row_err(n, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Adds one row's key, unless it is an older version or a delete marker.
+    fn add_row(&mut self, key: &str, r: InventoryRow) -> rusqlite::Result<()> {
+        if r.old_version || r.delete_marker {
+            return Ok(());
+        }
+        let etag = match r.etag {
+            Some(e) if e.starts_with('"') => e,
+            Some(e) => format!("\"{e}\""),
+            None => String::new(),
+        };
+        let mtime = r.modified.unwrap_or(self.created);
+        self.add_key(key, r.size.unwrap_or(0), mtime, &etag)
+    }
+
     /// Adds the rows of one data file (its CSV, decompressed).
     pub fn add_csv(&mut self, file: &str, csv: impl BufRead) -> Result<(), InventoryError> {
         for (n, line) in csv.lines().enumerate() {
@@ -184,33 +262,30 @@ impl InventoryTree {
             }
             let fields = split_csv(&line).map_err(row_err)?;
             let field = |i: Option<usize>| i.and_then(|i| fields.get(i)).map(String::as_str);
-            if field(self.columns.is_latest).is_some_and(|v| v.eq_ignore_ascii_case("false"))
-                || field(self.columns.is_delete_marker)
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            {
-                continue;
-            }
             let key = field(Some(self.columns.key))
                 .ok_or_else(|| row_err("no key".into()))
                 .and_then(|k| url_decode(k).map_err(row_err))?;
-            let size = match field(self.columns.size) {
-                Some(s) if !s.is_empty() => {
-                    s.parse().map_err(|_| row_err(format!("size {s:?}")))?
-                }
-                _ => 0,
+            let row = InventoryRow {
+                key: None,
+                size: match field(self.columns.size) {
+                    Some(s) if !s.is_empty() => {
+                        Some(s.parse().map_err(|_| row_err(format!("size {s:?}")))?)
+                    }
+                    _ => None,
+                },
+                modified: match field(self.columns.modified) {
+                    Some(t) if !t.is_empty() => {
+                        Some(parse_time(t).ok_or_else(|| row_err(format!("time {t:?}")))?)
+                    }
+                    _ => None,
+                },
+                etag: field(self.columns.etag).map(str::to_owned),
+                old_version: field(self.columns.is_latest)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("false")),
+                delete_marker: field(self.columns.is_delete_marker)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             };
-            let mtime = match field(self.columns.modified) {
-                Some(t) if !t.is_empty() => {
-                    parse_time(t).ok_or_else(|| row_err(format!("time {t:?}")))?
-                }
-                _ => self.created,
-            };
-            let etag = match field(self.columns.etag) {
-                Some(e) if e.starts_with('"') => e.to_owned(),
-                Some(e) => format!("\"{e}\""),
-                None => String::new(),
-            };
-            self.add_key(&key, size, mtime, &etag)
+            self.add_row(&key, row)
                 .map_err(|e| row_err(e.to_string()))?;
         }
         Ok(())

@@ -175,7 +175,7 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
         |what: &str| work.join(format!("s3mount-inventory-{}.{what}", std::process::id()));
     let (manifest_file, data_file, rows_file, snapshot_file) = (
         scratch("manifest.json"),
-        scratch("csv.gz"),
+        scratch("data"),
         scratch("rows.sqlite3"),
         scratch("s3msnap"),
     );
@@ -198,9 +198,13 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
             download_to_file(&data, key, &data_file)
                 .await
                 .map_err(|e| format!("cannot read s3://{}/{key}: {e}", manifest.destination_bucket))?;
-            let file = std::fs::File::open(&data_file).map_err(|e| e.to_string())?;
-            let csv = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
-            blocking(|| tree.add_csv(key, csv)).map_err(|e| e.to_string())?;
+            if manifest.file_format.eq_ignore_ascii_case("Parquet") {
+                blocking(|| tree.add_parquet(key, &data_file)).map_err(|e| e.to_string())?;
+            } else {
+                let file = std::fs::File::open(&data_file).map_err(|e| e.to_string())?;
+                let csv = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
+                blocking(|| tree.add_csv(key, csv)).map_err(|e| e.to_string())?;
+            }
         }
         let keys = tree.keys();
         let header = SnapshotHeader {

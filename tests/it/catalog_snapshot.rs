@@ -318,12 +318,79 @@ fn an_inventory_report_makes_the_same_entries_as_a_listing() {
     let want = tree(&Mounted::start(&s3, &format!("{}/data", b.name), &[]).path());
     assert!(want.iter().any(|l| l.contains("été/ünï.csv")), "{want:?}");
     let (proxy, endpoint) = s3.proxied();
-    let cache = TempDir::new("snap-inv");
-    let m = fresh_mount(&endpoint, &b.name, &cache, &["--metadata-ttl=3600"]);
-    let lists = proxy.list_requests();
-    let got = tree(&m.path());
-    assert_eq!(got, want);
-    assert_eq!(proxy.list_requests() - lists, 0, "the tree listed S3");
+    let started_from_report = |tag: &str| {
+        let cache = TempDir::new(tag);
+        let m = fresh_mount(&endpoint, &b.name, &cache, &["--metadata-ttl=3600"]);
+        let lists = proxy.list_requests();
+        let got = tree(&m.path());
+        assert_eq!(got, want, "{tag}");
+        assert_eq!(
+            proxy.list_requests() - lists,
+            0,
+            "{tag}: the tree listed S3"
+        );
+    };
+    started_from_report("snap-inv-csv");
+
+    // The same report in Parquet (AWS's column names; keys not encoded).
+    let work = TempDir::new("snap-inv-pq");
+    let rows: Vec<serde_json::Value> = listed
+        .iter()
+        .map(|o| {
+            serde_json::json!([
+                o.key().unwrap(),
+                o.size().unwrap(),
+                o.last_modified().unwrap().to_millis().unwrap(),
+                o.e_tag().unwrap().trim_matches('"')
+            ])
+        })
+        .collect();
+    let json = work.path().join("rows.json");
+    std::fs::write(&json, serde_json::to_vec(&rows).unwrap()).unwrap();
+    let parquet = work.path().join("part-0.parquet");
+    let (code, _, err) = sh(&format!(
+        "python3 -c \"import json, sys, pyarrow as pa, pyarrow.parquet as pq\nrows = json.load(open(sys.argv[1]))\npq.write_table(pa.table({{'bucket': ['{bucket}'] * len(rows), 'key': [r[0] for r in rows], 'size': pa.array([r[1] for r in rows], pa.int64()), 'last_modified_date': pa.array([r[2] for r in rows], pa.timestamp('ms')), 'e_tag': [r[3] for r in rows], 'is_latest': [True] * len(rows)}}), sys.argv[2], compression='snappy')\" '{}' '{}'",
+        json.display(),
+        parquet.display(),
+        bucket = b.name
+    ));
+    assert_eq!(
+        code, 0,
+        "cannot write the Parquet report (pyarrow missing? run scripts/install-deps.sh): {err}"
+    );
+    let data_key = format!("inventory/{}/daily/data/part-0.parquet", b.name);
+    b.put(&data_key, std::fs::read(&parquet).unwrap());
+    let manifest_key = format!("inventory/{}/daily/parquet/manifest.json", b.name);
+    b.put(
+        &manifest_key,
+        format!(
+            r#"{{"sourceBucket": "{name}", "destinationBucket": "arn:aws:s3:::{name}",
+                "version": "2016-11-30", "creationTimestamp": "{now}", "fileFormat": "Parquet",
+                "fileSchema": "message s3.inventory {{ required binary bucket (UTF8); required binary key (UTF8); optional int64 size; optional int64 last_modified_date (TIMESTAMP_MILLIS); optional binary e_tag (UTF8); optional boolean is_latest; }}",
+                "files": [{{"key": "{data_key}", "size": 1, "MD5checksum": "0"}}]}}"#,
+            name = b.name,
+            now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        ),
+    );
+    let out = s3mount_command(&s3.endpoint)
+        .args(["catalog", "import-inventory"])
+        .args(endpoint_args(&s3.endpoint))
+        .arg(format!("s3://{}/{manifest_key}", b.name))
+        .arg(format!("{}/data", b.name))
+        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("imported 305 keys"), "{said}");
+    started_from_report("snap-inv-parquet");
 }
 
 /// Peak RSS (KiB) of the largest child process this test has waited for.
