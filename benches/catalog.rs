@@ -172,6 +172,70 @@ fn main() {
         direct_p as f64,
     );
 
+    // A new machine: mount and `find`, listing from S3 or starting from a
+    // snapshot another node published (`--catalog-snapshot`).
+    let published = TempDir::new("catbench-publish");
+    let published_arg = format!("--cache-dir={}", published.path().display());
+    {
+        let m = Mounted::start_at(&endpoint, &format!("{}/tree", b.name), &[&published_arg]);
+        timed(&proxy, &format!("find '{}' | wc -l", m.path().display()));
+    }
+    let snapshot = format!("s3://{}/snapshots/tree.s3msnap", b.name);
+    let out = s3mount_command(&endpoint)
+        .args(["catalog", "publish"])
+        .args(endpoint_args(&endpoint))
+        .arg(&published_arg)
+        .arg(format!("{}/tree", b.name))
+        .arg(&snapshot)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot_arg = format!("--catalog-snapshot={snapshot}");
+    let (mut listed, mut from_snapshot, mut direct) = (vec![], vec![], vec![]);
+    let (mut listed_r, mut snapshot_r, mut direct_p) = (0, 0, 0);
+    for _ in 0..runs {
+        let (secs, pages, _) = direct_list(&client, &b.name, "tree/", None);
+        direct.push(secs);
+        direct_p = pages;
+        for (with_snapshot, times, reqs) in [
+            (false, &mut listed, &mut listed_r),
+            (true, &mut from_snapshot, &mut snapshot_r),
+        ] {
+            let cache = TempDir::new("catbench-new");
+            let cache_arg = format!("--cache-dir={}", cache.path().display());
+            let mut args = vec![cache_arg.as_str(), "--metadata-ttl=3600"];
+            if with_snapshot {
+                args.push(&snapshot_arg);
+            }
+            let before = proxy.requests().len();
+            let t = Instant::now();
+            let m = Mounted::start_at(&endpoint, &format!("{}/tree", b.name), &args);
+            let (code, out, _) = sh(&format!("find '{}' | wc -l", m.path().display()));
+            assert_eq!((code, out.trim()), (0, "10101"));
+            times.push(t.elapsed().as_secs_f64());
+            *reqs = proxy.requests().len() - before;
+        }
+    }
+    let d = median(direct);
+    add(
+        "new machine: mount + find, listing S3",
+        median(listed),
+        listed_r as f64,
+        d,
+        direct_p as f64,
+    );
+    add(
+        "new machine: mount + find, --catalog-snapshot",
+        median(from_snapshot),
+        snapshot_r as f64,
+        d,
+        direct_p as f64,
+    );
+
     let (quiet, busy) = read_latency_during_listing(&s3, &b, &endpoint, entries);
 
     println!();
