@@ -638,6 +638,20 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         );
     }
 
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _new_parent: INodeNo,
+        _new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        // S3 has no second name for one object. EPERM is POSIX's answer for
+        // a file system without hard links: `ln` says "Operation not
+        // permitted", git and rsync fall back to copying or renaming.
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_str(name);
         self.spawn(

@@ -255,6 +255,28 @@ fn overwriting_a_file_stores_the_new_bytes() {
 }
 
 #[test]
+fn a_hard_link_is_refused_with_eperm_and_stores_nothing() {
+    let d = newdir("hardlink", &[("a.txt", "one")]);
+    assert_eq!(
+        errno_of(std::fs::hard_link(d.path("a.txt"), d.path("b.txt"))),
+        libc::EPERM
+    );
+    let (code, _, err) = sh(&format!(
+        "ln '{}' '{}'",
+        d.path("a.txt").display(),
+        d.path("c.txt").display()
+    ));
+    assert_ne!(code, 0);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eq!(d.b.names_under("newdir"), ["a.txt".to_string()].into());
+    assert!(
+        !d.m.log_text().contains("Not Implemented"),
+        "{}",
+        d.m.log_text()
+    );
+}
+
+#[test]
 fn rmdir_of_a_directory_with_files_is_enotempty() {
     let d = newdir("notempty", &[("a.txt", "two!")]);
     assert_eq!(
