@@ -481,3 +481,63 @@ fn a_million_entry_snapshot_is_written_and_loaded_in_bounded_memory() {
         "import-inventory peaked at {import_mib} MiB"
     );
 }
+
+#[test]
+fn of_two_publishers_that_race_one_wins_and_the_other_is_told_to_run_again() {
+    let s3 = TestS3::conditional();
+    let b = s3.bucket("snap-race");
+    for k in ["data/a/one", "data/b/two"] {
+        b.put(k, "x");
+    }
+    let cache = TempDir::new("snap-race");
+    let cache_arg = format!("--cache-dir={}", cache.path().display());
+    let a = Mounted::start(&s3, &format!("{}/data", b.name), &[&cache_arg]);
+    let want = tree(&a.path());
+    drop(a);
+    // Every answer a second late: both publishers look at the snapshot's
+    // key (absent) before either one's upload lands.
+    let (proxy, endpoint) = s3.proxied();
+    proxy.set(proxy::Faults {
+        first_byte_delay: Duration::from_secs(1),
+        ..proxy::Faults::default()
+    });
+    let outcomes: Vec<(bool, String)> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let out = s3mount_command(&endpoint)
+                        .args(["catalog", "publish"])
+                        .args(endpoint_args(&endpoint))
+                        .arg(&cache_arg)
+                        .arg(format!("{}/data", b.name))
+                        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
+                        .output()
+                        .unwrap();
+                    (
+                        out.status.success(),
+                        String::from_utf8_lossy(&out.stderr).into_owned(),
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let won = outcomes.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    let (_, lost) = outcomes.iter().find(|(ok, _)| !ok).unwrap();
+    assert!(
+        lost.contains("another publisher wrote") && lost.contains("run again"),
+        "{lost}"
+    );
+    proxy.set(proxy::Faults::default());
+
+    // What is there is one whole snapshot, which a new machine starts from.
+    let fresh = TempDir::new("snap-race-new");
+    let m = fresh_mount(&s3.endpoint, &b.name, &fresh, &["--metadata-ttl=3600"]);
+    assert!(
+        m.log_text().contains("started from the catalog snapshot"),
+        "{}",
+        m.log_text()
+    );
+    assert!(tree(&m.path()) == want);
+}
