@@ -143,12 +143,20 @@ impl InventoryTree {
         let columns = match manifest.file_format.to_ascii_uppercase().as_str() {
             "CSV" => {
                 let at = |name: &str| manifest.schema.iter().position(|c| c == name);
+                // Without a size and an ETag a file could not be opened
+                // right (its reads are pinned to the ETag).
+                let needed = |name: &str| {
+                    at(name).ok_or_else(|| {
+                        InventoryError::Manifest(format!(
+                            "fileSchema has no {name}; include Size, LastModifiedDate and ETag in the inventory's fields"
+                        ))
+                    })
+                };
                 Columns {
-                    key: at("Key")
-                        .ok_or_else(|| InventoryError::Manifest("fileSchema has no Key".into()))?,
-                    size: at("Size"),
+                    key: needed("Key")?,
+                    size: Some(needed("Size")?),
                     modified: at("LastModifiedDate"),
-                    etag: at("ETag"),
+                    etag: Some(needed("ETag")?),
                     is_latest: at("IsLatest"),
                     is_delete_marker: at("IsDeleteMarker"),
                 }
@@ -169,6 +177,11 @@ impl InventoryTree {
         };
         let _ = std::fs::remove_file(scratch);
         let conn = Connection::open(scratch).map_err(scratch_err)?;
+        // It holds every key of the report: this user's only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o600));
+        }
         conn.execute_batch(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
              CREATE TABLE dirs (dir TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -228,24 +241,28 @@ impl InventoryTree {
                 }
             }
             let key = r.key.take().ok_or_else(|| row_err(n, "no key".into()))?;
-            self.add_row(&key, r)
-                .map_err(|e| row_err(n, e.to_string()))?;
+            self.add_row(&key, r).map_err(|e| row_err(n, e))?;
         }
         Ok(())
     }
 
     /// Adds one row's key, unless it is an older version or a delete marker.
-    fn add_row(&mut self, key: &str, r: InventoryRow) -> rusqlite::Result<()> {
+    fn add_row(&mut self, key: &str, r: InventoryRow) -> Result<(), String> {
         if r.old_version || r.delete_marker {
             return Ok(());
         }
-        let etag = match r.etag {
-            Some(e) if e.starts_with('"') => e,
-            Some(e) => format!("\"{e}\""),
-            None => String::new(),
+        let (Some(size), Some(etag)) = (r.size, r.etag.filter(|e| !e.is_empty())) else {
+            return Err(format!(
+                "{key:?} has no size or ETag; include Size and ETag in the inventory's fields"
+            ));
+        };
+        let etag = match etag.starts_with('"') {
+            true => etag,
+            false => format!("\"{etag}\""),
         };
         let mtime = r.modified.unwrap_or(self.created);
-        self.add_key(key, r.size.unwrap_or(0), mtime, &etag)
+        self.add_key(key, size, mtime, &etag)
+            .map_err(|e| e.to_string())
     }
 
     /// Adds the rows of one data file (its CSV, decompressed).
@@ -285,8 +302,7 @@ impl InventoryTree {
                 delete_marker: field(self.columns.is_delete_marker)
                     .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             };
-            self.add_row(&key, row)
-                .map_err(|e| row_err(e.to_string()))?;
+            self.add_row(&key, row).map_err(row_err)?;
         }
         Ok(())
     }
@@ -491,6 +507,22 @@ mod tests {
         assert_eq!(m.files, ["inv/src/data/a.csv.gz"]);
         assert_eq!(m.schema[1], "Key");
         assert!(InventoryManifest::parse(b"{}").is_err());
+        // Without sizes and ETags files could not be opened right.
+        let mut no_etag = m.clone();
+        no_etag.schema.retain(|c| c != "ETag");
+        let scratch =
+            std::env::temp_dir().join(format!("s3mount-inv-noetag-{}", std::process::id()));
+        let err = InventoryTree::new(&scratch, "", &no_etag)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("no ETag"), "{err}");
+        let mut orc = m;
+        orc.file_format = "ORC".into();
+        let err = InventoryTree::new(&scratch, "", &orc)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("CSV and Parquet"), "{err}");
+        let _ = std::fs::remove_file(&scratch);
     }
 
     #[test]

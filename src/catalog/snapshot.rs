@@ -260,6 +260,15 @@ impl<R: Read> SnapshotReader<R> {
         String::from_utf8(b).map_err(|_| SnapshotError::Damaged("a name is not UTF-8".into()))
     }
 
+    /// An entry's name: one that a listing could show.
+    fn name(&mut self) -> Result<String, SnapshotError> {
+        let name = self.string()?;
+        if name.contains('/') || crate::names::check_name(&name).is_err() {
+            return Err(SnapshotError::Damaged(format!("an entry named {name:?}")));
+        }
+        Ok(name)
+    }
+
     fn next_item(&mut self) -> Result<Option<SnapshotItem>, SnapshotError> {
         let mut tag = [0u8; 1];
         self.exact(&mut tag)?;
@@ -278,7 +287,7 @@ impl<R: Read> SnapshotReader<R> {
                 "an entry before its directory".into(),
             )),
             b"F" => {
-                let name = self.string()?;
+                let name = self.name()?;
                 let size = self.u64()?;
                 let mtime = from_nanos(self.i64()?);
                 let etag = self.string()?;
@@ -290,7 +299,7 @@ impl<R: Read> SnapshotReader<R> {
                 })))
             }
             b"S" => {
-                let name = self.string()?;
+                let name = self.name()?;
                 let mtime = from_nanos(self.i64()?);
                 self.counts.entries += 1;
                 Ok(Some(SnapshotItem::Entry(Entry {
@@ -388,17 +397,38 @@ pub fn import_snapshot(
     prefix: &str,
 ) -> Result<(SnapshotHeader, SnapshotCounts), SnapshotError> {
     let (header, counts) = check_snapshot(file, bucket, prefix)?;
+    // Noted first, so that an import cut short (a crash, a full disk) is
+    // started over by the next mount instead of leaving it with a part.
+    if !db.note_snapshot_import(true) {
+        return Err(SnapshotError::Io(io::Error::other(
+            "cannot write to the catalog",
+        )));
+    }
+    let imported = import_checked(db, file, prefix);
+    if imported.is_err() {
+        db.forget_tree("");
+    }
+    db.note_snapshot_import(false);
+    imported.map(|()| (header, counts))
+}
+
+/// [`import_snapshot`]'s second pass, over a snapshot checked whole.
+fn import_checked(db: &Arc<CatalogDb>, file: &Path, prefix: &str) -> Result<(), SnapshotError> {
     let reader = SnapshotReader::new(std::fs::File::open(file)?)?;
+    let full = || SnapshotError::Io(io::Error::other("cannot store a listing in the catalog"));
+    // A publisher whose clock runs ahead must not make listings look
+    // fresh for longer than the TTL.
+    let now = SystemTime::now();
     let mut open: Option<OpenDir> = None;
     for item in reader {
         match item? {
             SnapshotItem::Dir { dir, listed_at } => {
                 if let Some(done) = open.take() {
-                    done.commit(db);
+                    done.commit(db).ok_or_else(full)?;
                 }
                 open = Some(OpenDir {
                     prefix: format!("{prefix}{dir}"),
-                    listed_at,
+                    listed_at: listed_at.min(now),
                     stored: db.begin(),
                     batch: Vec::with_capacity(IMPORT_BATCH),
                     next_seq: 1,
@@ -409,16 +439,28 @@ pub fn import_snapshot(
                     .as_mut()
                     .expect("the reader checks entries follow a dir");
                 dir.batch.push(e);
-                if dir.batch.len() >= IMPORT_BATCH {
-                    dir.flush();
+                if dir.batch.len() >= IMPORT_BATCH && !dir.flush() {
+                    return Err(full());
                 }
             }
         }
     }
     if let Some(done) = open.take() {
-        done.commit(db);
+        done.commit(db).ok_or_else(full)?;
     }
-    Ok((header, counts))
+    Ok(())
+}
+
+/// Whether `db` should load a snapshot: it holds no listing, after the
+/// part of an earlier load that was cut short is forgotten. Returns
+/// whether such a part was found too.
+pub fn ready_for_snapshot(db: &CatalogDb) -> (bool, bool) {
+    let cut_short = db.snapshot_import_cut_short();
+    if cut_short {
+        db.forget_tree("");
+        db.note_snapshot_import(false);
+    }
+    (db.is_empty(), cut_short)
 }
 
 /// Downloads object `key` of `store` whole into `file`, one ranged GET
@@ -475,17 +517,26 @@ struct OpenDir {
 }
 
 impl OpenDir {
-    fn flush(&mut self) {
+    /// Appends the batch; false when the catalog could not store it.
+    fn flush(&mut self) -> bool {
         if !self.batch.is_empty() {
-            self.stored.append(self.next_seq, &self.batch);
+            if !self.stored.append(self.next_seq, &self.batch) {
+                return false;
+            }
             self.next_seq += self.batch.len() as u64;
             self.batch.clear();
         }
+        true
     }
 
-    fn commit(mut self, db: &CatalogDb) {
-        self.flush();
+    /// Makes the directory's listing current; `None` when it could not be
+    /// stored whole (then it is not made current).
+    fn commit(mut self, db: &CatalogDb) -> Option<()> {
+        if !self.flush() {
+            return None;
+        }
         db.commit(&self.prefix, &self.stored, self.listed_at);
+        Some(())
     }
 }
 
@@ -521,6 +572,50 @@ mod tests {
 
     fn read_all(bytes: &[u8]) -> Result<Vec<SnapshotItem>, SnapshotError> {
         SnapshotReader::new(bytes)?.collect()
+    }
+
+    #[test]
+    fn an_entry_no_listing_could_show_is_damage() {
+        for name in ["a/b", "", "..", "nul\0"] {
+            let mut w = SnapshotWriter::new(Vec::new(), &header()).unwrap();
+            w.dir("", from_millis(1)).unwrap();
+            w.entry(&Entry::test_file(name)).unwrap();
+            let (bytes, _) = w.finish().unwrap();
+            assert!(
+                matches!(read_all(&bytes), Err(SnapshotError::Damaged(_))),
+                "{name:?} read"
+            );
+        }
+    }
+
+    #[test]
+    fn an_import_cut_short_is_started_over_and_a_finished_one_kept() {
+        let dir = std::env::temp_dir().join(format!("s3mount-snapimport-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = CatalogDb::open(&dir, "t").unwrap();
+        let file = dir.join("snap");
+        std::fs::write(&file, sample()).unwrap();
+        assert_eq!(ready_for_snapshot(&db), (true, false));
+        let (_, counts) = import_snapshot(&db, &file, "b", "p/").unwrap();
+        assert_eq!(counts.entries, 3);
+        assert!(db.listed_at("p/d/").is_some());
+        assert_eq!(
+            ready_for_snapshot(&db),
+            (false, false),
+            "a whole import is kept"
+        );
+        // A mount killed while loading: noted, part stored.
+        db.note_snapshot_import(true);
+        assert_eq!(ready_for_snapshot(&db), (true, true));
+        assert!(db.listed_at("p/d/").is_none());
+        // A snapshot of another prefix loads nothing.
+        assert!(matches!(
+            import_snapshot(&db, &file, "b", "q/"),
+            Err(SnapshotError::Foreign(..))
+        ));
+        assert!(db.is_empty());
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

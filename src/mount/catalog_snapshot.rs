@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tracing::{info, warn};
 
-use crate::catalog::snapshot::{download_to_file, import_snapshot};
+use crate::catalog::snapshot::{download_to_file, import_snapshot, ready_for_snapshot};
 use crate::catalog::CatalogDb;
 use crate::cli::{Args, ObjectUrl, Target};
 use crate::store::S3Store;
@@ -29,13 +29,17 @@ pub(super) async fn load_catalog_snapshot(
     db: &Arc<CatalogDb>,
     url: &ObjectUrl,
 ) -> Option<SnapshotLoaded> {
-    if !db.is_empty() {
+    let (empty, cut_short) = ready_for_snapshot(db);
+    if cut_short {
+        warn!(snapshot = %url, "an earlier load of the catalog snapshot was cut short; loading it again");
+    }
+    if !empty {
         info!(snapshot = %url, "the catalog holds listings already; the snapshot is not loaded");
         return None;
     }
-    let file = db
-        .path()
-        .with_extension(format!("snapshot-{}.tmp", std::process::id()));
+    // One name: the catalog's lock keeps other mounts of the target out,
+    // and a file left by a mount killed while loading is replaced.
+    let file = db.path().with_extension("snapshot.tmp");
     let loaded = load(args, target, store, db, url, &file).await;
     let _ = std::fs::remove_file(&file);
     match loaded {

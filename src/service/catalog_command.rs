@@ -25,6 +25,7 @@ use crate::catalog::snapshot::{download_to_file, SnapshotCounts, SnapshotHeader,
 use crate::catalog::{Catalog, CatalogDb, Freshness};
 use crate::cli::{Connection, ObjectUrl, Target};
 use crate::mount::layers::{catalog_identity, listing_cache_dir};
+use crate::private_dir::create_private_dir;
 use crate::store::{Body, ObjectStore, S3Store, StoreError, WriteCondition};
 
 /// Share listing catalogs between machines.
@@ -138,7 +139,8 @@ async fn publish(args: &PublishArgs) -> Result<String, String> {
         .clone()
         .unwrap_or_else(std::env::temp_dir)
         .join(format!("publish-{}.s3msnap.tmp", std::process::id()));
-    let _ = std::fs::create_dir_all(tmp.parent().expect("a file in a directory"));
+    create_private_dir(tmp.parent().expect("a file in a directory"))
+        .map_err(|e| format!("cannot write the snapshot under {}: {e}", tmp.display()))?;
     let written = write_snapshot(&catalog, &target, &tmp).await;
     let outcome = match written {
         Ok(counts) => upload(&store, &args.connection, &target, &url, &tmp)
@@ -168,11 +170,15 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
             .await
             .map_err(|e| e.0)?,
     );
-    let work = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&work)
+    // The report's keys are kept in a directory of this user's only.
+    let work = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("s3mount-inventory-{}", std::process::id()));
+    create_private_dir(&work)
         .map_err(|e| format!("cannot use --work-dir {}: {e}", work.display()))?;
-    let scratch =
-        |what: &str| work.join(format!("s3mount-inventory-{}.{what}", std::process::id()));
+    let scratch = |what: &str| work.join(what);
     let (manifest_file, data_file, rows_file, snapshot_file) = (
         scratch("manifest.json"),
         scratch("data"),
@@ -184,7 +190,8 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
         download_to_file(&reports, &manifest_url.key, &manifest_file)
             .await
             .map_err(|e| format!("cannot read {manifest_url}: {e}"))?;
-        let json = std::fs::read(&manifest_file).map_err(|e| e.to_string())?;
+        let json = std::fs::read(&manifest_file)
+            .map_err(|e| format!("cannot read {}: {e}", manifest_file.display()))?;
         let manifest = InventoryManifest::parse(&json).map_err(|e| format!("{manifest_url}: {e}"))?;
         if manifest.source_bucket != target.bucket {
             return Err(format!(
@@ -201,7 +208,8 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
             if manifest.file_format.eq_ignore_ascii_case("Parquet") {
                 blocking(|| tree.add_parquet(key, &data_file)).map_err(|e| e.to_string())?;
             } else {
-                let file = std::fs::File::open(&data_file).map_err(|e| e.to_string())?;
+                let file = std::fs::File::open(&data_file)
+                .map_err(|e| format!("cannot read {}: {e}", data_file.display()))?;
                 let csv = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file));
                 blocking(|| tree.add_csv(key, csv)).map_err(|e| e.to_string())?;
             }
@@ -212,7 +220,8 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
             prefix: target.prefix.clone(),
             created: manifest.created,
         };
-        let out = std::fs::File::create(&snapshot_file).map_err(|e| e.to_string())?;
+        let out = std::fs::File::create(&snapshot_file)
+            .map_err(|e| format!("cannot write {}: {e}", snapshot_file.display()))?;
         let w = SnapshotWriter::new(BufWriter::new(out), &header).map_err(|e| e.to_string())?;
         let (out, counts) = blocking(|| tree.write_snapshot(w)).map_err(|e| e.to_string())?;
         out.into_inner()
@@ -228,9 +237,7 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
         ))
     }
     .await;
-    for f in [&manifest_file, &data_file, &rows_file, &snapshot_file] {
-        let _ = std::fs::remove_file(f);
-    }
+    let _ = std::fs::remove_dir_all(&work);
     outcome
 }
 

@@ -172,6 +172,35 @@ impl CatalogDb {
         }))
     }
 
+    /// Notes (`on`) or clears that a snapshot import is under way: one a
+    /// mount finds still noted was cut short, and is started over.
+    pub fn note_snapshot_import(&self, on: bool) -> bool {
+        let conn = self.conn.lock();
+        let done = if on {
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('snapshot_import', 'pending')",
+                [],
+            )
+        } else {
+            conn.execute("DELETE FROM meta WHERE key = 'snapshot_import'", [])
+        };
+        done.is_ok()
+    }
+
+    /// Whether a snapshot import was begun and never finished.
+    pub fn snapshot_import_cut_short(&self) -> bool {
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT 1 FROM meta WHERE key = 'snapshot_import'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .is_some()
+    }
+
     /// Whether no directory listing is stored.
     pub fn is_empty(&self) -> bool {
         let conn = self.conn.lock();

@@ -291,14 +291,15 @@ async fn read_head<S: ObjectStore>(m: &TestMount<S>, path: &str, len: u64) -> Ve
 }
 
 /// Bytes the mount fetched to complete objects in the disk cache, once
-/// they stop growing.
+/// they have not grown for half a second.
 async fn completed_bytes<S: ObjectStore>(m: &TestMount<S>) -> u64 {
     let stats = m.fs().data_cache_stats().expect("a data cache");
-    let mut last = u64::MAX;
+    let (mut last, mut still) = (u64::MAX, 0);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = stats.completion_bytes.load(Ordering::Relaxed);
-        if now == last {
+        still = if now == last { still + 1 } else { 0 };
+        if still == 5 {
             return now;
         }
         last = now;
@@ -331,6 +332,41 @@ fn an_object_left_mostly_cached_is_completed_after_its_last_close() {
         m.remount().await;
         let before = m.store().requests();
         assert_eq!(m.read_file("f").await.unwrap(), data);
+        assert_eq!(m.store().requests(), before, "the remount asked S3");
+    })
+}
+
+#[test]
+fn objects_closed_while_another_is_completed_are_completed_after_it() {
+    run(async {
+        let settings = Settings {
+            data_cache: Some(512 * MIB),
+            ..Settings::default()
+        };
+        let mut m = TestMount::with(settings);
+        let files: Vec<(String, Vec<u8>)> = (0..3)
+            .map(|i| (format!("f{i}"), pattern(64 * MIB, 20 + i as u8)))
+            .collect();
+        for (name, data) in &files {
+            m.store().insert(name, data.clone());
+        }
+        for (name, data) in &files {
+            assert!(read_head(&m, name, 36 * MIB).await == data[..36 * MIB as usize]);
+        }
+        let stats = m.fs().data_cache_stats().unwrap();
+        for _ in 0..300 {
+            if stats.completions.load(Ordering::Relaxed) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(stats.completions.load(Ordering::Relaxed), 3);
+        completed_bytes(&m).await;
+        m.remount().await;
+        let before = m.store().requests();
+        for (name, data) in &files {
+            assert_eq!(&m.read_file(name).await.unwrap(), data);
+        }
         assert_eq!(m.store().requests(), before, "the remount asked S3");
     })
 }

@@ -8,8 +8,8 @@
 //! ranges are fetched one ranged GET at a time, each within the global
 //! request limit, and written to the disk cache. No reader waits for them:
 //! they start after the last close, take one request slot at a time, and
-//! never enter the memory cache. One object is completed at a time; an
-//! object found busy is left for its next close.
+//! never enter the memory cache. One object is completed at a time; up to
+//! 64 more wait their turn (one left out comes back at its next close).
 
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,18 @@ use super::{Fetcher, ObjectVersion, DISK_WRITE_BACKLOG, SEGMENT_BLOCKS};
 use crate::read::disk_cache::{UnitId, CHUNK};
 use crate::store::ObjectStore;
 
+/// Object versions waiting to be looked at, at most.
+const COMPLETION_QUEUE: usize = 64;
+
+/// Clears the completion task's flag when dropped.
+struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Bytes one completion GET fetches at most (and holds until written).
 const COMPLETION_GET: u64 = 8 << 20;
 
@@ -32,39 +44,71 @@ pub(crate) fn worth_completing(size: u64, missing: u64, limit: u64) -> bool {
 }
 
 impl<S: ObjectStore> Fetcher<S> {
-    /// Starts completing `obj` in the disk cache when the rule above says
-    /// so; returns at once. Must run inside the tokio runtime.
+    /// Queues `obj` to be completed in the disk cache when the rule above
+    /// says so; returns at once. Must run inside the tokio runtime.
     pub fn complete_in_background(self: &Arc<Self>, obj: &Arc<ObjectVersion>) {
+        if self.disk.is_none() || self.complete_limit == 0 {
+            return;
+        }
+        {
+            let mut queue = self.completion_queue.lock();
+            let queued = queue.iter().any(|v| v.key == obj.key && v.etag == obj.etag);
+            // A version left out comes back at its next close.
+            if queued || queue.len() >= COMPLETION_QUEUE {
+                return;
+            }
+            queue.push_back(obj.clone());
+        }
+        if self.completing.swap(true, Ordering::AcqRel) {
+            return; // the running task takes it
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    // Cleared however this ends, a panic included.
+                    let _running = Running(&me.completing);
+                    loop {
+                        let next = me.completion_queue.lock().pop_front();
+                        let Some(obj) = next else { break };
+                        me.complete_one(&obj).await;
+                    }
+                }
+                // One queued after the queue was found empty, but before
+                // the flag was cleared, would wait for its next close.
+                if me.completion_queue.lock().is_empty()
+                    || me.completing.swap(true, Ordering::AcqRel)
+                {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Completes `obj` if the rule says so.
+    async fn complete_one(&self, obj: &Arc<ObjectVersion>) {
         let Some(disk) = self.disk.clone() else {
             return;
         };
-        if self.complete_limit == 0 || self.completing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let me = self.clone();
-        let obj = obj.clone();
-        tokio::spawn(async move {
-            me.disk_writes_settled().await;
-            let missing = {
-                let (disk, obj) = (disk.clone(), obj.clone());
-                tokio::task::spawn_blocking(move || {
-                    disk.missing_ranges(&obj.key, &obj.etag, obj.size)
-                })
+        self.disk_writes_settled().await;
+        let missing = {
+            let obj = obj.clone();
+            tokio::task::spawn_blocking(move || disk.missing_ranges(&obj.key, &obj.etag, obj.size))
                 .await
                 .ok()
                 .flatten()
-            };
-            if let Some(missing) = missing {
-                let bytes: u64 = missing.iter().map(|r| r.end - r.start).sum();
-                if worth_completing(obj.size, bytes, me.complete_limit) {
-                    disk.stats.completions.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = me.fetch_to_disk(&obj, missing).await {
-                        debug!(key = %obj.key, error = %e, "completing a cached object stopped");
-                    }
-                }
-            }
-            me.completing.store(false, Ordering::Release);
-        });
+        };
+        let Some(missing) = missing else { return };
+        let bytes: u64 = missing.iter().map(|r| r.end - r.start).sum();
+        if !worth_completing(obj.size, bytes, self.complete_limit) {
+            return;
+        }
+        if let Some(stats) = self.data_cache_stats() {
+            stats.completions.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = self.fetch_to_disk(obj, missing).await {
+            debug!(key = %obj.key, error = %e, "completing a cached object stopped");
+        }
     }
 
     /// Waits (a few seconds at most) until the units readers fetched have

@@ -115,8 +115,10 @@ pub struct Fetcher<S> {
     disk_writes: Arc<Semaphore>,
     /// `--data-cache-complete`: see the `completion` module.
     complete_limit: u64,
-    /// Set while an object is being completed in the background.
+    /// Set while the task completing objects in the background runs.
     completing: AtomicBool,
+    /// Object versions it has yet to look at.
+    completion_queue: Mutex<std::collections::VecDeque<Arc<ObjectVersion>>>,
     pub stats: ReadStats,
 }
 
@@ -151,6 +153,7 @@ impl<S: ObjectStore> Fetcher<S> {
             disk_writes: Arc::new(Semaphore::new(DISK_WRITE_BACKLOG as usize)),
             complete_limit: config.data_cache_complete,
             completing: AtomicBool::new(false),
+            completion_queue: Mutex::new(std::collections::VecDeque::new()),
             stats: ReadStats::default(),
         })
     }
