@@ -191,13 +191,15 @@ impl<S: ObjectStore> Catalog<S> {
     }
 
     /// The listing of the directory at S3 prefix `prefix` as this catalog
-    /// holds it, whatever its age; listed from S3 when it holds none (for
-    /// snapshots, which keep each listing's time).
-    pub async fn held_or_listed(&self, prefix: &str) -> Result<Arc<Listing>, FsError> {
-        match self.listings.known(prefix) {
-            Some(listing) => Ok(listing),
-            None => self.listings.fetch_now(prefix).await,
-        }
+    /// holds it, whatever its age (for snapshots, which keep each
+    /// listing's time); `None` when it holds none.
+    pub fn held(&self, prefix: &str) -> Option<Arc<Listing>> {
+        self.listings.known(prefix)
+    }
+
+    /// The directory at S3 prefix `prefix`, listed from S3 now.
+    pub async fn listed(&self, prefix: &str) -> Result<Arc<Listing>, FsError> {
+        self.listings.fetch_now(prefix).await
     }
 
     /// The listing of directory `ino`.

@@ -135,18 +135,28 @@ async fn publish(args: &PublishArgs) -> Result<String, String> {
         serve_stale: false,
     };
     let catalog = Catalog::new(store.clone(), &target.prefix, freshness, db, 100_000);
-    let tmp = dir
+    // Directories the catalog lacks are listed into a scratch catalog of
+    // their own, which keeps big listings on disk as a mount does.
+    let scratch = dir
         .clone()
         .unwrap_or_else(std::env::temp_dir)
-        .join(format!("publish-{}.s3msnap.tmp", std::process::id()));
-    create_private_dir(tmp.parent().expect("a file in a directory"))
-        .map_err(|e| format!("cannot write the snapshot under {}: {e}", tmp.display()))?;
-    let written = write_snapshot(&catalog, &target, &tmp).await;
+        .join(format!("publish-{}", std::process::id()));
+    create_private_dir(&scratch)
+        .map_err(|e| format!("cannot write the snapshot under {}: {e}", scratch.display()))?;
+    let lister = Catalog::new(
+        store.clone(),
+        &target.prefix,
+        freshness,
+        CatalogDb::open(&scratch, "publish"),
+        100_000,
+    );
+    let tmp = scratch.join("snapshot");
+    let written = write_snapshot((&catalog, &lister), &target, &tmp).await;
     let outcome = match written {
         Ok(counts) => upload(&store, &args.connection, &target, &url, &tmp)
             .await
             .map(|bytes| {
-                let lists = catalog.stats().refreshes.load(std::sync::atomic::Ordering::Relaxed);
+                let lists = lister.stats().refreshes.load(std::sync::atomic::Ordering::Relaxed);
                 format!(
                     "published {} directories, {} entries ({bytes} bytes) to {url}; {lists} directories listed from S3{}",
                     counts.dirs,
@@ -156,7 +166,8 @@ async fn publish(args: &PublishArgs) -> Result<String, String> {
             }),
         Err(e) => Err(e),
     };
-    let _ = std::fs::remove_file(&tmp);
+    drop(lister);
+    let _ = std::fs::remove_dir_all(&scratch);
     outcome
 }
 
@@ -243,7 +254,7 @@ async fn import_inventory(args: &ImportArgs) -> Result<String, String> {
 
 /// Writes every directory under the target, breadth first, to `file`.
 async fn write_snapshot(
-    catalog: &Catalog<S3Store>,
+    (catalog, lister): (&Catalog<S3Store>, &Catalog<S3Store>),
     target: &Target,
     file: &std::path::Path,
 ) -> Result<SnapshotCounts, String> {
@@ -259,10 +270,13 @@ async fn write_snapshot(
     let mut dirs: VecDeque<String> = VecDeque::from([String::new()]);
     while let Some(dir) = dirs.pop_front() {
         let prefix = format!("{}{dir}", target.prefix);
-        let listing = catalog
-            .held_or_listed(&prefix)
-            .await
-            .map_err(|e| format!("cannot list s3://{}/{prefix}: {e}", target.bucket))?;
+        let listing = match catalog.held(&prefix) {
+            Some(listing) => listing,
+            None => lister
+                .listed(&prefix)
+                .await
+                .map_err(|e| format!("cannot list s3://{}/{prefix}: {e}", target.bucket))?,
+        };
         w.dir(&dir, listing.listed_at).map_err(io)?;
         let mut after = 0;
         loop {

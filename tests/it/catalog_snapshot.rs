@@ -393,14 +393,42 @@ fn an_inventory_report_makes_the_same_entries_as_a_listing() {
     started_from_report("snap-inv-parquet");
 }
 
-/// Peak RSS (KiB) of the largest child process this test has waited for.
-fn children_peak_rss_kib() -> u64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid pointer to a rusage the call may fill.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    assert_eq!(rc, 0, "getrusage");
-    usage.ru_maxrss as u64
+/// Runs `cmd` to its end; returns whether it succeeded, its stdout and
+/// stderr, and its peak RSS in KiB. The peak is the highest VmHWM seen
+/// while it runs: that of the program itself (getrusage would also count
+/// the moment between fork and exec, when the child is a copy of this
+/// test process).
+fn run_measured(mut cmd: std::process::Command) -> (bool, String, String, u64) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start s3mount");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let mut peak = 0;
+    let status = loop {
+        // Read before the exit check: the last look is of the living process.
+        peak = peak.max(peak_rss_kib(child.id()));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status.success(),
+        out.join().unwrap(),
+        err.join().unwrap(),
+        peak,
+    )
 }
 
 #[test]
@@ -437,20 +465,16 @@ fn a_million_entry_snapshot_is_written_and_loaded_in_bounded_memory() {
             b.name
         ),
     );
-    let out = s3mount_command(&s3.endpoint)
+    let mut import = s3mount_command(&s3.endpoint);
+    import
         .args(["catalog", "import-inventory"])
         .args(endpoint_args(&s3.endpoint))
         .arg(format!("s3://{}/inventory/manifest.json", b.name))
         .arg(format!("{}/data", b.name))
-        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let import_mib = children_peak_rss_kib() / 1024;
+        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name));
+    let (ok, _, err, peak_kib) = run_measured(import);
+    assert!(ok, "{err}");
+    let import_mib = peak_kib / 1024;
 
     let (proxy, endpoint) = s3.proxied();
     let cache = TempDir::new("snap-million");
@@ -534,6 +558,46 @@ fn of_two_publishers_that_race_one_wins_and_the_other_is_told_to_run_again() {
     // What is there is one whole snapshot, which a new machine starts from.
     let fresh = TempDir::new("snap-race-new");
     let m = fresh_mount(&s3.endpoint, &b.name, &fresh, &["--metadata-ttl=3600"]);
+    assert!(
+        m.log_text().contains("started from the catalog snapshot"),
+        "{}",
+        m.log_text()
+    );
+    assert!(tree(&m.path()) == want);
+}
+
+#[test]
+fn publishing_without_a_catalog_lists_from_s3_keeping_big_directories_on_disk() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("snap-nocat");
+    let keys = env_u64("S3MOUNT_TEST_NOCAT_KEYS", 12_000);
+    b.put_many(
+        (0..keys).map(|i| format!("data/big/k{i:05}")).collect(),
+        |_| vec![b'y'; 3],
+    );
+    b.put("data/small/one", "1");
+    let empty = TempDir::new("snap-nocat");
+    let mut cmd = s3mount_command(&s3.endpoint);
+    cmd.args(["catalog", "publish"])
+        .args(endpoint_args(&s3.endpoint))
+        .arg("--cache-dir")
+        .arg(empty.path())
+        .arg(format!("{}/data", b.name))
+        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name));
+    let (ok, said, err, peak_kib) = run_measured(cmd);
+    assert!(ok, "{said}{err}");
+    assert!(
+        said.contains(&format!("{} entries", keys + 3))
+            && said.contains(" 3 directories listed from S3"),
+        "{said}"
+    );
+    // Listed into the scratch catalog, which keeps big listings on disk:
+    // the same peak whatever the directory's size.
+    let publish_mib = peak_kib / 1024;
+    assert!(publish_mib < 64, "publish peaked at {publish_mib} MiB");
+    let want = tree(&Mounted::start(&s3, &format!("{}/data", b.name), &[]).path());
+    let cache = TempDir::new("snap-nocat-new");
+    let m = fresh_mount(&s3.endpoint, &b.name, &cache, &["--metadata-ttl=3600"]);
     assert!(
         m.log_text().contains("started from the catalog snapshot"),
         "{}",
