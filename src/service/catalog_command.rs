@@ -88,16 +88,9 @@ pub fn run(argv: &[OsString]) -> ExitCode {
         return ExitCode::from(2);
     }
     let args = CatalogArgs::parse_from(argv);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::command_runtime(2) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("s3mount: error: cannot start the I/O runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let outcome = match &args.command {
         CatalogCommand::Publish(p) => rt.block_on(publish(p)),

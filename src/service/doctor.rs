@@ -57,16 +57,9 @@ pub fn run(argv: &[OsString]) -> ExitCode {
         return ExitCode::from(2);
     }
     let args = DoctorArgs::parse_from(argv);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::command_runtime(4) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("s3mount: error: cannot start the I/O runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(examine(&args)) {
         Ok(report) => {

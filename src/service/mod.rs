@@ -15,3 +15,18 @@ pub mod metrics;
 pub mod mount_helper;
 pub mod notify;
 pub mod refresh;
+
+/// The I/O runtime of a one-shot subcommand (`doctor`, `catalog`), or the
+/// exit code after saying why it cannot start.
+pub(crate) fn command_runtime(
+    workers: usize,
+) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("s3mount: error: cannot start the I/O runtime: {e}");
+            std::process::ExitCode::from(1)
+        })
+}

@@ -13,17 +13,51 @@ use crate::support::*;
 
 const SNAPSHOT_KEY: &str = "snapshots/data.s3msnap";
 
+/// `s3mount catalog SUBCOMMAND` against `endpoint`, `args` after the
+/// connection options.
+fn catalog_command(
+    endpoint: &Endpoint,
+    subcommand: &str,
+    args: &[String],
+) -> std::process::Command {
+    let mut cmd = s3mount_command(endpoint);
+    cmd.args(["catalog", subcommand])
+        .args(endpoint_args(endpoint))
+        .args(args);
+    cmd
+}
+
+/// `s3mount catalog import-inventory` of the report whose manifest is
+/// `manifest_key`, as the snapshot of `bucket/data`.
+fn import_inventory(
+    endpoint: &Endpoint,
+    bucket: &str,
+    manifest_key: &str,
+) -> std::process::Command {
+    catalog_command(
+        endpoint,
+        "import-inventory",
+        &[
+            format!("s3://{bucket}/{manifest_key}"),
+            format!("{bucket}/data"),
+            format!("s3://{bucket}/{SNAPSHOT_KEY}"),
+        ],
+    )
+}
+
 /// `s3mount catalog publish` of `bucket/data` from the catalog in `cache`.
 fn publish(endpoint: &Endpoint, bucket: &str, cache: &Path) -> String {
-    let out = s3mount_command(endpoint)
-        .args(["catalog", "publish"])
-        .args(endpoint_args(endpoint))
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg(format!("{bucket}/data"))
-        .arg(format!("s3://{bucket}/{SNAPSHOT_KEY}"))
-        .output()
-        .expect("run s3mount catalog publish");
+    let out = catalog_command(
+        endpoint,
+        "publish",
+        &[
+            format!("--cache-dir={}", cache.display()),
+            format!("{bucket}/data"),
+            format!("s3://{bucket}/{SNAPSHOT_KEY}"),
+        ],
+    )
+    .output()
+    .expect("run s3mount catalog publish");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -171,14 +205,17 @@ fn a_damaged_cut_missing_or_foreign_snapshot_is_reported_and_the_mount_lists_fro
     let o = Mounted::start(&s3, &format!("{}/other", b.name), &[&other_arg]);
     tree(&o.path());
     drop(o);
-    let out = s3mount_command(&s3.endpoint)
-        .args(["catalog", "publish"])
-        .args(endpoint_args(&s3.endpoint))
-        .arg(&other_arg)
-        .arg(format!("{}/other", b.name))
-        .arg(format!("s3://{}/snapshots/other.s3msnap", b.name))
-        .output()
-        .unwrap();
+    let out = catalog_command(
+        &s3.endpoint,
+        "publish",
+        &[
+            other_arg.clone(),
+            format!("{}/other", b.name),
+            format!("s3://{}/snapshots/other.s3msnap", b.name),
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -297,12 +334,7 @@ fn an_inventory_report_makes_the_same_entries_as_a_listing() {
     let manifest_key = format!("inventory/{}/daily/2026-12-07T00-00Z/manifest.json", b.name);
     b.put(&manifest_key, manifest);
 
-    let out = s3mount_command(&s3.endpoint)
-        .args(["catalog", "import-inventory"])
-        .args(endpoint_args(&s3.endpoint))
-        .arg(format!("s3://{}/{manifest_key}", b.name))
-        .arg(format!("{}/data", b.name))
-        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
+    let out = import_inventory(&s3.endpoint, &b.name, &manifest_key)
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -375,12 +407,7 @@ fn an_inventory_report_makes_the_same_entries_as_a_listing() {
                 .as_millis()
         ),
     );
-    let out = s3mount_command(&s3.endpoint)
-        .args(["catalog", "import-inventory"])
-        .args(endpoint_args(&s3.endpoint))
-        .arg(format!("s3://{}/{manifest_key}", b.name))
-        .arg(format!("{}/data", b.name))
-        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
+    let out = import_inventory(&s3.endpoint, &b.name, &manifest_key)
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -465,13 +492,7 @@ fn a_million_entry_snapshot_is_written_and_loaded_in_bounded_memory() {
             b.name
         ),
     );
-    let mut import = s3mount_command(&s3.endpoint);
-    import
-        .args(["catalog", "import-inventory"])
-        .args(endpoint_args(&s3.endpoint))
-        .arg(format!("s3://{}/inventory/manifest.json", b.name))
-        .arg(format!("{}/data", b.name))
-        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name));
+    let import = import_inventory(&s3.endpoint, &b.name, "inventory/manifest.json");
     let (ok, _, err, peak_kib) = run_measured(import);
     assert!(ok, "{err}");
     let import_mib = peak_kib / 1024;
@@ -529,14 +550,17 @@ fn of_two_publishers_that_race_one_wins_and_the_other_is_told_to_run_again() {
         let runs: Vec<_> = (0..2)
             .map(|_| {
                 s.spawn(|| {
-                    let out = s3mount_command(&endpoint)
-                        .args(["catalog", "publish"])
-                        .args(endpoint_args(&endpoint))
-                        .arg(&cache_arg)
-                        .arg(format!("{}/data", b.name))
-                        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name))
-                        .output()
-                        .unwrap();
+                    let out = catalog_command(
+                        &endpoint,
+                        "publish",
+                        &[
+                            cache_arg.clone(),
+                            format!("{}/data", b.name),
+                            format!("s3://{}/{SNAPSHOT_KEY}", b.name),
+                        ],
+                    )
+                    .output()
+                    .unwrap();
                     (
                         out.status.success(),
                         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -577,13 +601,15 @@ fn publishing_without_a_catalog_lists_from_s3_keeping_big_directories_on_disk() 
     );
     b.put("data/small/one", "1");
     let empty = TempDir::new("snap-nocat");
-    let mut cmd = s3mount_command(&s3.endpoint);
-    cmd.args(["catalog", "publish"])
-        .args(endpoint_args(&s3.endpoint))
-        .arg("--cache-dir")
-        .arg(empty.path())
-        .arg(format!("{}/data", b.name))
-        .arg(format!("s3://{}/{SNAPSHOT_KEY}", b.name));
+    let cmd = catalog_command(
+        &s3.endpoint,
+        "publish",
+        &[
+            format!("--cache-dir={}", empty.path().display()),
+            format!("{}/data", b.name),
+            format!("s3://{}/{SNAPSHOT_KEY}", b.name),
+        ],
+    );
     let (ok, said, err, peak_kib) = run_measured(cmd);
     assert!(ok, "{said}{err}");
     assert!(
