@@ -134,6 +134,18 @@ impl Listing {
         }
     }
 
+    /// Up to `limit` entries named after `name` (which need not be in the
+    /// listing), in name order.
+    pub fn after_name(&self, name: &str, limit: usize) -> Vec<Entry> {
+        match &self.body {
+            ListingBody::Memory(entries) => {
+                let from = entries.partition_point(|e| e.name.as_str() <= name);
+                entries[from..].iter().take(limit).cloned().collect()
+            }
+            ListingBody::Stored(stored) => stored.after_name(name, limit),
+        }
+    }
+
     /// The entries, when the listing is held in memory.
     pub fn entries(&self) -> Option<&[Entry]> {
         match &self.body {

@@ -38,6 +38,7 @@ pub mod inventory;
 mod listing;
 mod listing_cache;
 mod listing_changes;
+mod object_attrs;
 pub mod snapshot;
 mod walk;
 
@@ -56,6 +57,7 @@ pub use growing::GrowingListing;
 use inodes::{InodeTable, Node};
 pub use listing::{DirSource, Entry, EntryKind, Listing, IN_MEMORY_LIMIT};
 use listing_cache::Listings;
+pub use object_attrs::{AttrStats, ObjectAttrs, ObjectAttrsCache, MAX_LINK_LEN};
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;
@@ -99,11 +101,13 @@ pub struct CatalogStats {
 pub struct Catalog<S> {
     listings: Arc<Listings<S>>,
     inodes: Mutex<InodeTable>,
+    attrs: Arc<ObjectAttrsCache<S>>,
 }
 
 impl<S: ObjectStore> Catalog<S> {
     /// `memory_entries` bounds the listing entries held in memory (about
-    /// 150 bytes each); listings on disk count as one.
+    /// 150 bytes each); listings on disk count as one. Attributes learned
+    /// from object metadata take a tenth of that in memory.
     pub fn new(
         store: Arc<S>,
         root_prefix: &str,
@@ -116,6 +120,11 @@ impl<S: ObjectStore> Catalog<S> {
             .weigher(|_k: &String, l: &Arc<Listing>| l.weight())
             .build();
         Catalog {
+            attrs: Arc::new(ObjectAttrsCache::new(
+                store.clone(),
+                db.clone(),
+                memory_entries.saturating_mul(15),
+            )),
             listings: Arc::new(Listings {
                 store,
                 memory,
@@ -135,6 +144,11 @@ impl<S: ObjectStore> Catalog<S> {
             }),
             inodes: Mutex::new(InodeTable::new(root_prefix)),
         }
+    }
+
+    /// The attributes of object versions (see [`ObjectAttrsCache`]).
+    pub fn attrs(&self) -> &Arc<ObjectAttrsCache<S>> {
+        &self.attrs
     }
 
     pub fn mounted_at(&self) -> SystemTime {

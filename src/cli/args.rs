@@ -26,21 +26,32 @@ pub struct Args {
     #[command(flatten)]
     pub connection: Connection,
 
-    /// Owner of all files and directories (default: the user running s3mount).
+    /// Owner of files and directories whose metadata names none (default:
+    /// the user running s3mount).
     #[arg(long)]
     pub uid: Option<u32>,
 
-    /// Group of all files and directories (default: the group running s3mount).
+    /// Group of files and directories whose metadata names none (default:
+    /// the group running s3mount).
     #[arg(long)]
     pub gid: Option<u32>,
 
-    /// Permission bits of files, in octal.
+    /// Permission bits of files whose metadata gives none, in octal.
     #[arg(long, value_parser = parse_octal, default_value = "644")]
     pub file_mode: u16,
 
-    /// Permission bits of directories, in octal.
+    /// Permission bits of directories whose metadata gives none, in octal.
     #[arg(long, value_parser = parse_octal, default_value = "755")]
     pub dir_mode: u16,
+
+    /// Modes, owners, times and symlinks kept in object metadata (s3fs's
+    /// and rclone's headers): `off` keeps none (chmod, chown, utimens and
+    /// symlink fail with EPERM); `lazy` stores them with every write and
+    /// learns those of other clients' objects with one HEAD per version
+    /// when first stat'ed, remembered in the catalog; `full` also learns
+    /// them for every entry a directory read lists.
+    #[arg(long, value_enum, default_value = "lazy")]
+    pub posix_metadata: PosixMetadataSetting,
 
     /// Let users other than the mounting user access the mount.
     #[arg(long)]
@@ -284,6 +295,13 @@ impl Connection {
             ..Default::default()
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PosixMetadataSetting {
+    Off,
+    Lazy,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,7 +11,9 @@ mod env_file;
 mod mount_options;
 mod target;
 
-pub use args::{parse_metrics_addr, Args, ChecksumMode, Connection, LogFormat};
+pub use args::{
+    parse_metrics_addr, Args, ChecksumMode, Connection, LogFormat, PosixMetadataSetting,
+};
 pub use env_file::load_env_file;
 pub use mount_options::expand_mount_options;
 pub use target::{ObjectUrl, Target};

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use crate::error::FsError;
 use crate::names::CLAIM_DIR_NAME;
 use crate::stable_hash::stable_hash;
-use crate::store::{Body, ObjectMeta, ObjectStore, StoreError, WriteCondition};
+use crate::store::{Body, ObjectMeta, ObjectStore, PosixMeta, StoreError, WriteCondition};
 
 /// Age past which a lock is taken to be left by a mount that stopped
 /// mid-claim, and may be broken. Longer than any claim takes: a claim is a
@@ -143,6 +143,7 @@ impl ClaimLocks {
                     &lock_key,
                     Body::Small(owner.clone()),
                     WriteCondition::IfAbsent,
+                    &PosixMeta::NONE,
                 )
                 .await;
             let held = match put {

@@ -8,6 +8,7 @@
 
 mod claim_lock;
 mod namespace;
+mod posix_ops;
 #[cfg(test)]
 mod tests;
 mod write_ops;
@@ -24,9 +25,11 @@ use bytes::Bytes;
 use crate::blocking::blocking;
 use crate::catalog::{Catalog, DirSource, Entry, EntryKind, Ino, ROOT_INO};
 use crate::error::FsError;
+use crate::names;
 use crate::read::{PageCache, Reader, Repinned};
 use crate::store::ObjectStore;
 use crate::write::{Access, Uploads, Writer};
+pub use posix_ops::{AttrChange, Creator, PosixMetadata};
 pub use write_ops::{Release, WritePolicy};
 
 /// What a read did to the attributes the kernel holds of its file; the
@@ -42,13 +45,15 @@ pub enum AttrsAfterRead {
     ShrankOrKept,
 }
 
-/// Ownership and permissions shown for every file and directory.
+/// Ownership and permissions shown for files and directories whose
+/// metadata says none, and whether metadata is kept at all.
 #[derive(Debug, Clone, Copy)]
 pub struct Ownership {
     pub uid: u32,
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
+    pub posix: PosixMetadata,
 }
 
 /// Attributes of one inode, in the terms of `stat(2)`.
@@ -61,6 +66,12 @@ pub struct Attr {
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+    pub is_symlink: bool,
+    /// The last change of the object (its LastModified in S3).
+    pub ctime: SystemTime,
+    /// The object's metadata is still to be learned: the kernel must ask
+    /// again rather than keep these.
+    pub provisional: bool,
 }
 
 /// One row of a directory read.
@@ -148,6 +159,9 @@ impl<S: ObjectStore> S3Fs<S> {
             perm,
             uid: self.owner.uid,
             gid: self.owner.gid,
+            is_symlink: false,
+            ctime: entry.mtime,
+            provisional: false,
         }
     }
 
@@ -161,7 +175,8 @@ impl<S: ObjectStore> S3Fs<S> {
             Some(attr) => attr,
             None => {
                 let (ino, entry) = self.catalog.lookup(parent, name).await?;
-                self.attr(ino, &entry)
+                let (_, _, key) = self.catalog.location(ino)?;
+                self.attr_learned(ino, parent, &key, &entry).await
             }
         };
         self.sent_entry(parent, name, &attr);
@@ -217,7 +232,10 @@ impl<S: ObjectStore> S3Fs<S> {
             return Ok(attr);
         }
         match self.catalog.entry(ino).await {
-            Ok(entry) => Ok(self.attr(ino, &entry)),
+            Ok(entry) => {
+                let (parent, _, key) = self.catalog.location(ino)?;
+                Ok(self.attr_learned(ino, parent, &key, &entry).await)
+            }
             // fstat reaches here without its handle (the kernel sends none
             // for it): any read handle of the inode answers.
             Err(FsError::NotFound) => match fh
@@ -434,10 +452,19 @@ impl<S: ObjectStore> S3Fs<S> {
             DirSource::Growing(growing) => growing.read(after as usize, wanted).await?,
         };
         let inos = self.catalog.resolve_all(ino, page.iter().map(|(_, e)| e))?;
+        let prefix = self.catalog.dir_prefix(ino)?;
+        if self.owner.posix == PosixMetadata::Full {
+            let entries: Vec<Entry> = page.iter().map(|(_, e)| e.clone()).collect();
+            self.learn_page(&prefix, &entries).await;
+        }
         for ((position, entry), child) in page.into_iter().zip(inos) {
+            let key = match entry.is_dir() {
+                true => names::child_dir_prefix(&prefix, &entry.name),
+                false => names::child_key(&prefix, &entry.name),
+            };
             rows.push(DirRow {
                 next_offset: position + 2,
-                attr: self.attr(child, &entry),
+                attr: self.attr_known(child, &key, &entry),
                 name: entry.name,
             });
         }

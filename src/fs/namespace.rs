@@ -17,11 +17,12 @@ use std::time::{Instant, SystemTime};
 use fuser::RenameFlags;
 use tracing::{debug, info, warn};
 
-use super::{Attr, S3Fs};
-use crate::catalog::{Entry, EntryKind, Ino, ROOT_INO};
+use super::posix_ops::DIR_VERSION;
+use super::{Attr, Creator, S3Fs};
+use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs, ROOT_INO};
 use crate::error::FsError;
 use crate::names;
-use crate::store::{Body, FanOut, ObjectStore, StoreError, WriteCondition};
+use crate::store::{Body, FanOut, ObjectStore, PosixMeta, StoreError, WriteCondition};
 use crate::write::{Committed, Place, WritableFile};
 
 /// Objects copied at once by a directory rename.
@@ -52,7 +53,12 @@ impl<S: ObjectStore> S3Fs<S> {
         };
         if let Err(e) = self
             .store()
-            .put(&prefix, Body::Empty, WriteCondition::Always)
+            .put(
+                &prefix,
+                Body::Empty,
+                WriteCondition::Always,
+                &PosixMeta::NONE,
+            )
             .await
         {
             warn!(prefix, error = %e, "cannot keep an emptied directory (marker object not created)");
@@ -124,13 +130,15 @@ impl<S: ObjectStore> S3Fs<S> {
         Ok(())
     }
 
-    pub async fn mkdir(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+    pub async fn mkdir(&self, parent: Ino, name: &str, creator: Creator) -> Result<Attr, FsError> {
         let prefix = self.free_name(parent, name).await?;
         let dir_prefix = names::child_dir_prefix(&prefix, name);
+        let posix = self.new_dir_attrs(creator);
         self.store()
-            .put(&dir_prefix, Body::Empty, WriteCondition::Always)
+            .put(&dir_prefix, Body::Empty, WriteCondition::Always, &posix)
             .await
             .map_err(|e| FsError::store(&dir_prefix, e))?;
+        self.record_attrs(&dir_prefix, DIR_VERSION, posix, None);
         let entry = Entry {
             name: name.to_owned(),
             kind: EntryKind::Dir,
@@ -139,7 +147,7 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.record(parent, name, Some(entry.clone()))?;
         self.catalog.record_new_dir(&dir_prefix);
         let ino = self.catalog.resolve(parent, &entry)?;
-        let attr = self.attr(ino, &entry);
+        let attr = self.attr_known(ino, &dir_prefix, &entry);
         self.sent_entry(parent, name, &attr);
         Ok(attr)
     }
@@ -268,6 +276,8 @@ impl<S: ObjectStore> S3Fs<S> {
                 self.writer.orphan(target).await;
             }
             let store = self.store().clone();
+            // The attributes the object takes along, to remember at its new key.
+            let moving = parking_lot::Mutex::new(None);
             let (etag, size) = match (&open_source, src.map(|e| e.kind)) {
                 (Some(file), _) => {
                     // Stored first (even empty) and moved under its lock;
@@ -279,15 +289,27 @@ impl<S: ObjectStore> S3Fs<S> {
                     };
                     let record = |c: &Committed| self.record_commit(c);
                     let (from, to) = (key.clone(), new_key.clone());
-                    self.writer
+                    let attrs = &moving;
+                    let moved = self
+                        .writer
                         .move_open(file, place, &record, |etag, size| async move {
-                            move_object(&*store, &from, &etag, size, &to, target, no_replace).await
+                            let posix = self
+                                .moving_attrs(&from, &etag)
+                                .await
+                                .map_or(PosixMeta::NONE, |a| a.posix);
+                            *attrs.lock() = Some((posix, None));
+                            let source = (from.as_str(), etag.as_str(), size);
+                            move_object(&*store, source, &to, target, no_replace, &posix).await
                         })
-                        .await?
+                        .await?;
+                    moved
                 }
                 (None, Some(EntryKind::File { size, etag })) => {
+                    let known = self.moving_attrs(&key, &etag).await;
+                    let posix = known.as_ref().map_or(PosixMeta::NONE, |a| a.posix);
+                    *moving.lock() = Some((posix, known.and_then(|a| a.link)));
                     let moved = self
-                        .claim_and_move(&key, &etag, size, &new_key, target, no_replace)
+                        .claim_and_move((&key, &etag, size), &new_key, target, no_replace, &posix)
                         .await;
                     if moved.as_ref().is_err_and(FsError::is_not_found) {
                         // Gone to another mount: so it is here too.
@@ -297,6 +319,10 @@ impl<S: ObjectStore> S3Fs<S> {
                 }
                 (None, _) => return Err(FsError::NotFound),
             };
+            if let Some((posix, link)) = moving.into_inner() {
+                self.catalog.attrs().forget(&key);
+                self.record_attrs(&new_key, &etag, posix, link);
+            }
             Entry {
                 name: new_name.to_owned(),
                 kind: EntryKind::File { size, etag },
@@ -318,21 +344,21 @@ impl<S: ObjectStore> S3Fs<S> {
     /// names they move it to (see `claim_lock`).
     async fn claim_and_move(
         &self,
-        from: &str,
-        etag: &str,
-        size: u64,
+        (from, etag, size): (&str, &str, u64),
         to: &str,
         target: MoveTarget,
         no_replace: bool,
+        posix: &PosixMeta,
     ) -> Result<String, FsError> {
         let store = self.store();
+        let source = (from, etag, size);
         if !store.enforces_conditions() {
-            return move_object(&**store, from, etag, size, to, target, no_replace).await;
+            return move_object(&**store, source, to, target, no_replace, posix).await;
         }
         let Some(lock) = self.claims.take(&**store, from, etag).await? else {
             return Err(FsError::NotFound);
         };
-        let moved = move_object(&**store, from, etag, size, to, target, no_replace).await;
+        let moved = move_object(&**store, source, to, target, no_replace, posix).await;
         match moved {
             Ok(_) => self.claims.retire(store, lock).await,
             // Lost, or failed with the file left where it was (a copy made
@@ -365,19 +391,43 @@ impl<S: ObjectStore> S3Fs<S> {
                 };
                 let store = self.store().clone();
                 let new_key = format!("{to}{rest}");
+                let attrs = self.catalog.attrs().clone();
+                let keeps_posix = self.keeps_posix();
                 let started = moves
                     .spawn(async move {
-                        move_object(
+                        // Each object takes its attributes along; a marker's
+                        // are remembered under no ETag of its own.
+                        let known = match (keeps_posix, obj.key.ends_with('/')) {
+                            (false, _) => None,
+                            (true, true) => attrs.known(&obj.key, DIR_VERSION),
+                            (true, false) => attrs.learn(&obj.key, &obj.etag).await.ok(),
+                        };
+                        let posix = known.as_ref().map_or(PosixMeta::NONE, |a| a.posix);
+                        let source = (obj.key.as_str(), obj.etag.as_str(), obj.size);
+                        let new_etag = move_object(
                             &*store,
-                            &obj.key,
-                            &obj.etag,
-                            obj.size,
+                            source,
                             &new_key,
                             MoveTarget::Anything,
                             false,
+                            &posix,
                         )
-                        .await
-                        .map(|_| ())
+                        .await?;
+                        if let Some(known) = known {
+                            attrs.forget(&obj.key);
+                            let etag = match obj.key.ends_with('/') {
+                                true => DIR_VERSION.to_owned(),
+                                false => new_etag,
+                            };
+                            attrs.record(
+                                &new_key,
+                                ObjectAttrs {
+                                    etag,
+                                    ..(*known).clone()
+                                },
+                            );
+                        }
+                        Ok(())
                     })
                     .await;
                 if started.is_err() {
@@ -398,7 +448,7 @@ impl<S: ObjectStore> S3Fs<S> {
             // A directory with no object at all (known only to this mount):
             // give the new name a marker so it exists.
             self.store()
-                .put(to, Body::Empty, WriteCondition::Always)
+                .put(to, Body::Empty, WriteCondition::Always, &PosixMeta::NONE)
                 .await
                 .map_err(|e| FsError::store(to, e))?;
         }
@@ -437,14 +487,13 @@ pub(super) enum MoveTarget {
 /// and delete.
 pub(super) async fn move_object<S: ObjectStore>(
     store: &S,
-    from: &str,
-    etag: &str,
-    size: u64,
+    (from, etag, size): (&str, &str, u64),
     to: &str,
     target: MoveTarget,
     no_replace: bool,
+    posix: &PosixMeta,
 ) -> Result<String, FsError> {
-    let new_etag = copy_for_move(store, from, etag, size, to, target, no_replace).await?;
+    let new_etag = copy_for_move(store, (from, etag, size), to, target, no_replace, posix).await?;
     debug!(from, to, etag, new_etag, "copied for a rename");
     match store.delete(from, Some(etag)).await {
         Ok(()) => {
@@ -494,12 +543,11 @@ pub(super) async fn move_object<S: ObjectStore>(
 /// condition: which side changed, and whether the copy is then lost.
 async fn copy_for_move<S: ObjectStore>(
     store: &S,
-    from: &str,
-    etag: &str,
-    size: u64,
+    (from, etag, size): (&str, &str, u64),
     to: &str,
     target: MoveTarget,
     no_replace: bool,
+    posix: &PosixMeta,
 ) -> Result<String, FsError> {
     let mut target = target;
     // One more try at most: over a file that appeared at `to` meanwhile.
@@ -509,7 +557,7 @@ async fn copy_for_move<S: ObjectStore>(
             MoveTarget::Replacing(etag) => WriteCondition::IfMatch(etag),
             MoveTarget::Anything => WriteCondition::Always,
         };
-        match store.copy(from, etag, size, to, condition).await {
+        match store.copy(from, etag, size, to, condition, posix).await {
             Ok(new_etag) => return Ok(new_etag),
             Err(StoreError::PreconditionFailed) => {}
             Err(e) => return Err(FsError::store(from, e)),
@@ -531,7 +579,7 @@ async fn copy_for_move<S: ObjectStore>(
         if no_replace {
             return Err(FsError::Exists);
         }
-        match store.head_marks(to).await {
+        match store.head_metadata(to).await {
             // Another mount is moving this same version there: it won.
             Ok((_, marks))
                 if marks
@@ -573,19 +621,18 @@ mod tests {
         targets: &[&str],
         no_replace: bool,
     ) -> Vec<Result<String, FsError>> {
-        let etag = store.head_marks_sync("incoming/x");
+        let etag = store.head_metadata_sync("incoming/x");
         run(async {
             let moves = (0..claimants).map(|i| {
                 let (etag, to) = (etag.clone(), targets[i % targets.len()]);
                 async move {
                     move_object(
                         store,
-                        "incoming/x",
-                        &etag,
-                        4,
+                        ("incoming/x", &etag, 4),
                         to,
                         MoveTarget::Free,
                         no_replace,
+                        &PosixMeta::NONE,
                     )
                     .await
                 }
@@ -595,7 +642,7 @@ mod tests {
     }
 
     impl MemoryStore {
-        fn head_marks_sync(&self, key: &str) -> String {
+        fn head_metadata_sync(&self, key: &str) -> String {
             run(self.head(key)).unwrap().etag
         }
     }
@@ -661,12 +708,11 @@ mod tests {
         store.insert("incoming/x", "new");
         let moved = run(move_object(
             &store,
-            "incoming/x",
-            &old,
-            3,
+            ("incoming/x", &old, 3),
             "processing/x",
             MoveTarget::Free,
             false,
+            &PosixMeta::NONE,
         ));
         assert!(matches!(moved, Err(FsError::NotFound)), "{moved:?}");
         assert_eq!(store.keys(), ["incoming/x"]);

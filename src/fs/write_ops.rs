@@ -13,13 +13,13 @@ use std::time::SystemTime;
 
 use tracing::warn;
 
-use super::{Attr, S3Fs};
+use super::{Attr, AttrChange, Creator, S3Fs};
 use crate::catalog::{Entry, EntryKind, Ino};
 use crate::error::FsError;
 use crate::names;
 use crate::read::ClosedRead;
 use crate::store::{Body, ObjectStore, WriteCondition};
-use crate::write::{Access, Committed, Place, WritableFile, Writer};
+use crate::write::{Access, Committed, PendingAttrs, Place, WritableFile, Writer};
 
 /// Which modifications the mount allows.
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,13 +76,21 @@ impl<S: ObjectStore> S3Fs<S> {
     /// Attributes of `ino` while it is open for writing.
     pub(super) fn open_file_attr(&self, ino: Ino) -> Option<Attr> {
         let file = self.writer.file(ino)?;
-        Some(self.file_attr_now(ino, file.size()))
+        Some(self.writing_attr(&file))
     }
 
     /// Attributes of `name` in `parent` while it is open for writing.
     pub(super) fn open_file_attr_named(&self, parent: Ino, name: &str) -> Option<Attr> {
         let file = self.writer.file_named(parent, name)?;
-        Some(self.file_attr_now(file.ino, file.size()))
+        Some(self.writing_attr(&file))
+    }
+
+    fn writing_attr(&self, file: &WritableFile<S>) -> Attr {
+        let mut attr = self.file_attr_now(file.ino, file.size());
+        if let Some(posix) = file.attrs.get() {
+            Self::apply_posix(&mut attr, &posix);
+        }
+        attr
     }
 
     /// Checks a new name: one S3 can hold and the kernel can pass.
@@ -122,12 +130,13 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
-    /// Creates `name` in `parent` and opens it with `flags`.
+    /// Creates `name` in `parent` for `creator` and opens it with `flags`.
     pub async fn create(
         &self,
         parent: Ino,
         name: &str,
         flags: i32,
+        creator: Option<Creator>,
     ) -> Result<(Attr, u64), FsError> {
         self.writable()?;
         let prefix = self.catalog.dir_prefix(parent)?;
@@ -144,8 +153,13 @@ impl<S: ObjectStore> S3Fs<S> {
             name: name.to_owned(),
             key: names::child_key(&prefix, name),
         };
-        let fh = self.writer.create(ino, place, Access::from_flags(flags))?;
-        let attr = self.file_attr_now(ino, 0);
+        let attrs = self.new_file_attrs(creator);
+        let fh = self
+            .writer
+            .create(ino, place, Access::from_flags(flags), attrs)?;
+        let attr = self
+            .open_file_attr(ino)
+            .unwrap_or(self.file_attr_now(ino, 0));
         self.sent_entry(parent, name, &attr);
         Ok((attr, fh))
     }
@@ -168,18 +182,26 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// mknod(S_IFREG): an empty file, stored at once.
-    pub async fn mknod(&self, parent: Ino, name: &str) -> Result<Attr, FsError> {
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &str,
+        creator: Option<Creator>,
+    ) -> Result<Attr, FsError> {
         let prefix = self.free_name(parent, name).await?;
         let key = names::child_key(&prefix, name);
         self.writer.cancel_delete(&key);
+        let posix = self.new_file_attrs(creator).for_commit();
         let etag = self
             .store()
-            .put(&key, Body::Empty, WriteCondition::Always)
+            .put(&key, Body::Empty, WriteCondition::Always, &posix)
             .await
             .map_err(|e| FsError::store(&key, e))?;
-        self.record_file(parent, name, 0, etag)?;
+        self.record_file(parent, name, 0, etag.clone())?;
+        self.record_attrs(&key, &etag, posix, None);
         let ino = self.catalog.resolve(parent, &Self::new_file_entry(name))?;
-        let attr = self.file_attr_now(ino, 0);
+        let mut attr = self.file_attr_now(ino, 0);
+        Self::apply_posix(&mut attr, &posix);
         self.sent_entry(parent, name, &attr);
         Ok(attr)
     }
@@ -201,8 +223,9 @@ impl<S: ObjectStore> S3Fs<S> {
             if access.truncate && size > 0 && self.policy.no_overwrite {
                 return Err(FsError::NotPermitted("--no-overwrite is set"));
             }
+            let attrs = PendingAttrs::new(self.kept_posix(&key, &etag).await);
             let place = Place { parent, name, key };
-            if let Some(fh) = self.writer.open(ino, place, &etag, size, access)? {
+            if let Some(fh) = self.writer.open(ino, place, (&etag, size), access, attrs)? {
                 return Ok(fh);
             }
             // Opened for writing by another descriptor meanwhile: join it.
@@ -219,14 +242,14 @@ impl<S: ObjectStore> S3Fs<S> {
         self.writer.write(fh, offset, data).await
     }
 
-    /// Changes the size of `ino` (truncate, ftruncate), then answers its
-    /// attributes. Mode, owner and times are accepted and not stored (see
-    /// docs/SEMANTICS.md).
+    /// Changes the size of `ino` (truncate, ftruncate), its mode, owner
+    /// and times, then answers its attributes (see docs/SEMANTICS.md).
     pub async fn setattr(
         &self,
         ino: Ino,
         fh: Option<u64>,
         size: Option<u64>,
+        change: AttrChange,
     ) -> Result<Attr, FsError> {
         if let Some(size) = size {
             self.writable()?;
@@ -242,6 +265,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 None => self.set_size(ino, size).await?,
             }
         }
+        self.change_attrs(ino, change).await?;
         self.getattr(ino, None).await
     }
 
@@ -265,14 +289,17 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::NotPermitted("--no-overwrite is set"));
         }
         let (parent, name, key) = self.catalog.location(ino)?;
+        let attrs = PendingAttrs::new(self.kept_posix(&key, &etag).await);
         if size == 0 {
             // `truncate -s 0 FILE`: no need to stage anything.
-            let etag = self
+            let posix = attrs.for_commit();
+            let new_etag = self
                 .store()
-                .put(&key, Body::Empty, WriteCondition::Always)
+                .put(&key, Body::Empty, WriteCondition::Always, &posix)
                 .await
                 .map_err(|e| FsError::store(&key, e))?;
-            return self.record_file(parent, &name, 0, etag);
+            self.record_attrs(&key, &new_etag, posix, None);
+            return self.record_file(parent, &name, 0, new_etag);
         }
         // `truncate -s N FILE` on a file nobody has open: stage, truncate,
         // store, close.
@@ -281,7 +308,10 @@ impl<S: ObjectStore> S3Fs<S> {
             write: true,
             ..Access::default()
         };
-        let Some(fh) = self.writer.open(ino, place, &etag, current, write_only)? else {
+        let Some(fh) = self
+            .writer
+            .open(ino, place, (&etag, current), write_only, attrs)?
+        else {
             return Err(FsError::Busy("the file was opened for writing meanwhile"));
         };
         let result = match self.writer.truncate(ino, size).await {
@@ -311,6 +341,7 @@ impl<S: ObjectStore> S3Fs<S> {
 
     /// Notes a version the write path stored in the catalog.
     pub(super) fn record_commit(&self, c: &Committed) -> Result<(), FsError> {
+        self.record_attrs(&c.place.key, &c.etag, c.posix, None);
         self.record_file(c.place.parent, &c.place.name, c.size, c.etag.clone())
     }
 
@@ -364,8 +395,16 @@ impl<S: ObjectStore> S3Fs<S> {
                     }
                     Ok(())
                 };
-                if let Err(e) = self.writer.release(&file, &record).await {
-                    warn!(key = %place.key, error = %e, "storing the file failed when it was released")
+                match self.writer.release(&file, &record).await {
+                    Err(e) => {
+                        warn!(key = %place.key, error = %e, "storing the file failed when it was released")
+                    }
+                    Ok(()) if file.attrs.has_unstored_change() => {
+                        if let Err(e) = self.store_unstored_attrs(&file).await {
+                            warn!(key = %place.key, error = %e, "the file is stored, but a mode, owner or time set while it was open is not");
+                        }
+                    }
+                    Ok(()) => {}
                 }
                 // Only now: until it is stored, lookups find the file here.
                 self.writer.forget(&file);

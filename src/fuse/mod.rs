@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 mod passthrough;
 
 use crate::error::FsError;
-use crate::fs::{Attr, AttrsAfterRead, DirRow, S3Fs};
+use crate::fs::{Attr, AttrChange, AttrsAfterRead, Creator, DirRow, S3Fs};
 use crate::read::PageCache;
 use crate::store::ObjectStore;
 use passthrough::{OpenMode, PassthroughOpens};
@@ -127,6 +127,15 @@ fn contained<T>(request: &'static str, handler: impl FnOnce() -> T) -> Option<T>
     }
 }
 
+/// Who asks to create something, with the mode it asks for.
+fn creator(req: &Request, mode: u32, umask: u32) -> Creator {
+    Creator {
+        uid: req.uid(),
+        gid: req.gid(),
+        perm: mode & !umask & 0o7777,
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -138,13 +147,9 @@ fn file_attr(a: &Attr) -> FileAttr {
         blocks: a.size.div_ceil(512),
         atime: a.mtime,
         mtime: a.mtime,
-        ctime: a.mtime,
+        ctime: a.ctime,
         crtime: UNIX_EPOCH,
-        kind: if a.is_dir {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        },
+        kind: file_type(a),
         perm: a.perm,
         nlink: if a.is_dir { 2 } else { 1 },
         uid: a.uid,
@@ -153,6 +158,26 @@ fn file_attr(a: &Attr) -> FileAttr {
         // Tools size their buffers by st_blksize; large buffers mean large reads.
         blksize: 1 << 20,
         flags: 0,
+    }
+}
+
+fn file_type(a: &Attr) -> FileType {
+    if a.is_dir {
+        FileType::Directory
+    } else if a.is_symlink {
+        FileType::Symlink
+    } else {
+        FileType::RegularFile
+    }
+}
+
+/// How long the kernel may keep `a`: not at all while the object's
+/// metadata is still to be learned, so its next stat asks again.
+fn ttl_of(a: &Attr) -> &'static Duration {
+    const NOW: Duration = Duration::ZERO;
+    match a.provisional {
+        true => &NOW,
+        false => &KERNEL_TTL,
     }
 }
 
@@ -178,14 +203,14 @@ macro_rules! reply_error {
 
 impl Respond<Attr> for ReplyEntry {
     fn ok(self, a: Attr) {
-        self.entry(&KERNEL_TTL, &file_attr(&a), Generation(0));
+        self.entry(ttl_of(&a), &file_attr(&a), Generation(0));
     }
     reply_error!();
 }
 
 impl Respond<Attr> for ReplyAttr {
     fn ok(self, a: Attr) {
-        self.attr(&KERNEL_TTL, &file_attr(&a));
+        self.attr(ttl_of(&a), &file_attr(&a));
     }
     reply_error!();
 }
@@ -201,11 +226,7 @@ impl Respond<()> for ReplyIoctl {
 impl Respond<Vec<DirRow>> for ReplyDirectory {
     fn ok(mut self, rows: Vec<DirRow>) {
         for row in rows {
-            let kind = if row.attr.is_dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
+            let kind = file_type(&row.attr);
             if self.add(INodeNo(row.attr.ino), row.next_offset, kind, &row.name) {
                 break;
             }
@@ -482,7 +503,7 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
                     INodeNo(row.attr.ino),
                     row.next_offset,
                     &row.name,
-                    &KERNEL_TTL,
+                    ttl_of(&row.attr),
                     &attr,
                     Generation(0),
                 );
@@ -579,12 +600,12 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
@@ -593,35 +614,74 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => std::time::SystemTime::now(),
+            }),
+            atime: atime.is_some(),
+        };
         self.spawn(
-            move |fs| async move { fs.setattr(ino.0, fh.map(|f| f.0), size).await },
+            move |fs| async move { fs.setattr(ino.0, fh.map(|f| f.0), size, change).await },
+            reply,
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let name = name_str(link_name);
+        let target = target.to_str().map(str::to_owned);
+        let creator = creator(req, 0o777, 0);
+        self.spawn(
+            move |fs| async move {
+                let target =
+                    target.ok_or(FsError::Invalid("a symlink target that is not UTF-8"))?;
+                fs.symlink(parent.0, &name?, &target, creator).await
+            },
+            reply,
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(
+            move |fs| async move { fs.readlink(ino.0).await.map(bytes::Bytes::from) },
             reply,
         );
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _m: u32,
-        _u: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let name = name_str(name);
+        let creator = creator(req, mode, umask);
         self.spawn(
-            move |fs| async move { fs.mkdir(parent.0, &name?).await },
+            move |fs| async move { fs.mkdir(parent.0, &name?, creator).await },
             reply,
         );
     }
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _u: u32,
+        umask: u32,
         _r: u32,
         reply: ReplyEntry,
     ) {
@@ -632,8 +692,9 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
             return;
         }
         let name = name_str(name);
+        let creator = Some(creator(req, mode, umask));
         self.spawn(
-            move |fs| async move { fs.mknod(parent.0, &name?).await },
+            move |fs| async move { fs.mknod(parent.0, &name?, creator).await },
             reply,
         );
     }
@@ -690,19 +751,20 @@ impl<S: ObjectStore> Filesystem for FuseAdapter<S> {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let name = name_str(name);
         let opens = self.opens.clone();
+        let creator = Some(creator(req, mode, umask));
         self.spawn(
             move |fs| async move {
-                let (attr, fh) = fs.create(parent.0, &name?, flags).await?;
+                let (attr, fh) = fs.create(parent.0, &name?, flags, creator).await?;
                 opens.opened_ordinary(fh, attr.ino, false);
                 Ok((attr, fh))
             },

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, CatalogDb, Freshness, IN_MEMORY_LIMIT};
-use crate::cli::{Args, Target};
-use crate::fs::{Ownership, S3Fs, WritePolicy};
+use crate::cli::{Args, PosixMetadataSetting, Target};
+use crate::fs::{Ownership, PosixMetadata, S3Fs, WritePolicy};
 use crate::read::disk_cache::DiskCache;
 use crate::read::{ReadConfig, Reader};
 use crate::service::kernel_mount;
@@ -33,6 +33,11 @@ pub(super) fn build_layers(
         gid: args.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw()),
         file_mode: args.file_mode,
         dir_mode: args.dir_mode,
+        posix: match args.posix_metadata {
+            PosixMetadataSetting::Off => PosixMetadata::Off,
+            PosixMetadataSetting::Lazy => PosixMetadata::Lazy,
+            PosixMetadataSetting::Full => PosixMetadata::Full,
+        },
     };
     let freshness = Freshness {
         ttl: Duration::from_secs(args.metadata_ttl),

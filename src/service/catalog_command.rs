@@ -26,7 +26,7 @@ use crate::catalog::{Catalog, CatalogDb, Freshness};
 use crate::cli::{Connection, ObjectUrl, Target};
 use crate::mount::layers::{catalog_identity, listing_cache_dir};
 use crate::private_dir::create_private_dir;
-use crate::store::{Body, ObjectStore, S3Store, StoreError, WriteCondition};
+use crate::store::{Body, ObjectStore, PosixMeta, S3Store, StoreError, WriteCondition};
 
 /// Share listing catalogs between machines.
 #[derive(Debug, Parser)]
@@ -326,7 +326,7 @@ async fn upload(
         offset: 0,
         len,
     };
-    match dest.put(&url.key, body, condition).await {
+    match dest.put(&url.key, body, condition, &PosixMeta::NONE).await {
         Ok(_) => Ok(len),
         Err(StoreError::PreconditionFailed) => Err(format!(
             "another publisher wrote {url} while this one ran; run again to publish over it"

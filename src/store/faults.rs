@@ -16,7 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError, WriteCondition, WriteMarks};
+use super::{
+    Body, ListPage, ObjectMeta, ObjectStore, PosixMeta, StoreError, UserMetadata, WriteCondition,
+};
 
 /// How often each fault happens, as a share of requests (0.0 to 1.0), and
 /// the seed that decides which requests get them.
@@ -227,12 +229,14 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         key: &str,
         body: Body,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
-        self.request(self.inner.put(key, body, condition)).await
+        self.request(self.inner.put(key, body, condition, posix))
+            .await
     }
 
-    async fn start_multipart(&self, key: &str) -> Result<String, StoreError> {
-        self.request(self.inner.start_multipart(key)).await
+    async fn start_multipart(&self, key: &str, posix: &PosixMeta) -> Result<String, StoreError> {
+        self.request(self.inner.start_multipart(key, posix)).await
     }
 
     async fn put_part(
@@ -288,8 +292,9 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         size: u64,
         to: &str,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
-        self.request(self.inner.copy(from, etag, size, to, condition))
+        self.request(self.inner.copy(from, etag, size, to, condition, posix))
             .await
     }
 
@@ -307,8 +312,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.request(self.inner.delete(key, if_match)).await
     }
 
-    async fn head_marks(&self, key: &str) -> Result<(ObjectMeta, WriteMarks), StoreError> {
-        self.request(self.inner.head_marks(key)).await
+    async fn head_metadata(&self, key: &str) -> Result<(ObjectMeta, UserMetadata), StoreError> {
+        self.request(self.inner.head_metadata(key)).await
     }
 
     fn enforces_conditions(&self) -> bool {
@@ -334,7 +339,15 @@ mod tests {
     /// The outcome of 200 one-byte puts: which failed.
     fn failures(store: &FaultyStore<MemoryStore>) -> Vec<bool> {
         (0..200)
-            .map(|i| run(store.put(&format!("k{i}"), Body::Empty, WriteCondition::Always)).is_err())
+            .map(|i| {
+                run(store.put(
+                    &format!("k{i}"),
+                    Body::Empty,
+                    WriteCondition::Always,
+                    &PosixMeta::NONE,
+                ))
+                .is_err()
+            })
             .collect()
     }
 
@@ -362,7 +375,8 @@ mod tests {
             refuse: 1.0,
             ..FaultPlan::default()
         });
-        let err = run(refusing.put("a", Body::Empty, WriteCondition::Always)).unwrap_err();
+        let err = run(refusing.put("a", Body::Empty, WriteCondition::Always, &PosixMeta::NONE))
+            .unwrap_err();
         assert!(err.is_transient(), "{err}");
         assert!(memory.bytes("a").is_none());
 
@@ -370,7 +384,8 @@ mod tests {
             lose_answer: 1.0,
             ..FaultPlan::default()
         });
-        let err = run(losing.put("a", Body::Empty, WriteCondition::Always)).unwrap_err();
+        let err = run(losing.put("a", Body::Empty, WriteCondition::Always, &PosixMeta::NONE))
+            .unwrap_err();
         assert!(err.may_have_been_carried_out(), "{err}");
         assert!(memory.bytes("a").is_some(), "the put happened");
         assert_eq!(losing.counts().answers_lost, 1);

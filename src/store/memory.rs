@@ -17,14 +17,16 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError, WriteCondition, WriteMarks};
+use super::{
+    Body, ListPage, ObjectMeta, ObjectStore, PosixMeta, StoreError, UserMetadata, WriteCondition,
+};
 
 #[derive(Clone)]
 struct Object {
     data: Bytes,
     etag: String,
     last_modified: SystemTime,
-    marks: WriteMarks,
+    marks: UserMetadata,
     /// Listings show the object from this moment on (see
     /// [`MemoryStore::set_listing_lag`]).
     listed_from: Instant,
@@ -32,6 +34,7 @@ struct Object {
 
 struct PendingUpload {
     key: String,
+    posix: PosixMeta,
     parts: BTreeMap<u32, Bytes>,
 }
 
@@ -67,6 +70,11 @@ impl MemoryStore {
 
     /// Stores `data` as `key` as another client would.
     pub fn insert(&self, key: &str, data: impl Into<Bytes>) -> String {
+        self.insert_with(key, data, PosixMeta::NONE)
+    }
+
+    /// Stores `data` as `key` with POSIX attributes, as s3fs would.
+    pub fn insert_with(&self, key: &str, data: impl Into<Bytes>, posix: PosixMeta) -> String {
         let data = data.into();
         let etag = self.new_etag(&data);
         let mut state = self.state.lock();
@@ -74,7 +82,10 @@ impl MemoryStore {
             data,
             etag: etag.clone(),
             last_modified: SystemTime::now(),
-            marks: WriteMarks::default(),
+            marks: UserMetadata {
+                posix,
+                ..UserMetadata::default()
+            },
             listed_from: Instant::now() + state.listing_lag,
         };
         Self::place(&mut state, key, object);
@@ -121,6 +132,12 @@ impl MemoryStore {
     /// The bytes of `key`, if it holds an object.
     pub fn bytes(&self, key: &str) -> Option<Bytes> {
         self.state.lock().objects.get(key).map(|o| o.data.clone())
+    }
+
+    /// The POSIX attributes `key`'s user metadata carries, if it holds an
+    /// object.
+    pub fn posix(&self, key: &str) -> Option<PosixMeta> {
+        self.state.lock().objects.get(key).map(|o| o.marks.posix)
     }
 
     /// Every key, in order.
@@ -176,7 +193,7 @@ impl MemoryStore {
         key: &str,
         data: Bytes,
         etag: String,
-        marks: WriteMarks,
+        marks: UserMetadata,
     ) -> String {
         let object = Object {
             data,
@@ -219,10 +236,12 @@ fn body_bytes(body: &Body) -> Result<Bytes, StoreError> {
     }
 }
 
-fn token() -> WriteMarks {
-    WriteMarks {
+/// The user metadata of a write carrying `posix`.
+fn token(posix: &PosixMeta) -> UserMetadata {
+    UserMetadata {
         token: Some(format!("{:016x}", fastrand::u64(..))),
         copied_from: None,
+        posix: *posix,
     }
 }
 
@@ -283,7 +302,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.head_marks(key).await.map(|(m, _)| m)
+        self.head_metadata(key).await.map(|(m, _)| m)
     }
 
     async fn get_range(
@@ -320,22 +339,24 @@ impl ObjectStore for MemoryStore {
         key: &str,
         body: Body,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
         self.round_trip().await;
         let data = body_bytes(&body)?;
         let mut state = self.state.lock();
         self.check(&state, key, condition)?;
         let etag = self.new_etag(&data);
-        Ok(self.write(&mut state, key, data, etag, token()))
+        Ok(self.write(&mut state, key, data, etag, token(posix)))
     }
 
-    async fn start_multipart(&self, key: &str) -> Result<String, StoreError> {
+    async fn start_multipart(&self, key: &str, posix: &PosixMeta) -> Result<String, StoreError> {
         self.round_trip().await;
         let id = format!("upload-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
         self.state.lock().uploads.insert(
             id.clone(),
             PendingUpload {
                 key: key.to_owned(),
+                posix: *posix,
                 parts: BTreeMap::new(),
             },
         );
@@ -411,7 +432,7 @@ impl ObjectStore for MemoryStore {
             .flat_map(|p| p.iter().copied())
             .collect();
         let etag = self.new_etag(&data);
-        Ok(self.write(&mut state, key, data.into(), etag, token()))
+        Ok(self.write(&mut state, key, data.into(), etag, token(&upload.posix)))
     }
 
     async fn abort_multipart(&self, _key: &str, upload_id: &str) -> Result<(), StoreError> {
@@ -427,6 +448,7 @@ impl ObjectStore for MemoryStore {
         _size: u64,
         to: &str,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
         self.round_trip().await;
         let mut state = self.state.lock();
@@ -439,9 +461,9 @@ impl ObjectStore for MemoryStore {
             return Err(StoreError::PreconditionFailed);
         }
         self.check(&state, to, condition)?;
-        let marks = WriteMarks {
+        let marks = UserMetadata {
             copied_from: Some(etag.to_owned()),
-            ..token()
+            ..token(posix)
         };
         // As on S3, a copy keeps its source's ETag.
         Ok(self.write(&mut state, to, source.data, source.etag, marks))
@@ -461,7 +483,7 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn head_marks(&self, key: &str) -> Result<(ObjectMeta, WriteMarks), StoreError> {
+    async fn head_metadata(&self, key: &str) -> Result<(ObjectMeta, UserMetadata), StoreError> {
         self.round_trip().await;
         let state = self.state.lock();
         let object = state.objects.get(key).ok_or(StoreError::NotFound)?;
@@ -547,17 +569,23 @@ mod tests {
         let strict = MemoryStore::new(true);
         let etag = strict.insert("k", "v1");
         assert!(matches!(
-            run(strict.put("k", Body::Empty, WriteCondition::IfAbsent)),
+            run(strict.put("k", Body::Empty, WriteCondition::IfAbsent, &PosixMeta::NONE)),
             Err(StoreError::PreconditionFailed)
         ));
-        assert!(run(strict.put("k", Body::Empty, WriteCondition::IfMatch(&etag))).is_ok());
+        assert!(run(strict.put(
+            "k",
+            Body::Empty,
+            WriteCondition::IfMatch(&etag),
+            &PosixMeta::NONE
+        ))
+        .is_ok());
         assert!(matches!(
             run(strict.delete("k", Some(&etag))),
             Err(StoreError::PreconditionFailed)
         ));
         let lax = MemoryStore::new(false);
         lax.insert("k", "v1");
-        assert!(run(lax.put("k", Body::Empty, WriteCondition::IfAbsent)).is_ok());
+        assert!(run(lax.put("k", Body::Empty, WriteCondition::IfAbsent, &PosixMeta::NONE)).is_ok());
     }
 
     #[test]

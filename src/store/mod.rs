@@ -9,6 +9,7 @@ mod fan_out;
 mod faults;
 pub(crate) mod memory;
 mod pieces;
+mod posix_meta;
 mod retry;
 mod s3;
 
@@ -23,6 +24,7 @@ pub use fan_out::FanOut;
 pub use faults::{FaultCounts, FaultPlan, FaultyStore};
 pub use memory::MemoryStore;
 pub use pieces::limit_pool;
+pub use posix_meta::PosixMeta;
 pub use s3::{S3Settings, S3Store};
 
 /// Metadata of one object as S3 reports it in a listing or a HEAD.
@@ -52,13 +54,15 @@ impl<'a> WriteCondition<'a> {
     }
 }
 
-/// What s3mount noted on an object it wrote conditionally, read back by
-/// [`ObjectStore::head_marks`]: whose write it was (a token unique to the
-/// request) and, for a copy, the ETag of the source version copied.
+/// What s3mount reads from an object's user metadata with
+/// [`ObjectStore::head_metadata`]: the marks of a conditional write (whose
+/// write it was, a token unique to the request, and for a copy the ETag
+/// of the source version copied), and the POSIX attributes it carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WriteMarks {
+pub struct UserMetadata {
     pub token: Option<String>,
     pub copied_from: Option<String>,
+    pub posix: PosixMeta,
 }
 
 /// One page of a ListObjectsV2 response.
@@ -220,17 +224,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// [`ObjectStore::enforces_conditions`]). A conditional write whose
     /// first answer was lost and whose retry then fails the condition is
     /// recognised as this request's own success. Every upload carries the
-    /// Content-Type its key's extension calls for.
+    /// Content-Type its key's extension calls for, and `posix` in its user
+    /// metadata.
     fn put(
         &self,
         key: &str,
         body: Body,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
-    /// Starts a multipart upload of `key`; returns its upload id.
-    fn start_multipart(&self, key: &str)
-        -> impl Future<Output = Result<String, StoreError>> + Send;
+    /// Starts a multipart upload of `key`, whose object will carry `posix`;
+    /// returns its upload id.
+    fn start_multipart(
+        &self,
+        key: &str,
+        posix: &PosixMeta,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Uploads part `number` (from 1) of a multipart upload; returns its ETag.
     fn put_part(
@@ -276,7 +286,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// the bucket, server-side, if `condition` holds at `to`; a different
     /// current version of `from`, or a failed condition, gives
     /// [`StoreError::PreconditionFailed`]. The copy appears whole or not at
-    /// all, marked as a copy of `etag` ([`WriteMarks::copied_from`]).
+    /// all, marked as a copy of `etag` ([`UserMetadata::copied_from`]),
+    /// carrying `posix` (the copy's user metadata is replaced, never
+    /// copied: the caller says what the source carried).
     /// Returns the copy's ETag.
     fn copy(
         &self,
@@ -285,6 +297,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         size: u64,
         to: &str,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// Deletes `key`; deleting a missing key succeeds. With `if_match`,
@@ -297,11 +310,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The current metadata of `key` with the marks s3mount wrote on it.
-    fn head_marks(
+    /// The current metadata of `key` with what its user metadata says.
+    fn head_metadata(
         &self,
         key: &str,
-    ) -> impl Future<Output = Result<(ObjectMeta, WriteMarks), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(ObjectMeta, UserMetadata), StoreError>> + Send;
 
     /// Whether the store refuses writes whose condition fails (AWS S3 and
     /// SeaweedFS do; Garage ignores write conditions). Known once

@@ -23,7 +23,8 @@
 //! for it ([`Writer::settle`]) instead of failing because a release is
 //! still in flight.
 
-pub mod plan;
+pub mod pending_attrs;
+mod plan;
 pub mod spool;
 pub mod staged;
 pub mod upload;
@@ -40,6 +41,7 @@ use crate::catalog::Ino;
 use crate::error::FsError;
 use crate::read::Reader;
 use crate::store::ObjectStore;
+pub use pending_attrs::PendingAttrs;
 use staged::Staged;
 pub use upload::{part_size, Upload, UploadConfig, UploadStats, Uploaded, Uploads};
 
@@ -63,6 +65,8 @@ pub struct Committed {
     pub place: Place,
     pub etag: String,
     pub size: u64,
+    /// The POSIX attributes the version carries.
+    pub posix: crate::store::PosixMeta,
 }
 
 /// How a descriptor was opened.
@@ -116,11 +120,21 @@ pub struct WritableFile<S: ObjectStore> {
     unlinked: AtomicBool,
     /// Becomes true once the file is stored (or given up) and gone.
     settled: watch::Sender<bool>,
+    /// What its next commit stores as its POSIX attributes.
+    pub attrs: Arc<PendingAttrs>,
 }
 
 impl<S: ObjectStore> WritableFile<S> {
-    fn new(ino: Ino, place: Place, content: Content<S>, size: u64, new: bool) -> Arc<Self> {
+    fn new(
+        ino: Ino,
+        place: Place,
+        content: Content<S>,
+        size: u64,
+        new: bool,
+        attrs: Arc<PendingAttrs>,
+    ) -> Arc<Self> {
         Arc::new(WritableFile {
+            attrs,
             ino,
             place: Mutex::new(place),
             streaming: AtomicBool::new(matches!(content, Content::Streaming(_))),
@@ -313,8 +327,15 @@ impl<S: ObjectStore> Writer<S> {
     }
 
     /// Creates a file that is not an object yet and opens it; EBUSY if
-    /// `ino` is open for writing already.
-    pub fn create(&self, ino: Ino, place: Place, access: Access) -> Result<u64, FsError> {
+    /// `ino` is open for writing already. Its commits carry `attrs`.
+    pub fn create(
+        &self,
+        ino: Ino,
+        place: Place,
+        access: Access,
+        attrs: PendingAttrs,
+    ) -> Result<u64, FsError> {
+        let attrs = Arc::new(attrs);
         let mut files = self.files.lock();
         if files.contains_key(&ino) {
             return Err(FsError::Busy(
@@ -328,11 +349,15 @@ impl<S: ObjectStore> Writer<S> {
                 self.reader.clone(),
                 &place.key,
                 access.exclusive,
+                attrs.clone(),
             )))
         } else {
-            Content::Streaming(self.uploads.start(&place.key, access.exclusive)?)
+            Content::Streaming(
+                self.uploads
+                    .start(&place.key, access.exclusive, attrs.clone())?,
+            )
         };
-        let file = WritableFile::new(ino, place, content, 0, true);
+        let file = WritableFile::new(ino, place, content, 0, true, attrs);
         files.insert(ino, file.clone());
         drop(files);
         Ok(self.first_handle(&file, access))
@@ -366,30 +391,32 @@ impl<S: ObjectStore> Writer<S> {
 
     /// Opens the existing object `place.key` (version `etag`, `size` bytes)
     /// for writing. `None` if `ino` was opened for writing meanwhile: the
-    /// caller joins that file instead ([`Writer::join`]).
+    /// caller joins that file instead ([`Writer::join`]). Its commits carry
+    /// `attrs`.
     pub fn open(
         &self,
         ino: Ino,
         place: Place,
-        etag: &str,
-        size: u64,
+        (etag, size): (&str, u64),
         access: Access,
+        attrs: PendingAttrs,
     ) -> Result<Option<u64>, FsError> {
         let mut files = self.files.lock();
         if files.contains_key(&ino) {
             return Ok(None);
         }
+        let attrs = Arc::new(attrs);
         let content = if !access.read && access.truncate {
             // A replacement written front to back: stream it.
             self.cancel_delete(&place.key);
-            Content::Streaming(self.uploads.start(&place.key, false)?)
+            Content::Streaming(self.uploads.start(&place.key, false, attrs.clone())?)
         } else {
             let mut staged = Staged::existing(
                 self.uploads.clone(),
                 self.reader.clone(),
                 &place.key,
-                etag,
-                size,
+                (etag, size),
+                attrs.clone(),
             );
             if access.truncate {
                 staged.truncate(0)?;
@@ -397,7 +424,7 @@ impl<S: ObjectStore> Writer<S> {
             Content::Staged(Box::new(staged))
         };
         let size = if access.truncate { 0 } else { size };
-        let file = WritableFile::new(ino, place, content, size, false);
+        let file = WritableFile::new(ino, place, content, size, false, attrs);
         files.insert(ino, file.clone());
         drop(files);
         Ok(Some(self.first_handle(&file, access)))
@@ -420,6 +447,7 @@ impl<S: ObjectStore> Writer<S> {
                 self.reader.clone(),
                 &key,
                 create_only,
+                file.attrs.clone(),
             )));
             file.streaming.store(false, Ordering::Relaxed);
         }
@@ -625,8 +653,8 @@ impl<S: ObjectStore> Writer<S> {
                     self.uploads.clone(),
                     self.reader.clone(),
                     upload.key(),
-                    &done.etag,
-                    done.size,
+                    (&done.etag, done.size),
+                    file.attrs.clone(),
                 )));
                 file.streaming.store(false, Ordering::Relaxed);
                 done
@@ -643,6 +671,7 @@ impl<S: ObjectStore> Writer<S> {
             place,
             etag: stored.etag,
             size: stored.size,
+            posix: stored.posix,
         })
     }
 

@@ -18,12 +18,13 @@ use rangemap::RangeSet;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::pending_attrs::PendingAttrs;
 use super::plan::{self, CommitPlan, PlannedPart};
 use super::spool::SpoolFile;
 use super::upload::{Uploaded, Uploads};
 use crate::error::FsError;
 use crate::read::Reader;
-use crate::store::{Body, ObjectStore, StoreError, WriteCondition};
+use crate::store::{Body, ObjectStore, PosixMeta, StoreError, WriteCondition};
 
 /// Unchanged bytes fetched into the spool (to fill a part that must be
 /// sent) are fetched in pieces of this size.
@@ -57,6 +58,7 @@ pub struct Staged<S: ObjectStore> {
     /// Created with O_EXCL: the first commit stores only if no other client
     /// created the key meanwhile (else EEXIST).
     create_only: bool,
+    attrs: Arc<PendingAttrs>,
 }
 
 impl<S: ObjectStore> Staged<S> {
@@ -67,8 +69,9 @@ impl<S: ObjectStore> Staged<S> {
         reader: Arc<Reader<S>>,
         key: &str,
         create_only: bool,
+        attrs: Arc<PendingAttrs>,
     ) -> Self {
-        let mut file = Self::with_base(uploads, reader, key, None);
+        let mut file = Self::with_base(uploads, reader, key, None, attrs);
         file.create_only = create_only;
         file
     }
@@ -78,8 +81,8 @@ impl<S: ObjectStore> Staged<S> {
         uploads: Arc<Uploads<S>>,
         reader: Arc<Reader<S>>,
         key: &str,
-        etag: &str,
-        size: u64,
+        (etag, size): (&str, u64),
+        attrs: Arc<PendingAttrs>,
     ) -> Self {
         let base = Base {
             etag: etag.to_owned(),
@@ -87,7 +90,7 @@ impl<S: ObjectStore> Staged<S> {
             object_size: size,
             read_fh: None,
         };
-        Self::with_base(uploads, reader, key, Some(base))
+        Self::with_base(uploads, reader, key, Some(base), attrs)
     }
 
     /// Without a base the file was never stored, so it is dirty from the
@@ -97,8 +100,10 @@ impl<S: ObjectStore> Staged<S> {
         reader: Arc<Reader<S>>,
         key: &str,
         base: Option<Base>,
+        attrs: Arc<PendingAttrs>,
     ) -> Self {
         Staged {
+            attrs,
             uploads,
             reader,
             key: key.to_owned(),
@@ -267,6 +272,7 @@ impl<S: ObjectStore> Staged<S> {
         };
         let config = self.uploads.config();
         let plan = plan::plan(size, &unchanged, config.part_size, 2 * config.part_size);
+        let posix = self.attrs.for_commit();
         let etag = match plan {
             CommitPlan::Single => {
                 self.fill(0..size).await?;
@@ -279,7 +285,7 @@ impl<S: ObjectStore> Staged<S> {
                 let etag = self
                     .uploads
                     .store()
-                    .put(&self.key, body, self.write_condition())
+                    .put(&self.key, body, self.write_condition(), &posix)
                     .await
                     .map_err(|e| self.failed(e))?;
                 self.uploads
@@ -288,7 +294,7 @@ impl<S: ObjectStore> Staged<S> {
                     .fetch_add(size, Ordering::Relaxed);
                 etag
             }
-            CommitPlan::Multipart(parts) => self.multipart(parts).await?,
+            CommitPlan::Multipart(parts) => self.multipart(parts, &posix).await?,
         };
         if let Some(fh) = self.base.take().and_then(|b| b.read_fh) {
             self.reader.release(fh);
@@ -305,7 +311,7 @@ impl<S: ObjectStore> Staged<S> {
             .completed
             .fetch_add(1, Ordering::Relaxed);
         debug!(key = %self.key, size, "changed file stored");
-        Ok(Uploaded { etag, size })
+        Ok(Uploaded { etag, size, posix })
     }
 
     /// The version the file was last stored as (or opened at): its ETag
@@ -409,7 +415,11 @@ impl<S: ObjectStore> Staged<S> {
 
     /// Stores the file as a multipart upload of `parts`; aborts it on any
     /// failure, so nothing partial appears.
-    async fn multipart(&mut self, parts: Vec<PlannedPart>) -> Result<String, FsError> {
+    async fn multipart(
+        &mut self,
+        parts: Vec<PlannedPart>,
+        posix: &PosixMeta,
+    ) -> Result<String, FsError> {
         for part in &parts {
             if let PlannedPart::Send(r) = part {
                 self.fill(r.clone()).await?;
@@ -417,7 +427,7 @@ impl<S: ObjectStore> Staged<S> {
         }
         let store = self.uploads.store().clone();
         let upload_id = store
-            .start_multipart(&self.key)
+            .start_multipart(&self.key, posix)
             .await
             .map_err(|e| self.failed(e))?;
         let result = self.send_parts(&upload_id, &parts).await;

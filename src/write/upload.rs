@@ -25,10 +25,11 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::pending_attrs::PendingAttrs;
 use super::spool::{SpoolBudget, SpoolFile};
 use crate::error::FsError;
 use crate::read::disk_cache::DiskCache;
-use crate::store::{Body, ObjectStore, StoreError, WriteCondition};
+use crate::store::{Body, ObjectStore, PosixMeta, StoreError, WriteCondition};
 
 /// S3's limit on the number of parts of one upload.
 const MAX_PARTS: u32 = 10_000;
@@ -139,6 +140,7 @@ impl<S: ObjectStore> Uploads<S> {
         self: &Arc<Self>,
         key: &str,
         create_only: bool,
+        attrs: Arc<PendingAttrs>,
     ) -> Result<Arc<Upload<S>>, FsError> {
         let spool = Arc::new(self.spool()?);
         self.stats.started.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +151,7 @@ impl<S: ObjectStore> Uploads<S> {
             len: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             create_only,
+            attrs,
         }))
     }
 }
@@ -158,6 +161,8 @@ impl<S: ObjectStore> Uploads<S> {
 pub struct Uploaded {
     pub etag: String,
     pub size: u64,
+    /// The POSIX attributes the object carries.
+    pub posix: PosixMeta,
 }
 
 enum PartUpload {
@@ -174,6 +179,8 @@ struct State {
     /// the spool budget is taken up to it.
     written: u64,
     upload_id: Option<String>,
+    /// The POSIX attributes the multipart upload was started with.
+    carried: PosixMeta,
     parts: Vec<PartUpload>,
     /// The first failure of a part; the upload cannot succeed after it.
     failed: Option<StoreError>,
@@ -192,6 +199,7 @@ pub struct Upload<S> {
     len: AtomicU64,
     state: Mutex<State>,
     create_only: bool,
+    attrs: Arc<PendingAttrs>,
 }
 
 impl<S: ObjectStore> Upload<S> {
@@ -351,13 +359,15 @@ impl<S: ObjectStore> Upload<S> {
         let upload_id = match &st.upload_id {
             Some(id) => id.clone(),
             None => {
+                let carried = self.attrs.for_commit();
                 let id = self
                     .uploads
                     .store
-                    .start_multipart(&self.key)
+                    .start_multipart(&self.key, &carried)
                     .await
                     .map_err(|e| FsError::store(&self.key, e))?;
                 st.upload_id = Some(id.clone());
+                st.carried = carried;
                 id
             }
         };
@@ -439,15 +449,16 @@ impl<S: ObjectStore> Upload<S> {
                 self.spool.body(0..size)
             };
             self.check_still_free().await?;
+            let posix = self.attrs.for_commit();
             let etag = self
                 .uploads
                 .store
-                .put(&self.key, body, self.write_condition())
+                .put(&self.key, body, self.write_condition(), &posix)
                 .await
                 .map_err(|e| self.store_failed(e))?;
             self.uploads.stats.bytes.fetch_add(size, Ordering::Relaxed);
             self.fill_data_cache(&etag, size);
-            return Ok(Uploaded { etag, size });
+            return Ok(Uploaded { etag, size, posix });
         };
         while st.sent < size {
             let next = part_size(self.uploads.config.part_size, st.parts.len() as u32 + 1);
@@ -471,7 +482,11 @@ impl<S: ObjectStore> Upload<S> {
             .complete_multipart(&self.key, &upload_id, etags, self.write_condition())
             .await
             .map_err(|e| self.store_failed(e))?;
-        Ok(Uploaded { etag, size })
+        Ok(Uploaded {
+            etag,
+            size,
+            posix: st.carried,
+        })
     }
 
     fn write_condition(&self) -> WriteCondition<'static> {

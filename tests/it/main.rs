@@ -16,6 +16,7 @@ mod everyday_tools;
 mod misbehaving_s3;
 mod mount_read;
 mod passthrough;
+mod posix_metadata;
 mod read_engine;
 mod resilience;
 mod service;

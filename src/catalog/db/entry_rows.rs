@@ -76,6 +76,25 @@ impl CatalogDb {
         })
     }
 
+    /// Up to `limit` entries named after `name`, in name order.
+    pub(super) fn after_name(&self, lid: i64, name: &str, limit: usize) -> Vec<Entry> {
+        blocking(|| {
+            let conn = self.conn.lock();
+            let result = conn
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE lid = ?1 AND name > ?2 ORDER BY name LIMIT ?3"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![lid, name, limit as i64], entry_from_row)?
+                        .collect()
+                });
+            result.unwrap_or_else(|e| {
+                warn!(name, error = %e, "cannot read entries from the catalog");
+                Vec::new()
+            })
+        })
+    }
+
     pub(super) fn count_files(&self, lid: i64) -> u64 {
         blocking(|| {
             let conn = self.conn.lock();

@@ -20,8 +20,10 @@
 //!
 //! Here: opening the database (file, lock, schema check, rebuild) and the
 //! switch to memory only when its disk is full. A listing's lifetime is in
-//! `stored_listings`, the SQL of its entries in `entry_rows`.
+//! `stored_listings`, the SQL of its entries in `entry_rows`. Attributes
+//! learned from object metadata (`attrs`, by key) are in `attr_rows`.
 
+mod attr_rows;
 mod entry_rows;
 mod stored_listings;
 
@@ -252,6 +254,7 @@ impl CatalogDb {
              CREATE INDEX IF NOT EXISTS entries_by_seq ON entries (lid, seq);
              CREATE INDEX IF NOT EXISTS dirs_by_lid ON dirs (lid);",
         )
+        .and_then(|()| conn.execute_batch(attr_rows::ATTRS_TABLE))
         .map_err(|e| format!("unreadable ({e})"))?;
         let meta = |key: &str| -> Result<Option<String>, String> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))

@@ -36,6 +36,11 @@ impl StoredEntries {
         self.db.get(self.lid, name)
     }
 
+    /// Up to `limit` entries named after `name`, in name order.
+    pub fn after_name(&self, name: &str, limit: usize) -> Vec<Entry> {
+        self.db.after_name(self.lid, name, limit)
+    }
+
     /// Files in the listing (directories not counted).
     pub fn count_files(&self) -> u64 {
         self.db.count_files(self.lid)

@@ -11,6 +11,7 @@ mod catalog_through_fs;
 mod claims;
 mod files;
 mod namespace_ops;
+mod posix_attrs;
 mod reads;
 mod reference_model;
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use fuser::RenameFlags;
 
-use super::{Attr, Ownership, S3Fs, WritePolicy};
+use super::{Attr, AttrChange, Creator, Ownership, PosixMetadata, S3Fs, WritePolicy};
 use crate::catalog::{Catalog, CatalogDb, Freshness, Ino, ROOT_INO};
 use crate::error::FsError;
 use crate::read::disk_cache::DiskCache;
@@ -44,6 +45,7 @@ pub(crate) struct Settings {
     pub read: ReadConfig,
     /// A data cache of this size, in a directory kept across remounts.
     pub data_cache: Option<u64>,
+    pub posix: PosixMetadata,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
                 ..ReadConfig::default()
             },
             data_cache: None,
+            posix: PosixMetadata::Lazy,
         }
     }
 }
@@ -76,6 +79,13 @@ pub(crate) struct TestMount<S: ObjectStore> {
     settings: Settings,
     disk: Disk,
 }
+
+/// Who creates files in test mounts: uid 1000 with umask 022.
+pub(crate) const CREATOR: Creator = Creator {
+    uid: 1000,
+    gid: 1000,
+    perm: 0o644,
+};
 
 /// Size of the kernel's read requests, as FUSE sends them.
 const READ_SIZE: u32 = 128 * 1024;
@@ -162,6 +172,7 @@ impl<S: ObjectStore> TestMount<S> {
             gid: 1000,
             file_mode: 0o644,
             dir_mode: 0o755,
+            posix: settings.posix,
         };
         S3Fs::new(
             catalog,
@@ -237,7 +248,7 @@ impl<S: ObjectStore> TestMount<S> {
             }
             Some(attr) => Ok((self.fs().open(attr.ino, flags).await?.fh, attr.ino)),
             None if flags & libc::O_CREAT != 0 => {
-                let (attr, fh) = self.fs().create(parent, name, flags).await?;
+                let (attr, fh) = self.fs().create(parent, name, flags, Some(CREATOR)).await?;
                 Ok((fh, attr.ino))
             }
             None => Err(FsError::NotFound),
@@ -327,8 +338,52 @@ impl<S: ObjectStore> TestMount<S> {
     /// truncate(2).
     pub async fn truncate(&self, path: &str, size: u64) -> Result<(), FsError> {
         let attr = self.resolve(path).await?;
-        self.fs().setattr(attr.ino, None, Some(size)).await?;
+        self.fs()
+            .setattr(attr.ino, None, Some(size), AttrChange::default())
+            .await?;
         Ok(())
+    }
+
+    /// chmod, chown, touch -d: `change` applied to `path`.
+    pub async fn set_attrs(&self, path: &str, change: AttrChange) -> Result<Attr, FsError> {
+        let attr = self.resolve(path).await?;
+        self.fs().setattr(attr.ino, None, None, change).await
+    }
+
+    /// `ln -s target path`.
+    pub async fn symlink(&self, target: &str, path: &str) -> Result<Attr, FsError> {
+        let (parent, name) = self.parent_of(path).await?;
+        self.fs().symlink(parent, name, target, CREATOR).await
+    }
+
+    /// `readlink path`.
+    pub async fn readlink(&self, path: &str) -> Result<String, FsError> {
+        let attr = self.resolve(path).await?;
+        self.fs().readlink(attr.ino).await
+    }
+
+    /// `ls -l path`: each row's attributes, as readdirplus gives them.
+    pub async fn list_attrs(&self, path: &str) -> Result<Vec<(String, Attr)>, FsError> {
+        let dir = self.resolve(path).await?;
+        let fh = self.fs().opendir(dir.ino).await?;
+        let mut out = Vec::new();
+        let mut offset = 0;
+        let read = loop {
+            match self.fs().readdir(dir.ino, fh, offset, 64).await {
+                Ok(rows) if rows.is_empty() => break Ok(()),
+                Ok(rows) => {
+                    offset = rows.last().unwrap().next_offset;
+                    out.extend(
+                        rows.into_iter()
+                            .filter(|r| r.name != "." && r.name != "..")
+                            .map(|r| (r.name, r.attr)),
+                    );
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.fs().releasedir(fh);
+        read.map(|()| out)
     }
 
     /// `cat path`.
@@ -377,7 +432,11 @@ impl<S: ObjectStore> TestMount<S> {
 
     pub async fn mkdir(&self, path: &str) -> Result<(), FsError> {
         let (parent, name) = self.parent_of(path).await?;
-        self.fs().mkdir(parent, name).await.map(|_| ())
+        let creator = Creator {
+            perm: 0o755,
+            ..CREATOR
+        };
+        self.fs().mkdir(parent, name, creator).await.map(|_| ())
     }
 
     pub async fn rmdir(&self, path: &str) -> Result<(), FsError> {

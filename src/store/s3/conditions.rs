@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use tracing::debug;
 
 use super::S3Store;
-use crate::store::{Body, ObjectStore, StoreError, WriteCondition};
+use crate::store::{Body, ObjectStore, PosixMeta, StoreError, WriteCondition};
 
 /// User metadata naming the request that wrote an object conditionally.
 pub(super) const MARK_TOKEN: &str = "s3mount-write";
@@ -29,12 +29,23 @@ pub(super) fn write_token() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-pub(super) fn marks_metadata(token: &str, copied_from: Option<&str>) -> HashMap<String, String> {
-    let mut marks = HashMap::from([(MARK_TOKEN.to_owned(), token.to_owned())]);
-    if let Some(etag) = copied_from {
-        marks.insert(MARK_COPIED_FROM.to_owned(), etag.to_owned());
+/// The user metadata of a write: its marks (a token when the write is
+/// conditional, the source version of a copy) and POSIX attributes; `None`
+/// when there is nothing to carry.
+pub(super) fn write_metadata(
+    token: Option<&str>,
+    copied_from: Option<&str>,
+    posix: &PosixMeta,
+) -> Option<HashMap<String, String>> {
+    let mut metadata = HashMap::new();
+    if let Some(token) = token {
+        metadata.insert(MARK_TOKEN.to_owned(), token.to_owned());
     }
-    marks
+    if let Some(etag) = copied_from {
+        metadata.insert(MARK_COPIED_FROM.to_owned(), etag.to_owned());
+    }
+    posix.add_to(&mut metadata);
+    (!metadata.is_empty()).then_some(metadata)
 }
 
 /// The `If-Match` and `If-None-Match` headers of a write.
@@ -75,7 +86,7 @@ impl S3Store {
         key: &str,
         token: Option<&str>,
     ) -> Result<String, StoreError> {
-        match (token, self.head_marks(key).await) {
+        match (token, self.head_metadata(key).await) {
             (Some(token), Ok((meta, marks))) if marks.token.as_deref() == Some(token) => {
                 debug!(
                     key,
@@ -103,6 +114,7 @@ impl S3Store {
                 &key,
                 Body::Empty,
                 WriteCondition::IfMatch("\"s3mount-probe-no-such-version\""),
+                &PosixMeta::NONE,
             )
             .await
         {

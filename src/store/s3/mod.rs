@@ -10,7 +10,7 @@ mod request_meter;
 use classify::{classify, root_cause, sent, Missing};
 pub use client::S3Settings;
 use conditions::{
-    condition_headers, marks_metadata, quoted, write_token, MARK_COPIED_FROM, MARK_TOKEN,
+    condition_headers, quoted, write_metadata, write_token, MARK_COPIED_FROM, MARK_TOKEN,
 };
 
 use std::collections::HashMap;
@@ -31,7 +31,9 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirecti
 use super::fan_out::FanOut;
 use super::pieces::PieceSink;
 use super::retry::{Backoff, RetryPolicy};
-use super::{Body, ListPage, ObjectMeta, ObjectStore, StoreError, WriteCondition, WriteMarks};
+use super::{
+    Body, ListPage, ObjectMeta, ObjectStore, PosixMeta, StoreError, UserMetadata, WriteCondition,
+};
 /// The largest object one CopyObject request may copy.
 const SINGLE_COPY_LIMIT: u64 = 5 << 30;
 
@@ -178,6 +180,7 @@ impl ObjectStore for S3Store {
         key: &str,
         body: Body,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
         let token = (condition != WriteCondition::Always).then(write_token);
         let (result, in_doubt) = self
@@ -194,7 +197,7 @@ impl ObjectStore for S3Store {
                         .content_type(content_type(key))
                         .set_if_match(if_match)
                         .set_if_none_match(if_none_match)
-                        .set_metadata(token.map(|t| marks_metadata(&t, None)))
+                        .set_metadata(write_metadata(token.as_deref(), None, posix))
                         .body(byte_stream(body).await?)
                         .send()
                         .await
@@ -208,8 +211,8 @@ impl ObjectStore for S3Store {
         .await
     }
 
-    async fn start_multipart(&self, key: &str) -> Result<String, StoreError> {
-        self.create_upload(key, None).await
+    async fn start_multipart(&self, key: &str, posix: &PosixMeta) -> Result<String, StoreError> {
+        self.create_upload(key, None, posix).await
     }
 
     async fn put_part(
@@ -316,10 +319,11 @@ impl ObjectStore for S3Store {
         size: u64,
         to: &str,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
         if size > self.copy_threshold {
             // Boxed: a copy in parts is rare and its future large.
-            return Box::pin(self.copy_in_parts(from, etag, size, to, condition)).await;
+            return Box::pin(self.copy_in_parts(from, etag, size, to, condition, posix)).await;
         }
         let token = write_token();
         let (if_match, if_none_match) = condition_headers(condition);
@@ -338,7 +342,7 @@ impl ObjectStore for S3Store {
                         // The copy's Content-Type follows its new name, as any upload's.
                         .metadata_directive(MetadataDirective::Replace)
                         .content_type(content_type(to))
-                        .set_metadata(Some(marks_metadata(&token, Some(etag))))
+                        .set_metadata(write_metadata(Some(&token), Some(etag), posix))
                         .send(),
                     Missing::Object,
                 )
@@ -419,16 +423,22 @@ impl ObjectStore for S3Store {
         )))
     }
 
-    async fn head_marks(&self, key: &str) -> Result<(ObjectMeta, WriteMarks), StoreError> {
+    async fn head_metadata(&self, key: &str) -> Result<(ObjectMeta, UserMetadata), StoreError> {
         let out = self.head_output(key).await?;
         let mark = |name: &str| {
             out.metadata()
                 .and_then(|m| m.get(name))
                 .map(|v| v.to_owned())
         };
-        let marks = WriteMarks {
+        let marks = UserMetadata {
             token: mark(MARK_TOKEN),
             copied_from: mark(MARK_COPIED_FROM),
+            posix: PosixMeta::from_headers(
+                out.metadata()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
         };
         Ok((object_meta(key, &out), marks))
     }
@@ -525,9 +535,10 @@ impl S3Store {
         size: u64,
         to: &str,
         condition: WriteCondition<'_>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
         let part = copy_part_size(size, self.copy_threshold);
-        let upload_id = self.create_upload(to, Some(etag)).await?;
+        let upload_id = self.create_upload(to, Some(etag), posix).await?;
         let mut copies = FanOut::new(COPY_CONCURRENCY, |e| {
             StoreError::Other(format!("part copy task failed: {e}"))
         });
@@ -562,11 +573,13 @@ impl S3Store {
 
     /// Starts a multipart upload marked with a token of its own (kept until
     /// it completes or is aborted), so a completion whose answer was lost is
-    /// recognised; `copied_from` marks a copy's source version.
+    /// recognised; `copied_from` marks a copy's source version. The object
+    /// will carry `posix`.
     async fn create_upload(
         &self,
         key: &str,
         copied_from: Option<&str>,
+        posix: &PosixMeta,
     ) -> Result<String, StoreError> {
         let token = write_token();
         let out = self
@@ -578,7 +591,7 @@ impl S3Store {
                         .bucket(&self.bucket)
                         .key(key)
                         .content_type(content_type(key))
-                        .set_metadata(Some(marks_metadata(&token, copied_from)))
+                        .set_metadata(write_metadata(Some(&token), copied_from, posix))
                         .send(),
                     Missing::Bucket,
                 )

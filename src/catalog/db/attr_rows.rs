@@ -1,0 +1,107 @@
+//! The SQL of remembered object attributes: per key, the ETag of the
+//! version they were learned for (or written with), its POSIX attributes
+//! and, for a symlink, its target. A row for another ETag than the one a
+//! listing shows is stale and ignored; it is replaced when the new version
+//! is learned.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, OptionalExtension};
+use tracing::warn;
+
+use super::CatalogDb;
+use crate::blocking::blocking;
+use crate::catalog::ObjectAttrs;
+use crate::store::PosixMeta;
+
+pub(super) const ATTRS_TABLE: &str = "CREATE TABLE IF NOT EXISTS attrs (
+    key TEXT PRIMARY KEY,
+    etag TEXT NOT NULL,
+    mode INTEGER,
+    uid INTEGER,
+    gid INTEGER,
+    mtime_ns INTEGER,
+    link TEXT) WITHOUT ROWID;";
+
+impl CatalogDb {
+    /// The attributes remembered for `key`, of whatever version.
+    pub fn object_attrs(&self, key: &str) -> Option<ObjectAttrs> {
+        blocking(|| {
+            let conn = self.conn.lock();
+            let result = conn
+                .prepare_cached(
+                    "SELECT etag, mode, uid, gid, mtime_ns, link FROM attrs WHERE key = ?1",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row([key], |r| {
+                        Ok(ObjectAttrs {
+                            etag: r.get(0)?,
+                            posix: PosixMeta {
+                                mode: r.get(1)?,
+                                uid: r.get(2)?,
+                                gid: r.get(3)?,
+                                mtime: r.get::<_, Option<i64>>(4)?.map(from_nanos),
+                            },
+                            link: r.get(5)?,
+                        })
+                    })
+                    .optional()
+                });
+            result.unwrap_or_else(|e| {
+                warn!(key, error = %e, "cannot read attributes from the catalog");
+                None
+            })
+        })
+    }
+
+    /// Remembers the attributes of `key`, replacing those of any version.
+    pub fn put_object_attrs(&self, key: &str, attrs: &ObjectAttrs) {
+        if !self.writable() {
+            return;
+        }
+        blocking(|| {
+            let conn = self.conn.lock();
+            let p = &attrs.posix;
+            let result = conn.execute(
+                "INSERT OR REPLACE INTO attrs (key, etag, mode, uid, gid, mtime_ns, link)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    key,
+                    attrs.etag,
+                    p.mode,
+                    p.uid,
+                    p.gid,
+                    p.mtime.map(to_nanos),
+                    attrs.link
+                ],
+            );
+            if let Err(e) = result {
+                self.write_failed("store attributes", &e);
+            }
+        })
+    }
+
+    /// Forgets the attributes of `key` (deleted, or moved away).
+    pub fn remove_object_attrs(&self, key: &str) {
+        blocking(|| {
+            let conn = self.conn.lock();
+            if let Err(e) = conn.execute("DELETE FROM attrs WHERE key = ?1", [key]) {
+                self.write_failed("forget attributes", &e);
+            }
+        })
+    }
+}
+
+fn to_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+fn from_nanos(ns: i64) -> SystemTime {
+    match ns >= 0 {
+        true => UNIX_EPOCH + Duration::from_nanos(ns as u64),
+        false => UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs()),
+    }
+}

@@ -1,0 +1,209 @@
+//! What objects' user metadata says (POSIX attributes, a symlink's target),
+//! remembered per object version, so a HEAD is paid once per ETag, ever.
+//!
+//! A listing gives each object's ETag but not its user metadata. The
+//! attributes of versions this mount wrote are recorded as they are
+//! stored; those of other versions are learned with a HEAD when asked
+//! ([`ObjectAttrsCache::learn`]), or ahead of the asking, in the background
+//! ([`ObjectAttrsCache::learn_ahead`]). Both land in memory (moka, bounded)
+//! and in the on-disk catalog (the `attrs` table), which survives remounts.
+//!
+//! Invariants:
+//! - Attributes are only ever served for the ETag they were learned for: a
+//!   new version of a key is unknown until it is learned or written here.
+//! - One HEAD per key at a time: concurrent askers share its answer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{OnceCell, Semaphore};
+use tracing::debug;
+
+use super::CatalogDb;
+use crate::error::FsError;
+use crate::store::{ObjectStore, PosixMeta};
+
+/// HEADs in flight for attributes learned ahead of the asking.
+const AHEAD_CONCURRENCY: usize = 32;
+/// The longest symlink target read: Linux's PATH_MAX.
+pub const MAX_LINK_LEN: u64 = 4096;
+
+/// The attributes of one object version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectAttrs {
+    pub etag: String,
+    pub posix: PosixMeta,
+    /// The target, when the object is a symlink and it was read.
+    pub link: Option<String>,
+}
+
+/// Counters, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct AttrStats {
+    /// HEADs sent to learn attributes (ahead or on demand).
+    pub heads: AtomicU64,
+    /// Symlink targets read with a GET.
+    pub link_reads: AtomicU64,
+}
+
+type Learning = Arc<OnceCell<Result<ObjectAttrs, FsError>>>;
+
+pub struct ObjectAttrsCache<S> {
+    store: Arc<S>,
+    db: Option<Arc<CatalogDb>>,
+    memory: moka::sync::Cache<String, Arc<ObjectAttrs>>,
+    /// Keys being learned now, each with the answer its askers share.
+    learning: Mutex<HashMap<String, Learning>>,
+    ahead: Arc<Semaphore>,
+    stats: AttrStats,
+}
+
+impl<S: ObjectStore> ObjectAttrsCache<S> {
+    /// `memory_bytes` bounds what is held in memory (the catalog on disk
+    /// keeps the rest).
+    pub fn new(store: Arc<S>, db: Option<Arc<CatalogDb>>, memory_bytes: u64) -> Self {
+        ObjectAttrsCache {
+            store,
+            db,
+            memory: moka::sync::Cache::builder()
+                .max_capacity(memory_bytes)
+                .weigher(|k: &String, a: &Arc<ObjectAttrs>| {
+                    (k.len() + a.etag.len() + a.link.as_ref().map_or(0, |l| l.len()) + 120)
+                        .min(u32::MAX as usize) as u32
+                })
+                .build(),
+            learning: Mutex::default(),
+            ahead: Arc::new(Semaphore::new(AHEAD_CONCURRENCY)),
+            stats: AttrStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &AttrStats {
+        &self.stats
+    }
+
+    /// The attributes of version `etag` of `key`, if known, without asking S3.
+    pub fn known(&self, key: &str, etag: &str) -> Option<Arc<ObjectAttrs>> {
+        if let Some(a) = self.memory.get(key) {
+            if a.etag == etag {
+                return Some(a);
+            }
+        }
+        let stored = self.db.as_ref()?.object_attrs(key)?;
+        if stored.etag != etag {
+            return None;
+        }
+        let stored = Arc::new(stored);
+        self.memory.insert(key.to_owned(), stored.clone());
+        Some(stored)
+    }
+
+    /// Notes the attributes of a version this mount stored (or learned).
+    pub fn record(&self, key: &str, attrs: ObjectAttrs) {
+        if let Some(db) = &self.db {
+            db.put_object_attrs(key, &attrs);
+        }
+        self.memory.insert(key.to_owned(), Arc::new(attrs));
+    }
+
+    /// Forgets `key`'s attributes (it was deleted or moved away).
+    pub fn forget(&self, key: &str) {
+        self.memory.invalidate(key);
+        if let Some(db) = &self.db {
+            db.remove_object_attrs(key);
+        }
+    }
+
+    /// The attributes of version `etag` of `key`: known, or learned with a
+    /// HEAD (shared with concurrent askers). When the key holds another
+    /// version by now, that version's attributes are learned and returned.
+    pub async fn learn(&self, key: &str, etag: &str) -> Result<Arc<ObjectAttrs>, FsError> {
+        if let Some(a) = self.known(key, etag) {
+            return Ok(a);
+        }
+        let cell = self
+            .learning
+            .lock()
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_init(|| async {
+                self.stats.heads.fetch_add(1, Ordering::Relaxed);
+                match self.store.head_metadata(key).await {
+                    Ok((meta, marks)) => {
+                        let attrs = ObjectAttrs {
+                            etag: meta.etag,
+                            posix: marks.posix,
+                            link: None,
+                        };
+                        self.record(key, attrs.clone());
+                        Ok(attrs)
+                    }
+                    Err(e) => Err(FsError::store(key, e)),
+                }
+            })
+            .await
+            .clone();
+        {
+            let mut learning = self.learning.lock();
+            if learning.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                learning.remove(key);
+            }
+        }
+        result.map(Arc::new)
+    }
+
+    /// Learns the attributes of `versions` (key, ETag) not known yet, in
+    /// the background, a bounded number at a time; a later
+    /// [`ObjectAttrsCache::learn`] of one of them waits for its answer.
+    pub fn learn_ahead(self: &Arc<Self>, versions: Vec<(String, String)>) {
+        for (key, etag) in versions {
+            if self.learning.lock().contains_key(&key) || self.known(&key, &etag).is_some() {
+                continue;
+            }
+            let Ok(permit) = self.ahead.clone().try_acquire_owned() else {
+                return; // enough in flight: the askers learn the rest
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = this.learn(&key, &etag).await {
+                    debug!(key, error = %e, "learning attributes ahead failed");
+                }
+            });
+        }
+    }
+
+    /// The target of the symlink at version `etag` of `key` (`size` bytes):
+    /// remembered, or read with one GET.
+    pub async fn link_target(&self, key: &str, etag: &str, size: u64) -> Result<String, FsError> {
+        let attrs = self.learn(key, etag).await?;
+        if let Some(link) = &attrs.link {
+            return Ok(link.clone());
+        }
+        if size > MAX_LINK_LEN {
+            return Err(FsError::Invalid("a symlink target longer than PATH_MAX"));
+        }
+        self.stats.link_reads.fetch_add(1, Ordering::Relaxed);
+        let mut body = Vec::with_capacity(size as usize);
+        self.store
+            .get_range(key, &attrs.etag, 0..size, &[size], &mut |b| {
+                body.extend_from_slice(&b)
+            })
+            .await
+            .map_err(|e| FsError::store(key, e))?;
+        let target = String::from_utf8(body)
+            .map_err(|_| FsError::Invalid("a symlink target that is not UTF-8"))?;
+        self.record(
+            key,
+            ObjectAttrs {
+                link: Some(target.clone()),
+                ..(*attrs).clone()
+            },
+        );
+        Ok(target)
+    }
+}

@@ -1,0 +1,476 @@
+//! POSIX attributes in filesystem terms: what `stat` shows (modes, owners,
+//! times and symlinks kept in object metadata, see
+//! [`crate::store::PosixMeta`]), when S3 is asked for them
+//! (`--posix-metadata`), chmod, chown and utimens, and symlinks.
+//!
+//! A metadata-only change of a stored file is a server-side copy of the
+//! object onto itself with the new metadata, pinned to the version seen;
+//! a file open for writing takes the change into its next commit instead.
+//! docs/SEMANTICS.md ("Times, modes, owners and symlinks") says what each
+//! setting costs.
+
+use std::time::SystemTime;
+
+use tracing::debug;
+
+use super::{Attr, S3Fs};
+use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs};
+use crate::error::FsError;
+use crate::names;
+use crate::store::{Body, ObjectStore, PosixMeta, WriteCondition};
+use crate::write::{PendingAttrs, WritableFile};
+
+/// When the mount reads and writes POSIX attributes (`--posix-metadata`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PosixMetadata {
+    /// Never: modes and owners from the mount options, times from S3;
+    /// chmod, chown, utimens and symlink fail with EPERM.
+    Off,
+    /// Stored with every write; an object written elsewhere is asked
+    /// about (one HEAD per version, remembered) when its attributes are
+    /// first needed, with its neighbours in the listing learned ahead.
+    #[default]
+    Lazy,
+    /// As `Lazy`, and directory reads learn every entry's attributes
+    /// before answering.
+    Full,
+}
+
+/// Entries after a looked-up one whose attributes are learned ahead: `ls
+/// -l` and rsync stat every entry in name order.
+const LEARN_AHEAD: usize = 64;
+
+/// A change asked by setattr besides the size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime: Option<SystemTime>,
+    /// An access time was given: it is not kept (atime shows mtime).
+    pub atime: bool,
+}
+
+impl AttrChange {
+    /// Whether it changes what is stored (an access time alone does not).
+    pub fn stores_something(&self) -> bool {
+        self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some()
+    }
+
+    fn apply(&self, posix: &mut PosixMeta, file_type: u32) {
+        if let Some(mode) = self.mode {
+            posix.mode = Some(file_type | (mode & 0o7777));
+        }
+        if let Some(uid) = self.uid {
+            posix.uid = Some(uid);
+        }
+        if let Some(gid) = self.gid {
+            posix.gid = Some(gid);
+        }
+        if let Some(t) = self.mtime {
+            posix.mtime = Some(t);
+        }
+    }
+}
+
+/// Who creates a file, a directory or a symlink, and with which mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Creator {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits, the umask applied.
+    pub perm: u32,
+}
+
+impl<S: ObjectStore> S3Fs<S> {
+    pub(super) fn keeps_posix(&self) -> bool {
+        self.owner.posix != PosixMetadata::Off
+    }
+
+    /// `attr` with what `posix` says over the mount's defaults.
+    pub(super) fn apply_posix(attr: &mut Attr, posix: &PosixMeta) {
+        if let Some(mode) = posix.mode {
+            attr.perm = (mode & 0o7777) as u16;
+            attr.is_symlink = !attr.is_dir && posix.is_symlink();
+        }
+        if let Some(uid) = posix.uid {
+            attr.uid = uid;
+        }
+        if let Some(gid) = posix.gid {
+            attr.gid = gid;
+        }
+        if let Some(t) = posix.mtime {
+            attr.mtime = t;
+        }
+        attr.provisional = false;
+    }
+
+    /// Attributes of `entry` (object `key`) from what is known, without
+    /// asking S3; `provisional` when its metadata is still to be learned.
+    pub(super) fn attr_known(&self, ino: Ino, key: &str, entry: &Entry) -> Attr {
+        let mut attr = self.attr(ino, entry);
+        if !self.keeps_posix() {
+            return attr;
+        }
+        let etag = match &entry.kind {
+            EntryKind::File { etag, .. } if !etag.is_empty() => etag,
+            EntryKind::File { .. } => return attr,
+            EntryKind::Dir => {
+                if let Some(known) = self.catalog.attrs().known(key, DIR_VERSION) {
+                    Self::apply_posix(&mut attr, &known.posix);
+                }
+                return attr;
+            }
+        };
+        match self.catalog.attrs().known(key, etag) {
+            Some(known) => Self::apply_posix(&mut attr, &known.posix),
+            None => attr.provisional = true,
+        }
+        attr
+    }
+
+    /// Attributes of `entry` (object `key`, named in `parent`), asking S3
+    /// for its metadata if it is not known yet; the entries after it in
+    /// the listing are learned ahead, in the background.
+    pub(super) async fn attr_learned(
+        &self,
+        ino: Ino,
+        parent: Ino,
+        key: &str,
+        entry: &Entry,
+    ) -> Attr {
+        let mut attr = self.attr_known(ino, key, entry);
+        let EntryKind::File { etag, .. } = &entry.kind else {
+            return attr;
+        };
+        if !attr.provisional {
+            return attr;
+        }
+        self.learn_after(parent, &entry.name);
+        match self.catalog.attrs().learn(key, etag).await {
+            Ok(known) => Self::apply_posix(&mut attr, &known.posix),
+            // Gone: shown as listed until the listing says so.
+            Err(e) if e.is_not_found() => attr.provisional = false,
+            // Asked again at the next stat.
+            Err(e) => debug!(key, error = %e, "cannot learn attributes"),
+        }
+        attr
+    }
+
+    /// Starts learning the attributes of the files after `name` in
+    /// directory `parent`, as far as its listing is held.
+    fn learn_after(&self, parent: Ino, name: &str) {
+        let Ok(prefix) = self.catalog.dir_prefix(parent) else {
+            return;
+        };
+        let Some(listing) = self.catalog.held(&prefix) else {
+            return;
+        };
+        let versions = listing
+            .after_name(name, LEARN_AHEAD)
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EntryKind::File { etag, .. } => Some((names::child_key(&prefix, &e.name), etag)),
+                EntryKind::Dir => None,
+            })
+            .collect();
+        self.catalog.attrs().learn_ahead(versions);
+    }
+
+    /// Under `--posix-metadata full`: learns the attributes of the files
+    /// of a directory page not known yet, all at once.
+    pub(super) async fn learn_page(&self, prefix: &str, entries: &[Entry]) {
+        if self.owner.posix != PosixMetadata::Full {
+            return;
+        }
+        let attrs = self.catalog.attrs();
+        let unknown: Vec<(String, String)> = entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File { etag, .. } if !etag.is_empty() => {
+                    let key = names::child_key(prefix, &e.name);
+                    attrs
+                        .known(&key, etag)
+                        .is_none()
+                        .then(|| (key, etag.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let learning: Vec<_> = unknown
+            .into_iter()
+            .map(|(key, etag)| {
+                let attrs = attrs.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = attrs.learn(&key, &etag).await {
+                        debug!(key, error = %e, "cannot learn attributes");
+                    }
+                })
+            })
+            .collect();
+        for task in learning {
+            let _ = task.await;
+        }
+    }
+
+    /// The attributes a new version of version `etag` of `key` keeps (an
+    /// edit, a truncation): those known, learned if need be; `None` when
+    /// the mount keeps none.
+    pub(super) async fn kept_posix(&self, key: &str, etag: &str) -> Option<PosixMeta> {
+        if !self.keeps_posix() {
+            return None;
+        }
+        if etag.is_empty() {
+            return Some(PosixMeta::NONE);
+        }
+        match self.catalog.attrs().learn(key, etag).await {
+            Ok(known) => Some(PosixMeta {
+                mtime: None,
+                ..known.posix
+            }),
+            Err(e) => {
+                debug!(key, error = %e, "cannot learn attributes; the new version carries none");
+                Some(PosixMeta::NONE)
+            }
+        }
+    }
+
+    /// What a file created now by `creator` carries.
+    pub(super) fn new_file_attrs(&self, creator: Option<Creator>) -> PendingAttrs {
+        let posix = match creator {
+            Some(c) => PosixMeta {
+                mode: Some(libc::S_IFREG | (c.perm & 0o7777)),
+                uid: Some(c.uid),
+                gid: Some(c.gid),
+                mtime: None,
+            },
+            None => PosixMeta::NONE,
+        };
+        PendingAttrs::new(self.keeps_posix().then_some(posix))
+    }
+
+    /// Notes the attributes a version stored by this mount carries.
+    pub(super) fn record_attrs(
+        &self,
+        key: &str,
+        etag: &str,
+        posix: PosixMeta,
+        link: Option<String>,
+    ) {
+        if !self.keeps_posix() {
+            return;
+        }
+        self.catalog.attrs().record(
+            key,
+            ObjectAttrs {
+                etag: etag.to_owned(),
+                posix,
+                link,
+            },
+        );
+    }
+
+    /// chmod, chown and utimens of `ino`: stored in the object's metadata
+    /// (a file open for writing stores them with its next commit).
+    pub(super) async fn change_attrs(&self, ino: Ino, change: AttrChange) -> Result<(), FsError> {
+        if !change.stores_something() {
+            return Ok(());
+        }
+        self.writable()?;
+        if !self.keeps_posix() {
+            return Err(FsError::NotPermitted(
+                "--posix-metadata off keeps no modes, owners or times",
+            ));
+        }
+        if let Some(file) = self.writer.settle(ino).await {
+            // Open for writing: its next commit stores the change (or its
+            // last close does, see `store_unstored_attrs`).
+            file.attrs.change(|p| change.apply(p, libc::S_IFREG));
+            return Ok(());
+        }
+        let (parent, name, key) = self.catalog.location(ino)?;
+        let entry = self.catalog.entry(ino).await?;
+        match &entry.kind {
+            EntryKind::Dir => self.change_dir_attrs(&key, &entry, change).await,
+            EntryKind::File { size, etag } => {
+                if self.policy.no_overwrite {
+                    return Err(FsError::NotPermitted("--no-overwrite is set"));
+                }
+                let known = self.catalog.attrs().learn(&key, etag).await?;
+                if known.etag != *etag {
+                    return Err(FsError::Busy("the file was replaced meanwhile; try again"));
+                }
+                let mut posix = known.posix;
+                let file_type = posix.mode.map_or(libc::S_IFREG, |m| m & libc::S_IFMT);
+                change.apply(&mut posix, file_type);
+                // The copy gets a new LastModified: the time shown must not
+                // move with it.
+                posix.mtime = posix.mtime.or(Some(entry.mtime));
+                if posix == known.posix {
+                    return Ok(());
+                }
+                let new_etag = self
+                    .store()
+                    .copy(
+                        &key,
+                        etag,
+                        *size,
+                        &key,
+                        WriteCondition::IfMatch(etag),
+                        &posix,
+                    )
+                    .await
+                    .map_err(|e| FsError::store(&key, e))?;
+                self.record_file(parent, &name, *size, new_etag.clone())?;
+                self.record_attrs(&key, &new_etag, posix, known.link.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// After the last close of `file`: stores attributes set while it was
+    /// open that no commit carried, on the version now under its name.
+    pub(super) async fn store_unstored_attrs(&self, file: &WritableFile<S>) -> Result<(), FsError> {
+        let place = file.place();
+        let (_, entry) = self.catalog.lookup(place.parent, &place.name).await?;
+        let EntryKind::File { size, etag } = entry.kind else {
+            return Ok(());
+        };
+        let posix = file.attrs.for_commit();
+        let new_etag = self
+            .store()
+            .copy(
+                &place.key,
+                &etag,
+                size,
+                &place.key,
+                WriteCondition::IfMatch(&etag),
+                &posix,
+            )
+            .await
+            .map_err(|e| FsError::store(&place.key, e))?;
+        self.record_file(place.parent, &place.name, size, new_etag.clone())?;
+        self.record_attrs(&place.key, &new_etag, posix, None);
+        Ok(())
+    }
+
+    /// A directory's attributes live on its marker object (`dir/`), as
+    /// s3fs keeps them; it is written (or rewritten) with them.
+    async fn change_dir_attrs(
+        &self,
+        prefix: &str,
+        entry: &Entry,
+        change: AttrChange,
+    ) -> Result<(), FsError> {
+        if prefix.is_empty() {
+            return Err(FsError::NotPermitted(
+                "the root of a whole-bucket mount has no marker object to keep attributes",
+            ));
+        }
+        let mut posix = self
+            .catalog
+            .attrs()
+            .known(prefix, DIR_VERSION)
+            .map_or(PosixMeta::NONE, |a| a.posix);
+        let before = posix;
+        change.apply(&mut posix, libc::S_IFDIR);
+        posix.mtime = posix.mtime.or(Some(entry.mtime));
+        if posix == before {
+            return Ok(());
+        }
+        self.store()
+            .put(prefix, Body::Empty, WriteCondition::Always, &posix)
+            .await
+            .map_err(|e| FsError::store(prefix, e))?;
+        self.record_attrs(prefix, DIR_VERSION, posix, None);
+        Ok(())
+    }
+
+    /// What a directory made now by `creator` carries on its marker.
+    pub(super) fn new_dir_attrs(&self, creator: Creator) -> PosixMeta {
+        match self.keeps_posix() {
+            true => PosixMeta {
+                mode: Some(libc::S_IFDIR | (creator.perm & 0o7777)),
+                uid: Some(creator.uid),
+                gid: Some(creator.gid),
+                mtime: Some(SystemTime::now()),
+            },
+            false => PosixMeta::NONE,
+        }
+    }
+
+    /// symlink(2): an object whose body is the target, with mode
+    /// `S_IFLNK|0777`, as s3fs stores one.
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &str,
+        target: &str,
+        creator: Creator,
+    ) -> Result<Attr, FsError> {
+        if !self.keeps_posix() {
+            return Err(FsError::NotPermitted(
+                "--posix-metadata off keeps no symlinks",
+            ));
+        }
+        if target.is_empty() || target.len() as u64 > crate::catalog::MAX_LINK_LEN {
+            return Err(FsError::Invalid("a symlink target of 1 to 4096 bytes"));
+        }
+        let prefix = self.free_name(parent, name).await?;
+        let key = names::child_key(&prefix, name);
+        self.writer.cancel_delete(&key);
+        let posix = PosixMeta {
+            mode: Some(libc::S_IFLNK | 0o777),
+            uid: Some(creator.uid),
+            gid: Some(creator.gid),
+            mtime: Some(SystemTime::now()),
+        };
+        let body = Body::Small(bytes::Bytes::copy_from_slice(target.as_bytes()));
+        let etag = self
+            .store()
+            .put(&key, body, WriteCondition::IfAbsent, &posix)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::PreconditionFailed => FsError::Exists,
+                e => FsError::store(&key, e),
+            })?;
+        let size = target.len() as u64;
+        self.record_file(parent, name, size, etag.clone())?;
+        self.record_attrs(&key, &etag, posix, Some(target.to_owned()));
+        let (ino, entry) = self.catalog.lookup(parent, name).await?;
+        let attr = self.attr_known(ino, &key, &entry);
+        self.sent_entry(parent, name, &attr);
+        Ok(attr)
+    }
+
+    /// readlink(2).
+    pub async fn readlink(&self, ino: Ino) -> Result<String, FsError> {
+        let key = self.catalog.file_key(ino)?;
+        match self.catalog.entry(ino).await?.kind {
+            EntryKind::File { size, etag } => {
+                self.catalog.attrs().link_target(&key, &etag, size).await
+            }
+            EntryKind::Dir => Err(FsError::Invalid("not a symlink")),
+        }
+    }
+
+    /// The attributes a renamed object takes along to its new key: those
+    /// known, learned if need be; `NONE` when the mount keeps none.
+    pub(super) async fn moving_attrs(&self, key: &str, etag: &str) -> Option<ObjectAttrs> {
+        if !self.keeps_posix() {
+            return None;
+        }
+        match self.catalog.attrs().learn(key, etag).await {
+            Ok(known) => Some((*known).clone()),
+            Err(e) => {
+                debug!(key, error = %e, "cannot learn attributes before a rename");
+                None
+            }
+        }
+    }
+}
+
+/// The version under which a directory marker's attributes are
+/// remembered: the marker is not in its parent's listing, so its ETag is
+/// not known there; what this catalog wrote or learned last holds.
+pub(super) const DIR_VERSION: &str = "dir";
