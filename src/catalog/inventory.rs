@@ -551,6 +551,7 @@ mod tests {
         for item in SnapshotReader::new(&bytes[..]).unwrap() {
             match item.unwrap() {
                 SnapshotItem::Dir { dir: d, .. } => dir = d,
+                SnapshotItem::Attrs { .. } => panic!("an inventory gives no attributes"),
                 SnapshotItem::Entry(e) => shown.push(match e.kind {
                     EntryKind::Dir => format!("{dir}{}/", e.name),
                     EntryKind::File { size, etag } => format!("{dir}{} {size} {etag}", e.name),

@@ -57,7 +57,9 @@ pub use growing::GrowingListing;
 use inodes::{InodeTable, Node};
 pub use listing::{DirSource, Entry, EntryKind, Listing, IN_MEMORY_LIMIT};
 use listing_cache::Listings;
-pub use object_attrs::{AttrStats, ObjectAttrs, ObjectAttrsCache, MAX_LINK_LEN};
+pub use object_attrs::{
+    AttrStats, ObjectAttrs, ObjectAttrsCache, DIR_MARKER_VERSION, MAX_LINK_LEN,
+};
 
 pub type Ino = u64;
 pub const ROOT_INO: Ino = 1;

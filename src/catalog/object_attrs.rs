@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tokio::sync::{OnceCell, Semaphore};
@@ -23,20 +24,48 @@ use tracing::debug;
 
 use super::CatalogDb;
 use crate::error::FsError;
-use crate::store::{ObjectStore, PosixMeta};
+use crate::store::{ObjectStore, PosixMeta, StoreError};
 
-/// HEADs in flight for attributes learned ahead of the asking.
-const AHEAD_CONCURRENCY: usize = 32;
+/// HEADs in flight for attributes learned ahead of the asking: each pays
+/// S3's fixed latency, so `ls -l` of a directory nobody has stat'ed goes
+/// as fast as this many at a time allow.
+const AHEAD_CONCURRENCY: usize = 128;
+/// How long a key whose HEAD failed is not asked again.
+const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest symlink target read: Linux's PATH_MAX.
 pub const MAX_LINK_LEN: u64 = 4096;
+
+/// The version under which a directory marker's (`dir/`) attributes are
+/// remembered: the marker is not in its parent's listing, so its ETag is
+/// not known there; what this catalog wrote or learned last holds.
+pub const DIR_MARKER_VERSION: &str = "dir";
 
 /// The attributes of one object version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectAttrs {
     pub etag: String,
+    /// The version's LastModified, when learned with a HEAD. A version is
+    /// its ETag and this: a copy of an object onto itself with new
+    /// metadata (another client's chmod) keeps the ETag and moves this.
+    /// `None` for versions this mount wrote (S3 does not say when).
+    pub last_modified: Option<SystemTime>,
     pub posix: PosixMeta,
     /// The target, when the object is a symlink and it was read.
     pub link: Option<String>,
+}
+
+impl ObjectAttrs {
+    /// Whether these are of the version a listing shows as `etag`, last
+    /// modified at `listed` (compared in whole seconds: HEAD gives no
+    /// more, listings may).
+    fn of_version(&self, etag: &str, listed: Option<SystemTime>) -> bool {
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.etag == etag
+            && match (self.last_modified, listed) {
+                (Some(learned), Some(listed)) => secs(learned) == secs(listed),
+                _ => true,
+            }
+    }
 }
 
 /// Counters, for tests and metrics.
@@ -50,12 +79,19 @@ pub struct AttrStats {
 
 type Learning = Arc<OnceCell<Result<ObjectAttrs, FsError>>>;
 
+/// A HEAD in flight for a key: its shared answer and when it was sent.
+type InFlight = (Learning, std::time::Instant);
+
 pub struct ObjectAttrsCache<S> {
     store: Arc<S>,
     db: Option<Arc<CatalogDb>>,
     memory: moka::sync::Cache<String, Arc<ObjectAttrs>>,
     /// Keys being learned now, each with the answer its askers share.
-    learning: Mutex<HashMap<String, Learning>>,
+    learning: Mutex<HashMap<String, InFlight>>,
+    /// Keys whose HEAD failed lately: not asked again for a while, so a
+    /// store that is down costs a stat one retry timeout, not one per
+    /// attribute request (the kernel asks several for one open).
+    failed: moka::sync::Cache<String, ()>,
     ahead: Arc<Semaphore>,
     stats: AttrStats,
 }
@@ -75,6 +111,10 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
                 })
                 .build(),
             learning: Mutex::default(),
+            failed: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(RETRY_FAILED_AFTER)
+                .build(),
             ahead: Arc::new(Semaphore::new(AHEAD_CONCURRENCY)),
             stats: AttrStats::default(),
         }
@@ -84,15 +124,21 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
         &self.stats
     }
 
-    /// The attributes of version `etag` of `key`, if known, without asking S3.
-    pub fn known(&self, key: &str, etag: &str) -> Option<Arc<ObjectAttrs>> {
+    /// The attributes of version `etag` of `key` (last modified at
+    /// `listed`, when a listing says), if known, without asking S3.
+    pub fn known(
+        &self,
+        key: &str,
+        etag: &str,
+        listed: Option<SystemTime>,
+    ) -> Option<Arc<ObjectAttrs>> {
         if let Some(a) = self.memory.get(key) {
-            if a.etag == etag {
+            if a.of_version(etag, listed) {
                 return Some(a);
             }
         }
         let stored = self.db.as_ref()?.object_attrs(key)?;
-        if stored.etag != etag {
+        if !stored.of_version(etag, listed) {
             return None;
         }
         let stored = Arc::new(stored);
@@ -119,15 +165,27 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
     /// The attributes of version `etag` of `key`: known, or learned with a
     /// HEAD (shared with concurrent askers). When the key holds another
     /// version by now, that version's attributes are learned and returned.
-    pub async fn learn(&self, key: &str, etag: &str) -> Result<Arc<ObjectAttrs>, FsError> {
-        if let Some(a) = self.known(key, etag) {
+    pub async fn learn(
+        &self,
+        key: &str,
+        etag: &str,
+        listed: Option<SystemTime>,
+    ) -> Result<Arc<ObjectAttrs>, FsError> {
+        if let Some(a) = self.known(key, etag, listed) {
             return Ok(a);
+        }
+        if self.failed.contains_key(key) {
+            return Err(FsError::store(
+                key,
+                StoreError::Unavailable("its HEAD failed moments ago".into()),
+            ));
         }
         let cell = self
             .learning
             .lock()
             .entry(key.to_owned())
-            .or_default()
+            .or_insert_with(|| (Learning::default(), std::time::Instant::now()))
+            .0
             .clone();
         let result = cell
             .get_or_init(|| async {
@@ -136,32 +194,51 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
                     Ok((meta, marks)) => {
                         let attrs = ObjectAttrs {
                             etag: meta.etag,
+                            last_modified: Some(meta.last_modified),
                             posix: marks.posix,
                             link: None,
                         };
                         self.record(key, attrs.clone());
                         Ok(attrs)
                     }
-                    Err(e) => Err(FsError::store(key, e)),
+                    Err(e) => {
+                        if e.is_transient() {
+                            self.failed.insert(key.to_owned(), ());
+                        }
+                        Err(FsError::store(key, e))
+                    }
                 }
             })
             .await
             .clone();
         {
             let mut learning = self.learning.lock();
-            if learning.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            if learning
+                .get(key)
+                .is_some_and(|(c, _)| Arc::ptr_eq(c, &cell))
+            {
                 learning.remove(key);
             }
         }
         result.map(Arc::new)
     }
 
+    /// How long the HEAD of `key` has been in flight, if one is.
+    pub fn learning_for(&self, key: &str) -> Option<std::time::Duration> {
+        self.learning
+            .lock()
+            .get(key)
+            .map(|(_, sent)| sent.elapsed())
+    }
+
     /// Learns the attributes of `versions` (key, ETag) not known yet, in
     /// the background, a bounded number at a time; a later
     /// [`ObjectAttrsCache::learn`] of one of them waits for its answer.
-    pub fn learn_ahead(self: &Arc<Self>, versions: Vec<(String, String)>) {
-        for (key, etag) in versions {
-            if self.learning.lock().contains_key(&key) || self.known(&key, &etag).is_some() {
+    pub fn learn_ahead(self: &Arc<Self>, versions: Vec<(String, String, SystemTime)>) {
+        for (key, etag, listed) in versions {
+            if self.learning.lock().contains_key(&key)
+                || self.known(&key, &etag, Some(listed)).is_some()
+            {
                 continue;
             }
             let Ok(permit) = self.ahead.clone().try_acquire_owned() else {
@@ -170,7 +247,7 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
             let this = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = this.learn(&key, &etag).await {
+                if let Err(e) = this.learn(&key, &etag, Some(listed)).await {
                     debug!(key, error = %e, "learning attributes ahead failed");
                 }
             });
@@ -179,8 +256,12 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
 
     /// The target of the symlink at version `etag` of `key` (`size` bytes):
     /// remembered, or read with one GET.
-    pub async fn link_target(&self, key: &str, etag: &str, size: u64) -> Result<String, FsError> {
-        let attrs = self.learn(key, etag).await?;
+    pub async fn link_target(
+        &self,
+        key: &str,
+        (etag, size, listed): (&str, u64, SystemTime),
+    ) -> Result<String, FsError> {
+        let attrs = self.learn(key, etag, Some(listed)).await?;
         if let Some(link) = &attrs.link {
             return Ok(link.clone());
         }

@@ -2,7 +2,7 @@
 //! prefix, written to one file (and published as one S3 object) that a new
 //! mount loads instead of listing every directory again.
 //!
-//! The format, version 1, is a gzip stream (RFC 1952, which checks its own
+//! The format, version 2, is a gzip stream (RFC 1952, which checks its own
 //! CRC32 and length) of records; integers are little-endian, a string is a
 //! `u32` byte length and its bytes:
 //!
@@ -11,10 +11,14 @@
 //! 'D'     str dir (below the prefix: "" or "a/b/")  i64 listed_at_ms
 //! 'F'     str name  u64 size  i64 mtime_ns  str etag     a file of that dir
 //! 'S'     str name  i64 mtime_ns                         a subdirectory
+//! 'A'     u8 present  [u32 mode] [u32 uid] [u32 gid] [i64 mtime_ns] [str link]
+//!                       the POSIX attributes of the entry just before it
+//!                       (version 2; bits 0-4 of `present` say which follow)
 //! 'E'     u64 dirs  u64 entries  u32 crc32               the end
 //! ```
 //!
-//! Each directory's entries follow its 'D' record, in listing order. The
+//! Version 1 is the same without 'A' records, and is still read. Each
+//! directory's entries follow its 'D' record, in listing order. The
 //! CRC32 of the end record covers every byte before it, header included,
 //! so a snapshot cut short, damaged or concatenated is refused whole.
 //! Writing and reading stream: memory does not grow with the snapshot.
@@ -28,11 +32,13 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
 use super::db::CatalogDb;
-use super::{Entry, EntryKind};
-use crate::store::{ObjectStore, StoreError};
+use super::{Entry, EntryKind, ObjectAttrs, DIR_MARKER_VERSION};
+use crate::store::{ObjectStore, PosixMeta, StoreError};
 
 const MAGIC: &[u8; 8] = b"S3MSNAP\n";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest version still read.
+const OLDEST_VERSION: u32 = 1;
 /// Entries appended to the catalog in one transaction while importing.
 const IMPORT_BATCH: usize = 1000;
 /// Longest string a record may hold (keys are at most 1 KiB; ETags short):
@@ -45,7 +51,7 @@ pub enum SnapshotError {
     Io(#[from] io::Error),
     #[error("not an s3mount catalog snapshot")]
     NotASnapshot,
-    #[error("snapshot format version {0}; this s3mount reads version {SNAPSHOT_VERSION}")]
+    #[error("snapshot format version {0}; this s3mount reads versions {OLDEST_VERSION} to {SNAPSHOT_VERSION}")]
     Version(u32),
     #[error("the snapshot is damaged: {0}")]
     Damaged(String),
@@ -61,11 +67,13 @@ pub struct SnapshotHeader {
     pub created: SystemTime,
 }
 
-/// Directories and entries in a snapshot.
+/// Directories and entries in a snapshot, and the entries with
+/// attributes (which the end record does not count).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SnapshotCounts {
     pub dirs: u64,
     pub entries: u64,
+    pub attrs: u64,
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -86,12 +94,36 @@ fn from_nanos(ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
 }
 
+/// A time before the epoch too (attributes may hold one).
+fn signed_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
+        Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+fn from_signed_nanos(ns: i64) -> SystemTime {
+    match ns >= 0 {
+        true => UNIX_EPOCH + Duration::from_nanos(ns as u64),
+        false => UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs()),
+    }
+}
+
+/// The bits of an 'A' record's `present` byte.
+const HAS_MODE: u8 = 1;
+const HAS_UID: u8 = 2;
+const HAS_GID: u8 = 4;
+const HAS_MTIME: u8 = 8;
+const HAS_LINK: u8 = 16;
+
 /// Writes a snapshot, record by record, to `W` (gzip-compressed).
 pub struct SnapshotWriter<W: Write> {
     out: GzEncoder<W>,
     crc: crc32fast::Hasher,
     counts: SnapshotCounts,
     in_dir: bool,
+    /// An entry was just written: attributes may follow.
+    after_entry: bool,
 }
 
 impl<W: Write> SnapshotWriter<W> {
@@ -101,6 +133,7 @@ impl<W: Write> SnapshotWriter<W> {
             crc: crc32fast::Hasher::new(),
             counts: SnapshotCounts::default(),
             in_dir: false,
+            after_entry: false,
         };
         w.bytes(MAGIC)?;
         w.bytes(&SNAPSHOT_VERSION.to_le_bytes())?;
@@ -134,6 +167,39 @@ impl<W: Write> SnapshotWriter<W> {
         self.bytes(&millis(listed_at).to_le_bytes())?;
         self.counts.dirs += 1;
         self.in_dir = true;
+        self.after_entry = false;
+        Ok(())
+    }
+
+    /// The attributes of the entry just written (of a directory: its
+    /// marker's).
+    pub fn attrs(&mut self, posix: &PosixMeta, link: Option<&str>) -> io::Result<()> {
+        if !self.after_entry {
+            return Err(io::Error::other("attributes before their entry"));
+        }
+        let present = [
+            (posix.mode.is_some(), HAS_MODE),
+            (posix.uid.is_some(), HAS_UID),
+            (posix.gid.is_some(), HAS_GID),
+            (posix.mtime.is_some(), HAS_MTIME),
+            (link.is_some(), HAS_LINK),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |bits, (_, bit)| bits | bit);
+        self.bytes(b"A")?;
+        self.bytes(&[present])?;
+        for v in [posix.mode, posix.uid, posix.gid].into_iter().flatten() {
+            self.bytes(&v.to_le_bytes())?;
+        }
+        if let Some(t) = posix.mtime {
+            self.bytes(&signed_nanos(t).to_le_bytes())?;
+        }
+        if let Some(link) = link {
+            self.string(link)?;
+        }
+        self.after_entry = false;
+        self.counts.attrs += 1;
         Ok(())
     }
 
@@ -156,6 +222,7 @@ impl<W: Write> SnapshotWriter<W> {
             }
         }
         self.counts.entries += 1;
+        self.after_entry = true;
         Ok(())
     }
 
@@ -180,6 +247,11 @@ pub enum SnapshotItem {
         listed_at: SystemTime,
     },
     Entry(Entry),
+    /// The attributes of the entry just before (version 2).
+    Attrs {
+        posix: PosixMeta,
+        link: Option<String>,
+    },
 }
 
 /// Reads a snapshot record by record. The end record's counts and CRC32
@@ -192,6 +264,8 @@ pub struct SnapshotReader<R: Read> {
     pub header: SnapshotHeader,
     ended: bool,
     in_dir: bool,
+    version: u32,
+    after_entry: bool,
 }
 
 impl<R: Read> SnapshotReader<R> {
@@ -207,15 +281,18 @@ impl<R: Read> SnapshotReader<R> {
             },
             ended: false,
             in_dir: false,
+            version: SNAPSHOT_VERSION,
+            after_entry: false,
         };
         let mut magic = [0u8; 8];
         if r.exact(&mut magic).is_err() || &magic != MAGIC {
             return Err(SnapshotError::NotASnapshot);
         }
         let version = r.u32()?;
-        if version != SNAPSHOT_VERSION {
+        if !(OLDEST_VERSION..=SNAPSHOT_VERSION).contains(&version) {
             return Err(SnapshotError::Version(version));
         }
+        r.version = version;
         r.header.bucket = r.string()?;
         r.header.prefix = r.string()?;
         r.header.created = from_millis(r.i64()?);
@@ -272,7 +349,46 @@ impl<R: Read> SnapshotReader<R> {
     fn next_item(&mut self) -> Result<Option<SnapshotItem>, SnapshotError> {
         let mut tag = [0u8; 1];
         self.exact(&mut tag)?;
+        let after_entry = std::mem::replace(&mut self.after_entry, matches!(&tag, b"F" | b"S"));
         match &tag {
+            b"A" if self.version < 2 || !after_entry => Err(SnapshotError::Damaged(
+                "attributes that follow no entry".into(),
+            )),
+            b"A" => {
+                let mut present = [0u8; 1];
+                self.exact(&mut present)?;
+                let present = present[0];
+                if present & !(HAS_MODE | HAS_UID | HAS_GID | HAS_MTIME | HAS_LINK) != 0 {
+                    return Err(SnapshotError::Damaged(format!(
+                        "attribute bits {present:#x}"
+                    )));
+                }
+                let field = |bit: u8, this: &mut Self| -> Result<Option<u32>, SnapshotError> {
+                    match present & bit {
+                        0 => Ok(None),
+                        _ => this.u32().map(Some),
+                    }
+                };
+                let mode = field(HAS_MODE, self)?;
+                let uid = field(HAS_UID, self)?;
+                let gid = field(HAS_GID, self)?;
+                let mtime = match present & HAS_MTIME {
+                    0 => None,
+                    _ => Some(from_signed_nanos(self.i64()?)),
+                };
+                let link = match present & HAS_LINK {
+                    0 => None,
+                    _ => Some(self.string()?),
+                };
+                let posix = PosixMeta {
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                };
+                self.counts.attrs += 1;
+                Ok(Some(SnapshotItem::Attrs { posix, link }))
+            }
             b"D" => {
                 let dir = self.string()?;
                 if !(dir.is_empty() || dir.ends_with('/')) {
@@ -420,8 +536,21 @@ fn import_checked(db: &Arc<CatalogDb>, file: &Path, prefix: &str) -> Result<(), 
     // fresh for longer than the TTL.
     let now = SystemTime::now();
     let mut open: Option<OpenDir> = None;
+    // The key and version the next attributes belong to.
+    let mut last: Option<(String, String)> = None;
     for item in reader {
         match item? {
+            SnapshotItem::Attrs { posix, link } => {
+                if let Some((key, etag)) = last.take() {
+                    let attrs = ObjectAttrs {
+                        etag,
+                        last_modified: None,
+                        posix,
+                        link,
+                    };
+                    db.put_object_attrs(&key, &attrs);
+                }
+            }
             SnapshotItem::Dir { dir, listed_at } => {
                 if let Some(done) = open.take() {
                     done.commit(db).ok_or_else(full)?;
@@ -438,6 +567,15 @@ fn import_checked(db: &Arc<CatalogDb>, file: &Path, prefix: &str) -> Result<(), 
                 let dir = open
                     .as_mut()
                     .expect("the reader checks entries follow a dir");
+                last = Some(match &e.kind {
+                    EntryKind::File { etag, .. } => {
+                        (format!("{}{}", dir.prefix, e.name), etag.clone())
+                    }
+                    EntryKind::Dir => (
+                        format!("{}{}/", dir.prefix, e.name),
+                        DIR_MARKER_VERSION.to_owned(),
+                    ),
+                });
                 dir.batch.push(e);
                 if dir.batch.len() >= IMPORT_BATCH && !dir.flush() {
                     return Err(full());
@@ -557,6 +695,7 @@ mod tests {
         w.dir("", from_millis(1_700_000_000_001)).unwrap();
         w.entry(&Entry::test_dir("d")).unwrap();
         w.entry(&Entry::test_file("top.txt")).unwrap();
+        w.attrs(&sample_attrs(), Some("in d")).unwrap();
         w.dir("d/", from_millis(1_700_000_000_002)).unwrap();
         w.entry(&Entry::test_file("in d")).unwrap();
         let (out, counts) = w.finish().unwrap();
@@ -564,10 +703,20 @@ mod tests {
             counts,
             SnapshotCounts {
                 dirs: 2,
-                entries: 3
+                entries: 3,
+                attrs: 1
             }
         );
         out
+    }
+
+    fn sample_attrs() -> PosixMeta {
+        PosixMeta {
+            mode: Some(libc::S_IFLNK | 0o777),
+            uid: Some(1000),
+            gid: None,
+            mtime: Some(UNIX_EPOCH - Duration::from_secs(86_400)),
+        }
     }
 
     fn read_all(bytes: &[u8]) -> Result<Vec<SnapshotItem>, SnapshotError> {
@@ -599,6 +748,9 @@ mod tests {
         let (_, counts) = import_snapshot(&db, &file, "b", "p/").unwrap();
         assert_eq!(counts.entries, 3);
         assert!(db.listed_at("p/d/").is_some());
+        let attrs = db.object_attrs("p/top.txt").expect("attributes imported");
+        assert_eq!((attrs.etag.as_str(), attrs.posix), ("e", sample_attrs()));
+        assert_eq!(attrs.link.as_deref(), Some("in d"));
         assert_eq!(
             ready_for_snapshot(&db),
             (false, false),
@@ -624,15 +776,35 @@ mod tests {
         let r = SnapshotReader::new(&bytes[..]).unwrap();
         assert_eq!(r.header, header());
         let items = read_all(&bytes).unwrap();
-        assert_eq!(items.len(), 5);
+        assert_eq!(items.len(), 6);
         assert_eq!(
             items[3],
+            SnapshotItem::Attrs {
+                posix: sample_attrs(),
+                link: Some("in d".into())
+            }
+        );
+        assert_eq!(
+            items[4],
             SnapshotItem::Dir {
                 dir: "d/".into(),
                 listed_at: from_millis(1_700_000_000_002)
             }
         );
-        assert_eq!(items[4], SnapshotItem::Entry(Entry::test_file("in d")));
+        assert_eq!(items[5], SnapshotItem::Entry(Entry::test_file("in d")));
+    }
+
+    #[test]
+    fn attributes_follow_an_entry_or_are_refused() {
+        let mut w = SnapshotWriter::new(Vec::new(), &header()).unwrap();
+        w.dir("", from_millis(1)).unwrap();
+        assert!(w.attrs(&sample_attrs(), None).is_err(), "before any entry");
+        w.entry(&Entry::test_file("f")).unwrap();
+        w.attrs(&sample_attrs(), None).unwrap();
+        assert!(
+            w.attrs(&sample_attrs(), None).is_err(),
+            "twice for one entry"
+        );
     }
 
     #[test]

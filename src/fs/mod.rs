@@ -303,6 +303,11 @@ impl<S: ObjectStore> S3Fs<S> {
         self.catalog.stats()
     }
 
+    /// Counters of the attributes learned from object metadata.
+    pub fn attr_stats(&self) -> &crate::catalog::AttrStats {
+        self.catalog.attrs().stats()
+    }
+
     pub fn upload_stats(&self) -> &crate::write::UploadStats {
         self.writer.uploads().stats()
     }
@@ -425,11 +430,12 @@ impl<S: ObjectStore> S3Fs<S> {
             kind: EntryKind::Dir,
             mtime: self.catalog.mounted_at(),
         };
+        let prefix = self.catalog.dir_prefix(ino)?;
         if offset == 0 {
             rows.push(DirRow {
                 next_offset: 1,
                 name: ".".into(),
-                attr: self.attr(ino, &dir_entry),
+                attr: self.attr_known(ino, &prefix, &dir_entry),
             });
         }
         if offset <= 1 {
@@ -452,7 +458,6 @@ impl<S: ObjectStore> S3Fs<S> {
             DirSource::Growing(growing) => growing.read(after as usize, wanted).await?,
         };
         let inos = self.catalog.resolve_all(ino, page.iter().map(|(_, e)| e))?;
-        let prefix = self.catalog.dir_prefix(ino)?;
         if self.owner.posix == PosixMetadata::Full {
             let entries: Vec<Entry> = page.iter().map(|(_, e)| e.clone()).collect();
             self.learn_page(&prefix, &entries).await;

@@ -17,9 +17,8 @@ use std::time::{Instant, SystemTime};
 use fuser::RenameFlags;
 use tracing::{debug, info, warn};
 
-use super::posix_ops::DIR_VERSION;
 use super::{Attr, Creator, S3Fs};
-use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs, ROOT_INO};
+use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs, DIR_MARKER_VERSION, ROOT_INO};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, FanOut, ObjectStore, PosixMeta, StoreError, WriteCondition};
@@ -125,6 +124,9 @@ impl<S: ObjectStore> S3Fs<S> {
                 .await
                 .map_err(|e| FsError::store(&key, e))?;
         }
+        // A new object under the name may have the same ETag (the same
+        // bytes) and none of these attributes.
+        self.catalog.attrs().forget(&key);
         self.catalog.record(parent, name, None)?;
         self.keep_dir(parent).await;
         Ok(())
@@ -138,7 +140,7 @@ impl<S: ObjectStore> S3Fs<S> {
             .put(&dir_prefix, Body::Empty, WriteCondition::Always, &posix)
             .await
             .map_err(|e| FsError::store(&dir_prefix, e))?;
-        self.record_attrs(&dir_prefix, DIR_VERSION, posix, None);
+        self.record_attrs(&dir_prefix, DIR_MARKER_VERSION, posix, None);
         let entry = Entry {
             name: name.to_owned(),
             kind: EntryKind::Dir,
@@ -169,6 +171,7 @@ impl<S: ObjectStore> S3Fs<S> {
             .delete(&prefix, None)
             .await
             .map_err(|e| FsError::store(&prefix, e))?;
+        self.catalog.attrs().forget(&prefix);
         self.catalog.record(parent, name, None)?;
         self.catalog.forget_tree(&prefix);
         self.keep_dir(parent).await;
@@ -399,8 +402,11 @@ impl<S: ObjectStore> S3Fs<S> {
                         // are remembered under no ETag of its own.
                         let known = match (keeps_posix, obj.key.ends_with('/')) {
                             (false, _) => None,
-                            (true, true) => attrs.known(&obj.key, DIR_VERSION),
-                            (true, false) => attrs.learn(&obj.key, &obj.etag).await.ok(),
+                            (true, true) => attrs.known(&obj.key, DIR_MARKER_VERSION, None),
+                            (true, false) => {
+                                let listed = Some(obj.last_modified);
+                                attrs.learn(&obj.key, &obj.etag, listed).await.ok()
+                            }
                         };
                         let posix = known.as_ref().map_or(PosixMeta::NONE, |a| a.posix);
                         let source = (obj.key.as_str(), obj.etag.as_str(), obj.size);
@@ -416,13 +422,14 @@ impl<S: ObjectStore> S3Fs<S> {
                         if let Some(known) = known {
                             attrs.forget(&obj.key);
                             let etag = match obj.key.ends_with('/') {
-                                true => DIR_VERSION.to_owned(),
+                                true => DIR_MARKER_VERSION.to_owned(),
                                 false => new_etag,
                             };
                             attrs.record(
                                 &new_key,
                                 ObjectAttrs {
                                     etag,
+                                    last_modified: None,
                                     ..(*known).clone()
                                 },
                             );

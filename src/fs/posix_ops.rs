@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use tracing::debug;
 
 use super::{Attr, S3Fs};
-use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs};
+use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs, DIR_MARKER_VERSION};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, ObjectStore, PosixMeta, WriteCondition};
@@ -38,7 +38,10 @@ pub enum PosixMetadata {
 
 /// Entries after a looked-up one whose attributes are learned ahead: `ls
 /// -l` and rsync stat every entry in name order.
-const LEARN_AHEAD: usize = 64;
+const LEARN_AHEAD: usize = 512;
+
+/// The longest a stat waits for an object's attributes to be learned.
+const LEARN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A change asked by setattr besides the size.
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,13 +119,13 @@ impl<S: ObjectStore> S3Fs<S> {
             EntryKind::File { etag, .. } if !etag.is_empty() => etag,
             EntryKind::File { .. } => return attr,
             EntryKind::Dir => {
-                if let Some(known) = self.catalog.attrs().known(key, DIR_VERSION) {
+                if let Some(known) = self.catalog.attrs().known(key, DIR_MARKER_VERSION, None) {
                     Self::apply_posix(&mut attr, &known.posix);
                 }
                 return attr;
             }
         };
-        match self.catalog.attrs().known(key, etag) {
+        match self.catalog.attrs().known(key, etag, Some(entry.mtime)) {
             Some(known) => Self::apply_posix(&mut attr, &known.posix),
             None => attr.provisional = true,
         }
@@ -147,12 +150,25 @@ impl<S: ObjectStore> S3Fs<S> {
             return attr;
         }
         self.learn_after(parent, &entry.name);
-        match self.catalog.attrs().learn(key, etag).await {
-            Ok(known) => Self::apply_posix(&mut attr, &known.posix),
+        // Learned on a task of its own, which goes on when this stat stops
+        // waiting for it: a store that is slow or down makes a stat show
+        // the defaults (provisional, so asked again), not hang for the
+        // whole retry timeout.
+        let attrs = self.catalog.attrs().clone();
+        // One wait per HEAD: the kernel asks several times for one open.
+        let waited = attrs.learning_for(key).unwrap_or_default();
+        let wait = LEARN_WAIT.saturating_sub(waited);
+        let (owned_key, owned_etag, listed) = (key.to_owned(), etag.clone(), entry.mtime);
+        let learning =
+            tokio::spawn(async move { attrs.learn(&owned_key, &owned_etag, Some(listed)).await });
+        match tokio::time::timeout(wait, learning).await {
+            Ok(Ok(Ok(known))) => Self::apply_posix(&mut attr, &known.posix),
             // Gone: shown as listed until the listing says so.
-            Err(e) if e.is_not_found() => attr.provisional = false,
+            Ok(Ok(Err(e))) if e.is_not_found() => attr.provisional = false,
             // Asked again at the next stat.
-            Err(e) => debug!(key, error = %e, "cannot learn attributes"),
+            Ok(Ok(Err(e))) => debug!(key, error = %e, "cannot learn attributes"),
+            Ok(Err(e)) => debug!(key, error = %e, "learning attributes failed"),
+            Err(_) => debug!(key, "attributes not learned in time; shown provisionally"),
         }
         attr
     }
@@ -163,14 +179,20 @@ impl<S: ObjectStore> S3Fs<S> {
         let Ok(prefix) = self.catalog.dir_prefix(parent) else {
             return;
         };
-        let Some(listing) = self.catalog.held(&prefix) else {
+        self.learn_after_in(&prefix, name);
+    }
+
+    fn learn_after_in(&self, prefix: &str, name: &str) {
+        let Some(listing) = self.catalog.held(prefix) else {
             return;
         };
         let versions = listing
             .after_name(name, LEARN_AHEAD)
             .into_iter()
             .filter_map(|e| match e.kind {
-                EntryKind::File { etag, .. } => Some((names::child_key(&prefix, &e.name), etag)),
+                EntryKind::File { etag, .. } => {
+                    Some((names::child_key(prefix, &e.name), etag, e.mtime))
+                }
                 EntryKind::Dir => None,
             })
             .collect();
@@ -183,26 +205,28 @@ impl<S: ObjectStore> S3Fs<S> {
         if self.owner.posix != PosixMetadata::Full {
             return;
         }
+        if let Some(last) = entries.last() {
+            // The pages after this one, while this one is learned.
+            self.learn_after_in(prefix, &last.name);
+        }
         let attrs = self.catalog.attrs();
-        let unknown: Vec<(String, String)> = entries
+        let unknown: Vec<(String, String, SystemTime)> = entries
             .iter()
             .filter_map(|e| match &e.kind {
                 EntryKind::File { etag, .. } if !etag.is_empty() => {
                     let key = names::child_key(prefix, &e.name);
-                    attrs
-                        .known(&key, etag)
-                        .is_none()
-                        .then(|| (key, etag.clone()))
+                    let known = attrs.known(&key, etag, Some(e.mtime));
+                    known.is_none().then(|| (key, etag.clone(), e.mtime))
                 }
                 _ => None,
             })
             .collect();
         let learning: Vec<_> = unknown
             .into_iter()
-            .map(|(key, etag)| {
+            .map(|(key, etag, listed)| {
                 let attrs = attrs.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = attrs.learn(&key, &etag).await {
+                    if let Err(e) = attrs.learn(&key, &etag, Some(listed)).await {
                         debug!(key, error = %e, "cannot learn attributes");
                     }
                 })
@@ -223,7 +247,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if etag.is_empty() {
             return Some(PosixMeta::NONE);
         }
-        match self.catalog.attrs().learn(key, etag).await {
+        match self.catalog.attrs().learn(key, etag, None).await {
             Ok(known) => Some(PosixMeta {
                 mtime: None,
                 ..known.posix
@@ -264,6 +288,7 @@ impl<S: ObjectStore> S3Fs<S> {
             key,
             ObjectAttrs {
                 etag: etag.to_owned(),
+                last_modified: None,
                 posix,
                 link,
             },
@@ -296,7 +321,11 @@ impl<S: ObjectStore> S3Fs<S> {
                 if self.policy.no_overwrite {
                     return Err(FsError::NotPermitted("--no-overwrite is set"));
                 }
-                let known = self.catalog.attrs().learn(&key, etag).await?;
+                let known = self
+                    .catalog
+                    .attrs()
+                    .learn(&key, etag, Some(entry.mtime))
+                    .await?;
                 if known.etag != *etag {
                     return Err(FsError::Busy("the file was replaced meanwhile; try again"));
                 }
@@ -370,7 +399,7 @@ impl<S: ObjectStore> S3Fs<S> {
         let mut posix = self
             .catalog
             .attrs()
-            .known(prefix, DIR_VERSION)
+            .known(prefix, DIR_MARKER_VERSION, None)
             .map_or(PosixMeta::NONE, |a| a.posix);
         let before = posix;
         change.apply(&mut posix, libc::S_IFDIR);
@@ -382,7 +411,7 @@ impl<S: ObjectStore> S3Fs<S> {
             .put(prefix, Body::Empty, WriteCondition::Always, &posix)
             .await
             .map_err(|e| FsError::store(prefix, e))?;
-        self.record_attrs(prefix, DIR_VERSION, posix, None);
+        self.record_attrs(prefix, DIR_MARKER_VERSION, posix, None);
         Ok(())
     }
 
@@ -446,9 +475,11 @@ impl<S: ObjectStore> S3Fs<S> {
     /// readlink(2).
     pub async fn readlink(&self, ino: Ino) -> Result<String, FsError> {
         let key = self.catalog.file_key(ino)?;
-        match self.catalog.entry(ino).await?.kind {
+        let entry = self.catalog.entry(ino).await?;
+        match entry.kind {
             EntryKind::File { size, etag } => {
-                self.catalog.attrs().link_target(&key, &etag, size).await
+                let version = (etag.as_str(), size, entry.mtime);
+                self.catalog.attrs().link_target(&key, version).await
             }
             EntryKind::Dir => Err(FsError::Invalid("not a symlink")),
         }
@@ -460,7 +491,7 @@ impl<S: ObjectStore> S3Fs<S> {
         if !self.keeps_posix() {
             return None;
         }
-        match self.catalog.attrs().learn(key, etag).await {
+        match self.catalog.attrs().learn(key, etag, None).await {
             Ok(known) => Some((*known).clone()),
             Err(e) => {
                 debug!(key, error = %e, "cannot learn attributes before a rename");
@@ -469,8 +500,3 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 }
-
-/// The version under which a directory marker's attributes are
-/// remembered: the marker is not in its parent's listing, so its ETag is
-/// not known there; what this catalog wrote or learned last holds.
-pub(super) const DIR_VERSION: &str = "dir";

@@ -148,6 +148,8 @@ fn snapshot<S: ObjectStore>(
                 d.completion_bytes.load(Relaxed),
             ]
         }),
+        attr_heads: fs.attr_stats().heads.load(Relaxed),
+        symlink_reads: fs.attr_stats().link_reads.load(Relaxed),
         kernel_reads: read.kernel_reads.load(Relaxed),
         passthrough_opens: read.passthrough_opens.load(Relaxed),
         request_limit: store.congestion().0 as u64,

@@ -22,7 +22,9 @@ use clap::{Parser, Subcommand};
 use crate::blocking::blocking;
 use crate::catalog::inventory::{InventoryManifest, InventoryTree};
 use crate::catalog::snapshot::{download_to_file, SnapshotCounts, SnapshotHeader, SnapshotWriter};
-use crate::catalog::{Catalog, CatalogDb, Freshness};
+use crate::catalog::{
+    Catalog, CatalogDb, Entry, EntryKind, Freshness, ObjectAttrs, DIR_MARKER_VERSION,
+};
 use crate::cli::{Connection, ObjectUrl, Target};
 use crate::mount::layers::{catalog_identity, listing_cache_dir};
 use crate::private_dir::create_private_dir;
@@ -77,10 +79,20 @@ pub struct PublishArgs {
     /// The mount's listing cache directory (as given to the mount).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Also learn (one HEAD each) the modes, owners, times and symlinks of
+    /// objects whose attributes the catalog does not know yet, so mounts
+    /// started from the snapshot never ask for them (one publisher pays
+    /// for the fleet). Without it, the snapshot carries what the catalog
+    /// knows.
+    #[arg(long)]
+    pub learn_attrs: bool,
     /// Read KEY=VALUE lines into the environment first (as for mounting).
     #[arg(long, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
 }
+
+/// HEADs in flight while `catalog publish --learn-attrs` learns attributes.
+const LEARN_CONCURRENCY: usize = 32;
 
 pub fn run(argv: &[OsString]) -> ExitCode {
     if let Err(e) = crate::cli::load_env_file(argv) {
@@ -144,16 +156,19 @@ async fn publish(args: &PublishArgs) -> Result<String, String> {
         100_000,
     );
     let tmp = scratch.join("snapshot");
-    let written = write_snapshot((&catalog, &lister), &target, &tmp).await;
+    let written = write_snapshot((&catalog, &lister), &target, &tmp, args.learn_attrs).await;
     let outcome = match written {
         Ok(counts) => upload(&store, &args.connection, &target, &url, &tmp)
             .await
             .map(|bytes| {
-                let lists = lister.stats().refreshes.load(std::sync::atomic::Ordering::Relaxed);
+                let relaxed = std::sync::atomic::Ordering::Relaxed;
+                let lists = lister.stats().refreshes.load(relaxed);
+                let heads = lister.attrs().stats().heads.load(relaxed);
                 format!(
-                    "published {} directories, {} entries ({bytes} bytes) to {url}; {lists} directories listed from S3{}",
+                    "published {} directories, {} entries ({bytes} bytes, {} with attributes) to {url}; {lists} directories listed from S3, {heads} objects' attributes learned{}",
                     counts.dirs,
                     counts.entries,
+                    counts.attrs,
                     if held { "" } else { " (no catalog found under the cache directory)" }
                 )
             }),
@@ -250,6 +265,7 @@ async fn write_snapshot(
     (catalog, lister): (&Catalog<S3Store>, &Catalog<S3Store>),
     target: &Target,
     file: &std::path::Path,
+    learn_attrs: bool,
 ) -> Result<SnapshotCounts, String> {
     let out =
         std::fs::File::create(file).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
@@ -275,8 +291,12 @@ async fn write_snapshot(
         loop {
             let page = blocking(|| listing.page(after, 1000));
             let Some(&(last, _)) = page.last() else { break };
-            for (_, e) in &page {
+            let attrs = page_attrs((catalog, lister), &prefix, &page, learn_attrs).await;
+            for ((_, e), known) in page.iter().zip(attrs) {
                 w.entry(e).map_err(io)?;
+                if let Some(a) = known {
+                    w.attrs(&a.posix, a.link.as_deref()).map_err(io)?;
+                }
                 if e.is_dir() {
                     dirs.push_back(format!("{dir}{}/", e.name));
                 }
@@ -290,6 +310,49 @@ async fn write_snapshot(
         .sync_all()
         .map_err(io)?;
     Ok(counts)
+}
+
+/// The attributes known of each entry of `page` (of directory `prefix`):
+/// in the mount's catalog, else learned into the scratch one when
+/// `learn` (directories: only what the catalog knows of their markers).
+async fn page_attrs(
+    (catalog, lister): (&Catalog<S3Store>, &Catalog<S3Store>),
+    prefix: &str,
+    page: &[(u64, Entry)],
+    learn: bool,
+) -> Vec<Option<Arc<ObjectAttrs>>> {
+    let mut known = Vec::with_capacity(page.len());
+    let mut learning = tokio::task::JoinSet::new();
+    for (i, (_, e)) in page.iter().enumerate() {
+        let (key, etag, listed) = match &e.kind {
+            EntryKind::File { etag, .. } => {
+                (format!("{prefix}{}", e.name), etag.as_str(), Some(e.mtime))
+            }
+            EntryKind::Dir => (format!("{prefix}{}/", e.name), DIR_MARKER_VERSION, None),
+        };
+        let found = blocking(|| {
+            catalog
+                .attrs()
+                .known(&key, etag, listed)
+                .or_else(|| lister.attrs().known(&key, etag, listed))
+        });
+        if found.is_none() && learn && !e.is_dir() {
+            while learning.len() >= LEARN_CONCURRENCY {
+                if let Some(Ok((i, a))) = learning.join_next().await {
+                    known[i] = a;
+                }
+            }
+            let (attrs, etag) = (lister.attrs().clone(), etag.to_owned());
+            learning.spawn(async move { (i, attrs.learn(&key, &etag, listed).await.ok()) });
+        }
+        known.push(found);
+    }
+    while let Some(done) = learning.join_next().await {
+        if let Ok((i, a)) = done {
+            known[i] = a;
+        }
+    }
+    known
 }
 
 /// Uploads the snapshot whole, over the version it replaces (or only if

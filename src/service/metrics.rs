@@ -112,6 +112,10 @@ pub struct Snapshot {
     /// Entries loaded from a `--catalog-snapshot` at start, and the
     /// snapshot's age now (seconds); `None` when none was loaded.
     pub catalog_snapshot: Option<(u64, f64)>,
+    /// HEADs sent to learn objects' POSIX attributes, and symlink
+    /// targets read with a GET.
+    pub attr_heads: u64,
+    pub symlink_reads: u64,
     /// READ requests the kernel sent the daemon.
     pub kernel_reads: u64,
     /// Opens the kernel reads itself from the disk cache (passthrough).
@@ -178,7 +182,7 @@ pub fn render(handle: &PrometheusHandle, snap: &Snapshot) -> String {
 }
 
 /// Every single-valued series of `snap`: name, type, help, value.
-fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 47] {
+fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 49] {
     [
         (
             "s3mount_data_cache_hits_total",
@@ -245,6 +249,18 @@ fn series(snap: &Snapshot) -> [(&'static str, Kind, &'static str, f64); 47] {
             Kind::Counter,
             "Bytes fetched to complete mostly cached objects in the background.",
             snap.data_cache_completions[1] as f64,
+        ),
+        (
+            "s3mount_attr_heads_total",
+            Kind::Counter,
+            "HEADs sent to learn the POSIX attributes (mode, owner, mtime) of objects this catalog did not know; one per object version, ever.",
+            snap.attr_heads as f64,
+        ),
+        (
+            "s3mount_symlink_target_reads_total",
+            Kind::Counter,
+            "Symlink targets read with a GET (once per version, then remembered).",
+            snap.symlink_reads as f64,
         ),
         (
             "s3mount_kernel_read_requests_total",

@@ -67,6 +67,15 @@ fn publish(endpoint: &Endpoint, bucket: &str, cache: &Path) -> String {
     said
 }
 
+/// HEAD requests forwarded by `proxy` so far.
+fn heads(proxy: &crate::support::proxy::FaultProxy) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("HEAD "))
+        .count()
+}
+
 /// Every path under `root`, relative and sorted, with its size.
 fn tree(root: &Path) -> Vec<String> {
     let (code, out, err) = sh(&format!(
@@ -100,10 +109,12 @@ fn a_new_machine_starts_from_a_published_snapshot_with_one_get_and_no_list() {
     let (proxy, endpoint) = s3.proxied();
     let cache_a = TempDir::new("snap-a");
     let cache_arg = format!("--cache-dir={}", cache_a.path().display());
+    // Listings only: what a snapshot does for attributes (one HEAD per
+    // object on A, none on B) has its own test below.
     let a = Mounted::start_at(
         &endpoint,
         &format!("{}/data", b.name),
-        &[&cache_arg, "--metadata-ttl=3600"],
+        &[&cache_arg, "--metadata-ttl=3600", "--posix-metadata=off"],
     );
     let want = tree(&a.path());
     assert_eq!(want.len(), 1 + dirs + keys, "mount A's find");
@@ -117,8 +128,14 @@ fn a_new_machine_starts_from_a_published_snapshot_with_one_get_and_no_list() {
 
     // A new machine: an empty cache directory.
     let cache_b = TempDir::new("snap-b");
+    let heads_before = heads(&proxy);
     let (gets, lists) = (object_gets(&proxy), proxy.list_requests());
-    let m = fresh_mount(&endpoint, &b.name, &cache_b, &["--metadata-ttl=3600"]);
+    let m = fresh_mount(
+        &endpoint,
+        &b.name,
+        &cache_b,
+        &["--metadata-ttl=3600", "--posix-metadata=off"],
+    );
     let lists_at_mount = proxy.list_requests() - lists;
     let got = tree(&m.path());
     let (code, out, err) = sh(&format!("ls -lR '{}' | grep -c '^-'", m.path().display()));
@@ -131,6 +148,11 @@ fn a_new_machine_starts_from_a_published_snapshot_with_one_get_and_no_list() {
         want.len()
     );
     assert_eq!(object_gets(&proxy) - gets, 1, "GETs: only the snapshot");
+    assert!(
+        heads(&proxy) - heads_before <= 3,
+        "{} HEADs on the new machine (only the snapshot's own and the mount's bucket check expected)",
+        heads(&proxy) - heads_before
+    );
     // The mount's own checks of the bucket list at most one page (before
     // it is live); the tree itself lists nothing.
     assert!(lists_at_mount <= 1, "{lists_at_mount} LISTs while mounting");
@@ -143,6 +165,71 @@ fn a_new_machine_starts_from_a_published_snapshot_with_one_get_and_no_list() {
         m.log_text().contains("started from the catalog snapshot"),
         "{}",
         m.log_text()
+    );
+}
+
+#[test]
+fn a_snapshot_carries_the_attributes_its_publisher_learned_so_a_new_machine_asks_for_none() {
+    let keys = 2_000;
+    let s3 = TestS3::start();
+    let b = s3.bucket("snap-attrs");
+    b.put_many(
+        (0..keys)
+            .map(|i| format!("data/d{}/k{i:05}", i % 20))
+            .collect(),
+        |i| vec![b'x'; i % 7],
+    );
+    // One executable, as s3fs stores it.
+    block_on(
+        b.client
+            .put_object()
+            .bucket(&b.name)
+            .key("data/d0/tool")
+            .metadata("mode", (libc::S_IFREG | 0o750).to_string())
+            .metadata("mtime", "1000000000")
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(
+                b"#!/bin/sh\n",
+            ))
+            .send(),
+    )
+    .unwrap();
+    let (proxy, endpoint) = s3.proxied();
+    let cache_a = TempDir::new("snap-attrs-a");
+    let a = Mounted::start_at(
+        &endpoint,
+        &format!("{}/data", b.name),
+        &[&format!("--cache-dir={}", cache_a.path().display())],
+    );
+    let heads_before = heads(&proxy);
+    let want = tree(&a.path());
+    assert!(
+        heads(&proxy) - heads_before > keys,
+        "A learns with a HEAD per object"
+    );
+    drop(a);
+    let said = publish(&endpoint, &b.name, cache_a.path());
+    assert!(
+        said.contains(&format!("{} with attributes", keys + 1)),
+        "{said}"
+    );
+
+    let cache_b = TempDir::new("snap-attrs-b");
+    let heads_before = heads(&proxy);
+    let m = fresh_mount(&endpoint, &b.name, &cache_b, &[]);
+    assert_eq!(tree(&m.path()), want);
+    let (code, out, err) = sh(&format!(
+        "ls -lR --time-style=+%s '{}' | grep ' tool$'",
+        m.path().display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("-rwxr-x---") && out.contains(" 1000000000 "),
+        "{out}"
+    );
+    assert!(
+        heads(&proxy) - heads_before <= 3,
+        "{} HEADs on the new machine (only the snapshot's own and the mount's bucket check expected)",
+        heads(&proxy) - heads_before
     );
 }
 

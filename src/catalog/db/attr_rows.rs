@@ -21,7 +21,8 @@ pub(super) const ATTRS_TABLE: &str = "CREATE TABLE IF NOT EXISTS attrs (
     uid INTEGER,
     gid INTEGER,
     mtime_ns INTEGER,
-    link TEXT) WITHOUT ROWID;";
+    link TEXT,
+    last_modified_ns INTEGER) WITHOUT ROWID;";
 
 impl CatalogDb {
     /// The attributes remembered for `key`, of whatever version.
@@ -30,12 +31,13 @@ impl CatalogDb {
             let conn = self.conn.lock();
             let result = conn
                 .prepare_cached(
-                    "SELECT etag, mode, uid, gid, mtime_ns, link FROM attrs WHERE key = ?1",
+                    "SELECT etag, mode, uid, gid, mtime_ns, link, last_modified_ns FROM attrs WHERE key = ?1",
                 )
                 .and_then(|mut stmt| {
                     stmt.query_row([key], |r| {
                         Ok(ObjectAttrs {
                             etag: r.get(0)?,
+                            last_modified: r.get::<_, Option<i64>>(6)?.map(from_nanos),
                             posix: PosixMeta {
                                 mode: r.get(1)?,
                                 uid: r.get(2)?,
@@ -63,8 +65,8 @@ impl CatalogDb {
             let conn = self.conn.lock();
             let p = &attrs.posix;
             let result = conn.execute(
-                "INSERT OR REPLACE INTO attrs (key, etag, mode, uid, gid, mtime_ns, link)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO attrs (key, etag, mode, uid, gid, mtime_ns, link, last_modified_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     key,
                     attrs.etag,
@@ -72,7 +74,8 @@ impl CatalogDb {
                     p.uid,
                     p.gid,
                     p.mtime.map(to_nanos),
-                    attrs.link
+                    attrs.link,
+                    attrs.last_modified.map(to_nanos)
                 ],
             );
             if let Err(e) = result {

@@ -347,3 +347,46 @@ fn a_directory_keeps_its_mode_and_time_on_its_marker() {
         assert_eq!((attr.perm, attr.mtime), (0o700, at(86_400)));
     })
 }
+
+#[test]
+fn another_clients_chmod_keeps_the_etag_and_is_noticed_by_its_new_time() {
+    run(async {
+        let m = TestMount::new();
+        let etag = m.store().insert_with("tool", "#!/bin/sh", s3fs_script());
+        assert_eq!(m.resolve("tool").await.unwrap().perm, 0o755);
+        // Listings and HEAD give whole seconds: the change lands in the next.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let private = PosixMeta {
+            mode: Some(libc::S_IFREG | 0o700),
+            ..s3fs_script()
+        };
+        let copied = m
+            .store()
+            .copy(
+                "tool",
+                &etag,
+                9,
+                "tool",
+                crate::store::WriteCondition::Always,
+                &private,
+            )
+            .await
+            .unwrap();
+        assert_eq!(copied, etag, "a copy keeps its source's ETag, as on S3");
+        m.fs().refresh(ROOT_INO).await.unwrap();
+        assert_eq!(m.resolve("tool").await.unwrap().perm, 0o700);
+    })
+}
+
+#[test]
+fn a_deleted_files_attributes_do_not_pass_to_a_new_file_of_the_same_name() {
+    run(async {
+        let m = TestMount::new();
+        m.write_file("f", b"x").await.unwrap();
+        m.set_attrs("f", chmod(0o700)).await.unwrap();
+        m.unlink("f").await.unwrap();
+        m.store().insert("f", "x");
+        m.fs().refresh(ROOT_INO).await.unwrap();
+        assert_eq!(m.resolve("f").await.unwrap().perm, 0o644);
+    })
+}

@@ -256,6 +256,9 @@ fn with_a_data_cache_a_remount_reads_without_any_request() {
         let data = pattern(20 * MIB, 10);
         m.store().insert("f", data.clone());
         assert_eq!(m.read_file("f").await.unwrap(), data);
+        // The cache writes what was read in the background; a remount
+        // before they land would rightly fetch the rest again.
+        cache_writes_settled(&m).await;
         m.remount().await;
         let before = m.store().requests();
         assert_eq!(m.read_file("f").await.unwrap(), data);
@@ -292,6 +295,18 @@ async fn read_head<S: ObjectStore>(m: &TestMount<S>, path: &str, len: u64) -> Ve
 
 /// Bytes the mount fetched to complete objects in the disk cache, once
 /// they have not grown for half a second.
+/// Waits until the data cache has written nothing new for half a second.
+async fn cache_writes_settled<S: ObjectStore>(m: &TestMount<S>) {
+    let stats = m.fs().data_cache_stats().expect("a data cache");
+    let (mut last, mut still) = (u64::MAX, 0);
+    while still < 5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = stats.bytes_written.load(Ordering::Relaxed);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+}
+
 async fn completed_bytes<S: ObjectStore>(m: &TestMount<S>) -> u64 {
     let stats = m.fs().data_cache_stats().expect("a data cache");
     let (mut last, mut still) = (u64::MAX, 0);
