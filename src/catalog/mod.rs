@@ -58,7 +58,8 @@ use inodes::{InodeTable, Node};
 pub use listing::{DirSource, Entry, EntryKind, Listing, IN_MEMORY_LIMIT};
 use listing_cache::Listings;
 pub use object_attrs::{
-    AttrStats, ObjectAttrs, ObjectAttrsCache, DIR_MARKER_VERSION, MAX_LINK_LEN,
+    same_etag, AttrStats, ObjectAttrs, ObjectAttrsCache, VersionTime, DIR_MARKER_VERSION,
+    MAX_LINK_LEN,
 };
 
 pub type Ino = u64;

@@ -40,18 +40,36 @@ pub const MAX_LINK_LEN: u64 = 4096;
 /// not known there; what this catalog wrote or learned last holds.
 pub const DIR_MARKER_VERSION: &str = "dir";
 
+/// When a version was written, as far as it is known. A version is its
+/// ETag and this: a copy of an object onto itself with new metadata
+/// (another client's chmod) keeps the ETag and moves its LastModified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionTime {
+    /// Its LastModified, as a HEAD gave it.
+    Exact(SystemTime),
+    /// About then, by this machine's clock (a version this mount wrote:
+    /// S3 does not answer a PUT or copy with its LastModified; or one a
+    /// snapshot lists).
+    Around(SystemTime),
+}
+
+/// How far a version's LastModified may be from this machine's clock at
+/// the write (clock skew, a slow answer) and still be that version.
+const CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The attributes of one object version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectAttrs {
     pub etag: String,
-    /// The version's LastModified, when learned with a HEAD. A version is
-    /// its ETag and this: a copy of an object onto itself with new
-    /// metadata (another client's chmod) keeps the ETag and moves this.
-    /// `None` for versions this mount wrote (S3 does not say when).
-    pub last_modified: Option<SystemTime>,
+    pub written: VersionTime,
     pub posix: PosixMeta,
     /// The target, when the object is a symlink and it was read.
     pub link: Option<String>,
+}
+
+/// ETags compare without their quotes: stores differ in quoting them.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
 }
 
 impl ObjectAttrs {
@@ -60,10 +78,11 @@ impl ObjectAttrs {
     /// more, listings may).
     fn of_version(&self, etag: &str, listed: Option<SystemTime>) -> bool {
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        self.etag == etag
-            && match (self.last_modified, listed) {
-                (Some(learned), Some(listed)) => secs(learned) == secs(listed),
-                _ => true,
+        same_etag(&self.etag, etag)
+            && match (self.written, listed) {
+                (_, None) => true,
+                (VersionTime::Exact(t), Some(listed)) => secs(t) == secs(listed),
+                (VersionTime::Around(t), Some(listed)) => listed <= t + CLOCK_SLACK,
             }
     }
 }
@@ -146,6 +165,28 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
         Some(stored)
     }
 
+    /// The attributes of the marker `prefix` of a directory: known, or
+    /// learned with a HEAD (none, when there is no marker).
+    pub async fn learn_marker(&self, prefix: &str) -> Result<Arc<ObjectAttrs>, FsError> {
+        if let Some(a) = self.known(prefix, DIR_MARKER_VERSION, None) {
+            return Ok(a);
+        }
+        self.stats.heads.fetch_add(1, Ordering::Relaxed);
+        let posix = match self.store.head_metadata(prefix).await {
+            Ok((_, marks)) => marks.posix,
+            Err(StoreError::NotFound) => PosixMeta::NONE,
+            Err(e) => return Err(FsError::store(prefix, e)),
+        };
+        let attrs = ObjectAttrs {
+            etag: DIR_MARKER_VERSION.to_owned(),
+            written: VersionTime::Around(SystemTime::now()),
+            posix,
+            link: None,
+        };
+        self.record(prefix, attrs.clone());
+        Ok(Arc::new(attrs))
+    }
+
     /// Notes the attributes of a version this mount stored (or learned).
     pub fn record(&self, key: &str, attrs: ObjectAttrs) {
         if let Some(db) = &self.db {
@@ -194,7 +235,7 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
                     Ok((meta, marks)) => {
                         let attrs = ObjectAttrs {
                             etag: meta.etag,
-                            last_modified: Some(meta.last_modified),
+                            written: VersionTime::Exact(meta.last_modified),
                             posix: marks.posix,
                             link: None,
                         };
@@ -202,7 +243,11 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
                         Ok(attrs)
                     }
                     Err(e) => {
-                        if e.is_transient() {
+                        // Not asked again for a while, whatever the
+                        // failure (a refusal repeats as surely as an
+                        // outage); a missing object is the listing's
+                        // business.
+                        if !matches!(e, StoreError::NotFound) {
                             self.failed.insert(key.to_owned(), ());
                         }
                         Err(FsError::store(key, e))
@@ -255,13 +300,20 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
     }
 
     /// The target of the symlink at version `etag` of `key` (`size` bytes):
-    /// remembered, or read with one GET.
+    /// remembered, or read with one GET of that version.
     pub async fn link_target(
         &self,
         key: &str,
         (etag, size, listed): (&str, u64, SystemTime),
     ) -> Result<String, FsError> {
         let attrs = self.learn(key, etag, Some(listed)).await?;
+        if !same_etag(&attrs.etag, etag) {
+            // Replaced since it was listed: its size is another's.
+            return Err(FsError::store(key, StoreError::PreconditionFailed));
+        }
+        if !attrs.posix.is_symlink() {
+            return Err(FsError::Invalid("not a symlink"));
+        }
         if let Some(link) = &attrs.link {
             return Ok(link.clone());
         }

@@ -32,7 +32,7 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
 use super::db::CatalogDb;
-use super::{Entry, EntryKind, ObjectAttrs, DIR_MARKER_VERSION};
+use super::{Entry, EntryKind, ObjectAttrs, VersionTime, DIR_MARKER_VERSION};
 use crate::store::{ObjectStore, PosixMeta, StoreError};
 
 const MAGIC: &[u8; 8] = b"S3MSNAP\n";
@@ -537,18 +537,22 @@ fn import_checked(db: &Arc<CatalogDb>, file: &Path, prefix: &str) -> Result<(), 
     let now = SystemTime::now();
     let mut open: Option<OpenDir> = None;
     // The key and version the next attributes belong to.
-    let mut last: Option<(String, String)> = None;
+    let mut last: Option<(String, String, SystemTime)> = None;
+    let mut attrs_batch: Vec<(String, ObjectAttrs)> = Vec::new();
     for item in reader {
         match item? {
             SnapshotItem::Attrs { posix, link } => {
-                if let Some((key, etag)) = last.take() {
+                if let Some((key, etag, listed)) = last.take() {
                     let attrs = ObjectAttrs {
                         etag,
-                        last_modified: None,
+                        written: VersionTime::Around(listed),
                         posix,
                         link,
                     };
-                    db.put_object_attrs(&key, &attrs);
+                    attrs_batch.push((key, attrs));
+                    if attrs_batch.len() >= IMPORT_BATCH {
+                        db.put_object_attrs_batch(&std::mem::take(&mut attrs_batch));
+                    }
                 }
             }
             SnapshotItem::Dir { dir, listed_at } => {
@@ -569,11 +573,12 @@ fn import_checked(db: &Arc<CatalogDb>, file: &Path, prefix: &str) -> Result<(), 
                     .expect("the reader checks entries follow a dir");
                 last = Some(match &e.kind {
                     EntryKind::File { etag, .. } => {
-                        (format!("{}{}", dir.prefix, e.name), etag.clone())
+                        (format!("{}{}", dir.prefix, e.name), etag.clone(), e.mtime)
                     }
                     EntryKind::Dir => (
                         format!("{}{}/", dir.prefix, e.name),
                         DIR_MARKER_VERSION.to_owned(),
+                        e.mtime,
                     ),
                 });
                 dir.batch.push(e);
@@ -586,6 +591,7 @@ fn import_checked(db: &Arc<CatalogDb>, file: &Path, prefix: &str) -> Result<(), 
     if let Some(done) = open.take() {
         done.commit(db).ok_or_else(full)?;
     }
+    db.put_object_attrs_batch(&attrs_batch);
     Ok(())
 }
 

@@ -18,7 +18,9 @@ use fuser::RenameFlags;
 use tracing::{debug, info, warn};
 
 use super::{Attr, Creator, S3Fs};
-use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs, DIR_MARKER_VERSION, ROOT_INO};
+use crate::catalog::{
+    Entry, EntryKind, Ino, ObjectAttrs, VersionTime, DIR_MARKER_VERSION, ROOT_INO,
+};
 use crate::error::FsError;
 use crate::names;
 use crate::store::{Body, FanOut, ObjectStore, PosixMeta, StoreError, WriteCondition};
@@ -279,6 +281,7 @@ impl<S: ObjectStore> S3Fs<S> {
                 self.writer.orphan(target).await;
             }
             let store = self.store().clone();
+            let src_mtime = src.as_ref().map(|e| e.mtime);
             // The attributes the object takes along, to remember at its new key.
             let moving = parking_lot::Mutex::new(None);
             let (etag, size) = match (&open_source, src.map(|e| e.kind)) {
@@ -296,9 +299,10 @@ impl<S: ObjectStore> S3Fs<S> {
                     let moved = self
                         .writer
                         .move_open(file, place, &record, |etag, size| async move {
+                            // Just stored by this mount: known without asking.
                             let posix = self
-                                .moving_attrs(&from, &etag)
-                                .await
+                                .moving_attrs(&from, &etag, None)
+                                .await?
                                 .map_or(PosixMeta::NONE, |a| a.posix);
                             *attrs.lock() = Some((posix, None));
                             let source = (from.as_str(), etag.as_str(), size);
@@ -308,7 +312,15 @@ impl<S: ObjectStore> S3Fs<S> {
                     moved
                 }
                 (None, Some(EntryKind::File { size, etag })) => {
-                    let known = self.moving_attrs(&key, &etag).await;
+                    let known = match self.moving_attrs(&key, &etag, src_mtime).await {
+                        Ok(known) => known,
+                        Err(e) if e.is_not_found() => {
+                            // Gone (to another mount's claim): so it is here too.
+                            self.catalog.record(parent, name, None)?;
+                            return Err(FsError::NotFound);
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let posix = known.as_ref().map_or(PosixMeta::NONE, |a| a.posix);
                     *moving.lock() = Some((posix, known.and_then(|a| a.link)));
                     let moved = self
@@ -400,12 +412,13 @@ impl<S: ObjectStore> S3Fs<S> {
                     .spawn(async move {
                         // Each object takes its attributes along; a marker's
                         // are remembered under no ETag of its own.
+                        // Not learned, not moved: the copy would lose them.
                         let known = match (keeps_posix, obj.key.ends_with('/')) {
                             (false, _) => None,
-                            (true, true) => attrs.known(&obj.key, DIR_MARKER_VERSION, None),
+                            (true, true) => Some(attrs.learn_marker(&obj.key).await?),
                             (true, false) => {
                                 let listed = Some(obj.last_modified);
-                                attrs.learn(&obj.key, &obj.etag, listed).await.ok()
+                                Some(attrs.learn(&obj.key, &obj.etag, listed).await?)
                             }
                         };
                         let posix = known.as_ref().map_or(PosixMeta::NONE, |a| a.posix);
@@ -429,7 +442,7 @@ impl<S: ObjectStore> S3Fs<S> {
                                 &new_key,
                                 ObjectAttrs {
                                     etag,
-                                    last_modified: None,
+                                    written: VersionTime::Around(SystemTime::now()),
                                     ..(*known).clone()
                                 },
                             );

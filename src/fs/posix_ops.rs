@@ -14,10 +14,12 @@ use std::time::SystemTime;
 use tracing::debug;
 
 use super::{Attr, S3Fs};
-use crate::catalog::{Entry, EntryKind, Ino, ObjectAttrs, DIR_MARKER_VERSION};
+use crate::catalog::{
+    same_etag, Entry, EntryKind, Ino, ObjectAttrs, VersionTime, DIR_MARKER_VERSION,
+};
 use crate::error::FsError;
 use crate::names;
-use crate::store::{Body, ObjectStore, PosixMeta, WriteCondition};
+use crate::store::{Body, ObjectStore, PosixMeta, StoreError, WriteCondition};
 use crate::write::{PendingAttrs, WritableFile};
 
 /// When the mount reads and writes POSIX attributes (`--posix-metadata`).
@@ -143,8 +145,18 @@ impl<S: ObjectStore> S3Fs<S> {
         entry: &Entry,
     ) -> Attr {
         let mut attr = self.attr_known(ino, key, entry);
-        let EntryKind::File { etag, .. } = &entry.kind else {
-            return attr;
+        let etag = match &entry.kind {
+            EntryKind::File { etag, .. } => etag,
+            // Under `full`, a directory's marker is asked about once too.
+            EntryKind::Dir => {
+                if self.owner.posix == PosixMetadata::Full && !key.is_empty() {
+                    match self.catalog.attrs().learn_marker(key).await {
+                        Ok(known) => Self::apply_posix(&mut attr, &known.posix),
+                        Err(e) => debug!(key, error = %e, "cannot learn a directory's attributes"),
+                    }
+                }
+                return attr;
+            }
         };
         if !attr.provisional {
             return attr;
@@ -210,6 +222,12 @@ impl<S: ObjectStore> S3Fs<S> {
             self.learn_after_in(prefix, &last.name);
         }
         let attrs = self.catalog.attrs();
+        let markers: Vec<String> = entries
+            .iter()
+            .filter(|e| e.is_dir())
+            .map(|e| names::child_dir_prefix(prefix, &e.name))
+            .filter(|m| attrs.known(m, DIR_MARKER_VERSION, None).is_none())
+            .collect();
         let unknown: Vec<(String, String, SystemTime)> = entries
             .iter()
             .filter_map(|e| match &e.kind {
@@ -232,31 +250,44 @@ impl<S: ObjectStore> S3Fs<S> {
                 })
             })
             .collect();
-        for task in learning {
+        let learning_markers: Vec<_> = markers
+            .into_iter()
+            .map(|marker| {
+                let attrs = attrs.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = attrs.learn_marker(&marker).await {
+                        debug!(marker, error = %e, "cannot learn a directory's attributes");
+                    }
+                })
+            })
+            .collect();
+        for task in learning.into_iter().chain(learning_markers) {
             let _ = task.await;
         }
     }
 
-    /// The attributes a new version of version `etag` of `key` keeps (an
-    /// edit, a truncation): those known, learned if need be; `None` when
-    /// the mount keeps none.
-    pub(super) async fn kept_posix(&self, key: &str, etag: &str) -> Option<PosixMeta> {
+    /// The attributes a new version of version `etag` of `key` (listed
+    /// as modified at `listed`) keeps (an edit, a truncation): those
+    /// known, learned if need be; `None` when the mount keeps none. When
+    /// they cannot be learned the change fails: a new version without
+    /// them would lose the mode and owner.
+    pub(super) async fn kept_posix(
+        &self,
+        key: &str,
+        etag: &str,
+        listed: Option<SystemTime>,
+    ) -> Result<Option<PosixMeta>, FsError> {
         if !self.keeps_posix() {
-            return None;
+            return Ok(None);
         }
         if etag.is_empty() {
-            return Some(PosixMeta::NONE);
+            return Ok(Some(PosixMeta::NONE));
         }
-        match self.catalog.attrs().learn(key, etag, None).await {
-            Ok(known) => Some(PosixMeta {
-                mtime: None,
-                ..known.posix
-            }),
-            Err(e) => {
-                debug!(key, error = %e, "cannot learn attributes; the new version carries none");
-                Some(PosixMeta::NONE)
-            }
-        }
+        let known = self.catalog.attrs().learn(key, etag, listed).await?;
+        Ok(Some(PosixMeta {
+            mtime: None,
+            ..known.posix
+        }))
     }
 
     /// What a file created now by `creator` carries.
@@ -288,7 +319,7 @@ impl<S: ObjectStore> S3Fs<S> {
             key,
             ObjectAttrs {
                 etag: etag.to_owned(),
-                last_modified: None,
+                written: VersionTime::Around(SystemTime::now()),
                 posix,
                 link,
             },
@@ -318,15 +349,13 @@ impl<S: ObjectStore> S3Fs<S> {
         match &entry.kind {
             EntryKind::Dir => self.change_dir_attrs(&key, &entry, change).await,
             EntryKind::File { size, etag } => {
-                if self.policy.no_overwrite {
-                    return Err(FsError::NotPermitted("--no-overwrite is set"));
-                }
+                // Allowed under --no-overwrite: the bytes stay the same.
                 let known = self
                     .catalog
                     .attrs()
                     .learn(&key, etag, Some(entry.mtime))
                     .await?;
-                if known.etag != *etag {
+                if !same_etag(&known.etag, etag) {
                     return Err(FsError::Busy("the file was replaced meanwhile; try again"));
                 }
                 let mut posix = known.posix;
@@ -358,14 +387,34 @@ impl<S: ObjectStore> S3Fs<S> {
     }
 
     /// After the last close of `file`: stores attributes set while it was
-    /// open that no commit carried, on the version now under its name.
+    /// open that no commit carried, on the version it opened or stored
+    /// (nothing, if its name holds another by now).
     pub(super) async fn store_unstored_attrs(&self, file: &WritableFile<S>) -> Result<(), FsError> {
+        if file.is_unlinked() {
+            return Ok(()); // its name belongs to another file
+        }
         let place = file.place();
-        let (_, entry) = self.catalog.lookup(place.parent, &place.name).await?;
-        let EntryKind::File { size, etag } = entry.kind else {
+        let Some(etag) = file.attrs.version() else {
             return Ok(());
         };
-        let posix = file.attrs.for_commit();
+        let (_, entry) = self.catalog.lookup(place.parent, &place.name).await?;
+        let EntryKind::File { size, etag: listed } = entry.kind else {
+            return Ok(());
+        };
+        if !same_etag(&listed, &etag) {
+            return Err(FsError::store(&place.key, StoreError::PreconditionFailed));
+        }
+        // No data changed since that version: the time shown stays.
+        let shown = self
+            .catalog
+            .attrs()
+            .known(&place.key, &etag, None)
+            .and_then(|a| a.posix.mtime)
+            .unwrap_or(entry.mtime);
+        let mut posix = file.attrs.for_commit();
+        if file.attrs.get().is_some_and(|p| p.mtime.is_none()) {
+            posix.mtime = Some(shown);
+        }
         let new_etag = self
             .store()
             .copy(
@@ -396,11 +445,8 @@ impl<S: ObjectStore> S3Fs<S> {
                 "the root of a whole-bucket mount has no marker object to keep attributes",
             ));
         }
-        let mut posix = self
-            .catalog
-            .attrs()
-            .known(prefix, DIR_MARKER_VERSION, None)
-            .map_or(PosixMeta::NONE, |a| a.posix);
+        // What the marker carries now (another client's owner included).
+        let mut posix = self.catalog.attrs().learn_marker(prefix).await?.posix;
         let before = posix;
         change.apply(&mut posix, libc::S_IFDIR);
         posix.mtime = posix.mtime.or(Some(entry.mtime));
@@ -485,18 +531,20 @@ impl<S: ObjectStore> S3Fs<S> {
         }
     }
 
-    /// The attributes a renamed object takes along to its new key: those
-    /// known, learned if need be; `NONE` when the mount keeps none.
-    pub(super) async fn moving_attrs(&self, key: &str, etag: &str) -> Option<ObjectAttrs> {
+    /// The attributes a renamed object (listed as modified at `listed`)
+    /// takes along to its new key: those known, learned if need be;
+    /// `None` when the mount keeps none. When they cannot be learned the
+    /// rename fails: the copy would lose them.
+    pub(super) async fn moving_attrs(
+        &self,
+        key: &str,
+        etag: &str,
+        listed: Option<SystemTime>,
+    ) -> Result<Option<ObjectAttrs>, FsError> {
         if !self.keeps_posix() {
-            return None;
+            return Ok(None);
         }
-        match self.catalog.attrs().learn(key, etag, None).await {
-            Ok(known) => Some((*known).clone()),
-            Err(e) => {
-                debug!(key, error = %e, "cannot learn attributes before a rename");
-                None
-            }
-        }
+        let known = self.catalog.attrs().learn(key, etag, listed).await?;
+        Ok(Some((*known).clone()))
     }
 }

@@ -216,14 +216,16 @@ impl<S: ObjectStore> S3Fs<S> {
                 return joined;
             }
             let (parent, name, key) = self.catalog.location(ino)?;
-            let (etag, size) = match self.catalog.entry(ino).await?.kind {
+            let entry = self.catalog.entry(ino).await?;
+            let (etag, size) = match entry.kind {
                 EntryKind::File { size, etag } => (etag, size),
                 EntryKind::Dir => return Err(FsError::IsADirectory),
             };
             if access.truncate && size > 0 && self.policy.no_overwrite {
                 return Err(FsError::NotPermitted("--no-overwrite is set"));
             }
-            let attrs = PendingAttrs::new(self.kept_posix(&key, &etag).await);
+            let kept = self.kept_posix(&key, &etag, Some(entry.mtime)).await?;
+            let attrs = PendingAttrs::new(kept);
             let place = Place { parent, name, key };
             if let Some(fh) = self.writer.open(ino, place, (&etag, size), access, attrs)? {
                 return Ok(fh);
@@ -278,7 +280,8 @@ impl<S: ObjectStore> S3Fs<S> {
                 return result;
             }
         }
-        let (etag, current) = match self.catalog.entry(ino).await?.kind {
+        let entry = self.catalog.entry(ino).await?;
+        let (etag, current) = match entry.kind {
             EntryKind::Dir => return Err(FsError::IsADirectory),
             EntryKind::File { size, etag } => (etag, size),
         };
@@ -289,7 +292,7 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::NotPermitted("--no-overwrite is set"));
         }
         let (parent, name, key) = self.catalog.location(ino)?;
-        let attrs = PendingAttrs::new(self.kept_posix(&key, &etag).await);
+        let attrs = PendingAttrs::new(self.kept_posix(&key, &etag, Some(entry.mtime)).await?);
         if size == 0 {
             // `truncate -s 0 FILE`: no need to stage anything.
             let posix = attrs.for_commit();

@@ -23,7 +23,7 @@ use crate::blocking::blocking;
 use crate::catalog::inventory::{InventoryManifest, InventoryTree};
 use crate::catalog::snapshot::{download_to_file, SnapshotCounts, SnapshotHeader, SnapshotWriter};
 use crate::catalog::{
-    Catalog, CatalogDb, Entry, EntryKind, Freshness, ObjectAttrs, DIR_MARKER_VERSION,
+    same_etag, Catalog, CatalogDb, Entry, EntryKind, Freshness, ObjectAttrs, DIR_MARKER_VERSION,
 };
 use crate::cli::{Connection, ObjectUrl, Target};
 use crate::mount::layers::{catalog_identity, listing_cache_dir};
@@ -343,7 +343,12 @@ async fn page_attrs(
                 }
             }
             let (attrs, etag) = (lister.attrs().clone(), etag.to_owned());
-            learning.spawn(async move { (i, attrs.learn(&key, &etag, listed).await.ok()) });
+            learning.spawn(async move {
+                // Only the listed version's: the object may have been
+                // replaced since it was listed.
+                let learned = attrs.learn(&key, &etag, listed).await.ok();
+                (i, learned.filter(|a| same_etag(&a.etag, &etag)))
+            });
         }
         known.push(found);
     }

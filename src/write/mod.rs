@@ -176,6 +176,12 @@ impl<S: ObjectStore> WritableFile<S> {
         self.closing.load(Ordering::Relaxed)
     }
 
+    /// Whether it was unlinked (or replaced by a rename) while open: its
+    /// name belongs to another file now.
+    pub fn is_unlinked(&self) -> bool {
+        self.unlinked.load(Ordering::Relaxed)
+    }
+
     async fn wait_settled(&self) {
         let mut rx = self.settled.subscribe();
         let _ = rx.wait_for(|done| *done).await;
@@ -406,6 +412,7 @@ impl<S: ObjectStore> Writer<S> {
             return Ok(None);
         }
         let attrs = Arc::new(attrs);
+        attrs.note_version(etag);
         let content = if !access.read && access.truncate {
             // A replacement written front to back: stream it.
             self.cancel_delete(&place.key);
@@ -486,6 +493,7 @@ impl<S: ObjectStore> Writer<S> {
         };
         let moved = mv(etag, size).await?;
         staged.rebase(&place.key, &moved);
+        file.attrs.note_version(&moved);
         self.cancel_delete(&place.key);
         *file.place.lock() = place;
         Ok((moved, size))
@@ -665,6 +673,7 @@ impl<S: ObjectStore> Writer<S> {
             },
         };
         file.new.store(false, Ordering::Relaxed);
+        file.attrs.note_version(&stored.etag);
         let place = file.place();
         self.cancel_delete(&place.key);
         record(&Committed {

@@ -19,6 +19,8 @@ struct Inner {
     posix: Option<PosixMeta>,
     /// Changed since the last commit started: a commit must still store it.
     unstored: bool,
+    /// The ETag of the version the file was opened at or last stored as.
+    version: Option<String>,
 }
 
 impl PendingAttrs {
@@ -28,6 +30,7 @@ impl PendingAttrs {
         PendingAttrs(Mutex::new(Inner {
             posix,
             unstored: false,
+            version: None,
         }))
     }
 
@@ -61,6 +64,16 @@ impl PendingAttrs {
             }
             None => false,
         }
+    }
+
+    /// Notes the version the file was opened at, or just stored as.
+    pub fn note_version(&self, etag: &str) {
+        self.0.lock().version = Some(etag.to_owned());
+    }
+
+    /// The ETag of the version the file was opened at or last stored as.
+    pub fn version(&self) -> Option<String> {
+        self.0.lock().version.clone()
     }
 
     /// Whether a change was made after the last commit started (so no

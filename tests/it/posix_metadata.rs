@@ -265,6 +265,39 @@ fn s3fs_and_rclone_headers_are_read_and_what_s3mount_writes_they_read() {
 }
 
 #[test]
+fn chmod_keeps_what_else_the_object_carries() {
+    let s3 = TestS3::start();
+    let b = s3.bucket("posix-keep");
+    block_on(
+        b.client
+            .put_object()
+            .bucket(&b.name)
+            .key("report.csv")
+            .metadata("xattr", "user.origin=cGlwZWxpbmU=")
+            .cache_control("max-age=60")
+            .content_type("text/csv; charset=utf-8")
+            .body(ByteStream::from_static(b"a,b\n"))
+            .send(),
+    )
+    .unwrap();
+    let m = Mounted::start(&s3, &b.name, &[]);
+    run(&format!(
+        "chmod 640 '{}'",
+        m.path().join("report.csv").display()
+    ));
+    let head = b.head("report.csv");
+    let meta = user_metadata(&b, "report.csv");
+    assert_eq!(meta["mode"], (libc::S_IFREG | 0o640).to_string());
+    assert_eq!(
+        meta.get("xattr").map(String::as_str),
+        Some("user.origin=cGlwZWxpbmU=")
+    );
+    assert_eq!(head.cache_control(), Some("max-age=60"));
+    assert_eq!(head.content_type(), Some("text/csv; charset=utf-8"));
+    assert_eq!(b.get("report.csv"), b"a,b\n");
+}
+
+#[test]
 fn tar_xp_then_tar_c_gives_back_the_same_listing() {
     let s3 = TestS3::start();
     let b = s3.bucket("posix-tar");

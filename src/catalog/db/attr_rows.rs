@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::CatalogDb;
 use crate::blocking::blocking;
-use crate::catalog::ObjectAttrs;
+use crate::catalog::{ObjectAttrs, VersionTime};
 use crate::store::PosixMeta;
 
 pub(super) const ATTRS_TABLE: &str = "CREATE TABLE IF NOT EXISTS attrs (
@@ -22,7 +22,8 @@ pub(super) const ATTRS_TABLE: &str = "CREATE TABLE IF NOT EXISTS attrs (
     gid INTEGER,
     mtime_ns INTEGER,
     link TEXT,
-    last_modified_ns INTEGER) WITHOUT ROWID;";
+    written_ns INTEGER NOT NULL,
+    written_exact INTEGER NOT NULL) WITHOUT ROWID;";
 
 impl CatalogDb {
     /// The attributes remembered for `key`, of whatever version.
@@ -31,13 +32,16 @@ impl CatalogDb {
             let conn = self.conn.lock();
             let result = conn
                 .prepare_cached(
-                    "SELECT etag, mode, uid, gid, mtime_ns, link, last_modified_ns FROM attrs WHERE key = ?1",
+                    "SELECT etag, mode, uid, gid, mtime_ns, link, written_ns, written_exact FROM attrs WHERE key = ?1",
                 )
                 .and_then(|mut stmt| {
                     stmt.query_row([key], |r| {
                         Ok(ObjectAttrs {
                             etag: r.get(0)?,
-                            last_modified: r.get::<_, Option<i64>>(6)?.map(from_nanos),
+                            written: match r.get::<_, bool>(7)? {
+                                true => VersionTime::Exact(from_nanos(r.get(6)?)),
+                                false => VersionTime::Around(from_nanos(r.get(6)?)),
+                            },
                             posix: PosixMeta {
                                 mode: r.get(1)?,
                                 uid: r.get(2)?,
@@ -58,26 +62,45 @@ impl CatalogDb {
 
     /// Remembers the attributes of `key`, replacing those of any version.
     pub fn put_object_attrs(&self, key: &str, attrs: &ObjectAttrs) {
-        if !self.writable() {
+        self.put_object_attrs_batch(&[(key.to_owned(), attrs.clone())]);
+    }
+
+    /// Remembers the attributes of many keys in one transaction.
+    pub fn put_object_attrs_batch(&self, rows: &[(String, ObjectAttrs)]) {
+        if !self.writable() || rows.is_empty() {
             return;
         }
         blocking(|| {
-            let conn = self.conn.lock();
-            let p = &attrs.posix;
-            let result = conn.execute(
-                "INSERT OR REPLACE INTO attrs (key, etag, mode, uid, gid, mtime_ns, link, last_modified_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    key,
-                    attrs.etag,
-                    p.mode,
-                    p.uid,
-                    p.gid,
-                    p.mtime.map(to_nanos),
-                    attrs.link,
-                    attrs.last_modified.map(to_nanos)
-                ],
-            );
+            let mut conn = self.conn.lock();
+            let result = (|| -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO attrs
+                             (key, etag, mode, uid, gid, mtime_ns, link, written_ns, written_exact)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?;
+                    for (key, attrs) in rows {
+                        let p = &attrs.posix;
+                        let (written, exact) = match attrs.written {
+                            VersionTime::Exact(t) => (t, true),
+                            VersionTime::Around(t) => (t, false),
+                        };
+                        insert.execute(params![
+                            key,
+                            attrs.etag,
+                            p.mode,
+                            p.uid,
+                            p.gid,
+                            p.mtime.map(to_nanos),
+                            attrs.link,
+                            to_nanos(written),
+                            exact
+                        ])?;
+                    }
+                }
+                tx.commit()
+            })();
             if let Err(e) = result {
                 self.write_failed("store attributes", &e);
             }

@@ -30,6 +30,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirecti
 
 use super::fan_out::FanOut;
 use super::pieces::PieceSink;
+use super::posix_meta::{META_GID, META_MODE, META_MTIME, META_UID};
 use super::retry::{Backoff, RetryPolicy};
 use super::{
     Body, ListPage, ObjectMeta, ObjectStore, PosixMeta, StoreError, UserMetadata, WriteCondition,
@@ -212,7 +213,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn start_multipart(&self, key: &str, posix: &PosixMeta) -> Result<String, StoreError> {
-        self.create_upload(key, None, posix).await
+        self.create_upload(key, None, (posix, None)).await
     }
 
     async fn put_part(
@@ -321,12 +322,32 @@ impl ObjectStore for S3Store {
         condition: WriteCondition<'_>,
         posix: &PosixMeta,
     ) -> Result<String, StoreError> {
+        // A copy onto itself changes only metadata: what else the object
+        // carries (other clients' user metadata, its content headers, its
+        // storage class) stays.
+        let kept = match from == to {
+            true => Some(self.kept_properties(from, etag).await?),
+            false => None,
+        };
         if size > self.copy_threshold {
             // Boxed: a copy in parts is rare and its future large.
-            return Box::pin(self.copy_in_parts(from, etag, size, to, condition, posix)).await;
+            return Box::pin(self.copy_in_parts(
+                from,
+                etag,
+                size,
+                to,
+                condition,
+                (posix, kept.as_ref()),
+            ))
+            .await;
         }
         let token = write_token();
         let (if_match, if_none_match) = condition_headers(condition);
+        let metadata = with_kept(
+            write_metadata(Some(&token), Some(etag), posix),
+            kept.as_ref(),
+        );
+        let kept_type = kept.as_ref().and_then(|k| k.content_type.clone());
         let (result, in_doubt) = self
             .policy
             .run_noting_doubt("CopyObject", to, SLOW_ATTEMPT, || {
@@ -339,10 +360,22 @@ impl ObjectStore for S3Store {
                         .copy_source_if_match(etag)
                         .set_if_match(if_match.clone())
                         .set_if_none_match(if_none_match.clone())
-                        // The copy's Content-Type follows its new name, as any upload's.
+                        // The copy's Content-Type follows its new name, as any
+                        // upload's (a copy onto itself keeps its own).
                         .metadata_directive(MetadataDirective::Replace)
-                        .content_type(content_type(to))
-                        .set_metadata(write_metadata(Some(&token), Some(etag), posix))
+                        .content_type(kept_type.clone().unwrap_or_else(|| content_type(to)))
+                        .set_metadata(metadata.clone())
+                        .set_content_encoding(
+                            kept.as_ref().and_then(|k| k.content_encoding.clone()),
+                        )
+                        .set_cache_control(kept.as_ref().and_then(|k| k.cache_control.clone()))
+                        .set_content_disposition(
+                            kept.as_ref().and_then(|k| k.content_disposition.clone()),
+                        )
+                        .set_content_language(
+                            kept.as_ref().and_then(|k| k.content_language.clone()),
+                        )
+                        .set_storage_class(kept.as_ref().and_then(|k| k.storage_class.clone()))
                         .send(),
                     Missing::Object,
                 )
@@ -497,6 +530,33 @@ async fn byte_stream(body: Body) -> Result<ByteStream, StoreError> {
     }
 }
 
+/// What an object carries besides its data and s3mount's own metadata,
+/// kept by a copy onto itself (a metadata-only change). Its ACL and
+/// encryption key are not: they are not in a HEAD's answer.
+#[derive(Debug, Clone, Default)]
+struct KeptProperties {
+    metadata: HashMap<String, String>,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    storage_class: Option<aws_sdk_s3::types::StorageClass>,
+}
+
+/// `ours` (s3mount's marks and POSIX metadata) over what `kept` carries.
+fn with_kept(
+    ours: Option<HashMap<String, String>>,
+    kept: Option<&KeptProperties>,
+) -> Option<HashMap<String, String>> {
+    let Some(kept) = kept.filter(|k| !k.metadata.is_empty()) else {
+        return ours;
+    };
+    let mut all = kept.metadata.clone();
+    all.extend(ours.unwrap_or_default());
+    Some(all)
+}
+
 /// The `x-amz-copy-source` value: `bucket/key`, percent-encoded except for
 /// the characters S3 keys use unescaped in paths.
 fn copy_source(bucket: &str, key: &str) -> String {
@@ -535,10 +595,10 @@ impl S3Store {
         size: u64,
         to: &str,
         condition: WriteCondition<'_>,
-        posix: &PosixMeta,
+        (posix, kept): (&PosixMeta, Option<&KeptProperties>),
     ) -> Result<String, StoreError> {
         let part = copy_part_size(size, self.copy_threshold);
-        let upload_id = self.create_upload(to, Some(etag), posix).await?;
+        let upload_id = self.create_upload(to, Some(etag), (posix, kept)).await?;
         let mut copies = FanOut::new(COPY_CONCURRENCY, |e| {
             StoreError::Other(format!("part copy task failed: {e}"))
         });
@@ -579,9 +639,11 @@ impl S3Store {
         &self,
         key: &str,
         copied_from: Option<&str>,
-        posix: &PosixMeta,
+        (posix, kept): (&PosixMeta, Option<&KeptProperties>),
     ) -> Result<String, StoreError> {
         let token = write_token();
+        let metadata = with_kept(write_metadata(Some(&token), copied_from, posix), kept);
+        let kept_type = kept.and_then(|k| k.content_type.clone());
         let out = self
             .policy
             .run("CreateMultipartUpload", key, SMALL_ATTEMPT, || {
@@ -590,8 +652,13 @@ impl S3Store {
                         .create_multipart_upload()
                         .bucket(&self.bucket)
                         .key(key)
-                        .content_type(content_type(key))
-                        .set_metadata(write_metadata(Some(&token), copied_from, posix))
+                        .content_type(kept_type.clone().unwrap_or_else(|| content_type(key)))
+                        .set_metadata(metadata.clone())
+                        .set_content_encoding(kept.and_then(|k| k.content_encoding.clone()))
+                        .set_cache_control(kept.and_then(|k| k.cache_control.clone()))
+                        .set_content_disposition(kept.and_then(|k| k.content_disposition.clone()))
+                        .set_content_language(kept.and_then(|k| k.content_language.clone()))
+                        .set_storage_class(kept.and_then(|k| k.storage_class.clone()))
                         .send(),
                     Missing::Bucket,
                 )
@@ -602,6 +669,41 @@ impl S3Store {
         })?;
         self.upload_tokens.lock().insert(upload_id.clone(), token);
         Ok(upload_id)
+    }
+
+    /// What version `etag` of `key` carries besides its data and the
+    /// metadata s3mount writes, for a copy onto itself to keep.
+    async fn kept_properties(&self, key: &str, etag: &str) -> Result<KeptProperties, StoreError> {
+        let out = self.head_output(key).await?;
+        if unquoted(out.e_tag().unwrap_or_default()) != unquoted(etag) {
+            return Err(StoreError::PreconditionFailed);
+        }
+        let ours = [
+            MARK_TOKEN,
+            MARK_COPIED_FROM,
+            META_MODE,
+            META_UID,
+            META_GID,
+            META_MTIME,
+        ];
+        let metadata = out
+            .metadata()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !ours.iter().any(|o| k.eq_ignore_ascii_case(o)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(KeptProperties {
+            metadata,
+            content_type: out.content_type().map(str::to_owned),
+            content_encoding: out.content_encoding().map(str::to_owned),
+            cache_control: out.cache_control().map(str::to_owned),
+            content_disposition: out.content_disposition().map(str::to_owned),
+            content_language: out.content_language().map(str::to_owned),
+            storage_class: out
+                .storage_class()
+                .map(|c| aws_sdk_s3::types::StorageClass::from(c.as_str())),
+        })
     }
 
     async fn head_output(&self, key: &str) -> Result<HeadObjectOutput, StoreError> {
