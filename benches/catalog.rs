@@ -1,6 +1,9 @@
 //! Listing benchmark: `ls -l`, `find` and `du -s` through s3mount next to
 //! listing the same prefixes directly with ListObjectsV2 paging, in the same
 //! run, through a proxy that adds S3-like latency and counts requests.
+//! The mounts keep no POSIX metadata (`--posix-metadata off`), so this is
+//! the cost of listings alone; what learning modes and times adds is
+//! benches/posix.rs's.
 //!
 //!   scripts/bench-catalog.sh   (BENCH_LIST_ENTRIES, BENCH_RUNS, BENCH_LATENCY_MS)
 
@@ -11,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use support::proxy::Faults;
 use support::*;
+
+/// What every mount of this benchmark is given: listings, no attributes.
+const LISTINGS_ONLY: &str = "--posix-metadata=off";
 
 /// Uploads `keys` (tiny bodies) with bounded concurrency.
 /// Lists `prefix` directly, all pages; returns (seconds, pages, keys+prefixes).
@@ -97,7 +103,7 @@ fn main() {
         let cache_arg = format!("--cache-dir={}", cache.path().display());
         let ls = |m: &Mounted| format!("ls -l '{}' | wc -l", m.path().join("big").display());
         {
-            let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg]);
+            let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg, LISTINGS_ONLY]);
             let (s, r) = timed(&proxy, &ls(&m));
             cold.push(s);
             cold_r = r;
@@ -105,7 +111,7 @@ fn main() {
             warm.push(s);
             warm_r = r;
         }
-        let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg]);
+        let m = Mounted::start_at(&endpoint, &b.name, &[&cache_arg, LISTINGS_ONLY]);
         let (s, r) = timed(&proxy, &ls(&m));
         remount.push(s);
         remount_r = r;
@@ -140,7 +146,7 @@ fn main() {
         assert_eq!(items, 10_000);
         direct.push(secs);
         direct_p = pages;
-        let m = Mounted::start_at(&endpoint, &b.name, &[]);
+        let m = Mounted::start_at(&endpoint, &b.name, &[LISTINGS_ONLY]);
         let (s, r) = timed(
             &proxy,
             &format!("find '{}' | wc -l", m.path().join("tree").display()),
@@ -148,7 +154,7 @@ fn main() {
         find.push(s);
         find_r = r;
         drop(m);
-        let m = Mounted::start_at(&endpoint, &b.name, &[]);
+        let m = Mounted::start_at(&endpoint, &b.name, &[LISTINGS_ONLY]);
         let (s, r) = timed(
             &proxy,
             &format!("du -s '{}'", m.path().join("tree").display()),
@@ -177,7 +183,11 @@ fn main() {
     let published = TempDir::new("catbench-publish");
     let published_arg = format!("--cache-dir={}", published.path().display());
     {
-        let m = Mounted::start_at(&endpoint, &format!("{}/tree", b.name), &[&published_arg]);
+        let m = Mounted::start_at(
+            &endpoint,
+            &format!("{}/tree", b.name),
+            &[&published_arg, LISTINGS_ONLY],
+        );
         timed(&proxy, &format!("find '{}' | wc -l", m.path().display()));
     }
     let snapshot = format!("s3://{}/snapshots/tree.s3msnap", b.name);
@@ -207,7 +217,7 @@ fn main() {
         ] {
             let cache = TempDir::new("catbench-new");
             let cache_arg = format!("--cache-dir={}", cache.path().display());
-            let mut args = vec![cache_arg.as_str(), "--metadata-ttl=3600"];
+            let mut args = vec![cache_arg.as_str(), "--metadata-ttl=3600", LISTINGS_ONLY];
             if with_snapshot {
                 args.push(&snapshot_arg);
             }
@@ -275,7 +285,7 @@ fn read_latency_during_listing(
     let size = 64u64 << 20;
     b.put("lat/r.bin", random_bytes(size as usize, 5));
     let _ = s3;
-    let m = Mounted::start_at(endpoint, &b.name, &[]);
+    let m = Mounted::start_at(endpoint, &b.name, &[LISTINGS_ONLY]);
     let path = m.path().join("lat/r.bin");
     // Into the daemon's block cache.
     assert_eq!(std::fs::read(&path).unwrap().len() as u64, size);

@@ -47,10 +47,19 @@ pub const DIR_MARKER_VERSION: &str = "dir";
 pub enum VersionTime {
     /// Its LastModified, as a HEAD gave it.
     Exact(SystemTime),
-    /// About then, by this machine's clock (a version this mount wrote:
-    /// S3 does not answer a PUT or copy with its LastModified; or one a
-    /// snapshot lists).
-    Around(SystemTime),
+    /// About then, by this machine's clock: a version this mount wrote (S3
+    /// does not answer a PUT or copy with its LastModified), carrying
+    /// nothing but what this mount put on it.
+    WrittenHere(SystemTime),
+    /// About then, as a snapshot's listing gave it.
+    Listed(SystemTime),
+}
+
+impl VersionTime {
+    /// Whether the version carries nothing but what this mount wrote.
+    pub fn written_here(&self) -> bool {
+        matches!(self, VersionTime::WrittenHere(_))
+    }
 }
 
 /// How far a version's LastModified may be from this machine's clock at
@@ -82,7 +91,9 @@ impl ObjectAttrs {
             && match (self.written, listed) {
                 (_, None) => true,
                 (VersionTime::Exact(t), Some(listed)) => secs(t) == secs(listed),
-                (VersionTime::Around(t), Some(listed)) => listed <= t + CLOCK_SLACK,
+                (VersionTime::WrittenHere(t) | VersionTime::Listed(t), Some(listed)) => {
+                    listed <= t + CLOCK_SLACK
+                }
             }
     }
 }
@@ -179,7 +190,7 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
         };
         let attrs = ObjectAttrs {
             etag: DIR_MARKER_VERSION.to_owned(),
-            written: VersionTime::Around(SystemTime::now()),
+            written: VersionTime::Listed(SystemTime::now()),
             posix,
             link: None,
         };

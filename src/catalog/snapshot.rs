@@ -545,7 +545,7 @@ fn import_checked(db: &Arc<CatalogDb>, file: &Path, prefix: &str) -> Result<(), 
                 if let Some((key, etag, listed)) = last.take() {
                     let attrs = ObjectAttrs {
                         etag,
-                        written: VersionTime::Around(listed),
+                        written: VersionTime::Listed(listed),
                         posix,
                         link,
                     };

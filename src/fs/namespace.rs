@@ -442,7 +442,7 @@ impl<S: ObjectStore> S3Fs<S> {
                                 &new_key,
                                 ObjectAttrs {
                                     etag,
-                                    written: VersionTime::Around(SystemTime::now()),
+                                    written: VersionTime::WrittenHere(SystemTime::now()),
                                     ..(*known).clone()
                                 },
                             );

@@ -319,7 +319,7 @@ impl<S: ObjectStore> S3Fs<S> {
             key,
             ObjectAttrs {
                 etag: etag.to_owned(),
-                written: VersionTime::Around(SystemTime::now()),
+                written: VersionTime::WrittenHere(SystemTime::now()),
                 posix,
                 link,
             },
@@ -367,16 +367,10 @@ impl<S: ObjectStore> S3Fs<S> {
                 if posix == known.posix {
                     return Ok(());
                 }
+                let keep_other = !known.written.written_here();
                 let new_etag = self
                     .store()
-                    .copy(
-                        &key,
-                        etag,
-                        *size,
-                        &key,
-                        WriteCondition::IfMatch(etag),
-                        &posix,
-                    )
+                    .set_metadata(&key, etag, *size, &posix, keep_other)
                     .await
                     .map_err(|e| FsError::store(&key, e))?;
                 self.record_file(parent, &name, *size, new_etag.clone())?;
@@ -405,26 +399,19 @@ impl<S: ObjectStore> S3Fs<S> {
             return Err(FsError::store(&place.key, StoreError::PreconditionFailed));
         }
         // No data changed since that version: the time shown stays.
-        let shown = self
-            .catalog
-            .attrs()
-            .known(&place.key, &etag, None)
+        let known = self.catalog.attrs().known(&place.key, &etag, None);
+        let shown = known
+            .as_ref()
             .and_then(|a| a.posix.mtime)
             .unwrap_or(entry.mtime);
         let mut posix = file.attrs.for_commit();
         if file.attrs.get().is_some_and(|p| p.mtime.is_none()) {
             posix.mtime = Some(shown);
         }
+        let keep_other = !known.as_ref().is_some_and(|a| a.written.written_here());
         let new_etag = self
             .store()
-            .copy(
-                &place.key,
-                &etag,
-                size,
-                &place.key,
-                WriteCondition::IfMatch(&etag),
-                &posix,
-            )
+            .set_metadata(&place.key, &etag, size, &posix, keep_other)
             .await
             .map_err(|e| FsError::store(&place.key, e))?;
         self.record_file(place.parent, &place.name, size, new_etag.clone())?;

@@ -298,6 +298,18 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
             .await
     }
 
+    async fn set_metadata(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        posix: &PosixMeta,
+        keep_other: bool,
+    ) -> Result<String, StoreError> {
+        self.request(self.inner.set_metadata(key, etag, size, posix, keep_other))
+            .await
+    }
+
     async fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), StoreError> {
         if let Some(wait) = self.plan.delete_in_doubt {
             if self.enabled.load(Ordering::Relaxed) {

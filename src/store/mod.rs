@@ -300,6 +300,24 @@ pub trait ObjectStore: Send + Sync + 'static {
         posix: &PosixMeta,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
+    /// Changes the metadata of version `etag` of `key` (of `size` bytes)
+    /// to carry `posix`: a copy onto itself pinned to that version (and
+    /// `If-Match`, where enforced); returns the new version's ETag. With
+    /// `keep_other`, what else it carries (other clients' user metadata,
+    /// content headers, storage class) is read first and kept; without,
+    /// it is known to carry nothing else (this mount wrote it).
+    fn set_metadata(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        posix: &PosixMeta,
+        keep_other: bool,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send {
+        let _ = keep_other; // in memory nothing else is kept anyway
+        self.copy(key, etag, size, key, WriteCondition::IfMatch(etag), posix)
+    }
+
     /// Deletes `key`; deleting a missing key succeeds. With `if_match`,
     /// only the version with that ETag: another version gives
     /// [`StoreError::PreconditionFailed`] and a missing key

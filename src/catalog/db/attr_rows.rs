@@ -23,7 +23,7 @@ pub(super) const ATTRS_TABLE: &str = "CREATE TABLE IF NOT EXISTS attrs (
     mtime_ns INTEGER,
     link TEXT,
     written_ns INTEGER NOT NULL,
-    written_exact INTEGER NOT NULL) WITHOUT ROWID;";
+    written_how INTEGER NOT NULL) WITHOUT ROWID;";
 
 impl CatalogDb {
     /// The attributes remembered for `key`, of whatever version.
@@ -32,15 +32,16 @@ impl CatalogDb {
             let conn = self.conn.lock();
             let result = conn
                 .prepare_cached(
-                    "SELECT etag, mode, uid, gid, mtime_ns, link, written_ns, written_exact FROM attrs WHERE key = ?1",
+                    "SELECT etag, mode, uid, gid, mtime_ns, link, written_ns, written_how FROM attrs WHERE key = ?1",
                 )
                 .and_then(|mut stmt| {
                     stmt.query_row([key], |r| {
                         Ok(ObjectAttrs {
                             etag: r.get(0)?,
-                            written: match r.get::<_, bool>(7)? {
-                                true => VersionTime::Exact(from_nanos(r.get(6)?)),
-                                false => VersionTime::Around(from_nanos(r.get(6)?)),
+                            written: match r.get::<_, i64>(7)? {
+                                0 => VersionTime::Exact(from_nanos(r.get(6)?)),
+                                1 => VersionTime::WrittenHere(from_nanos(r.get(6)?)),
+                                _ => VersionTime::Listed(from_nanos(r.get(6)?)),
                             },
                             posix: PosixMeta {
                                 mode: r.get(1)?,
@@ -77,14 +78,15 @@ impl CatalogDb {
                 {
                     let mut insert = tx.prepare_cached(
                         "INSERT OR REPLACE INTO attrs
-                             (key, etag, mode, uid, gid, mtime_ns, link, written_ns, written_exact)
+                             (key, etag, mode, uid, gid, mtime_ns, link, written_ns, written_how)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )?;
                     for (key, attrs) in rows {
                         let p = &attrs.posix;
-                        let (written, exact) = match attrs.written {
-                            VersionTime::Exact(t) => (t, true),
-                            VersionTime::Around(t) => (t, false),
+                        let (written, how) = match attrs.written {
+                            VersionTime::Exact(t) => (t, 0),
+                            VersionTime::WrittenHere(t) => (t, 1),
+                            VersionTime::Listed(t) => (t, 2),
                         };
                         insert.execute(params![
                             key,
@@ -95,7 +97,7 @@ impl CatalogDb {
                             p.mtime.map(to_nanos),
                             attrs.link,
                             to_nanos(written),
-                            exact
+                            how
                         ])?;
                     }
                 }

@@ -322,75 +322,25 @@ impl ObjectStore for S3Store {
         condition: WriteCondition<'_>,
         posix: &PosixMeta,
     ) -> Result<String, StoreError> {
-        // A copy onto itself changes only metadata: what else the object
-        // carries (other clients' user metadata, its content headers, its
-        // storage class) stays.
-        let kept = match from == to {
-            true => Some(self.kept_properties(from, etag).await?),
+        self.copy_keeping(from, etag, size, to, condition, (posix, None))
+            .await
+    }
+
+    async fn set_metadata(
+        &self,
+        key: &str,
+        etag: &str,
+        size: u64,
+        posix: &PosixMeta,
+        keep_other: bool,
+    ) -> Result<String, StoreError> {
+        let kept = match keep_other {
+            true => Some(self.kept_properties(key, etag).await?),
             false => None,
         };
-        if size > self.copy_threshold {
-            // Boxed: a copy in parts is rare and its future large.
-            return Box::pin(self.copy_in_parts(
-                from,
-                etag,
-                size,
-                to,
-                condition,
-                (posix, kept.as_ref()),
-            ))
-            .await;
-        }
-        let token = write_token();
-        let (if_match, if_none_match) = condition_headers(condition);
-        let metadata = with_kept(
-            write_metadata(Some(&token), Some(etag), posix),
-            kept.as_ref(),
-        );
-        let kept_type = kept.as_ref().and_then(|k| k.content_type.clone());
-        let (result, in_doubt) = self
-            .policy
-            .run_noting_doubt("CopyObject", to, SLOW_ATTEMPT, || {
-                sent(
-                    self.client
-                        .copy_object()
-                        .bucket(&self.bucket)
-                        .key(to)
-                        .copy_source(copy_source(&self.bucket, from))
-                        .copy_source_if_match(etag)
-                        .set_if_match(if_match.clone())
-                        .set_if_none_match(if_none_match.clone())
-                        // The copy's Content-Type follows its new name, as any
-                        // upload's (a copy onto itself keeps its own).
-                        .metadata_directive(MetadataDirective::Replace)
-                        .content_type(kept_type.clone().unwrap_or_else(|| content_type(to)))
-                        .set_metadata(metadata.clone())
-                        .set_content_encoding(
-                            kept.as_ref().and_then(|k| k.content_encoding.clone()),
-                        )
-                        .set_cache_control(kept.as_ref().and_then(|k| k.cache_control.clone()))
-                        .set_content_disposition(
-                            kept.as_ref().and_then(|k| k.content_disposition.clone()),
-                        )
-                        .set_content_language(
-                            kept.as_ref().and_then(|k| k.content_language.clone()),
-                        )
-                        .set_storage_class(kept.as_ref().and_then(|k| k.storage_class.clone()))
-                        .send(),
-                    Missing::Object,
-                )
-            })
-            .await;
-        // Some stores (SeaweedFS) leave a copy's ETag unquoted; HEAD and
-        // listings quote it.
-        self.written(to, Some(&token), (result, in_doubt), |out| {
-            quoted(
-                out.copy_object_result()
-                    .and_then(|r| r.e_tag())
-                    .unwrap_or_default(),
-            )
-        })
-        .await
+        let condition = WriteCondition::IfMatch(etag);
+        self.copy_keeping(key, etag, size, key, condition, (posix, kept.as_ref()))
+            .await
     }
 
     async fn copy_part(
@@ -669,6 +619,65 @@ impl S3Store {
         })?;
         self.upload_tokens.lock().insert(upload_id.clone(), token);
         Ok(upload_id)
+    }
+
+    /// A server-side copy carrying `posix`, and what `kept` says the
+    /// source carried besides (for a copy onto itself).
+    async fn copy_keeping(
+        &self,
+        from: &str,
+        etag: &str,
+        size: u64,
+        to: &str,
+        condition: WriteCondition<'_>,
+        (posix, kept): (&PosixMeta, Option<&KeptProperties>),
+    ) -> Result<String, StoreError> {
+        if size > self.copy_threshold {
+            // Boxed: a copy in parts is rare and its future large.
+            return Box::pin(self.copy_in_parts(from, etag, size, to, condition, (posix, kept)))
+                .await;
+        }
+        let token = write_token();
+        let (if_match, if_none_match) = condition_headers(condition);
+        let metadata = with_kept(write_metadata(Some(&token), Some(etag), posix), kept);
+        let kept_type = kept.and_then(|k| k.content_type.clone());
+        let (result, in_doubt) = self
+            .policy
+            .run_noting_doubt("CopyObject", to, SLOW_ATTEMPT, || {
+                sent(
+                    self.client
+                        .copy_object()
+                        .bucket(&self.bucket)
+                        .key(to)
+                        .copy_source(copy_source(&self.bucket, from))
+                        .copy_source_if_match(etag)
+                        .set_if_match(if_match.clone())
+                        .set_if_none_match(if_none_match.clone())
+                        // The copy's Content-Type follows its new name, as any
+                        // upload's (a copy onto itself keeps its own).
+                        .metadata_directive(MetadataDirective::Replace)
+                        .content_type(kept_type.clone().unwrap_or_else(|| content_type(to)))
+                        .set_metadata(metadata.clone())
+                        .set_content_encoding(kept.and_then(|k| k.content_encoding.clone()))
+                        .set_cache_control(kept.and_then(|k| k.cache_control.clone()))
+                        .set_content_disposition(kept.and_then(|k| k.content_disposition.clone()))
+                        .set_content_language(kept.and_then(|k| k.content_language.clone()))
+                        .set_storage_class(kept.and_then(|k| k.storage_class.clone()))
+                        .send(),
+                    Missing::Object,
+                )
+            })
+            .await;
+        // Some stores (SeaweedFS) leave a copy's ETag unquoted; HEAD and
+        // listings quote it.
+        self.written(to, Some(&token), (result, in_doubt), |out| {
+            quoted(
+                out.copy_object_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap_or_default(),
+            )
+        })
+        .await
     }
 
     /// What version `etag` of `key` carries besides its data and the
