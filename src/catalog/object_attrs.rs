@@ -116,6 +116,8 @@ pub struct ObjectAttrsCache<S> {
     store: Arc<S>,
     db: Option<Arc<CatalogDb>>,
     memory: moka::sync::Cache<String, Arc<ObjectAttrs>>,
+    /// Keys the catalog on disk was asked about and holds nothing for.
+    absent: moka::sync::Cache<String, ()>,
     /// Keys being learned now, each with the answer its askers share.
     learning: Mutex<HashMap<String, InFlight>>,
     /// Keys whose HEAD failed lately: not asked again for a while, so a
@@ -140,6 +142,9 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
                         .min(u32::MAX as usize) as u32
                 })
                 .build(),
+            absent: moka::sync::Cache::builder()
+                .max_capacity(memory_bytes / 64)
+                .build(),
             learning: Mutex::default(),
             failed: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -163,17 +168,20 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
         listed: Option<SystemTime>,
     ) -> Option<Arc<ObjectAttrs>> {
         if let Some(a) = self.memory.get(key) {
-            if a.of_version(etag, listed) {
-                return Some(a);
-            }
+            return a.of_version(etag, listed).then_some(a);
         }
-        let stored = self.db.as_ref()?.object_attrs(key)?;
-        if !stored.of_version(etag, listed) {
+        // Asked of the catalog once per key: a directory read asks for
+        // every entry, again and again.
+        if self.absent.contains_key(key) {
             return None;
         }
+        let Some(stored) = self.db.as_ref().and_then(|db| db.object_attrs(key)) else {
+            self.absent.insert(key.to_owned(), ());
+            return None;
+        };
         let stored = Arc::new(stored);
         self.memory.insert(key.to_owned(), stored.clone());
-        Some(stored)
+        stored.of_version(etag, listed).then_some(stored)
     }
 
     /// The attributes of the marker `prefix` of a directory: known, or
@@ -200,6 +208,7 @@ impl<S: ObjectStore> ObjectAttrsCache<S> {
 
     /// Notes the attributes of a version this mount stored (or learned).
     pub fn record(&self, key: &str, attrs: ObjectAttrs) {
+        self.absent.invalidate(key);
         if let Some(db) = &self.db {
             db.put_object_attrs(key, &attrs);
         }
