@@ -342,7 +342,22 @@ impl<S: ObjectStore> S3Fs<S> {
             // Open for writing: its next commit stores the change (or its
             // last close does, see `store_unstored_attrs`).
             file.attrs.change(|p| change.apply(p, libc::S_IFREG));
-            return Ok(());
+            if !file.is_closing() {
+                return Ok(()); // its close has not begun: it will see it
+            }
+            // Its last close began meanwhile and may have read the
+            // attributes before the change: once it is done, the change
+            // is stored here if it did not store it.
+            let reopened = self.writer.settle(ino).await;
+            if !file.attrs.has_unstored_change() {
+                return Ok(());
+            }
+            if let Some(open) = reopened {
+                open.attrs.change(|p| change.apply(p, libc::S_IFREG));
+                if !open.is_closing() {
+                    return Ok(());
+                }
+            }
         }
         let (parent, name, key) = self.catalog.location(ino)?;
         let entry = self.catalog.entry(ino).await?;
